@@ -1,0 +1,1 @@
+"""Alert rules, engine and notifiers (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""Example models and data for Fitstream, on datasets that scikit-learn ships (no downloads)."""

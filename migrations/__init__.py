@@ -1,0 +1,1 @@
+"""Alembic migrations that own Fitstream's SQL schema (``fitstream db upgrade``)."""

@@ -1,0 +1,24 @@
+"""Fitstream's core: settings, event schema, stream, callbacks, SQL history, consumers, CLI.
+
+``from pipeline import EventPublisher`` is the entry point for users' own
+training scripts. It is imported lazily so that the CLI and the consumers
+never import TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["EventPublisher", "__version__"]
+
+if TYPE_CHECKING:
+    from pipeline.callbacks.publisher import EventPublisher
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EventPublisher":
+        from pipeline.callbacks.publisher import EventPublisher
+
+        return EventPublisher
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

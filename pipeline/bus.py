@@ -1,0 +1,230 @@
+"""Redis Streams: publishing, consumer groups, reclaiming, dead letters, retention.
+
+Retention policy (documented in the README):
+
+* ``XADD`` never trims. An entry is removed only by :meth:`EventStream.trim`,
+  which consumers call periodically.
+* :meth:`EventStream.trim` removes entries that **every** consumer group has
+  acknowledged (older than each group's oldest pending entry and not after its
+  last-delivered id) **and** that are older than ``stream_retention_seconds``.
+* If the stream is still longer than ``stream_max_events`` (Redis memory cap),
+  it is trimmed to that length even though some groups have not acknowledged
+  everything: this is logged at ERROR level with the number of unacknowledged
+  events dropped, and counted in the ``<stream>:forced_trims`` hash that
+  ``fitstream status`` reports.
+
+Example:
+    >>> stream = EventStream(redis_url="redis://localhost:6379/0")   # doctest: +SKIP
+    >>> stream.publish([event])                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import redis
+
+from pipeline import events as ev
+from pipeline.config import Settings, get_settings
+from pipeline.errors import StreamUnavailableError
+
+log = logging.getLogger(__name__)
+
+#: How long a client waits to connect / for an answer before calling Redis unreachable.
+SOCKET_CONNECT_TIMEOUT_S = 2.0
+SOCKET_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    """One stream entry as read by a consumer: its Redis id and raw fields."""
+
+    message_id: str
+    fields: dict[bytes, bytes]
+
+
+def connect(redis_url: str, **kwargs: Any) -> redis.Redis:
+    """A Redis client with Fitstream's timeouts (bytes in, bytes out)."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_S,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "health_check_interval": 30,
+    }
+    options.update(kwargs)
+    return redis.Redis.from_url(redis_url, **options)
+
+
+def _sid(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_tuple(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class EventStream:
+    """The event stream and its consumer groups.
+
+    Args:
+        redis_url: Redis to use; default from settings.
+        client: An existing ``redis.Redis`` (overrides ``redis_url``).
+        settings: Settings to read the stream names and retention from.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis_url: str | None = None,
+        client: redis.Redis | None = None,
+        settings: Settings | None = None,
+        stream: str | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.redis_url = redis_url or self.settings.redis_url
+        self.client = client if client is not None else connect(self.redis_url)
+        self.stream = stream or self.settings.stream
+        self.dead_letter_stream = f"{self.stream}:dead"
+        self.forced_trims_key = f"{self.stream}:forced_trims"
+        self.dead_letter_counts_key = f"{self.stream}:dead:counts"
+
+    # -- publishing ---------------------------------------------------------
+    def publish(self, batch: Iterable[Any]) -> list[str]:
+        """Append events (models or already-encoded field dicts) in one pipelined round trip.
+
+        Raises:
+            StreamUnavailableError: Redis did not answer; nothing is known to be written.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for item in batch:
+            fields = item if isinstance(item, dict) else ev.encode(item)
+            pipe.xadd(self.stream, fields)
+            count += 1
+        if not count:
+            return []
+        try:
+            return [_sid(i) for i in pipe.execute()]
+        except redis.RedisError as exc:
+            raise StreamUnavailableError(f"cannot publish to Redis at {self._safe_url()}: {exc}") from exc
+
+    # -- consumer groups ----------------------------------------------------
+    def ensure_group(self, group: str, *, start_id: str = "0") -> None:
+        """Create ``group`` (and the stream) if missing. New groups read from the oldest retained event."""
+        try:
+            self.client.xgroup_create(self.stream, group, id=start_id, mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, group: str, consumer: str, *, count: int, block_ms: int | None, pending: bool = False) -> list[StreamMessage]:
+        """New messages for ``consumer`` (or, with ``pending``, its own unacknowledged ones)."""
+        start = "0" if pending else ">"
+        reply = self.client.xreadgroup(group, consumer, {self.stream: start}, count=count, block=None if pending else block_ms)
+        return [
+            StreamMessage(_sid(mid), fields)
+            for _stream, entries in reply or []
+            for mid, fields in entries
+            if fields is not None  # deleted (trimmed) entries still pending come back as None
+        ]
+
+    def claim_stale(self, group: str, consumer: str, *, min_idle_ms: int, count: int) -> list[StreamMessage]:
+        """Take over messages pending on other consumers for at least ``min_idle_ms`` (dead consumers)."""
+        messages: list[StreamMessage] = []
+        cursor = "0-0"
+        while len(messages) < count:
+            reply = self.client.xautoclaim(self.stream, group, consumer, min_idle_ms, cursor, count=count)
+            cursor = _sid(reply[0])
+            messages.extend(StreamMessage(_sid(mid), fields) for mid, fields in reply[1] if fields is not None)
+            if cursor == "0-0":
+                break
+        return messages
+
+    def ack(self, group: str, message_ids: Sequence[str]) -> int:
+        if not message_ids:
+            return 0
+        return int(self.client.xack(self.stream, group, *message_ids))
+
+    def dead_letter(self, group: str, message: StreamMessage, reason: str) -> None:
+        """Move an undecodable message aside with the reason; it is acknowledged by the caller."""
+        fields: dict[Any, Any] = {b"reason": reason.encode(), b"group": group.encode(), b"source_id": message.message_id.encode()}
+        for key, value in message.fields.items():
+            fields[b"orig." + (key if isinstance(key, bytes) else str(key).encode())] = value
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(self.dead_letter_stream, fields)
+        pipe.hincrby(self.dead_letter_counts_key, group, 1)
+        pipe.execute()
+
+    def dead_letter_count(self, group: str | None = None) -> int:
+        counts = self.client.hgetall(self.dead_letter_counts_key)
+        if group is None:
+            return sum(int(v) for v in counts.values())
+        return int(counts.get(group.encode(), 0))
+
+    def groups(self) -> list[dict[str, Any]]:
+        """XINFO GROUPS as plain dicts (name, consumers, pending, last-delivered-id, lag)."""
+        try:
+            raw = self.client.xinfo_groups(self.stream)
+        except redis.ResponseError:
+            return []
+        return [{_sid(k): (_sid(v) if isinstance(v, bytes) else v) for k, v in g.items()} for g in raw]
+
+    # -- retention ----------------------------------------------------------
+    def safe_trim_id(self) -> str | None:
+        """The id below which every group has acknowledged everything, or None if no group exists."""
+        groups = self.groups()
+        if not groups:
+            return None
+        floor: tuple[int, int] | None = None
+        for group in groups:
+            name = group["name"]
+            summary = self.client.xpending(self.stream, name)
+            if summary and summary.get("pending"):
+                candidate = _id_tuple(_sid(summary["min"]))
+            else:
+                last = _id_tuple(str(group["last-delivered-id"]))
+                candidate = (last[0], last[1] + 1)
+            floor = candidate if floor is None or candidate < floor else floor
+        assert floor is not None
+        return f"{floor[0]}-{floor[1]}"
+
+    def trim(self, *, now: float | None = None) -> int:
+        """Apply the retention policy (see module docstring). Returns the number of entries removed."""
+        removed = 0
+        safe = self.safe_trim_id()
+        if safe is not None:
+            horizon_ms = int(((now or time.time()) - self.settings.stream_retention_seconds) * 1000)
+            cutoff = min(_id_tuple(safe), (horizon_ms, 0))
+            if cutoff > (0, 0):
+                removed += int(self.client.xtrim(self.stream, minid=f"{cutoff[0]}-{cutoff[1]}", approximate=False))
+        length = int(self.client.xlen(self.stream))
+        cap = self.settings.stream_max_events
+        if length > cap:
+            dropped = int(self.client.xtrim(self.stream, maxlen=cap, approximate=False))
+            removed += dropped
+            log.error(
+                "stream %s exceeded FITSTREAM_STREAM_MAX_EVENTS=%d: dropped %d events that some consumer group "
+                "had not acknowledged yet; start more consumers or raise the cap",
+                self.stream, cap, dropped,
+            )
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hincrby(self.forced_trims_key, "events_dropped", dropped)
+            pipe.hincrby(self.forced_trims_key, "times", 1)
+            pipe.hset(self.forced_trims_key, "last_at", str(time.time()))
+            pipe.execute()
+        return removed
+
+    def forced_trims(self) -> dict[str, str]:
+        return {_sid(k): _sid(v) for k, v in self.client.hgetall(self.forced_trims_key).items()}
+
+    def _safe_url(self) -> str:
+        """The Redis URL with any password masked."""
+        from sqlalchemy.engine import make_url  # parses redis URLs too; masks the password
+
+        try:
+            return make_url(self.redis_url).render_as_string(hide_password=True)
+        except Exception:
+            return "<redis url>"

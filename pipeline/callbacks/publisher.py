@@ -1,0 +1,569 @@
+"""``EventPublisher``: the Keras callback that streams a run's events to Redis.
+
+Drop it into any ``model.fit`` beside Keras' own callbacks::
+
+    from pipeline import EventPublisher
+    stop = keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True)
+    ckpt = keras.callbacks.ModelCheckpoint("best.keras", save_best_only=True)
+    publisher = EventPublisher(name="digits-mlp", watch=[stop, ckpt])
+    model.fit(x, y, validation_split=0.2, callbacks=[stop, ckpt, publisher])
+    print(publisher.run_id)
+
+It reports what Keras decided (best and stopped epoch, restored weights,
+checkpoints written, learning-rate changes) by reading the watched callbacks'
+own state after they have acted, so where it stands in ``callbacks=`` does
+not matter: an epoch is published at the start of the next epoch (or at the
+end of training), when every callback has finished with it.
+
+Training is never slowed or broken by the event path: events go to a bounded
+buffer sent by a background thread, or to a disk spool while Redis is away.
+The one error it raises on purpose is a configuration error Keras only warns
+about: a watched callback monitoring a metric the model does not log.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+import uuid
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import keras
+
+from pipeline import events as ev
+from pipeline.bus import EventStream
+from pipeline.callbacks.sender import EventSender, FlushReport
+from pipeline.config import Settings, get_settings
+from pipeline.errors import ConfigurationError, MonitorNotFoundError
+from pipeline.monitor import Monitor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_TIMEOUT_S = 10.0
+_SHA_CHUNK = 1 << 20
+
+_EARLY_STOPPING = keras.callbacks.EarlyStopping
+_MODEL_CHECKPOINT = keras.callbacks.ModelCheckpoint
+_REDUCE_LR = keras.callbacks.ReduceLROnPlateau
+_WATCHABLE = (_EARLY_STOPPING, _MODEL_CHECKPOINT, _REDUCE_LR)
+
+
+def _kind(callback: Any) -> str:
+    if isinstance(callback, _EARLY_STOPPING):
+        return "early_stopping"
+    if isinstance(callback, _MODEL_CHECKPOINT):
+        return "model_checkpoint"
+    return "reduce_lr_on_plateau"
+
+
+def _resolved_mode(callback: Any) -> str | None:
+    """'min'/'max' as the callback itself decided it (after its first epoch), else its setting."""
+    op = getattr(callback, "monitor_op", None)
+    if op is keras.ops.greater or getattr(op, "__name__", "") in ("greater", "np_greater"):
+        return "max"
+    if op is keras.ops.less or getattr(op, "__name__", "") in ("less", "np_less"):
+        return "min"
+    mode = getattr(callback, "mode", None)
+    return mode if mode in ("min", "max") else None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    converted = ev.to_float(value)
+    return converted if converted is not None else str(value)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_SHA_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_or_dir_stat(path: str) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a checkpoint file; None if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+class EventPublisher(keras.callbacks.Callback):
+    """Publishes a training run's events to the Fitstream event stream.
+
+    Args:
+        name: Name of the run (e.g. the job or model name). Required.
+        run_id: Id of the run; a new one is generated when None. Read it as ``.run_id``.
+        redis_url: Redis to publish to. Default: ``FITSTREAM_REDIS_URL``.
+        batch_events_every: Publish a ``batch_end`` event every N training batches. Default None (off).
+        watch: The ``EarlyStopping``, ``ModelCheckpoint`` and ``ReduceLROnPlateau``
+            instances of the same fit whose decisions to report.
+        batch_events_seconds: Publish a ``batch_end`` event at most every T seconds. Default None.
+        batch_size: The fit's batch size, for samples/s (Keras does not tell callbacks). Default None.
+        tags: Free-form string labels stored with the run.
+        flush_timeout: Seconds to wait at the end of training for buffered events to reach Redis.
+        settings: Settings to use instead of the environment's.
+        stream: Stream key to publish to (default ``FITSTREAM_STREAM``).
+        seq_start: First sequence number (a resumed run continues after its last event).
+
+    Example:
+        >>> publisher = EventPublisher(name="digits", watch=[early_stopping])  # doctest: +SKIP
+        >>> model.fit(x, y, validation_split=0.2, callbacks=[early_stopping, publisher])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run_id: str | None = None,
+        redis_url: str | None = None,
+        batch_events_every: int | None = None,
+        watch: Sequence[keras.callbacks.Callback] = (),
+        *,
+        batch_events_seconds: float | None = None,
+        batch_size: int | None = None,
+        tags: dict[str, str] | None = None,
+        flush_timeout: float = DEFAULT_FLUSH_TIMEOUT_S,
+        settings: Settings | None = None,
+        stream: str | None = None,
+        seq_start: int = 0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(f"EventPublisher needs a non-empty name; got {name!r}")
+        if batch_events_every is not None and (not isinstance(batch_events_every, int) or batch_events_every < 1):
+            raise ConfigurationError(f"batch_events_every must be a positive integer or None; got {batch_events_every!r}")
+        if batch_events_seconds is not None and not batch_events_seconds > 0:
+            raise ConfigurationError(f"batch_events_seconds must be > 0 or None; got {batch_events_seconds!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigurationError(f"batch_size must be a positive integer or None; got {batch_size!r}")
+        watch = tuple(watch)
+        for callback in watch:
+            if not isinstance(callback, _WATCHABLE):
+                raise ConfigurationError(
+                    "watch takes keras.callbacks.EarlyStopping, ModelCheckpoint or ReduceLROnPlateau "
+                    f"instances; got {type(callback).__name__}"
+                )
+        self.name = name
+        self.run_id = run_id or uuid.uuid4().hex
+        self._run_id_given = run_id is not None
+        self.watch = watch
+        self.batch_events_every = batch_events_every
+        self.batch_events_seconds = batch_events_seconds
+        self.batch_size = batch_size
+        self.tags = dict(tags or {})
+        self.flush_timeout = flush_timeout
+        self.settings = settings or get_settings()
+        self._redis_url = redis_url or self.settings.redis_url
+        self._stream_name = stream or self.settings.stream
+        self._seq = seq_start
+        self._sender: EventSender | None = None
+        self._state = "idle"  # idle -> running -> finished
+        self.last_report: FlushReport | None = None
+        self.cancel_requested = False
+        self._reset_run_state()
+
+    # -- lifecycle helpers -----------------------------------------------------
+    def _reset_run_state(self) -> None:
+        self._t0 = 0.0
+        self._epoch_t0 = 0.0
+        self._epoch_start_ns = 0
+        self._epoch_lr: float | None = None
+        self._pending: tuple[int, dict[str, Any], float] | None = None
+        self._epochs_completed = 0
+        self._monitor_history: list[tuple[int, float | None]] = []
+        self._run_monitor: tuple[str | None, str | None] = (None, None)
+        self._checked_monitors = False
+        self._early_stopped_reported: set[int] = set()
+        self._batches_since_event = 0
+        self._last_batch_event_t = 0.0
+        self._current_epoch = 0
+        self._checkpoint_seen: dict[str, tuple[int, int]] = {}
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        return seq
+
+    def _emit(self, cls: type[ev._Event], **fields: Any) -> None:
+        try:
+            event = ev.build(cls, run_id=self.run_id, seq=self._next_seq(), **fields)
+            if self._sender is not None:
+                self._sender.submit(ev.encode(event))
+        except Exception:
+            log.exception("fitstream: could not build %s event (training continues)", cls.__name__)
+
+    def _emit_deferred(self, make: Any) -> None:
+        if self._sender is not None:
+            self._sender.submit(make)
+
+    def _start_sender(self) -> None:
+        stream = EventStream(redis_url=self._redis_url, settings=self.settings, stream=self._stream_name)
+        spool_path = Path(self.settings.spool_dir) / f"{self.run_id}.jsonl"
+        self._sender = EventSender(publish=stream.publish, spool_path=spool_path)
+        self._sender.start()
+
+    def _close_sender(self, timeout: float) -> FlushReport | None:
+        if self._sender is None:
+            return None
+        report = self._sender.close(timeout)
+        self._sender = None
+        self.last_report = report
+        if report.complete:
+            log.info("fitstream: run %s: %d events sent", self.run_id, report.sent)
+        else:
+            log.warning(
+                "fitstream: run %s: %d events could not reach Redis within %.1fs and remain spooled in %s; "
+                "send them with: fitstream spool flush",
+                self.run_id, report.left_in_spool, timeout, report.spool_path,
+            )
+        return report
+
+    # -- what the run is watching -------------------------------------------------
+    def _primary(self) -> Any | None:
+        for kind in (_EARLY_STOPPING, _MODEL_CHECKPOINT, _REDUCE_LR):
+            for callback in self.watch:
+                if isinstance(callback, kind):
+                    return callback
+        return None
+
+    def _primary_monitor(self, logs: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+        callback = self._primary()
+        if callback is not None:
+            return callback.monitor, _resolved_mode(callback)
+        if logs is not None:
+            metric = "val_loss" if "val_loss" in logs else "loss" if "loss" in logs else None
+            return metric, "min" if metric else None
+        return None, None
+
+    def _early_stopping(self) -> Any | None:
+        return next((c for c in self.watch if isinstance(c, _EARLY_STOPPING)), None)
+
+    def _learning_rate(self) -> float | None:
+        try:
+            return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        except Exception:
+            return None
+
+    # -- Keras hooks --------------------------------------------------------------
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._state == "finished" and not self._run_id_given:
+            self.run_id = uuid.uuid4().hex
+            self._seq = 0
+        self._reset_run_state()
+        self._state = "running"
+        self._t0 = time.monotonic()
+        _LIVE_PUBLISHERS.add(self)
+        try:
+            self._start_sender()
+        except Exception:
+            log.exception("fitstream: could not start the event sender; this run will not be published")
+            return
+        try:
+            model = self.model
+            try:
+                params_count = int(model.count_params())
+            except Exception:
+                params_count = None
+            optimizer = getattr(model, "optimizer", None)
+            optimizer_info = None
+            if optimizer is not None:
+                try:
+                    optimizer_info = {"class_name": type(optimizer).__name__, "config": _json_safe(optimizer.get_config())}
+                except Exception:
+                    optimizer_info = {"class_name": type(optimizer).__name__, "config": {}}
+            monitor, mode = self._primary_monitor()
+            callbacks = [
+                ev.MonitoringCallback(
+                    kind=_kind(c), monitor=c.monitor, mode=str(getattr(c, "mode", "auto")),
+                    settings=_json_safe(self._callback_settings(c)),
+                )
+                for c in self.watch
+            ]
+            self._emit(
+                ev.RunStarted,
+                name=self.name,
+                model_name=getattr(model, "name", None),
+                params_count=params_count,
+                optimizer=optimizer_info,
+                epochs=self.params.get("epochs") if self.params else None,
+                steps_per_epoch=self.params.get("steps") if self.params else None,
+                batch_size=self.batch_size,
+                monitor=monitor,
+                mode=mode,
+                callbacks=callbacks,
+                tags=self.tags,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
+        except Exception:
+            log.exception("fitstream: could not publish run_started (training continues)")
+
+    @staticmethod
+    def _callback_settings(callback: Any) -> dict[str, Any]:
+        if isinstance(callback, _EARLY_STOPPING):
+            return {
+                "patience": callback.patience, "min_delta": abs(float(callback.min_delta)),
+                "baseline": callback.baseline, "restore_best_weights": callback.restore_best_weights,
+                "start_from_epoch": callback.start_from_epoch,
+            }
+        if isinstance(callback, _MODEL_CHECKPOINT):
+            return {
+                "filepath": str(callback.filepath), "save_best_only": callback.save_best_only,
+                "save_weights_only": callback.save_weights_only, "save_freq": callback.save_freq,
+            }
+        return {
+            "factor": callback.factor, "patience": callback.patience, "min_lr": callback.min_lr,
+            "cooldown": callback.cooldown, "min_delta": abs(float(callback.min_delta)),
+        }
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._finalize_pending()
+        self._current_epoch = epoch
+        self._epoch_t0 = time.monotonic()
+        self._epoch_start_ns = time.time_ns()
+        self._epoch_lr = self._learning_rate()
+        self._batches_since_event = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.cancel_requested:
+            self.model.stop_training = True
+        if self.batch_events_every is None and self.batch_events_seconds is None:
+            return
+        self._batches_since_event += 1
+        due = self.batch_events_every is not None and self._batches_since_event >= self.batch_events_every
+        if not due and self.batch_events_seconds is not None:
+            now = time.monotonic()
+            due = now - self._last_batch_event_t >= self.batch_events_seconds
+        if not due:
+            return
+        self._batches_since_event = 0
+        self._last_batch_event_t = time.monotonic()
+        self._emit(
+            ev.BatchEnd, epoch=self._current_epoch, batch=batch,
+            metrics={k: ev.to_float(v) for k, v in (logs or {}).items()},
+        )
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        if not self._checked_monitors:
+            self._checked_monitors = True
+            self._check_monitors(logs)
+        # Keep a reference: callbacks after this one may still add to the same dict
+        # (ReduceLROnPlateau adds learning_rate); it is read when the epoch is finalised.
+        self._pending = (epoch, logs, time.monotonic() - self._epoch_t0)
+
+    def _check_monitors(self, logs: dict[str, Any]) -> None:
+        available = sorted(logs)
+        for callback in self.watch:
+            if callback.monitor not in logs:
+                message = (
+                    f"{type(callback).__name__} monitors {callback.monitor!r}, which this model does not log; "
+                    f"it logs: {', '.join(available) or '(nothing)'}"
+                )
+                error = MonitorNotFoundError(message)
+                self.fail(error)
+                raise error
+            if not callback.monitor.startswith("val_") and f"val_{callback.monitor}" in logs:
+                message = (
+                    f"{type(callback).__name__} monitors the training metric {callback.monitor!r} although "
+                    f"validation data exists; did you mean 'val_{callback.monitor}'?"
+                )
+                log.warning("fitstream: %s", message)
+                warnings.warn(message, stacklevel=3)
+
+    def _finalize_pending(self) -> None:
+        if self._pending is None:
+            return
+        epoch, logs, wall = self._pending
+        self._pending = None
+        try:
+            self._publish_epoch(epoch, logs, wall)
+        except Exception:
+            log.exception("fitstream: could not publish epoch %d (training continues)", epoch)
+
+    def _publish_epoch(self, epoch: int, logs: dict[str, Any], wall: float) -> None:
+        metrics = {str(k): ev.to_float(v) for k, v in logs.items()}
+        steps = self.params.get("steps") if self.params else None
+        self._epochs_completed = max(self._epochs_completed, epoch + 1)
+        self._run_monitor = self._primary_monitor(logs)
+        monitor = self._run_monitor[0]
+        self._monitor_history.append((epoch, metrics.get(monitor) if monitor else None))
+        self._emit(
+            ev.EpochEnd,
+            epoch=epoch,
+            metrics=metrics,
+            learning_rate=self._epoch_lr,
+            wall_time_s=wall,
+            steps=steps,
+            steps_per_second=(steps / wall) if steps and wall > 0 else None,
+            samples_per_second=(steps * self.batch_size / wall) if steps and self.batch_size and wall > 0 else None,
+        )
+        new_lr = self._learning_rate()
+        if self._epoch_lr is not None and new_lr is not None and new_lr != self._epoch_lr:
+            reducer = next((c for c in self.watch if isinstance(c, _REDUCE_LR)), None)
+            self._emit(
+                ev.LearningRateChanged, epoch=epoch, old=self._epoch_lr, new=new_lr,
+                reason=f"ReduceLROnPlateau on {reducer.monitor}" if reducer is not None else None,
+            )
+        self._epoch_lr = new_lr
+        for callback in self.watch:
+            if isinstance(callback, _MODEL_CHECKPOINT):
+                self._report_checkpoint(callback, epoch, logs)
+        stopper = self._early_stopping()
+        if (
+            stopper is not None
+            and stopper.stopped_epoch == epoch
+            and epoch > 0
+            and epoch not in self._early_stopped_reported
+        ):
+            self._early_stopped_reported.add(epoch)
+            self._emit(
+                ev.EarlyStopped,
+                stopped_epoch=int(stopper.stopped_epoch),
+                best_epoch=int(stopper.best_epoch),
+                best_value=ev.to_float(stopper.best),
+                monitor=stopper.monitor,
+                mode=_resolved_mode(stopper) or "min",
+                patience=int(stopper.patience),
+                min_delta=abs(float(stopper.min_delta)),
+                restore_best_weights=bool(stopper.restore_best_weights),
+            )
+
+    def _report_checkpoint(self, callback: Any, epoch: int, logs: dict[str, Any]) -> None:
+        if callback.save_freq != "epoch":
+            return  # batch-level checkpoints are not reported
+        try:
+            path = os.path.abspath(callback._get_file_path(epoch, None, logs))
+        except Exception:
+            return
+        stat = _file_or_dir_stat(path)
+        if stat is None or stat[0] < self._epoch_start_ns or self._checkpoint_seen.get(path) == stat:
+            return
+        self._checkpoint_seen[path] = stat
+        run_id, seq = self.run_id, self._next_seq()
+        value = ev.to_float(logs.get(callback.monitor))
+
+        def make() -> dict[str, str]:
+            # Runs on the sender thread: hashing a large checkpoint must not hold up training.
+            try:
+                size, digest = os.path.getsize(path), _sha256(path)
+            except OSError:
+                size, digest = None, None
+            return ev.encode(
+                ev.build(
+                    ev.CheckpointSaved, run_id=run_id, seq=seq, path=path, epoch=epoch,
+                    monitor=callback.monitor, value=value, size_bytes=size, sha256=digest,
+                )
+            )
+
+        self._emit_deferred(make)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._state != "running":
+            return
+        self._finalize_pending()
+        stopper = self._early_stopping()
+        if self.cancel_requested:
+            status = "cancelled"
+        elif stopper is not None and stopper.stopped_epoch > 0:
+            status = "early_stopped"
+        else:
+            status = "completed"
+        self._finish(status)
+
+    # -- outcome ------------------------------------------------------------------
+    def _best(self) -> tuple[int | None, float | None, str | None]:
+        stopper = self._early_stopping()
+        if stopper is not None and stopper.best is not None:
+            return int(stopper.best_epoch), ev.to_float(stopper.best), stopper.monitor
+        monitor, mode = self._run_monitor
+        if monitor is None:
+            return None, None, None
+        try:
+            rule = Monitor(monitor, mode=mode or "auto")
+        except ConfigurationError:
+            return None, None, monitor
+        best = rule.best_of(value for _, value in self._monitor_history)
+        if best is None:
+            return None, None, monitor
+        return self._monitor_history[best[0]][0], best[1], monitor
+
+    def _finish(self, status: str, *, timeout: float | None = None) -> None:
+        best_epoch, best_value, monitor = self._best()
+        stopper = self._early_stopping()
+        self._emit(
+            ev.RunFinished,
+            status=status,
+            epochs_completed=self._epochs_completed,
+            wall_time_s=time.monotonic() - self._t0 if self._t0 else None,
+            best_epoch=best_epoch,
+            best_value=best_value,
+            monitor=monitor,
+            restored_best_weights=bool(stopper is not None and stopper.restore_best_weights and stopper.best_weights is not None),
+        )
+        self._state = "finished"
+        _LIVE_PUBLISHERS.discard(self)
+        self._close_sender(self.flush_timeout if timeout is None else timeout)
+
+    def fail(self, error: BaseException, *, timeout: float | None = None) -> None:
+        """Record that the run failed with ``error`` (published as run_failed + run_finished).
+
+        Keras does not tell callbacks about exceptions raised inside ``fit``; use the
+        publisher as a context manager (or call this from your ``except``) so that a
+        crash is recorded::
+
+            with EventPublisher(name="digits") as publisher:
+                model.fit(x, y, callbacks=[publisher])
+        """
+        if self._state != "running":
+            return
+        self._finalize_pending()
+        cancelled = isinstance(error, KeyboardInterrupt)
+        if not cancelled:
+            self._emit(
+                ev.RunFailed,
+                error_type=type(error).__name__,
+                message=str(error)[:4000],
+                traceback="".join(traceback.format_exception(type(error), error, error.__traceback__))[-8000:],
+            )
+        self._finish("cancelled" if cancelled else "failed", timeout=timeout)
+
+    def request_cancel(self) -> None:
+        """Stop training at the next batch boundary; the run ends as ``cancelled``."""
+        self.cancel_requested = True
+
+    def __enter__(self) -> "EventPublisher":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self.fail(exc)
+
+
+_LIVE_PUBLISHERS: "weakref.WeakSet[EventPublisher]" = weakref.WeakSet()
+
+
+@atexit.register
+def _fail_unfinished_runs() -> None:
+    """A process that exits mid-fit still tells the consumers what happened to its run."""
+    for publisher in list(_LIVE_PUBLISHERS):
+        try:
+            publisher.fail(SystemExit("the training process exited before the run finished"), timeout=3.0)
+        except Exception:
+            pass

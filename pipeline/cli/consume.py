@@ -1,0 +1,44 @@
+"""``fitstream consume``: run a consumer in its Redis consumer group."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from pipeline.bus import EventStream
+from pipeline.config import get_settings
+from pipeline.consumers.base import ConsumerLoop
+from pipeline.db.session import make_engine
+
+log = logging.getLogger(__name__)
+
+
+@click.group()
+def consume() -> None:
+    """Run a consumer (one process per consumer; run several to share the work)."""
+
+
+@consume.command()
+@click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=None, help="Messages per read.")
+@click.option("--claim-idle-ms", type=click.IntRange(100), default=None, help="Reclaim messages idle this long on a dead consumer.")
+@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
+def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: int | None, exit_when_idle: float | None) -> None:
+    """Persist runs, epoch metrics, checkpoints and events into SQL."""
+    from pipeline.consumers.recorder import Recorder
+
+    settings = get_settings()
+    handler = Recorder(make_engine(settings.database_url))
+    loop = ConsumerLoop(
+        handler, EventStream(settings=settings), consumer_name=consumer_name,
+        batch_size=batch_size, claim_idle_ms=claim_idle_ms,
+    )
+    loop.install_signal_handlers()
+    click.echo(f"recorder {loop.consumer_name} consuming {settings.stream} (group {loop.group})", err=True)
+    stats = loop.run(idle_exit_after=exit_when_idle)
+    click.echo(
+        f"recorder {loop.consumer_name} stopped: {stats.processed} events recorded, "
+        f"{stats.dead_lettered} dead-lettered, {stats.reclaimed} reclaimed",
+        err=True,
+    )

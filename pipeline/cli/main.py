@@ -1,0 +1,53 @@
+"""The ``fitstream`` command: one group, one module per command group."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from pipeline import __version__
+from pipeline.cli import consume, db, demo, runs, spool, sql
+from pipeline.cli.output import stderr_console
+from pipeline.errors import FitstreamError
+
+
+class FitstreamGroup(click.Group):
+    """Turns Fitstream's own errors into a one-line message on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except FitstreamError as exc:
+            stderr_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            sys.exit(1)
+
+
+@click.group(cls=FitstreamGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fitstream")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Fitstream: training events → Redis Streams → SQL history, alerts and model promotion.
+
+    Settings come from FITSTREAM_* environment variables (see the README).
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+cli.add_command(db.db)
+cli.add_command(consume.consume)
+cli.add_command(sql.sql)
+cli.add_command(runs.runs)
+cli.add_command(runs.show)
+cli.add_command(demo.demo)
+cli.add_command(spool.spool)
+
+
+def main() -> None:
+    cli(prog_name="fitstream")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Rendering rows for people (rich tables) and for scripts (``--json``, ``--csv``).
+
+``--json`` prints exactly one JSON array of objects on stdout; NaN and
+infinities become ``null`` so that every JSON parser accepts the output.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from datetime import date, datetime
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+stderr_console = Console(stderr=True)
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(jsonable(payload), indent=None, allow_nan=False) + "\n")
+
+
+def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: str = "table", title: str | None = None) -> None:
+    """Print ``rows`` as a table, a JSON array of objects, or CSV."""
+    if fmt == "json":
+        print_json([dict(zip(columns, row)) for row in rows])
+        return
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if v is None else v for v in row])
+        return
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for column in columns:
+        table.add_column(str(column), overflow="fold")
+    for row in rows:
+        table.add_row(*(cell(v) for v in row))
+    Console().print(table)
+    if not rows:
+        stderr_console.print("[dim](no rows)[/dim]")

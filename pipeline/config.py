@@ -1,0 +1,95 @@
+"""Fitstream settings: one object, read from ``FITSTREAM_*`` environment variables.
+
+Example:
+    >>> from pipeline.config import Settings
+    >>> Settings(redis_url="redis://localhost:6379/1").stream
+    'fitstream:events'
+
+Defaults are embedded so that a laptop with a local Redis needs no configuration:
+a SQLite file ``fitstream.db`` in the working directory, run directories and
+the publisher's disk spool under ``.fitstream/`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_STREAM = "fitstream:events"
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+DEFAULT_STREAM_MAX_EVENTS = 10_000_000
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{Path.cwd() / 'fitstream.db'}"
+
+
+def _default_home() -> Path:
+    return Path.cwd() / ".fitstream"
+
+
+class Settings(BaseSettings):
+    """All of Fitstream's settings. Each field reads ``FITSTREAM_<FIELD>``.
+
+    Args:
+        redis_url: Redis holding the event stream. Default ``redis://localhost:6379/0``.
+        database_url: SQLAlchemy URL of the history database. Default: SQLite file
+            ``fitstream.db`` in the working directory. PostgreSQL:
+            ``postgresql+psycopg://user@host/db``.
+        home: Root of run directories and the publisher's disk spool. Default ``./.fitstream``.
+        stream: Redis stream key of the events. Default ``fitstream:events``.
+        stream_retention_seconds: How long acknowledged events stay in the stream
+            (``fitstream watch`` and late consumer groups read them). Default 7 days.
+        stream_max_events: Hard cap on the stream's length. Trimming past it can drop
+            events not yet acknowledged by every group, which is logged as an error and
+            counted. Default 10,000,000.
+        consumer_batch_size: Messages a consumer reads per round. Default 2,000.
+        consumer_block_ms: How long a consumer's read waits for new messages. Default 1,000.
+        claim_idle_ms: A message pending this long on a consumer is presumed lost with
+            that consumer and is reclaimed by another one. Default 60,000.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FITSTREAM_", extra="ignore")
+
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = Field(default_factory=_default_database_url)
+    home: Path = Field(default_factory=_default_home)
+    stream: str = DEFAULT_STREAM
+    stream_retention_seconds: int = Field(default=DEFAULT_RETENTION_SECONDS, ge=0)
+    stream_max_events: int = Field(default=DEFAULT_STREAM_MAX_EVENTS, ge=1000)
+    consumer_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    consumer_block_ms: int = Field(default=1000, ge=1)
+    claim_idle_ms: int = Field(default=60_000, ge=100)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"FITSTREAM_REDIS_URL must start with redis://, rediss:// or unix://; got {value!r}"
+            )
+        return value
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """Stream that receives payloads no consumer could decode, with the reason."""
+        return f"{self.stream}:dead"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the publisher spools events while Redis is unreachable."""
+        return self.home / "spool"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

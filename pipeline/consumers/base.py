@@ -1,0 +1,227 @@
+"""The consume loop shared by every consumer: read, decode, handle, acknowledge.
+
+Each consumer kind is its own Redis consumer group, so each sees every
+event at least once. A message is acknowledged only after its handler's
+effect is committed; a consumer that dies leaves its messages pending, and
+another consumer of the same group reclaims them after ``claim_idle_ms``.
+Undecodable payloads go to the dead-letter stream with the reason; they never
+stop the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import redis
+
+from pipeline import events as ev
+from pipeline.bus import EventStream, StreamMessage
+from pipeline.errors import DatabaseError, InvalidEventError
+
+log = logging.getLogger(__name__)
+
+TRIM_INTERVAL_S = 30.0
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class Received:
+    """A decoded event with its stream id and its payload as it was sent."""
+
+    message_id: str
+    event: ev.Event
+    payload: str
+
+
+class Handler(Protocol):
+    """What a consumer does with events. ``handle`` commits its whole batch or raises."""
+
+    group: str
+
+    def handle(self, batch: Sequence[Received]) -> None: ...
+
+
+@dataclass
+class ConsumerStats:
+    processed: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    batches: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ConsumerLoop:
+    """Runs a :class:`Handler` against the stream in its consumer group.
+
+    Args:
+        handler: The effect (recorder, alerter, promoter).
+        stream: The event stream.
+        consumer_name: Unique name within the group; default ``host-pid``.
+        batch_size: Messages per read. Default from settings.
+        block_ms: How long a read waits for new messages. Default from settings.
+        claim_idle_ms: Reclaim messages pending this long on another consumer. Default from settings.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        stream: EventStream,
+        *,
+        consumer_name: str | None = None,
+        batch_size: int | None = None,
+        block_ms: int | None = None,
+        claim_idle_ms: int | None = None,
+        trim_interval_s: float = TRIM_INTERVAL_S,
+    ) -> None:
+        settings = stream.settings
+        self.handler = handler
+        self.stream = stream
+        self.group = handler.group
+        self.consumer_name = consumer_name or default_consumer_name()
+        self.batch_size = batch_size or settings.consumer_batch_size
+        self.block_ms = block_ms or settings.consumer_block_ms
+        self.claim_idle_ms = claim_idle_ms or settings.claim_idle_ms
+        self.trim_interval_s = trim_interval_s
+        self.stop_event = threading.Event()
+        self.stats = ConsumerStats()
+        self._last_claim = 0.0
+        self._last_trim = 0.0
+
+    # -- running ------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT finish the current batch, then stop."""
+
+        def _stop(signum: int, _frame: object) -> None:
+            log.info("%s: signal %d received; stopping after this batch", self.consumer_name, signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def run(self, *, idle_exit_after: float | None = None) -> ConsumerStats:
+        """Consume until stopped (or, with ``idle_exit_after``, until no message came for that long)."""
+        self.stream.ensure_group(self.group)
+        self._drain_own_pending()
+        idle_since = time.monotonic()
+        delay = RETRY_INITIAL_S
+        while not self.stop_event.is_set():
+            try:
+                count = self.run_once()
+                delay = RETRY_INITIAL_S
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("%s: Redis unavailable (%s); retrying in %.1fs", self.consumer_name, exc, delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if count:
+                idle_since = time.monotonic()
+            elif idle_exit_after is not None and time.monotonic() - idle_since >= idle_exit_after:
+                break
+        return self.stats
+
+    def run_once(self) -> int:
+        """One round: reclaim stale messages when due, read new ones, process them."""
+        now = time.monotonic()
+        count = 0
+        if now - self._last_claim >= self.claim_idle_ms / 2000:
+            self._last_claim = now
+            claimed = self.stream.claim_stale(
+                self.group, self.consumer_name, min_idle_ms=self.claim_idle_ms, count=self.batch_size
+            )
+            if claimed:
+                log.info("%s: reclaimed %d messages from a silent consumer", self.consumer_name, len(claimed))
+                self.stats.reclaimed += len(claimed)
+                count += self.process(claimed)
+        messages = self.stream.read(self.group, self.consumer_name, count=self.batch_size, block_ms=self.block_ms)
+        count += self.process(messages)
+        if now - self._last_trim >= self.trim_interval_s:
+            self._last_trim = now
+            try:
+                self.stream.trim()
+            except redis.RedisError as exc:
+                log.warning("%s: stream trim failed: %s", self.consumer_name, exc)
+        return count
+
+    def _drain_own_pending(self) -> None:
+        """Messages delivered to this consumer name before a restart, not yet acknowledged."""
+        while not self.stop_event.is_set():
+            pending = self.stream.read(self.group, self.consumer_name, count=self.batch_size, block_ms=None, pending=True)
+            if not pending:
+                return
+            self.process(pending)
+
+    # -- one batch ------------------------------------------------------------------
+    def process(self, messages: Sequence[StreamMessage]) -> int:
+        """Decode, dead-letter the invalid, handle the rest in one commit, then acknowledge all."""
+        if not messages:
+            return 0
+        received: list[Received] = []
+        for message in messages:
+            try:
+                event = ev.decode(message.fields)
+            except InvalidEventError as exc:
+                self._dead_letter(message, str(exc))
+                continue
+            raw = message.fields.get(ev.PAYLOAD_FIELD.encode(), b"")
+            received.append(Received(message.message_id, event, raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)))
+        if received:
+            self._handle(received)
+        if self.stop_event.is_set() and received and not self._handled:
+            return 0  # stopped while the database was down: leave the batch pending
+        self.stream.ack(self.group, [m.message_id for m in messages])
+        self.stats.processed += len(received)
+        self.stats.batches += 1
+        return len(messages)
+
+    def _dead_letter(self, message: StreamMessage, reason: str) -> None:
+        log.warning("%s: dead-lettering %s: %s", self.consumer_name, message.message_id, reason)
+        self.stream.dead_letter(self.group, message, reason)
+        self.stats.dead_lettered += 1
+
+    def _handle(self, batch: list[Received]) -> None:
+        """Commit the batch's effect; retry transient database errors; isolate poison events."""
+        self._handled = False
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                self.handler.handle(batch)
+                self._handled = True
+                return
+            except DatabaseError as exc:
+                if not exc.transient:
+                    break
+                if self.stop_event.is_set():
+                    return
+                log.warning("%s: database unavailable (%s); retrying in %.1fs", self.consumer_name, exc, delay)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+            except Exception:
+                break
+        if len(batch) > 1:
+            for item in batch:
+                self._handle([item])
+            self._handled = True
+            return
+        item = batch[0]
+        try:
+            self.handler.handle(batch)
+            self._handled = True
+        except Exception as exc:  # a poison event: park it with the reason, keep going
+            log.exception("%s: handler failed on %s", self.consumer_name, item.message_id)
+            self._dead_letter(
+                StreamMessage(item.message_id, {ev.PAYLOAD_FIELD.encode(): item.payload.encode()}),
+                f"{self.group} handler failed: {type(exc).__name__}: {exc}",
+            )
+            self._handled = True

@@ -1,0 +1,176 @@
+"""The recorder: persists runs, per-epoch metrics, checkpoints and raw events into SQL.
+
+One transaction per batch, acknowledged after commit. Every write is
+idempotent (inserts skip existing keys; the run row is merged with rules
+that give the same result in any order), so redelivered, reclaimed or
+out-of-order events never create duplicates.
+
+Example:
+    >>> recorder = Recorder(make_engine("sqlite:///fitstream.db"))   # doctest: +SKIP
+    >>> ConsumerLoop(recorder, EventStream()).run()                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline import events as ev
+from pipeline.consumers.base import Received
+from pipeline.db import bulk
+from pipeline.db.migrate import require_head
+from pipeline.db.models import TERMINAL_STATUSES, SqlRun
+from pipeline.db.session import transaction
+
+GROUP = "recorder"
+
+EVENT_COLUMNS = ("event_id", "run_id", "seq", "type", "ts", "payload")
+METRIC_COLUMNS = ("run_id", "name", "epoch", "value")
+EPOCH_COLUMNS = ("run_id", "epoch", "learning_rate", "wall_time_s", "steps", "samples_per_second", "steps_per_second", "ended_at")
+CHECKPOINT_COLUMNS = ("run_id", "epoch", "path", "monitor", "value", "size_bytes", "sha256", "saved_at")
+
+# How each runs column merges an incoming value with the stored one.
+_FIRST_WINS = ("started_at",)
+_MAXIMUM = ("epochs_completed", "last_event_at")
+_LATEST_NON_NULL = (
+    "name", "finished_at", "epochs_planned", "best_epoch", "stopped_epoch", "monitor", "mode", "best_value",
+    "restored_best_weights", "model_name", "params_count", "optimizer", "batch_size", "host", "tags",
+    "wall_time_s", "error_type", "error_message",
+)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+@dataclass
+class _RunUpdate:
+    """What one batch says about one run, merged in memory before one upsert."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    status: str = "running"
+
+    def set(self, **values: Any) -> None:
+        for key, value in values.items():
+            if value is not None:
+                self.values[key] = value
+
+    def bump(self, key: str, value: Any) -> None:
+        current = self.values.get(key)
+        if current is None or value > current:
+            self.values[key] = value
+
+
+def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple], dict[str, _RunUpdate]]:
+    """Turn a batch of events into rows for events, epoch_metrics, epochs, checkpoints, and run updates."""
+    event_rows: list[tuple] = []
+    metric_rows: list[tuple] = []
+    epoch_rows: list[tuple] = []
+    checkpoint_rows: list[tuple] = []
+    runs: dict[str, _RunUpdate] = {}
+    for item in batch:
+        event = item.event
+        at = _utc(event.ts)
+        event_rows.append((event.id, event.run_id, event.seq, event.type, at, item.payload))
+        run = runs.get(event.run_id)
+        if run is None:
+            run = runs[event.run_id] = _RunUpdate()
+        run.bump("last_event_at", at)
+        if isinstance(event, ev.EpochEnd):
+            run_id, epoch = event.run_id, event.epoch
+            metric_rows.extend((run_id, name, epoch, value) for name, value in event.metrics.items())
+            epoch_rows.append(
+                (run_id, epoch, event.learning_rate, event.wall_time_s, event.steps,
+                 event.samples_per_second, event.steps_per_second, at)
+            )
+            run.bump("epochs_completed", epoch + 1)
+        elif isinstance(event, ev.RunStarted):
+            run.set(
+                name=event.name, started_at=at, epochs_planned=event.epochs, monitor=event.monitor, mode=event.mode,
+                model_name=event.model_name, params_count=event.params_count,
+                optimizer=json.dumps(event.optimizer) if event.optimizer is not None else None,
+                batch_size=event.batch_size, host=event.host,
+                tags=json.dumps(event.tags) if event.tags else None,
+            )
+        elif isinstance(event, ev.CheckpointSaved):
+            checkpoint_rows.append(
+                (event.run_id, event.epoch, event.path, event.monitor, event.value, event.size_bytes, event.sha256, at)
+            )
+        elif isinstance(event, ev.EarlyStopped):
+            run.set(
+                stopped_epoch=event.stopped_epoch, best_epoch=event.best_epoch, best_value=event.best_value,
+                monitor=event.monitor, mode=event.mode,
+            )
+        elif isinstance(event, ev.RunFinished):
+            run.status = event.status
+            run.set(
+                finished_at=at, wall_time_s=event.wall_time_s, best_epoch=event.best_epoch,
+                best_value=event.best_value, monitor=event.monitor,
+                restored_best_weights=int(event.restored_best_weights),
+            )
+            run.bump("epochs_completed", event.epochs_completed)
+        elif isinstance(event, ev.RunFailed):
+            run.set(error_type=event.error_type, error_message=event.message)
+    return event_rows, metric_rows, epoch_rows, checkpoint_rows, runs
+
+
+def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
+    if not runs:
+        return
+    table = SqlRun.__table__
+    dialect = conn.dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    greatest = sa.func.greatest if dialect == "postgresql" else sa.func.max
+    excluded, current = insert.excluded, table.c
+    merge: dict[str, Any] = {
+        "status": sa.case((current.status.in_(TERMINAL_STATUSES), current.status), else_=excluded.status),
+        "started_at": sa.func.coalesce(current.started_at, excluded.started_at),
+    }
+    for name in _MAXIMUM:
+        merge[name] = sa.func.coalesce(greatest(current[name], excluded[name]), excluded[name], current[name])
+    for name in _LATEST_NON_NULL:
+        merge[name] = sa.func.coalesce(excluded[name], current[name])
+    statement = insert.on_conflict_do_update(index_elements=[current.run_id], set_=merge)
+    columns = ("status", *_FIRST_WINS, *_MAXIMUM, *_LATEST_NON_NULL)
+    params = []
+    for run_id, update in sorted(runs.items()):
+        row = {name: update.values.get(name) for name in columns}
+        row["run_id"] = run_id
+        row["status"] = update.status
+        row["epochs_completed"] = update.values.get("epochs_completed", 0)
+        params.append(row)
+    conn.execute(statement, params)
+
+
+def write_batch(conn: Connection, batch: Sequence[Received]) -> None:
+    """All of a batch's rows, in the caller's transaction."""
+    event_rows, metric_rows, epoch_rows, checkpoint_rows, runs = rows_for(batch)
+    _upsert_runs(conn, runs)
+    bulk.insert_ignore(conn, "events", EVENT_COLUMNS, event_rows)
+    bulk.insert_ignore(conn, "epoch_metrics", METRIC_COLUMNS, metric_rows)
+    bulk.insert_ignore(conn, "epochs", EPOCH_COLUMNS, epoch_rows)
+    bulk.insert_ignore(conn, "checkpoints", CHECKPOINT_COLUMNS, checkpoint_rows)
+
+
+class Recorder:
+    """Consumer-group handler that writes events into the history database.
+
+    Args:
+        engine: The history database. Its schema must be at Alembic's head.
+    """
+
+    group = GROUP
+
+    def __init__(self, engine: Engine) -> None:
+        require_head(engine)
+        self.engine = engine
+
+    def handle(self, batch: Sequence[Received]) -> None:
+        with transaction(self.engine) as conn:
+            write_batch(conn, batch)

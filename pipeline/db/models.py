@@ -1,0 +1,120 @@
+"""SQLAlchemy models of the history database (``Sql*`` rows; plain entities live in ``entities.py``).
+
+The schema itself is owned by Alembic (``migrations/``); these classes must match
+the head revision, which ``tests/test_migrations.py`` checks.
+
+Tables users query with plain SQL:
+
+* ``runs``: one row per run (status, epochs completed, best/stopped epoch, monitor).
+* ``epoch_metrics``: long format, one row per (run, metric, epoch); ``epoch`` counts from 0 as Keras does.
+* ``epochs``: one row per (run, epoch): learning rate, wall time, throughput.
+* ``checkpoints``: files written by ModelCheckpoint, with size and sha256.
+* ``events``: every raw event, as JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+RUN_STATUSES = ("running", "completed", "early_stopped", "failed", "cancelled")
+TERMINAL_STATUSES = ("completed", "early_stopped", "failed", "cancelled")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SqlRun(Base):
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    epochs_completed: Mapped[int] = mapped_column(Integer, default=0)
+    epochs_planned: Mapped[int | None] = mapped_column(Integer)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    stopped_epoch: Mapped[int | None] = mapped_column(Integer)
+    monitor: Mapped[str | None] = mapped_column(String(255))
+    mode: Mapped[str | None] = mapped_column(String(8))
+    best_value: Mapped[float | None] = mapped_column(Float)
+    restored_best_weights: Mapped[int | None] = mapped_column(Integer)
+    model_name: Mapped[str | None] = mapped_column(String(255))
+    params_count: Mapped[int | None] = mapped_column(BigInteger)
+    optimizer: Mapped[str | None] = mapped_column(Text)
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[str | None] = mapped_column(Text)
+    wall_time_s: Mapped[float | None] = mapped_column(Float)
+    error_type: Mapped[str | None] = mapped_column(String(255))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_runs_name_started_at", "name", "started_at"),
+        Index("ix_runs_status", "status"),
+    )
+
+
+class SqlEpochMetric(Base):
+    __tablename__ = "epoch_metrics"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+
+    # The primary key (run_id, name, epoch) serves "a run's curve";
+    # this index serves "best runs by a metric".
+    __table_args__ = (Index("ix_epoch_metrics_name_value", "name", "value"),)
+
+
+class SqlEpoch(Base):
+    __tablename__ = "epochs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    learning_rate: Mapped[float | None] = mapped_column(Float)
+    wall_time_s: Mapped[float | None] = mapped_column(Float)
+    steps: Mapped[int | None] = mapped_column(Integer)
+    samples_per_second: Mapped[float | None] = mapped_column(Float)
+    steps_per_second: Mapped[float | None] = mapped_column(Float)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SqlCheckpoint(Base):
+    __tablename__ = "checkpoints"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    monitor: Mapped[str | None] = mapped_column(String(255))
+    value: Mapped[float | None] = mapped_column(Float)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    saved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SqlEvent(Base):
+    __tablename__ = "events"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    payload: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_events_run_id_seq", "run_id", "seq"), Index("ix_events_type", "type"))

@@ -1,0 +1,116 @@
+"""Read-side queries for the CLI and the Python API, returning plain entities.
+
+Example:
+    >>> engine = make_engine("sqlite:///fitstream.db", read_only=True)   # doctest: +SKIP
+    >>> [r.status for r in list_runs(engine, limit=5)]                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline.db.entities import EpochRecord, Run, RunDetail
+from pipeline.db.session import transaction
+from pipeline.errors import ConfigurationError, RunNotFoundError
+
+RUN_FIELDS = (
+    "run_id", "name", "status", "started_at", "finished_at", "epochs_completed", "best_epoch",
+    "stopped_epoch", "monitor", "best_value", "mode", "model_name", "params_count", "wall_time_s",
+    "error_type", "error_message",
+)
+_RUN_SELECT = "SELECT " + ", ".join(RUN_FIELDS) + " FROM runs"
+
+
+def _run(row: Any) -> Run:
+    return Run(**dict(row._mapping))
+
+
+def list_runs(engine: Engine, *, status: str | None = None, name: str | None = None, limit: int = 50) -> list[Run]:
+    """Most recent runs first."""
+    clauses, params = [], {"limit": limit}
+    if status:
+        clauses.append("status = :status")
+        params["status"] = status
+    if name:
+        clauses.append("name = :name")
+        params["name"] = name
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"{_RUN_SELECT}{where} ORDER BY started_at DESC, run_id LIMIT :limit"
+    with transaction(engine) as conn:
+        return [_run(row) for row in conn.execute(sa.text(sql), params)]
+
+
+def resolve_run_id(engine: Engine, run_ref: str) -> str:
+    """The full id of the run whose id is, or starts with, ``run_ref``."""
+    if not run_ref:
+        raise ConfigurationError("a run id (or the start of one) is required")
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            sa.text("SELECT run_id FROM runs WHERE run_id = :ref OR run_id LIKE :prefix ORDER BY run_id LIMIT 6"),
+            {"ref": run_ref, "prefix": run_ref.replace("%", "").replace("_", "\\_") + "%"},
+        ).scalars().all()
+    if run_ref in rows:
+        return run_ref
+    if not rows:
+        raise RunNotFoundError(f"no run with id {run_ref!r}; list runs with: fitstream runs")
+    if len(rows) > 1:
+        raise RunNotFoundError(f"{run_ref!r} matches several runs ({', '.join(rows[:5])}…); give more characters")
+    return rows[0]
+
+
+def get_run(engine: Engine, run_ref: str) -> RunDetail:
+    """A run with its epochs (metrics in Keras' order of names) and checkpoints."""
+    run_id = resolve_run_id(engine, run_ref)
+    with transaction(engine) as conn:
+        run = _run(conn.execute(sa.text(f"{_RUN_SELECT} WHERE run_id = :id"), {"id": run_id}).one())
+        metrics: "OrderedDict[int, dict[str, float | None]]" = OrderedDict()
+        for epoch, name, value in conn.execute(
+            sa.text("SELECT epoch, name, value FROM epoch_metrics WHERE run_id = :id ORDER BY epoch, name"),
+            {"id": run_id},
+        ):
+            metrics.setdefault(epoch, {})[name] = value
+        extra = {
+            row.epoch: row
+            for row in conn.execute(
+                sa.text("SELECT epoch, learning_rate, wall_time_s, samples_per_second FROM epochs WHERE run_id = :id"),
+                {"id": run_id},
+            )
+        }
+        checkpoints = [
+            dict(row._mapping)
+            for row in conn.execute(
+                sa.text(
+                    "SELECT epoch, path, monitor, value, size_bytes, sha256, saved_at FROM checkpoints "
+                    "WHERE run_id = :id ORDER BY epoch, path"
+                ),
+                {"id": run_id},
+            )
+        ]
+    epochs = []
+    for epoch in sorted(set(metrics) | set(extra)):
+        row = extra.get(epoch)
+        epochs.append(
+            EpochRecord(
+                epoch=epoch,
+                metrics=metrics.get(epoch, {}),
+                learning_rate=row.learning_rate if row is not None else None,
+                wall_time_s=row.wall_time_s if row is not None else None,
+                samples_per_second=row.samples_per_second if row is not None else None,
+            )
+        )
+    return RunDetail(run=run, epochs=epochs, checkpoints=checkpoints)
+
+
+def run_sql(engine: Engine, query: str, *, max_rows: int | None = None) -> tuple[list[str], list[tuple]]:
+    """Run ``query`` and return (column names, rows). Use a read-only engine for user queries."""
+    with transaction(engine) as conn:
+        result = conn.exec_driver_sql(query)
+        if not result.returns_rows:
+            return [], []
+        columns = list(result.keys())
+        rows = result.fetchmany(max_rows) if max_rows else result.fetchall()
+    return columns, [tuple(r) for r in rows]

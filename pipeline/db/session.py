@@ -1,0 +1,102 @@
+"""The one place that owns database engines and transactions.
+
+Example:
+    >>> engine = make_engine("sqlite:///:memory:")
+    >>> with transaction(engine) as conn:
+    ...     conn.exec_driver_sql("SELECT 1").scalar()
+    1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from pipeline.errors import ConfigurationError, DatabaseError, ReadOnlyViolationError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def mask_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"
+
+
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine for ``url``. With ``read_only`` the database itself refuses writes.
+
+    SQLite files are opened with ``PRAGMA query_only``; PostgreSQL sessions with
+    ``default_transaction_read_only=on``. No SQL text is parsed to decide.
+    """
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigurationError(f"FITSTREAM_DATABASE_URL is not a valid database URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_conn.cursor()
+            if parsed.database not in (None, "", ":memory:"):
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            if read_only:
+                cursor.execute("PRAGMA query_only=ON")
+            cursor.close()
+
+        return engine
+    if backend == "postgresql":
+        connect_args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+        return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    raise ConfigurationError(f"unsupported database {backend!r}: use a sqlite:/// or postgresql:// URL")
+
+
+@functools.lru_cache(maxsize=16)
+def cached_engine(url: str, read_only: bool = False) -> Engine:
+    return make_engine(url, read_only=read_only)
+
+
+def _is_read_only_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "read-only" in text or "readonly" in text or "read only" in text
+
+
+def _is_transient(exc: sa.exc.DBAPIError) -> bool:
+    if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
+        return "locked" in str(exc).lower() or exc.connection_invalidated or "connection" in str(exc).lower()
+    return False
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction: committed on success, rolled back on error.
+
+    Database errors are raised as :class:`DatabaseError` (``transient`` tells
+    whether retrying may help) or :class:`ReadOnlyViolationError`.
+    """
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except sa.exc.DBAPIError as exc:
+        original = exc.orig if exc.orig is not None else exc
+        if _is_read_only_error(original):
+            raise ReadOnlyViolationError(f"refused: this session is read-only ({original})") from None
+        raise DatabaseError(f"database error on {mask_url(str(engine.url))}: {original}", transient=_is_transient(exc)) from exc

@@ -1,0 +1,253 @@
+"""The versioned event schema: the only contract between training and the consumers.
+
+An event is a JSON object with a common envelope (``v``, ``id``, ``run_id``,
+``seq``, ``ts``, ``type``) and the fields of its type. ``id`` is unique per
+event and ``(run_id, seq)`` orders a run's events, so every consumer can make
+its effect idempotent.
+
+Example:
+    >>> from pipeline import events
+    >>> e = events.build(events.EpochEnd, run_id="r1", seq=3, epoch=0, metrics={"loss": 0.5})
+    >>> fields = events.encode(e)
+    >>> events.decode(fields).metrics["loss"]
+    0.5
+
+Unknown versions and malformed payloads raise :class:`InvalidEventError`
+with a reason; consumers dead-letter them, they never guess.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from typing import Annotated, Any, Literal, Mapping, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from pipeline.errors import InvalidEventError
+
+SCHEMA_VERSION = 1
+#: Name of the single field that carries the JSON payload in a stream entry.
+PAYLOAD_FIELD = "event"
+VERSION_FIELD = "v"
+
+RunStatus = Literal["completed", "early_stopped", "failed", "cancelled"]
+Mode = Literal["min", "max"]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = SCHEMA_VERSION
+    id: str = Field(min_length=1, max_length=64)
+    run_id: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=0)
+    ts: float = Field(description="Unix time (seconds) at which the event happened.")
+
+
+class MonitoringCallback(BaseModel):
+    """Settings of one of Keras' monitoring callbacks, as reported in ``run_started``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["early_stopping", "model_checkpoint", "reduce_lr_on_plateau"]
+    monitor: str
+    mode: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunStarted(_Event):
+    type: Literal["run_started"] = "run_started"
+    name: str
+    model_name: str | None = None
+    params_count: int | None = None
+    optimizer: dict[str, Any] | None = None
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+    monitor: str | None = None
+    mode: Mode | None = None
+    callbacks: list[MonitoringCallback] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    host: str | None = None
+    pid: int | None = None
+
+
+class EpochEnd(_Event):
+    type: Literal["epoch_end"] = "epoch_end"
+    epoch: int = Field(ge=0, description="Counted from 0, as Keras counts.")
+    metrics: dict[str, float | None]
+    learning_rate: float | None = None
+    wall_time_s: float | None = None
+    steps: int | None = None
+    samples_per_second: float | None = None
+    steps_per_second: float | None = None
+
+
+class BatchEnd(_Event):
+    type: Literal["batch_end"] = "batch_end"
+    epoch: int = Field(ge=0)
+    batch: int = Field(ge=0)
+    metrics: dict[str, float | None]
+
+
+class CheckpointSaved(_Event):
+    type: Literal["checkpoint_saved"] = "checkpoint_saved"
+    path: str
+    epoch: int = Field(ge=0)
+    monitor: str | None = None
+    value: float | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+
+
+class LearningRateChanged(_Event):
+    type: Literal["lr_changed"] = "lr_changed"
+    epoch: int = Field(ge=0)
+    old: float
+    new: float
+    reason: str | None = None
+
+
+class EarlyStopped(_Event):
+    type: Literal["early_stopped"] = "early_stopped"
+    stopped_epoch: int = Field(ge=0)
+    best_epoch: int = Field(ge=0)
+    best_value: float | None
+    monitor: str
+    mode: Mode
+    patience: int | None = None
+    min_delta: float | None = None
+    restore_best_weights: bool = False
+
+
+class RunFinished(_Event):
+    type: Literal["run_finished"] = "run_finished"
+    status: RunStatus
+    epochs_completed: int = Field(ge=0)
+    wall_time_s: float | None = None
+    best_epoch: int | None = None
+    best_value: float | None = None
+    monitor: str | None = None
+    restored_best_weights: bool = False
+
+
+class RunFailed(_Event):
+    type: Literal["run_failed"] = "run_failed"
+    error_type: str
+    message: str
+    traceback: str | None = None
+
+
+Event = Annotated[
+    Union[
+        RunStarted,
+        EpochEnd,
+        BatchEnd,
+        CheckpointSaved,
+        LearningRateChanged,
+        EarlyStopped,
+        RunFinished,
+        RunFailed,
+    ],
+    Field(discriminator="type"),
+]
+EVENT_TYPES: tuple[str, ...] = (
+    "run_started",
+    "epoch_end",
+    "batch_end",
+    "checkpoint_saved",
+    "lr_changed",
+    "early_stopped",
+    "run_finished",
+    "run_failed",
+)
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+E = TypeVar("E", bound=_Event)
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def build(cls: type[E], *, run_id: str, seq: int, ts: float | None = None, **fields: Any) -> E:
+    """Make an event of type ``cls`` with a fresh id.
+
+    Example:
+        >>> build(RunFailed, run_id="r1", seq=9, error_type="OSError", message="disk full").type
+        'run_failed'
+    """
+    return cls(id=new_event_id(), run_id=run_id, seq=seq, ts=time.time() if ts is None else ts, **fields)
+
+
+def to_float(value: Any) -> float | None:
+    """A log value as a plain float (numpy scalars, 0-d tensors); None when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_default(value: Any) -> Any:
+    converted = to_float(value)
+    if converted is None:
+        return str(value)
+    return converted
+
+
+def encode(event: _Event) -> dict[str, str]:
+    """Stream-entry fields for ``event``. NaN and infinities survive (as JSON ``NaN``/``Infinity``)."""
+    payload = json.dumps(event.model_dump(mode="python"), default=_json_default, separators=(",", ":"))
+    return {VERSION_FIELD: str(event.v), PAYLOAD_FIELD: payload}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def decode(fields: Mapping[Any, Any]) -> Event:
+    """Parse and validate one stream entry's fields.
+
+    Raises:
+        InvalidEventError: with the reason, for a missing payload, invalid JSON,
+            an unknown schema version or event type, or a field that fails validation.
+    """
+    raw = fields.get(PAYLOAD_FIELD, fields.get(PAYLOAD_FIELD.encode()))
+    if raw is None:
+        present = sorted(_text(k) for k in fields)
+        raise InvalidEventError(f"no {PAYLOAD_FIELD!r} field in stream entry (fields: {present})")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEventError(f"payload is not valid JSON: {exc}") from None
+    return decode_dict(data)
+
+
+def decode_dict(data: Any) -> Event:
+    """Validate an already-parsed event object (see :func:`decode`)."""
+    if not isinstance(data, dict):
+        raise InvalidEventError(f"payload must be a JSON object, got {type(data).__name__}")
+    version = data.get("v")
+    if version != SCHEMA_VERSION:
+        raise InvalidEventError(
+            f"unknown schema version {version!r}; this Fitstream understands version {SCHEMA_VERSION}"
+        )
+    kind = data.get("type")
+    if kind not in EVENT_TYPES:
+        raise InvalidEventError(f"unknown event type {kind!r}; known types: {', '.join(EVENT_TYPES)}")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or '<event>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise InvalidEventError(f"invalid {kind} event: {problems}") from None
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,1 @@
+"""Celery app and thin training tasks (built in a later issue)."""
