@@ -39,7 +39,7 @@ def cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.5g}"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
@@ -62,9 +62,9 @@ def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: st
         return
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
-        table.add_column(str(column), overflow="fold")
+        table.add_column(str(column), no_wrap=True)
     for row in rows:
         table.add_row(*(cell(v) for v in row))
-    Console().print(table)
+    Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None).print(table)
     if not rows:
         stderr_console.print("[dim](no rows)[/dim]")

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline.db.entities import EpochRecord, Run, RunDetail
+from pipeline.db.models import SqlRun
 from pipeline.db.session import transaction
 from pipeline.errors import ConfigurationError, RunNotFoundError
 
@@ -22,7 +23,8 @@ RUN_FIELDS = (
     "stopped_epoch", "monitor", "best_value", "mode", "model_name", "params_count", "wall_time_s",
     "error_type", "error_message",
 )
-_RUN_SELECT = "SELECT " + ", ".join(RUN_FIELDS) + " FROM runs"
+_RUNS = SqlRun.__table__
+_RUN_SELECT = sa.select(*(_RUNS.c[f] for f in RUN_FIELDS))
 
 
 def _run(row: Any) -> Run:
@@ -31,17 +33,14 @@ def _run(row: Any) -> Run:
 
 def list_runs(engine: Engine, *, status: str | None = None, name: str | None = None, limit: int = 50) -> list[Run]:
     """Most recent runs first."""
-    clauses, params = [], {"limit": limit}
+    query = _RUN_SELECT
     if status:
-        clauses.append("status = :status")
-        params["status"] = status
+        query = query.where(_RUNS.c.status == status)
     if name:
-        clauses.append("name = :name")
-        params["name"] = name
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"{_RUN_SELECT}{where} ORDER BY started_at DESC, run_id LIMIT :limit"
+        query = query.where(_RUNS.c.name == name)
+    query = query.order_by(_RUNS.c.started_at.desc(), _RUNS.c.run_id).limit(limit)
     with transaction(engine) as conn:
-        return [_run(row) for row in conn.execute(sa.text(sql), params)]
+        return [_run(row) for row in conn.execute(query)]
 
 
 def resolve_run_id(engine: Engine, run_ref: str) -> str:
@@ -66,7 +65,7 @@ def get_run(engine: Engine, run_ref: str) -> RunDetail:
     """A run with its epochs (metrics in Keras' order of names) and checkpoints."""
     run_id = resolve_run_id(engine, run_ref)
     with transaction(engine) as conn:
-        run = _run(conn.execute(sa.text(f"{_RUN_SELECT} WHERE run_id = :id"), {"id": run_id}).one())
+        run = _run(conn.execute(_RUN_SELECT.where(_RUNS.c.run_id == run_id)).one())
         metrics: "OrderedDict[int, dict[str, float | None]]" = OrderedDict()
         for epoch, name, value in conn.execute(
             sa.text("SELECT epoch, name, value FROM epoch_metrics WHERE run_id = :id ORDER BY epoch, name"),

@@ -1,0 +1,199 @@
+"""Fixtures that give each test real services: a Redis stream of its own and a fresh database.
+
+PostgreSQL: FITSTREAM_TEST_POSTGRES_URL (``./dev test`` makes sure one answers).
+Each test that asks for ``database_url`` runs once on SQLite and once on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from pipeline.bus import EventStream
+from pipeline.config import Settings
+from pipeline.consumers.base import ConsumerLoop
+from pipeline.consumers.recorder import Recorder
+from pipeline.db import migrate
+from pipeline.db.session import make_engine
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("FITSTREAM_REDIS_URL", "redis://localhost:6379/0")
+POSTGRES_URL = os.environ.get("FITSTREAM_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"no Redis at {REDIS_URL} ({exc}); run the suite with ./dev test, which starts one")
+    return REDIS_URL
+
+
+@pytest.fixture
+def stream_name(redis_url: str) -> Iterator[str]:
+    name = f"fitstream:test:{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{name}*"))
+    if keys:
+        client.delete(*keys)
+
+
+def _postgres_database() -> Iterator[str]:
+    import psycopg
+
+    admin_url = POSTGRES_URL
+    name = f"fitstream_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at FITSTREAM_TEST_POSTGRES_URL is not usable ({exc}); run ./dev test")
+    base = sa.engine.make_url(admin_url)
+    url = base.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    yield url
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'history.db'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'history.db'}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, stream_name: str, database_url: str) -> Settings:
+    return Settings(
+        redis_url=redis_url, database_url=database_url, home=tmp_path / "home", stream=stream_name,
+        claim_idle_ms=1000, consumer_block_ms=100,
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[sa.Engine]:
+    migrate.upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+class RecorderThread:
+    """A real recorder (consumer group, real Redis, real database) running in a thread."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine, name: str = "test-recorder") -> None:
+        self.loop = ConsumerLoop(Recorder(engine), EventStream(settings=settings), consumer_name=name)
+        self.thread = threading.Thread(target=self.loop.run, daemon=True)
+
+    def __enter__(self) -> "RecorderThread":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.stop_event.set()
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def recorder(settings: Settings, engine: sa.Engine) -> Iterator[RecorderThread]:
+    with RecorderThread(settings, engine) as running:
+        yield running
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of the test's own (so the test can stop and restart it)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; ./dev test installs it")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: _pings(client), timeout=10, message="private redis to start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+def run_cli(*args: str, env_extra: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real ``fitstream`` command in a subprocess."""
+    env = {**os.environ, **(env_extra or {})}
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"fitstream {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    return {
+        "FITSTREAM_REDIS_URL": settings.redis_url,
+        "FITSTREAM_DATABASE_URL": settings.database_url,
+        "FITSTREAM_HOME": str(settings.home),
+        "FITSTREAM_STREAM": settings.stream,
+    }
