@@ -81,6 +81,7 @@ class EventSender:
         self._deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._outage_started: float | None = None
+        self._head: list[Fields] = []
         self.sent = 0
         self.errors = 0
 
@@ -99,6 +100,8 @@ class EventSender:
                         self._queue.put_nowait(item)
                         return
                     except queue.Full:
+                        # Everything still queued precedes this event: spool it first, in order.
+                        self._move_queue_to_spool([])
                         self._spooling = True
                         log.warning("fitstream: event buffer full; spooling events to %s", self._spool.path)
                 self._spool.append([_resolve(item)])
@@ -113,6 +116,11 @@ class EventSender:
         if self._thread is not None:
             self._thread.join(timeout + 2 * 10.0)
         with self._lock:
+            if self._head:
+                # Unsent events that precede the spool's: put them at its front.
+                self._spool.prepend(self._head)
+                self._head = []
+                self._spooling = True
             self._move_queue_to_spool([])
             left = self._spool.unread_count()
             if left == 0:
@@ -139,7 +147,8 @@ class EventSender:
                     continue
                 batch = self._take_batch()
                 if not batch:
-                    if self._closing.is_set():
+                    # Spooling may have started (buffer overflow) since the check above.
+                    if self._closing.is_set() and not self._spooling and self._queue.empty():
                         return
                     continue
                 fields = [_resolve(item) for item in batch]
@@ -180,13 +189,25 @@ class EventSender:
 
     def _begin_outage(self, unsent: list[Fields], exc: Exception) -> None:
         with self._lock:
-            self._move_queue_to_spool(unsent)
+            # The failed batch precedes anything spooled meanwhile (by a buffer overflow):
+            # keep it in memory (at most one batch) and send it before the spool.
+            self._head = unsent
+            self._move_queue_to_spool([])
+            self._spooling = True
         if self._outage_started is None:
             self._outage_started = time.monotonic()
             log.warning("fitstream: Redis unreachable (%s); spooling events to %s", exc, self._spool.path)
 
     def _drain_spool(self) -> bool:
         """Send spooled events in order. True once the spool is empty and spooling has stopped."""
+        if self._head:
+            try:
+                self._publish(self._head)
+            except StreamUnavailableError:
+                return False
+            self.sent += len(self._head)
+            self._head = []
+            return True
         items, offset = self._spool.read(max_items=self._send_batch)
         if offset != self._spool.offset:
             if items:

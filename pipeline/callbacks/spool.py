@@ -64,6 +64,18 @@ class DiskSpool:
                     continue  # a torn line from a crash: it cannot be sent, skip it
         return items, offset
 
+    def prepend(self, items: list[dict[str, str]]) -> None:
+        """Put ``items`` before the unread lines (rewrites the file; only used when closing)."""
+        unread: list[dict[str, str]] = []
+        while True:
+            chunk, offset = self.read(max_items=10_000)
+            if offset == self._offset:
+                break
+            unread.extend(chunk)
+            self._offset = offset
+        self.clear()
+        self.append(items + unread)
+
     @property
     def offset(self) -> int:
         return self._offset

@@ -1,0 +1,136 @@
+"""The recorder's delivery guarantees against a real Redis and real databases:
+SIGKILL mid-stream, replays, several recorders in one group, malformed payloads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from pipeline import events as ev
+from pipeline.bus import EventStream
+from tests.conftest import REPO, RecorderThread, settings_env, wait_for
+from tests.stream_helpers import epoch_events, publish_all
+
+
+def _count(engine, table: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+
+
+def _start_recorder(settings, name: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, **settings_env(settings)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli.main", "consume", "recorder", "--name", name, *extra],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.mark.slow
+def test_recorder_killed_mid_stream_then_restarted_records_everything_once(settings, engine):
+    runs, epochs, metrics = 40, 100, 5
+    items = epoch_events(runs, epochs, metrics)
+    stream = EventStream(settings=settings)
+    stream.ensure_group("recorder")
+    publish_all(stream, items)
+    expected_metric_rows = runs * epochs * metrics
+
+    first = _start_recorder(settings, "doomed", "--batch-size", "200")
+    wait_for(lambda: _count(engine, "events") > 0, timeout=60, interval=0.02, message="first rows")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    recorded_before = _count(engine, "events")
+    assert 0 < recorded_before < len(items), "the kill should land mid-stream"
+    pending = stream.client.xpending(settings.stream, "recorder")["pending"]
+
+    # A new recorder (another name) reclaims what the dead one held and finishes the stream.
+    second = _start_recorder(settings, "survivor", "--claim-idle-ms", "500", "--exit-when-idle", "3")
+    _out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err
+    assert _count(engine, "events") == len(items)
+    assert _count(engine, "epoch_metrics") == expected_metric_rows
+    assert _count(engine, "epochs") == runs * epochs
+    with engine.connect() as conn:
+        statuses = conn.execute(sa.text("SELECT status, count(*) FROM runs GROUP BY status")).all()
+        assert statuses == [("completed", runs)]
+        assert set(conn.execute(sa.text("SELECT epochs_completed FROM runs")).scalars()) == {epochs}
+    assert stream.client.xpending(settings.stream, "recorder")["pending"] == 0
+    if pending:
+        assert "reclaimed" in err
+
+
+def test_replaying_events_creates_no_duplicates_and_order_does_not_matter(settings, engine):
+    items = epoch_events(3, 5, 3)
+    stream = EventStream(settings=settings)
+    # Newest first, then everything again in order: same result as a single in-order pass.
+    publish_all(stream, list(reversed(items)) + items)
+    with RecorderThread(settings, engine):
+        wait_for(lambda: stream.groups() and stream.groups()[0]["lag"] == 0 and stream.groups()[0]["pending"] == 0, message="stream drained")
+    assert _count(engine, "events") == len(items)
+    assert _count(engine, "epoch_metrics") == 3 * 5 * 3
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT run_id, status, epochs_completed, name FROM runs ORDER BY run_id")).all()
+    assert [(r.status, r.epochs_completed) for r in rows] == [("completed", 5)] * 3
+    assert all(r.name.startswith("synthetic-") for r in rows)
+
+
+def test_several_recorders_in_one_group_share_the_work(settings, engine):
+    items = epoch_events(20, 50, 2)
+    stream = EventStream(settings=settings)
+    stream.ensure_group("recorder")
+    publish_all(stream, items)
+    a, b = RecorderThread(settings, engine, "rec-a"), RecorderThread(settings, engine, "rec-b")
+    a.loop.batch_size = b.loop.batch_size = 50
+    with a, b:
+        wait_for(lambda: _count(engine, "events") == len(items), timeout=60, message="all events recorded")
+    assert a.loop.stats.processed > 0 and b.loop.stats.processed > 0
+    assert a.loop.stats.processed + b.loop.stats.processed == len(items)
+    assert _count(engine, "epoch_metrics") == 20 * 50 * 2
+
+
+def test_malformed_payloads_are_dead_lettered_with_reasons(settings, engine):
+    valid = epoch_events(10, 20, 2)  # 220 valid events
+    stream = EventStream(settings=settings)
+    client: redis.Redis = stream.client
+    good = [ev.encode(e) for e in valid]
+    bad_kinds = [
+        {"event": "{not json"},
+        {"v": "1", "event": '{"v": 99, "type": "epoch_end"}'},
+        {"v": "1", "event": '{"v": 1, "type": "epoch_end", "id": "x", "run_id": "r", "seq": 1, "ts": 1}'},
+        {"v": "1", "event": '{"v": 1, "type": "mystery", "id": "x", "run_id": "r", "seq": 1, "ts": 1}'},
+        {"something": "else"},
+        {"v": "1", "event": "[1, 2, 3]"},
+    ]
+    pipe = client.pipeline(transaction=False)
+    bad_sent = 0
+    for i in range(1000):
+        pipe.xadd(settings.stream, bad_kinds[i % len(bad_kinds)])
+        bad_sent += 1
+        if i % 4 == 0 and i // 4 < len(good):
+            pipe.xadd(settings.stream, good[i // 4])
+    for item in good[250:]:
+        pipe.xadd(settings.stream, item)
+    pipe.execute()
+
+    with RecorderThread(settings, engine) as rec:
+        wait_for(lambda: rec.loop.stats.processed + rec.loop.stats.dead_lettered == len(good) + bad_sent, message="all messages handled")
+    assert _count(engine, "events") == len(valid)
+    assert stream.dead_letter_count("recorder") == bad_sent
+    dead = client.xrange(stream.dead_letter_stream)
+    assert len(dead) == bad_sent
+    reasons = [fields[b"reason"].decode() for _id, fields in dead]
+    assert sum("not valid JSON" in r for r in reasons) == 167
+    assert sum("unknown schema version 99" in r for r in reasons) == 167
+    assert sum("invalid epoch_end event" in r and "epoch: Field required" in r for r in reasons) == 167
+    assert sum("unknown event type 'mystery'" in r for r in reasons) == 167
+    assert sum("no 'event' field" in r for r in reasons) == 166
+    assert sum("must be a JSON object" in r for r in reasons) == 166
+    # The original payload travels with the reason, so nothing is lost.
+    assert all(any(k.startswith(b"orig.") for k in fields) for _id, fields in dead)
+    assert stream.client.xpending(settings.stream, "recorder")["pending"] == 0
