@@ -194,6 +194,7 @@ class EventPublisher(keras.callbacks.Callback):
         self._last_batch_event_t = 0.0
         self._current_epoch = 0
         self._checkpoint_seen: dict[str, tuple[int, int]] = {}
+        self._last_train_logs: dict[str, Any] | None = None
 
     def _next_seq(self) -> int:
         seq = self._seq
@@ -341,6 +342,7 @@ class EventPublisher(keras.callbacks.Callback):
         self._batches_since_event = 0
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._last_train_logs = logs
         if self.cancel_requested:
             self.model.stop_training = True
         if self.batch_events_every is None and self.batch_events_seconds is None:
@@ -359,16 +361,25 @@ class EventPublisher(keras.callbacks.Callback):
             metrics={k: ev.to_float(v) for k, v in (logs or {}).items()},
         )
 
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        # During fit, validation ends before any callback's on_epoch_end: the first moment
+        # every metric name of the epoch is known, and before EarlyStopping can raise its
+        # own, vaguer error for an unknown metric in "auto" mode.
+        if self._state == "running" and not self._checked_monitors and self._last_train_logs is not None:
+            self._checked_monitors = True
+            names = set(self._last_train_logs) | {f"val_{k}" for k in (logs or {})}
+            self._check_monitors(names)
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
         if not self._checked_monitors:
             self._checked_monitors = True
-            self._check_monitors(logs)
+            self._check_monitors(set(logs))
         # Keep a reference: callbacks after this one may still add to the same dict
         # (ReduceLROnPlateau adds learning_rate); it is read when the epoch is finalised.
         self._pending = (epoch, logs, time.monotonic() - self._epoch_t0)
 
-    def _check_monitors(self, logs: dict[str, Any]) -> None:
+    def _check_monitors(self, logs: set[str]) -> None:
         available = sorted(logs)
         for callback in self.watch:
             if callback.monitor not in logs:

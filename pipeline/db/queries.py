@@ -107,9 +107,18 @@ def get_run(engine: Engine, run_ref: str) -> RunDetail:
 def run_sql(engine: Engine, query: str, *, max_rows: int | None = None) -> tuple[list[str], list[tuple]]:
     """Run ``query`` and return (column names, rows). Use a read-only engine for user queries."""
     with transaction(engine) as conn:
-        result = conn.exec_driver_sql(query)
-        if not result.returns_rows:
-            return [], []
-        columns = list(result.keys())
-        rows = result.fetchmany(max_rows) if max_rows else result.fetchall()
+        # The DBAPI cursor directly, with no parameters: the text is the user's SQL,
+        # so '%' in it must not be taken for a placeholder.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            try:
+                cursor.execute(query)
+            except Exception as exc:
+                raise sa.exc.DBAPIError.instance(query, None, exc, Exception) from exc
+            if cursor.description is None:
+                return [], []
+            columns = [d[0] for d in cursor.description]
+            rows = cursor.fetchmany(max_rows) if max_rows else cursor.fetchall()
+        finally:
+            cursor.close()
     return columns, [tuple(r) for r in rows]

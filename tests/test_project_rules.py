@@ -1,0 +1,64 @@
+"""Rules of the codebase that are easy to break silently: dependency direction,
+no TensorFlow where it does not belong, a valid compose file."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_pipeline_never_imports_workers_or_alerts():
+    offenders = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in (REPO / "pipeline").rglob("*.py")
+        for name in _imports(path)
+        if name.split(".")[0] in {"workers", "alerts"}
+    ]
+    assert offenders == []
+
+
+def test_tensorflow_only_where_training_happens():
+    allowed = {REPO / "pipeline" / "callbacks" / "publisher.py", REPO / "pipeline" / "cli" / "demo.py"}
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in (REPO / "pipeline").rglob("*.py")
+        if path not in allowed and any(n.split(".")[0] in {"tensorflow", "keras"} for n in _imports(path))
+    ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize(
+    "module", ["pipeline", "pipeline.cli.main", "pipeline.consumers.recorder", "pipeline.callbacks.spool", "pipeline.bus"]
+)
+def test_cli_and_consumers_start_without_tensorflow(module):
+    code = f"import sys, {module}; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, f"{module} imported {result.stdout.strip()}"
+
+
+def test_docker_compose_file_is_valid():
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (./dev test installs it on Debian)")
+    result = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    services = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config", "--services"], capture_output=True, text=True, cwd=REPO).stdout.split()
+    assert {"redis", "postgres", "migrate", "recorder"} <= set(services)
