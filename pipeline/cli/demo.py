@@ -42,7 +42,7 @@ def _wait_recorded(engine, run_id: str, timeout: float) -> None:  # type: ignore
 
 
 @click.command()
-@click.option("--epochs", type=click.IntRange(1, 1000), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=40, show_default=True)
 @click.option("--patience", type=click.IntRange(0), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 def demo(epochs: int, patience: int, batch_size: int) -> None:
@@ -69,9 +69,14 @@ def demo(epochs: int, patience: int, batch_size: int) -> None:
             recorder.kill()
     run = detail.run
     names = sorted({n for e in detail.epochs for n in e.metrics})
+    # ReduceLROnPlateau already logs learning_rate; otherwise show the publisher's reading.
+    lr_column = [] if "learning_rate" in names else ["learning_rate"]
     print_rows(
-        ["epoch", *names, "learning_rate", "wall_time_s"],
-        [(e.epoch, *(e.metrics.get(n) for n in names), e.learning_rate, e.wall_time_s) for e in detail.epochs],
+        ["epoch", *names, *lr_column, "wall_time_s"],
+        [
+            (e.epoch, *(e.metrics.get(n) for n in names), *([e.learning_rate] if lr_column else []), e.wall_time_s)
+            for e in detail.epochs
+        ],
         title=f"run {run.run_id} ({run.name}) — epoch_metrics read back from SQL",
     )
     click.echo(
@@ -92,7 +97,7 @@ def _train(console: Console, *, epochs: int, patience: int, batch_size: int) -> 
 
     settings = get_settings()
     (x, y), (x_val, y_val) = digits.load_data()
-    model = digits.build_model()
+    model = digits.build_model(learning_rate=1e-2)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
     publisher = EventPublisher(name="demo-digits-mlp", watch=[stop], batch_size=batch_size)
     run_dir = settings.runs_dir / publisher.run_id
