@@ -28,7 +28,7 @@ recorder: no schema validation, no dead-lettering, and it writes only
 bulk path buys (or costs) against the obvious implementation.
 
 Per backend (``--backends sqlite,postgresql``) and peer, ``--repeats`` trials
-are run in alternating order, each on a fresh database (SQLite: a new file in
+(fewer if a backend has used ``--budget-s`` seconds) are run in alternating order, each on a fresh database (SQLite: a new file in
 a temp dir; PostgreSQL: a temporary database ``fitstream_bench_<hex>``,
 truncated between trials, dropped WITH (FORCE) at the end), and the median is
 reported: events/s, metric rows/s, the recorder's time inside
@@ -40,7 +40,7 @@ Targets: >= 100,000 metric rows/s on SQLite, >= 50,000 metric rows/s on PostgreS
 Run::
 
     .venv/bin/python benchmarks/recorder_throughput.py [--events 20000] [--metrics 10] \\
-        [--runs 100] [--batch-size 5000] [--backends sqlite,postgresql] [--repeats 3]
+        [--runs 100] [--batch-size 5000] [--backends sqlite,postgresql] [--repeats 3] [--budget-s 100]
 
 PostgreSQL: ``FITSTREAM_TEST_POSTGRES_URL`` (default
 ``postgresql://postgres:postgres@127.0.0.1:5432/test``) must allow CREATE DATABASE.
@@ -266,7 +266,11 @@ def bench_backend(ctx, backend: str, args) -> dict[str, list[Trial]]:  # type: i
         try:
             if pg_url is not None:
                 migrate.upgrade(pg_url)
+            t_backend = time.perf_counter()
             for rep in range(args.repeats):
+                if rep and time.perf_counter() - t_backend > args.budget_s:
+                    print(f"  {backend}: --budget-s {args.budget_s:g}s spent after {rep} repeat(s); not starting more")
+                    break
                 order = ("recorder", "naive") if rep % 2 == 0 else ("naive", "recorder")
                 for peer in order:
                     if pg_url is not None:
@@ -296,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish-batch", type=int, default=1000, help="events per pipelined publish (default 1000)")
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
     parser.add_argument("--repeats", type=int, default=3, help="trials per backend and peer (default 3)")
+    parser.add_argument("--budget-s", type=float, default=100.0,
+                        help="start no further repeat on a backend after this many seconds (default 100)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -324,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             target = TARGETS[backend]
             metric_rate = expected_rows / secs
             rows.append([
-                backend, peer, f"{secs:.3f}",
+                backend, peer, len(ts), f"{secs:.3f}",
                 f"{args.events / secs:,.0f}", f"{metric_rate:,.0f}",
                 "1.00" if peer == "naive" else f"{med['naive'] / secs:.2f}",
                 f"{handle:.3f}" if handle is not None else "-",
@@ -347,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{backend}/{peer}: row counts {[t.metric_rows for t in ts]} != {expected_rows}")
     print()
     print(_common.table(
-        ["backend", "peer", "median s", "events/s", "metric rows/s", "speed vs naive", "in handle s",
+        ["backend", "peer", "trials", "median s", "events/s", "metric rows/s", "speed vs naive", "in handle s",
          "outside s", "publish s", "handle calls/failed", "rows ok", "target rows/s", "target"],
         rows,
     ))

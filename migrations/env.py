@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
-
 from pipeline.db.session import make_engine, normalize_url
 
 config = context.config
@@ -33,7 +31,6 @@ def run_migrations_online() -> None:
             context.run_migrations()
         return
     engine = make_engine(_url())
-    engine.pool = pool.NullPool(engine.pool._creator)  # type: ignore[attr-defined]
     with engine.connect() as conn:
         context.configure(connection=conn, render_as_batch=True)
         with context.begin_transaction():

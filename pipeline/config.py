@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         consumer_block_ms: How long a consumer's read waits for new messages. Default 1,000.
         claim_idle_ms: A message pending this long on a consumer is presumed lost with
             that consumer and is reclaimed by another one. Default 60,000.
+        allowed_modules: Comma-separated module prefixes that job specs may name for their
+            model, data and callbacks. Default ``examples`` (the bundled examples).
+        max_job_seconds: Longest a training job may run; Celery's visibility timeout is set
+            above it so a running job is not delivered twice. Default 7 days.
+        lease_ttl_seconds: A run's lease expires this long after its worker's last heartbeat;
+            then a re-delivered job resumes it. Default 60.
+        broker_url: Celery broker. Default: ``redis_url``.
     """
 
     model_config = SettingsConfigDict(env_prefix="FITSTREAM_", extra="ignore")
@@ -64,6 +71,20 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(default=2000, ge=1, le=100_000)
     consumer_block_ms: int = Field(default=1000, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=100)
+    allowed_modules: str = "examples"
+    max_job_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    lease_ttl_seconds: float = Field(default=60.0, gt=0)
+    broker_url: str | None = None
+
+    @property
+    def allowed_module_prefixes(self) -> tuple[str, ...]:
+        """``FITSTREAM_ALLOWED_MODULES``: comma-separated module prefixes workers may import job code from."""
+        return tuple(p.strip() for p in self.allowed_modules.split(",") if p.strip())
+
+    @property
+    def celery_broker_url(self) -> str:
+        """``FITSTREAM_BROKER_URL``, defaulting to the event stream's Redis."""
+        return self.broker_url or self.redis_url
 
     @field_validator("redis_url")
     @classmethod

@@ -58,6 +58,16 @@ class MonitoringCallback(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+class RunQueued(_Event):
+    """A job was accepted and queued (published by ``fitstream submit``)."""
+
+    type: Literal["run_queued"] = "run_queued"
+    name: str
+    queue: str
+    spec: dict[str, Any] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
 class RunStarted(_Event):
     type: Literal["run_started"] = "run_started"
     name: str
@@ -143,6 +153,7 @@ class RunFailed(_Event):
 
 Event = Annotated[
     Union[
+        RunQueued,
         RunStarted,
         EpochEnd,
         BatchEnd,
@@ -155,6 +166,7 @@ Event = Annotated[
     Field(discriminator="type"),
 ]
 EVENT_TYPES: tuple[str, ...] = (
+    "run_queued",
     "run_started",
     "epoch_end",
     "batch_end",

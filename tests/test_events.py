@@ -20,6 +20,7 @@ def test_round_trip_keeps_every_field_and_nan():
 
 def test_every_event_type_round_trips():
     samples = [
+        ev.build(ev.RunQueued, run_id="r", seq=0, name="n", queue="gpu", spec={"epochs": 3}),
         ev.build(ev.RunStarted, run_id="r", seq=0, name="n", callbacks=[ev.MonitoringCallback(kind="early_stopping", monitor="val_loss", mode="auto")]),
         ev.build(ev.EpochEnd, run_id="r", seq=1, epoch=0, metrics={}),
         ev.build(ev.BatchEnd, run_id="r", seq=2, epoch=0, batch=3, metrics={"loss": 1.0}),

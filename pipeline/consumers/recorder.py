@@ -25,7 +25,7 @@ from pipeline import events as ev
 from pipeline.consumers.base import Received
 from pipeline.db import bulk
 from pipeline.db.migrate import require_head
-from pipeline.db.models import TERMINAL_STATUSES, SqlRun
+from pipeline.db.models import SqlRun
 from pipeline.db.session import transaction
 
 GROUP = "recorder"
@@ -36,12 +36,13 @@ EPOCH_COLUMNS = ("run_id", "epoch", "learning_rate", "wall_time_s", "steps", "sa
 CHECKPOINT_COLUMNS = ("run_id", "epoch", "path", "monitor", "value", "size_bytes", "sha256", "saved_at")
 
 # How each runs column merges an incoming value with the stored one.
-_FIRST_WINS = ("started_at",)
+STATUS_RANK = {"queued": 0, "running": 1}
+_FIRST_WINS = ("started_at", "queued_at")
 _MAXIMUM = ("epochs_completed", "last_event_at")
 _LATEST_NON_NULL = (
     "name", "finished_at", "epochs_planned", "best_epoch", "stopped_epoch", "monitor", "mode", "best_value",
     "restored_best_weights", "model_name", "params_count", "optimizer", "batch_size", "host", "tags",
-    "wall_time_s", "error_type", "error_message",
+    "wall_time_s", "error_type", "error_message", "queue",
 )
 
 
@@ -55,6 +56,13 @@ class _RunUpdate:
 
     values: dict[str, Any] = field(default_factory=dict)
     status: str = "running"
+    _status_rank: int = -1
+
+    def promote(self, status: str) -> None:
+        """Statuses only move forward: queued < running < any terminal status."""
+        rank = STATUS_RANK.get(status, 2)
+        if rank > self._status_rank:
+            self.status, self._status_rank = status, rank
 
     def set(self, **values: Any) -> None:
         for key, value in values.items():
@@ -90,7 +98,11 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
                  event.samples_per_second, event.steps_per_second, at)
             )
             run.bump("epochs_completed", epoch + 1)
+        elif isinstance(event, ev.RunQueued):
+            run.promote("queued")
+            run.set(name=event.name, queued_at=at, queue=event.queue, tags=json.dumps(event.tags) if event.tags else None)
         elif isinstance(event, ev.RunStarted):
+            run.promote("running")
             run.set(
                 name=event.name, started_at=at, epochs_planned=event.epochs, monitor=event.monitor, mode=event.mode,
                 model_name=event.model_name, params_count=event.params_count,
@@ -108,7 +120,7 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
                 monitor=event.monitor, mode=event.mode,
             )
         elif isinstance(event, ev.RunFinished):
-            run.status = event.status
+            run.promote(event.status)
             run.set(
                 finished_at=at, wall_time_s=event.wall_time_s, best_epoch=event.best_epoch,
                 best_value=event.best_value, monitor=event.monitor,
@@ -128,10 +140,14 @@ def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     greatest = sa.func.greatest if dialect == "postgresql" else sa.func.max
     excluded, current = insert.excluded, table.c
+    def rank(column: Any) -> Any:
+        return sa.case((column == "queued", 0), (column == "running", 1), else_=2)
+
     merge: dict[str, Any] = {
-        "status": sa.case((current.status.in_(TERMINAL_STATUSES), current.status), else_=excluded.status),
-        "started_at": sa.func.coalesce(current.started_at, excluded.started_at),
+        "status": sa.case((rank(current.status) >= rank(excluded.status), current.status), else_=excluded.status),
     }
+    for name in _FIRST_WINS:
+        merge[name] = sa.func.coalesce(current[name], excluded[name])
     for name in _MAXIMUM:
         merge[name] = sa.func.coalesce(greatest(current[name], excluded[name]), excluded[name], current[name])
     for name in _LATEST_NON_NULL:
@@ -142,7 +158,7 @@ def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
     for run_id, update in sorted(runs.items()):
         row = {name: update.values.get(name) for name in columns}
         row["run_id"] = run_id
-        row["status"] = update.status
+        row["status"] = update.status if update._status_rank >= 0 else "running"
         row["epochs_completed"] = update.values.get("epochs_completed", 0)
         params.append(row)
     conn.execute(statement, params)

@@ -27,7 +27,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-RUN_STATUSES = ("running", "completed", "early_stopped", "failed", "cancelled")
+RUN_STATUSES = ("queued", "running", "completed", "early_stopped", "failed", "cancelled")
 TERMINAL_STATUSES = ("completed", "early_stopped", "failed", "cancelled")
 
 
@@ -61,6 +61,8 @@ class SqlRun(Base):
     error_type: Mapped[str | None] = mapped_column(String(255))
     error_message: Mapped[str | None] = mapped_column(Text)
     last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    queue: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_runs_name_started_at", "name", "started_at"),

@@ -1,0 +1,115 @@
+"""Queued jobs' specs, cancel flags, attempt counters and run leases, kept in Redis.
+
+The worker never writes SQL; what it needs to know about a queued run it reads
+here, by run id. A *lease* (a key with a TTL, renewed by a heartbeat while the
+run trains) makes sure a run trains on one worker at a time: Celery's Redis
+transport re-delivers an unacknowledged task after ``visibility_timeout``, and
+that second delivery must not train while the first worker is alive.
+
+Example:
+    >>> store = JobStore(redis.Redis())                         # doctest: +SKIP
+    >>> store.save("r1", spec)                                  # doctest: +SKIP
+    >>> lease = RunLease(store.client, "r1", owner="w1", ttl_s=30)  # doctest: +SKIP
+    >>> lease.acquire()                                         # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+from pipeline.jobs import JobSpec, parse_spec, spec_to_json
+
+KEY_PREFIX = "fitstream"
+#: Job records outlive their run for a week (resume, watch, audits).
+JOB_TTL_S = 7 * 24 * 3600
+
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    run_id: str
+    spec: JobSpec
+    queue: str
+    submitted_at: float
+
+
+class JobStore:
+    """Job records and per-run flags in Redis."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = KEY_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def _key(self, kind: str, run_id: str) -> str:
+        return f"{self.prefix}:{kind}:{run_id}"
+
+    def save(self, run_id: str, spec: JobSpec, *, queue: str | None = None) -> JobRecord:
+        record = JobRecord(run_id, spec, queue or spec.queue, time.time())
+        payload = json.dumps({"spec": json.loads(spec_to_json(spec)), "queue": record.queue, "submitted_at": record.submitted_at})
+        self.client.set(self._key("job", run_id), payload, ex=JOB_TTL_S)
+        return record
+
+    def load(self, run_id: str) -> JobRecord | None:
+        raw = self.client.get(self._key("job", run_id))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return JobRecord(run_id, parse_spec(data["spec"]), data["queue"], data["submitted_at"])
+
+    def next_attempt(self, run_id: str) -> int:
+        key = self._key("attempts", run_id)
+        pipe = self.client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, JOB_TTL_S)
+        return int(pipe.execute()[0])
+
+    def request_cancel(self, run_id: str) -> None:
+        self.client.set(self._key("cancel", run_id), "1", ex=JOB_TTL_S)
+
+    def cancel_requested(self, run_id: str) -> bool:
+        return bool(self.client.exists(self._key("cancel", run_id)))
+
+    def set_task_id(self, run_id: str, task_id: str) -> None:
+        self.client.set(self._key("task", run_id), task_id, ex=JOB_TTL_S)
+
+    def task_id(self, run_id: str) -> str | None:
+        raw = self.client.get(self._key("task", run_id))
+        return raw.decode() if raw is not None else None
+
+    def set_state(self, run_id: str, state: str) -> None:
+        """The queue-side state (queued / running / finished) that `fitstream cancel` and `watch` read."""
+        self.client.set(self._key("state", run_id), state, ex=JOB_TTL_S)
+
+    def state(self, run_id: str) -> str | None:
+        raw = self.client.get(self._key("state", run_id))
+        return raw.decode() if raw is not None else None
+
+
+class RunLease:
+    """A lease on one run: only its holder trains it. Renew it well within ``ttl_s``."""
+
+    def __init__(self, client: redis.Redis, run_id: str, *, owner: str, ttl_s: float, prefix: str = KEY_PREFIX) -> None:
+        self.client = client
+        self.key = f"{prefix}:lease:{run_id}"
+        self.owner = owner
+        self.ttl_ms = int(ttl_s * 1000)
+
+    def acquire(self) -> bool:
+        return bool(self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms))
+
+    def renew(self) -> bool:
+        return bool(self.client.eval(_RENEW, 1, self.key, self.owner, self.ttl_ms))
+
+    def release(self) -> None:
+        self.client.eval(_RELEASE, 1, self.key, self.owner)
+
+    def holder(self) -> str | None:
+        raw = self.client.get(self.key)
+        return raw.decode() if raw is not None else None

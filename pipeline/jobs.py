@@ -1,0 +1,350 @@
+"""Job specs: what a user queues, validated before anything is queued (no TensorFlow here).
+
+A job is a YAML or JSON file::
+
+    name: digits-mlp
+    model: examples.digits:build_model            # or {fn: "module:function", kwargs: {...}}
+    data: {fn: examples.digits:load_data, kwargs: {validation_fraction: 0.2}}
+    fit: {epochs: 30, batch_size: 32}
+    early_stopping: {monitor: val_loss, patience: 3}   # restore_best_weights defaults to true
+    checkpoint: {monitor: val_loss}                    # save_best_only defaults to true
+    reduce_lr: {monitor: val_loss, factor: 0.5, patience: 2}
+    tags: {team: vision}
+
+Example:
+    >>> spec = load_spec_text("name: x\\nmodel: examples.digits:build_model\\ndata: examples.digits:load_data\\n")
+    >>> spec.early_stopping.monitor, spec.early_stopping.restore_best_weights, spec.queue
+    ('val_loss', True, 'gpu')
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigurationError
+from pipeline.monitor import MAXIMISED_METRICS, infer_mode
+
+DEFAULT_ALLOWED_MODULES = ("examples",)
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class JobSpecError(ConfigurationError):
+    """A job spec is invalid. Not retryable: the message lists every problem and how to fix it."""
+
+    def __init__(self, problems: list[str], source: str = "job spec") -> None:
+        self.problems = problems
+        super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CallableRef(_Strict):
+    """``module:function`` plus keyword arguments."""
+
+    fn: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("fn")
+    @classmethod
+    def _shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value or ""):
+            raise ValueError(f"must look like 'package.module:function'; got {value!r}")
+        return value
+
+    @property
+    def module(self) -> str:
+        return self.fn.split(":", 1)[0]
+
+    @property
+    def attribute(self) -> str:
+        return self.fn.split(":", 1)[1]
+
+
+def _callable_ref(value: Any) -> Any:
+    return {"fn": value} if isinstance(value, str) else value
+
+
+class FitSettings(_Strict):
+    epochs: int = Field(default=10, ge=1, le=100_000)
+    batch_size: int | None = Field(default=32, ge=1)
+    validation_split: float | None = Field(default=None, gt=0, lt=1)
+    shuffle: bool = True
+    steps_per_epoch: int | None = Field(default=None, ge=1)
+    verbose: Literal[0, 1, 2] = 2
+
+
+class _Monitored(_Strict):
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+
+    @model_validator(mode="after")
+    def _mode_agrees(self) -> "_Monitored":
+        base = self.monitor.removeprefix("val_")
+        try:
+            natural = infer_mode(self.monitor)
+        except ConfigurationError:
+            if self.mode == "auto" and base not in MAXIMISED_METRICS:
+                raise ValueError(
+                    f"cannot tell whether {self.monitor!r} should be minimised or maximised; set mode: min or mode: max"
+                ) from None
+            return self
+        if self.mode != "auto" and self.mode != natural:
+            raise ValueError(
+                f"monitor {self.monitor!r} is a metric to {'maximise' if natural == 'max' else 'minimise'}, "
+                f"but mode is {self.mode!r}; use mode: {natural} (or auto)"
+            )
+        return self
+
+
+class EarlyStoppingSettings(_Monitored):
+    patience: int = Field(default=5, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
+    baseline: float | None = None
+    start_from_epoch: int = Field(default=0, ge=0)
+    restore_best_weights: bool = True
+
+
+class CheckpointSettings(_Monitored):
+    save_best_only: bool = True
+    save_weights_only: bool = False
+    filename: str = "best.keras"
+
+    @field_validator("filename")
+    @classmethod
+    def _inside_run_dir(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts or not value.strip():
+            raise ValueError(f"must be a relative path inside the run's directory; got {value!r}")
+        if not (value.endswith(".keras") or value.endswith(".weights.h5") or value.endswith(".h5")):
+            raise ValueError(f"must end in .keras (or .weights.h5 with save_weights_only); got {value!r}")
+        return value
+
+
+class ReduceLRSettings(_Monitored):
+    factor: float = Field(default=0.1, gt=0, lt=1)
+    patience: int = Field(default=10, ge=0)
+    min_delta: float = Field(default=1e-4, ge=0)
+    cooldown: int = Field(default=0, ge=0)
+    min_lr: float = Field(default=0.0, ge=0)
+
+
+class LRSchedule(_Strict):
+    kind: Literal["step", "exponential", "cosine", "function"]
+    fn: str | None = None  # for kind: function — "module:function(epoch, lr)"
+    every: int | None = Field(default=None, ge=1)  # step
+    factor: float | None = Field(default=None, gt=0)  # step / exponential
+    total_epochs: int | None = Field(default=None, ge=1)  # cosine
+    min_lr: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "LRSchedule":
+        needs = {"step": ("every", "factor"), "exponential": ("factor",), "cosine": (), "function": ("fn",)}[self.kind]
+        missing = [n for n in needs if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"lr_schedule kind {self.kind!r} needs {', '.join(missing)}")
+        return self
+
+
+class ExtraCallback(_Strict):
+    cls: str = Field(alias="class")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("cls")
+    @classmethod
+    def _shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value or ""):
+            raise ValueError(f"must look like 'package.module:ClassName'; got {value!r}")
+        return value
+
+
+class JobSpec(_Strict):
+    """A training job. See the module docstring for the file format."""
+
+    name: str = Field(min_length=1, max_length=200)
+    model: CallableRef
+    data: CallableRef
+    fit: FitSettings = Field(default_factory=FitSettings)
+    early_stopping: EarlyStoppingSettings | None = Field(default_factory=EarlyStoppingSettings)
+    checkpoint: CheckpointSettings | None = Field(default_factory=CheckpointSettings)
+    reduce_lr: ReduceLRSettings | None = None
+    lr_schedule: LRSchedule | None = None
+    terminate_on_nan: bool = True
+    csv_log: bool = True
+    tensorboard: bool = False
+    callbacks: list[ExtraCallback] = Field(default_factory=list)
+    batch_events_every: int | None = Field(default=None, ge=1)
+    queue: str = "gpu"
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("model", "data", mode="before")
+    @classmethod
+    def _callable(cls, value: Any) -> Any:
+        return _callable_ref(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.:-]+( [\w.:-]+)*", value):
+            raise ValueError(f"use letters, digits, '_', '-', '.', ':' and single spaces; got {value!r}")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if not QUEUE_NAME.match(value):
+            raise ValueError(f"not a valid queue name: {value!r}")
+        return value
+
+    @field_validator("early_stopping", "checkpoint", "reduce_lr", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        # `early_stopping: true` means the defaults; `false` turns it off.
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+    def monitored(self) -> list[tuple[str, str]]:
+        """(section, metric) for each monitoring callback, to check against the model's logs."""
+        return [
+            (section, getattr(self, section).monitor)
+            for section in ("early_stopping", "checkpoint", "reduce_lr")
+            if getattr(self, section) is not None
+        ]
+
+
+# -- parsing with errors a user can act on ----------------------------------------------
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "fit": FitSettings, "early_stopping": EarlyStoppingSettings, "checkpoint": CheckpointSettings,
+    "reduce_lr": ReduceLRSettings, "lr_schedule": LRSchedule, "model": CallableRef, "data": CallableRef,
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    where = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        parent = _SECTION_MODELS.get(loc[0], JobSpec) if len(loc) > 1 else JobSpec
+        if len(loc) > 2 and loc[0] == "callbacks":
+            parent = ExtraCallback
+        names = _field_names(parent)
+        close = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
+        if not close and len(loc) == 1:  # a section's key written at the top level
+            close = [f"{section}.{loc[0]}" for section, m in _SECTION_MODELS.items() if loc[0] in _field_names(m)][:1]
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+        return f"{where}: unknown key{hint}"
+    if error["type"] == "missing":
+        return f"{where}: required"
+    received = error.get("input")
+    message = error["msg"].removeprefix("Value error, ")
+    shown = "" if isinstance(received, (dict, list)) or "got " in message else f" (got {received!r})"
+    return f"{where}: {message}{shown}"
+
+
+def parse_spec(data: Any, *, source: str = "job spec") -> JobSpec:
+    """Validate a parsed spec (a mapping). Raises :class:`JobSpecError` listing every problem."""
+    if not isinstance(data, dict):
+        raise JobSpecError([f"must be a mapping of keys to values, got {type(data).__name__}"], source)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise JobSpecError([_describe(e) for e in exc.errors()], source) from None
+
+
+def load_spec_text(text: str, *, source: str = "job spec") -> JobSpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise JobSpecError([f"not valid YAML/JSON: {exc}"], source) from None
+    return parse_spec(data, source=source)
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a YAML or JSON job file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise JobSpecError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
+    return load_spec_text(text, source=str(path))
+
+
+# -- what a deployment allows ------------------------------------------------------------------
+def module_allowed(module: str, allowed: tuple[str, ...]) -> bool:
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in allowed)
+
+
+def check_importable(spec: JobSpec, allowed: tuple[str, ...] = DEFAULT_ALLOWED_MODULES) -> None:
+    """Check every ``module:function`` against the allowed prefixes and that it exists,
+    without importing the module (so without importing TensorFlow).
+
+    Raises:
+        JobSpecError: naming each reference that is not allowed or cannot be found.
+    """
+    refs: list[tuple[str, str]] = [("model", spec.model.fn), ("data", spec.data.fn)]
+    refs += [(f"callbacks.{i}.class", c.cls) for i, c in enumerate(spec.callbacks)]
+    if spec.lr_schedule is not None and spec.lr_schedule.fn:
+        refs.append(("lr_schedule.fn", spec.lr_schedule.fn))
+    problems = []
+    for where, ref in refs:
+        module, attribute = ref.split(":", 1)
+        if not module_allowed(module, allowed):
+            problems.append(
+                f"{where}: module {module!r} is not allowed on this deployment "
+                f"(FITSTREAM_ALLOWED_MODULES={','.join(allowed)})"
+            )
+            continue
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or found.origin is None:
+            problems.append(f"{where}: cannot import module {module!r}")
+            continue
+        if found.origin.endswith(".py") and not _defines(Path(found.origin), attribute):
+            names = _top_level_names(Path(found.origin))
+            close = difflib.get_close_matches(attribute, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{where}: {module!r} has no {attribute!r}{hint}")
+    if problems:
+        raise JobSpecError(problems)
+
+
+def _top_level_names(path: Path) -> list[str]:
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return []
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names += [(a.asname or a.name).split(".")[0] for a in node.names]
+    return names
+
+
+def _defines(path: Path, attribute: str) -> bool:
+    return attribute in _top_level_names(path)
+
+
+def spec_to_json(spec: JobSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json", by_alias=True))

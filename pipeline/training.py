@@ -1,0 +1,250 @@
+"""``run_job(run_id)``: a queued job spec → ``model.fit`` with Keras' callbacks and the publisher.
+
+A plain function: Celery's task only calls it, and tests call it directly.
+It is idempotent per run id: a second delivery of a run whose lease is alive
+does not train; one whose lease has expired resumes from the run's
+``BackupAndRestore`` state, continuing the same run (same id, no repeated epochs).
+
+Example:
+    >>> run_job("3f2c0d…")      # doctest: +SKIP
+    'early_stopped'
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from pipeline.bus import connect
+from pipeline.callbacks.publisher import EventPublisher
+from pipeline.config import Settings, get_settings
+from pipeline.errors import ConfigurationError, FitstreamError
+from pipeline.job_store import JobStore, RunLease
+from pipeline.jobs import CallableRef, JobSpec, LRSchedule, check_importable
+
+log = logging.getLogger(__name__)
+
+#: Sequence numbers of attempt N start at (N - 1) × SEQ_BLOCK, so a resumed run's events stay unique and ordered.
+SEQ_BLOCK = 1_000_000
+DUPLICATE = "duplicate"
+
+
+class JobNotFoundError(FitstreamError, LookupError):
+    """No queued job with this run id (expired, or never submitted). Not retryable."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run keeps its files (its own directory: two workers never share a file)."""
+
+    root: Path
+
+    @property
+    def backup(self) -> Path:
+        return self.root / "backup"
+
+    @property
+    def csv_log(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    def checkpoint(self, filename: str) -> Path:
+        return self.root / "checkpoints" / filename
+
+
+def _resolve(ref: str, allowed: tuple[str, ...]) -> Any:
+    module_name, attribute = ref.split(":", 1)
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(f"{module_name!r} has no {attribute!r}") from None
+
+
+def _call(ref: CallableRef, allowed: tuple[str, ...]) -> Any:
+    return _resolve(ref.fn, allowed)(**ref.kwargs)
+
+
+def _schedule(schedule: LRSchedule, allowed: tuple[str, ...]) -> keras.callbacks.Callback:
+    if schedule.kind == "function":
+        return keras.callbacks.LearningRateScheduler(_resolve(schedule.fn or "", allowed))
+    initial: dict[str, float] = {}
+
+    def step(epoch: int, lr: float) -> float:
+        base = initial.setdefault("lr", float(lr))
+        if schedule.kind == "step":
+            return max(schedule.min_lr, base * schedule.factor ** (epoch // schedule.every))  # type: ignore[operator]
+        if schedule.kind == "exponential":
+            return max(schedule.min_lr, base * schedule.factor ** epoch)  # type: ignore[operator]
+        total = schedule.total_epochs or 1
+        return schedule.min_lr + 0.5 * (base - schedule.min_lr) * (1 + math.cos(math.pi * min(epoch, total) / total))
+
+    return keras.callbacks.LearningRateScheduler(step)
+
+
+def _is_dataset(value: Any) -> bool:
+    return hasattr(value, "element_spec") or hasattr(value, "__next__")
+
+
+def _split_data(data: Any) -> tuple[Any, Any, Any]:
+    """(x, y, validation_data) from what a data function returned:
+    ``(x, y)``, ``((x, y), (x_val, y_val))``, ``(dataset, val_dataset)`` or a dataset."""
+    if isinstance(data, tuple) and len(data) == 2:
+        first, second = data
+        if isinstance(first, tuple) and len(first) == 2:
+            return first[0], first[1], second
+        if _is_dataset(first):
+            return first, None, second
+        return first, second, None
+    return data, None, None
+
+
+def build_callbacks(spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]) -> tuple[list[keras.callbacks.Callback], list[keras.callbacks.Callback]]:
+    """(all callbacks, the monitoring ones the publisher watches) for ``spec``."""
+    callbacks: list[keras.callbacks.Callback] = []
+    watched: list[keras.callbacks.Callback] = []
+    if spec.terminate_on_nan:
+        callbacks.append(keras.callbacks.TerminateOnNaN())
+    if spec.early_stopping is not None:
+        es = spec.early_stopping
+        watched.append(
+            keras.callbacks.EarlyStopping(
+                monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta,
+                baseline=es.baseline, start_from_epoch=es.start_from_epoch, restore_best_weights=es.restore_best_weights,
+            )
+        )
+    if spec.checkpoint is not None:
+        ck = spec.checkpoint
+        path = paths.checkpoint(ck.filename)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        watched.append(
+            keras.callbacks.ModelCheckpoint(
+                str(path), monitor=ck.monitor, mode=ck.mode, save_best_only=ck.save_best_only,
+                save_weights_only=ck.save_weights_only,
+            )
+        )
+    if spec.reduce_lr is not None:
+        rl = spec.reduce_lr
+        watched.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=rl.monitor, mode=rl.mode, factor=rl.factor, patience=rl.patience,
+                min_delta=rl.min_delta, cooldown=rl.cooldown, min_lr=rl.min_lr,
+            )
+        )
+    callbacks += watched
+    if spec.lr_schedule is not None:
+        callbacks.append(_schedule(spec.lr_schedule, allowed))
+    if spec.csv_log:
+        callbacks.append(keras.callbacks.CSVLogger(str(paths.csv_log), append=True))
+    if spec.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard)))
+    for extra in spec.callbacks:
+        callbacks.append(_resolve(extra.cls, allowed)(**extra.kwargs))
+    return callbacks, watched
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the run's lease and passes a cancel request to the publisher."""
+
+    def __init__(self, lease: RunLease, store: JobStore, run_id: str, publisher: EventPublisher, interval: float) -> None:
+        super().__init__(name="fitstream-heartbeat", daemon=True)
+        self.lease, self.store, self.run_id, self.publisher, self.interval = lease, store, run_id, publisher, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                if not self.lease.renew():
+                    log.error("run %s: lease lost; another worker may take this run over", self.run_id)
+                if self.store.cancel_requested(self.run_id):
+                    self.publisher.request_cancel()
+            except Exception as exc:  # Redis away: training goes on; the lease may expire
+                log.warning("run %s: heartbeat failed: %s", self.run_id, exc)
+
+
+def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str | None = None) -> str:
+    """Train the queued job ``run_id``; returns the run's final status (or ``"duplicate"``).
+
+    Raises:
+        JobNotFoundError: no job record for ``run_id``.
+    """
+    settings = settings or get_settings()
+    client = connect(settings.redis_url)
+    store = JobStore(client)
+    record = store.load(run_id)
+    if record is None:
+        raise JobNotFoundError(f"no queued job with run id {run_id!r} (expired or never submitted)")
+    spec = record.spec
+    owner = worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    lease = RunLease(client, run_id, owner=owner, ttl_s=settings.lease_ttl_seconds)
+    if not lease.acquire():
+        log.warning("run %s is being trained by %s; this delivery does not train it", run_id, lease.holder())
+        return DUPLICATE
+    try:
+        if store.cancel_requested(run_id):
+            store.set_state(run_id, "finished")
+            return "cancelled"
+        store.set_state(run_id, "running")
+        attempt = store.next_attempt(run_id)
+        return _train(spec, run_id, settings=settings, store=store, lease=lease, attempt=attempt)
+    finally:
+        store.set_state(run_id, "finished")
+        lease.release()
+
+
+def _train(spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, lease: RunLease, attempt: int) -> str:
+    allowed = settings.allowed_module_prefixes
+    paths = RunPaths(settings.runs_dir / run_id)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    publisher = EventPublisher(
+        name=spec.name, run_id=run_id, settings=settings, batch_events_every=spec.batch_events_every,
+        batch_size=spec.fit.batch_size, tags={**spec.tags, "attempt": str(attempt)},
+        seq_start=(attempt - 1) * SEQ_BLOCK,
+    )
+    heartbeat = _Heartbeat(lease, store, run_id, publisher, interval=max(0.2, settings.lease_ttl_seconds / 3))
+    heartbeat.start()
+    status = "failed"
+    try:
+        with publisher:
+            check_importable(spec, allowed)  # the deployment's rule, enforced where code is imported
+            model = _call(spec.model, allowed)
+            x, y, validation = _split_data(_call(spec.data, allowed))
+            callbacks, watched = build_callbacks(spec, paths, allowed)
+            publisher.watch = tuple(watched)
+            # Resume support: restores weights, optimizer and epoch after a lost worker.
+            callbacks.append(keras.callbacks.BackupAndRestore(str(paths.backup)))
+            fit = spec.fit
+            model.fit(
+                x, y, validation_data=validation, validation_split=fit.validation_split or 0.0,
+                epochs=fit.epochs, batch_size=fit.batch_size if y is not None else None,
+                steps_per_epoch=fit.steps_per_epoch, shuffle=fit.shuffle, verbose=fit.verbose,
+                callbacks=[*callbacks, publisher],
+            )
+        status = _final_status(publisher)
+    except Exception as exc:
+        log.error("run %s failed: %s: %s", run_id, type(exc).__name__, exc)
+        status = "failed"
+    finally:
+        heartbeat.stopped.set()
+    return status
+
+
+def _final_status(publisher: EventPublisher) -> str:
+    if publisher.cancel_requested:
+        return "cancelled"
+    stopper = publisher._early_stopping()
+    if stopper is not None and stopper.stopped_epoch > 0:
+        return "early_stopped"
+    return "completed"

@@ -1,0 +1,60 @@
+"""The Celery app, configured from Fitstream's settings. Queue names live here and only here.
+
+Start a worker with ``fitstream worker`` (one per GPU, pinned with CUDA_VISIBLE_DEVICES).
+
+Training jobs run in a fresh child process each (prefork, ``max_tasks_per_child=1``):
+TensorFlow is never imported in the worker's parent process (it is not
+fork-safe once initialised), GPU memory is handed back after every job, and a
+job that crashes its process cannot poison the worker.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from celery import Celery
+from kombu import Queue as KombuQueue
+
+from pipeline.config import Settings, get_settings
+
+#: Headroom over the longest job before Redis re-delivers an unacknowledged task.
+VISIBILITY_MARGIN_S = 3600
+
+
+class Queue(str, enum.Enum):
+    """Celery queues. ``gpu``: training jobs (default). ``cpu``: light work."""
+
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+TRAIN_TASK = "fitstream.train"
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("fitstream", broker=settings.celery_broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_max_tasks_per_child=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=Queue.GPU.value,
+        task_queues=[KombuQueue(q.value) for q in Queue],
+        task_routes={TRAIN_TASK: {"queue": Queue.GPU.value}},
+        # With acks_late, a task not acknowledged within the visibility timeout is delivered
+        # again: keep it above the longest job (the run lease guards the rest).
+        broker_transport_options={"visibility_timeout": settings.max_job_seconds + VISIBILITY_MARGIN_S},
+        task_track_started=False,
+    )
+    return app
+
+
+app = make_app()

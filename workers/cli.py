@@ -1,0 +1,115 @@
+"""Commands that need the Celery app: ``submit``, ``cancel``, ``worker``, ``status``.
+
+Registered as ``fitstream.cli`` entry points (see pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import click
+
+from pipeline.bus import EventStream, connect
+from pipeline.cli.output import print_json, print_rows
+from pipeline.config import get_settings
+from pipeline.jobs import load_spec
+from pipeline.run_events import follow_run
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--queue", default=None, help="Queue to use instead of the spec's (default gpu).")
+@click.option("--wait", is_flag=True, help="Wait until the run ends and report its status.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"run_id": …, "status": …}.')
+def submit(spec: str, queue: str | None, wait: bool, timeout: float | None, as_json: bool) -> None:
+    """Validate the job file SPEC and queue it. Prints the run id."""
+    from workers.submit import submit_job
+
+    settings = get_settings()
+    job = load_spec(spec)
+    submitted = submit_job(job, queue=queue, settings=settings)
+    result: dict[str, object] = {"run_id": submitted.run_id, "queue": submitted.queue}
+    if not as_json:
+        click.echo(submitted.run_id)
+        click.echo(f"queued {job.name!r} on '{submitted.queue}'; follow it with: fitstream watch {submitted.run_id}", err=True)
+    if wait:
+        final = None
+        for event in follow_run(EventStream(settings=settings), submitted.run_id, start_id=submitted.stream_id, timeout=timeout):
+            final = event
+        result["status"] = final.status if final is not None and final.type == "run_finished" else "unknown"
+        if not as_json:
+            click.echo(f"status: {result['status']}", err=True)
+    if as_json:
+        print_json(result)
+    if wait and result["status"] not in ("completed", "early_stopped"):
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("run")
+def cancel(run: str) -> None:
+    """Cancel RUN: a queued job is revoked; a running one stops at the next batch as `cancelled`."""
+    from workers.submit import cancel_job
+
+    outcome = cancel_job(run)
+    if outcome == "revoked":
+        click.echo(f"run {run}: revoked before it started (cancelled)", err=True)
+    else:
+        click.echo(f"run {run}: cancel requested; it stops at the next batch boundary", err=True)
+
+
+@click.command()
+@click.option("--queues", "-Q", default="gpu", show_default=True, help="Comma-separated queues to consume.")
+@click.option("--name", "-n", default=None, help="Worker name (default fitstream-<pid>@<host>).")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(queues: str, name: str | None, loglevel: str) -> None:
+    """Run a Celery worker: one training job at a time, each in a fresh child process.
+
+    Run one worker per GPU, pinned with CUDA_VISIBLE_DEVICES=<index>.
+    """
+    from workers.celery_app import app
+
+    node = name or f"fitstream-{os.getpid()}@{socket.gethostname()}"
+    app.worker_main(
+        ["worker", "-Q", queues, "-n", node, "--loglevel", loglevel, "--pool", "prefork",
+         "--concurrency", "1", "--max-tasks-per-child", "1", "--without-gossip", "--without-mingle"]
+    )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def status(as_json: bool) -> None:
+    """Queue lengths, workers seen, consumer-group lag and pending counts, dead letters."""
+    from workers.celery_app import Queue, app
+
+    settings = get_settings()
+    broker = connect(settings.celery_broker_url)
+    stream = EventStream(settings=settings)
+    queues = [{"queue": q.value, "waiting": int(broker.llen(q.value))} for q in Queue]
+    try:
+        replies = app.control.inspect(timeout=1.0).ping() or {}
+    except Exception:
+        replies = {}
+    groups = [
+        {"group": g["name"], "consumers": g.get("consumers"), "pending": g.get("pending"), "lag": g.get("lag")}
+        for g in stream.groups()
+    ]
+    report = {
+        "queues": queues,
+        "workers": sorted(replies),
+        "stream": {"name": stream.stream, "length": int(stream.client.xlen(stream.stream))},
+        "consumer_groups": groups,
+        "dead_letters": stream.dead_letter_count(),
+        "forced_trims": stream.forced_trims(),
+    }
+    if as_json:
+        print_json(report)
+        return
+    print_rows(["queue", "waiting"], [(q["queue"], q["waiting"]) for q in queues], title="queues")
+    click.echo(f"workers seen: {', '.join(report['workers']) or 'none'}")
+    print_rows(["group", "consumers", "pending", "lag"], [tuple(g.values()) for g in groups], title=f"stream {stream.stream} ({report['stream']['length']} events)")
+    click.echo(f"dead letters: {report['dead_letters']}")
+    if report["forced_trims"]:
+        click.echo(f"WARNING: the stream was force-trimmed: {report['forced_trims']}", err=True)

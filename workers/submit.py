@@ -1,0 +1,70 @@
+"""Queueing and cancelling jobs: plain functions behind ``fitstream submit`` and ``fitstream cancel``.
+
+Example:
+    >>> run_id = submit_job(load_spec("examples/digits_mlp.yaml"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from pipeline import events as ev
+from pipeline.bus import EventStream, connect
+from pipeline.config import Settings, get_settings
+from pipeline.errors import ConfigurationError, RunNotFoundError
+from pipeline.job_store import JobStore
+from pipeline.jobs import JobSpec, check_importable
+from workers.celery_app import TRAIN_TASK, make_app
+
+#: Events the queue path publishes itself use sequence numbers below the first attempt's.
+QUEUED_SEQ = 0
+CANCELLED_BEFORE_START_SEQ = 1
+
+
+@dataclass(frozen=True)
+class Submitted:
+    run_id: str
+    queue: str
+    stream_id: str
+
+
+def submit_job(spec: JobSpec, *, queue: str | None = None, settings: Settings | None = None) -> Submitted:
+    """Validate ``spec`` against the deployment, record it, announce it, and queue it."""
+    settings = settings or get_settings()
+    check_importable(spec, settings.allowed_module_prefixes)
+    queue = queue or spec.queue
+    run_id = uuid.uuid4().hex
+    client = connect(settings.redis_url)
+    store = JobStore(client)
+    store.save(run_id, spec, queue=queue)
+    store.set_state(run_id, "queued")
+    stream = EventStream(client=client, settings=settings)
+    event = ev.build(
+        ev.RunQueued, run_id=run_id, seq=QUEUED_SEQ, name=spec.name, queue=queue,
+        spec=spec.model_dump(mode="json", by_alias=True), tags=spec.tags,
+    )
+    stream_id = stream.publish([event])[0]
+    make_app(settings).send_task(TRAIN_TASK, args=[run_id], task_id=run_id, queue=queue)
+    return Submitted(run_id, queue, stream_id)
+
+
+def cancel_job(run_id: str, *, settings: Settings | None = None) -> str:
+    """Cancel a queued or running job. Returns what happened: ``revoked`` or ``stopping``."""
+    settings = settings or get_settings()
+    client = connect(settings.redis_url)
+    store = JobStore(client)
+    state = store.state(run_id)
+    if state is None:
+        raise RunNotFoundError(f"no queued or running job with run id {run_id!r}; list runs with: fitstream runs")
+    if state == "finished":
+        raise ConfigurationError(f"run {run_id} has already finished; nothing to cancel")
+    store.request_cancel(run_id)
+    if state == "queued":
+        make_app(settings).control.revoke(run_id)
+        store.set_state(run_id, "finished")
+        EventStream(client=client, settings=settings).publish(
+            [ev.build(ev.RunFinished, run_id=run_id, seq=CANCELLED_BEFORE_START_SEQ, status="cancelled", epochs_completed=0)]
+        )
+        return "revoked"
+    return "stopping"
