@@ -47,7 +47,7 @@ Figures, per mode:
   baseline fit). **spread** is (max - min) / median of the per-fit median
   epoch times across repeats: read the overheads against it.
 * **hooks ms/epoch** -- time spent inside the publisher's Keras hooks
-  (``on_epoch_begin``, ``on_train_batch_end``, ``on_epoch_end``) on the
+  (``on_epoch_begin``, ``on_train_batch_end``, ``on_test_end``, ``on_epoch_end``) on the
   training thread, per epoch, and as % of a baseline epoch: the publisher's
   direct cost, nearly free of noise (measured by a subclass that wraps each
   hook with two ``perf_counter`` calls). ``train_begin`` / ``train_end`` ms:
@@ -147,7 +147,7 @@ def make_timer():
 
 
 _TIMED_PUBLISHER = None
-HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_end", "on_epoch_end", "on_train_end")
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_end", "on_test_end", "on_epoch_end", "on_train_end")
 
 
 def timed_publisher_class():  # type: ignore[no-untyped-def]
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             "-" if target is None else f"<= {target:g}%",
             "-" if target is None else ("met" if overhead <= target else "NOT met"),
         ])
-        hooks_epoch = res.hook_ms("on_epoch_begin", "on_epoch_end", "on_train_batch_end", per_epoch=True)
+        hooks_epoch = res.hook_ms("on_epoch_begin", "on_train_batch_end", "on_test_end", "on_epoch_end", per_epoch=True)
         fit_rows.append([
             mode, f"{fit:.3f}", "-" if is_base else pct(fit, b_fit), f"{cpu:.3f}", "-" if is_base else pct(cpu, b_cpu),
             "-" if is_base else f"{hooks_epoch:.3f}",

@@ -29,19 +29,19 @@ cache); growth is reported from the first sample after warm-up to the last,
 in total and per 100,000 events. A flat line (growth within a few MiB) is
 the goal; growth proportional to the events consumed is a leak.
 
-Event order: by default the events are published run by run (``--runs`` runs,
-each run's epochs consecutively, default 20 runs = one run per default
-chunk), so that a read batch usually holds one run. ``--interleave`` mixes
-runs within every batch, as concurrent trainings do; note that with the
-present recorder a batch holding several runs fails in ``Recorder.handle``
-and ``ConsumerLoop`` then retries it one event per transaction, which is
-two orders of magnitude slower (the script counts such failures and
-prints them; ``recorder_throughput.py`` shows the effect).
+Event order: by default (``--order interleaved``) the runs' events are
+interleaved, as concurrent trainings publish them, so every read batch holds
+all ``--runs`` runs (default 20). ``--order run-by-run`` publishes each run's
+epochs consecutively instead. If ``Recorder.handle`` raises on a batch (before
+commit 84c87cf it did for every batch holding several runs: an expanding
+``IN`` parameter in the runs upsert cannot be used with executemany),
+``ConsumerLoop`` silently retries that batch one event per transaction, which
+is two orders of magnitude slower; the script counts such failures per chunk.
 
 Run::
 
     .venv/bin/python benchmarks/recorder_memory.py [--events 1000000] [--chunk 50000] \\
-        [--metrics 5] [--backend sqlite|postgresql]
+        [--metrics 5] [--order interleaved|run-by-run] [--backend sqlite|postgresql]
 
 Target: no growth proportional to the number of events (RSS flat after warm-up).
 Default size takes about 2-4 minutes on a 2-core machine. No result is asserted.
@@ -67,7 +67,7 @@ def run_id_for(seed: int, run: int) -> str:
 
 def payload(index: int, args_tuple: tuple) -> dict[str, str]:  # type: ignore[type-arg]
     """Encoded fields of event ``index`` (same shape as ``pipeline.events.encode`` of an EpochEnd)."""
-    n_events, n_runs, n_metrics, seed, interleave = args_tuple
+    n_events, n_runs, n_metrics, seed, interleave = args_tuple  # interleave: bool
     per_run = -(-n_events // n_runs)
     if interleave:
         run, epoch = index % n_runs, index // n_runs
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=50_000, help="events per chunk / RSS sample (default 50000)")
     parser.add_argument("--metrics", type=int, default=5, help="metrics per event (default 5)")
     parser.add_argument("--runs", type=int, default=None, help="runs the events belong to (default: events / chunk)")
-    parser.add_argument("--interleave", action="store_true", help="mix runs within every batch (see docstring)")
+    parser.add_argument("--order", choices=("interleaved", "run-by-run"), default="interleaved",
+                        help="interleave the runs' events (default) or publish run by run")
     parser.add_argument("--batch-size", type=int, default=5000, help="recorder ConsumerLoop batch_size (default 5000)")
     parser.add_argument("--publish-batch", type=int, default=1000, help="events per pipelined publish (default 1000)")
     parser.add_argument("--warmup-chunks", type=int, default=2, help="samples treated as warm-up (default 2)")
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--events must be >= --chunk >= 1")
     n_chunks = -(-args.events // args.chunk)
     runs = args.runs or max(1, n_chunks)
-    args_tuple = (args.events, runs, args.metrics, args.seed, args.interleave)
+    args_tuple = (args.events, runs, args.metrics, args.seed, args.order == "interleaved")
 
     import redis
 
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     client = redis.Redis.from_url(_common.REDIS_URL)
     print(f"recorder_memory: {_common.machine_line()}")
     print(f"{args.events} epoch_end events x {args.metrics} metrics in {n_chunks} chunks of {args.chunk}, {runs} runs "
-          f"({'interleaved' if args.interleave else 'run by run'}), backend={args.backend}, "
+          f"({args.order}), backend={args.backend}, "
           f"recorder batch_size={args.batch_size}, stream={stream}")
 
     class CountingRecorder(Recorder):

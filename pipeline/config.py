@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     consumer_block_ms: int = Field(default=1000, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=100)
     allowed_modules: str = "examples"
-    max_job_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    max_job_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     broker_url: str | None = None
 

@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 #: Sequence numbers of attempt N start at (N - 1) × SEQ_BLOCK, so a resumed run's events stay unique and ordered.
 SEQ_BLOCK = 1_000_000
 DUPLICATE = "duplicate"
+#: How often a running job checks for `fitstream cancel`.
+CANCEL_POLL_S = 0.5
 
 
 class JobNotFoundError(FitstreamError, LookupError):
@@ -164,12 +167,15 @@ class _Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
+        last_renew = time.monotonic()
+        while not self.stopped.wait(CANCEL_POLL_S):
             try:
-                if not self.lease.renew():
-                    log.error("run %s: lease lost; another worker may take this run over", self.run_id)
                 if self.store.cancel_requested(self.run_id):
                     self.publisher.request_cancel()
+                if time.monotonic() - last_renew >= self.interval:
+                    last_renew = time.monotonic()
+                    if not self.lease.renew():
+                        log.error("run %s: lease lost; another worker may take this run over", self.run_id)
             except Exception as exc:  # Redis away: training goes on; the lease may expire
                 log.warning("run %s: heartbeat failed: %s", self.run_id, exc)
 

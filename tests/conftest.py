@@ -197,3 +197,70 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "FITSTREAM_HOME": str(settings.home),
         "FITSTREAM_STREAM": settings.stream,
     }
+
+
+class WorkerProcess:
+    """A real `fitstream worker` (Celery, prefork, one job per child) in its own process group."""
+
+    def __init__(self, env: dict[str, str], queue: str, name: str, log_path: Path) -> None:
+        self.env, self.queue, self.name, self.log_path = env, queue, name, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli.main", "worker", "-Q", self.queue, "-n", f"{self.name}@test", "--loglevel", "INFO"],
+            env={**os.environ, **self.env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its training child, as a machine crash would."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, 15)
+                self.proc.wait(timeout=20)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                os.killpg(self.proc.pid, 9)
+            self.proc = None
+        if hasattr(self, "log"):
+            self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def job_env(settings: Settings, engine: sa.Engine) -> dict[str, str]:
+    """Environment for CLI and worker processes of one test (its own stream, database, home)."""
+    return {
+        **settings_env(settings),
+        "FITSTREAM_ALLOWED_MODULES": "examples,tests",
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def start_worker(job_env: dict[str, str], queue_name: str, tmp_path: Path) -> Iterator:
+    workers: list[WorkerProcess] = []
+
+    def _start(name: str = "w1", **env: str) -> WorkerProcess:
+        worker = WorkerProcess({**job_env, **env}, queue_name, name, tmp_path / f"worker-{name}.log").start()
+        workers.append(worker)
+        return worker
+
+    yield _start
+    for worker in workers:
+        worker.stop()

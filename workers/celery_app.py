@@ -17,8 +17,11 @@ from kombu import Queue as KombuQueue
 
 from pipeline.config import Settings, get_settings
 
-#: Headroom over the longest job before Redis re-delivers an unacknowledged task.
-VISIBILITY_MARGIN_S = 3600
+
+def visibility_timeout(settings: Settings) -> int:
+    """Seconds before Redis re-delivers an unacknowledged task: above the longest job, plus
+    two lease lifetimes, so a re-delivery finds a dead worker's lease already expired."""
+    return int(settings.max_job_seconds * 1.25 + 2 * settings.lease_ttl_seconds)
 
 
 class Queue(str, enum.Enum):
@@ -51,7 +54,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_routes={TRAIN_TASK: {"queue": Queue.GPU.value}},
         # With acks_late, a task not acknowledged within the visibility timeout is delivered
         # again: keep it above the longest job (the run lease guards the rest).
-        broker_transport_options={"visibility_timeout": settings.max_job_seconds + VISIBILITY_MARGIN_S},
+        broker_transport_options={"visibility_timeout": visibility_timeout(settings)},
         task_track_started=False,
     )
     return app

@@ -542,6 +542,15 @@ class EventPublisher(keras.callbacks.Callback):
             with EventPublisher(name="digits") as publisher:
                 model.fit(x, y, callbacks=[publisher])
         """
+        if self._state == "idle":
+            # Failed before fit started (building the model or loading data): still a run.
+            self._state = "running"
+            self._t0 = time.monotonic()
+            try:
+                self._start_sender()
+            except Exception:
+                log.exception("fitstream: could not start the event sender")
+            self._emit(ev.RunStarted, name=self.name, tags=self.tags, host=socket.gethostname(), pid=os.getpid())
         if self._state != "running":
             return
         self._finalize_pending()
