@@ -34,7 +34,8 @@ from pipeline.jobs import CallableRef, JobSpec, LRSchedule, check_importable
 
 log = logging.getLogger(__name__)
 
-#: Sequence numbers of attempt N start at (N - 1) × SEQ_BLOCK, so a resumed run's events stay unique and ordered.
+#: Sequence numbers of attempt N start at N × SEQ_BLOCK (below: the queue path's own events),
+#: so a resumed run's events stay unique and ordered.
 SEQ_BLOCK = 1_000_000
 DUPLICATE = "duplicate"
 #: How often a running job checks for `fitstream cancel`.
@@ -217,7 +218,7 @@ def _train(spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, l
     publisher = EventPublisher(
         name=spec.name, run_id=run_id, settings=settings, batch_events_every=spec.batch_events_every,
         batch_size=spec.fit.batch_size, tags={**spec.tags, "attempt": str(attempt)},
-        seq_start=(attempt - 1) * SEQ_BLOCK,
+        seq_start=attempt * SEQ_BLOCK,
     )
     heartbeat = _Heartbeat(lease, store, run_id, publisher, interval=max(0.2, settings.lease_ttl_seconds / 3))
     heartbeat.start()

@@ -54,7 +54,13 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_routes={TRAIN_TASK: {"queue": Queue.GPU.value}},
         # With acks_late, a task not acknowledged within the visibility timeout is delivered
         # again: keep it above the longest job (the run lease guards the rest).
-        broker_transport_options={"visibility_timeout": visibility_timeout(settings)},
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout(settings),
+            # How often workers look for tasks whose visibility timeout has passed (a dead
+            # worker's job); kombu's default is about every 100 s.
+            "unacked_restore_interval": max(1, min(60, visibility_timeout(settings) // 10)),
+            "unacked_restore_throttle": 1,
+        },
         task_track_started=False,
     )
     return app
