@@ -36,7 +36,7 @@ def test_pipeline_never_imports_workers_or_alerts():
 
 
 def test_tensorflow_only_where_training_happens():
-    allowed = {REPO / "pipeline" / "callbacks" / "publisher.py", REPO / "pipeline" / "cli" / "demo.py"}
+    allowed = {REPO / "pipeline" / "callbacks" / "publisher.py", REPO / "pipeline" / "training.py", REPO / "pipeline" / "cli" / "demo.py"}
     offenders = [
         str(path.relative_to(REPO))
         for path in (REPO / "pipeline").rglob("*.py")
@@ -46,7 +46,9 @@ def test_tensorflow_only_where_training_happens():
 
 
 @pytest.mark.parametrize(
-    "module", ["pipeline", "pipeline.cli.main", "pipeline.consumers.recorder", "pipeline.callbacks.spool", "pipeline.bus"]
+    "module",
+    ["pipeline", "pipeline.cli.main", "pipeline.consumers.recorder", "pipeline.callbacks.spool", "pipeline.bus",
+     "pipeline.jobs", "workers.celery_app", "workers.tasks", "workers.cli"],
 )
 def test_cli_and_consumers_start_without_tensorflow(module):
     code = f"import sys, {module}; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
@@ -61,4 +63,26 @@ def test_docker_compose_file_is_valid():
     result = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     services = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config", "--services"], capture_output=True, text=True, cwd=REPO).stdout.split()
-    assert {"redis", "postgres", "migrate", "recorder"} <= set(services)
+    assert {"redis", "postgres", "migrate", "recorder", "worker-gpu0", "flower"} <= set(services)
+
+
+def test_every_command_the_compose_file_names_exists():
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    commands = [
+        (name, service["command"]) for name, service in compose["services"].items()
+        if isinstance(service.get("command"), list) and service["command"][0] == "fitstream"
+    ]
+    assert {name for name, _ in commands} >= {"migrate", "recorder", "worker-gpu0"}
+    for name, command in commands:
+        words = [w for w in command[1:] if not w.startswith("-")]
+        probe = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli.main", *words[:2], "--help"], capture_output=True, text=True, cwd=REPO,
+        )
+        assert probe.returncode == 0, f"service {name}: `fitstream {' '.join(words[:2])}` does not exist: {probe.stderr}"
+        for option in (w for w in command if w.startswith("--")):
+            assert option in probe.stdout, f"service {name}: option {option} unknown to fitstream {' '.join(words[:2])}"
+    healthcheck = compose["services"]["worker-gpu0"]["healthcheck"]["test"][1]
+    assert "-A workers.celery_app" in healthcheck
+    __import__("workers.celery_app")

@@ -62,7 +62,7 @@ def cancel(run: str) -> None:
 
 @click.command()
 @click.option("--queues", "-Q", default="gpu", show_default=True, help="Comma-separated queues to consume.")
-@click.option("--name", "-n", default=None, help="Worker name (default fitstream-<pid>@<host>).")
+@click.option("--name", "-n", default=None, help="Worker name, e.g. gpu0@%h (default fitstream-<pid>@<host>).")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(queues: str, name: str | None, loglevel: str) -> None:
     """Run a Celery worker: one training job at a time, each in a fresh child process.

@@ -1,72 +1,119 @@
-"""``fitstream demo``: the whole core path on embedded defaults, end to end.
+"""``fitstream demo``: the whole pipeline on embedded defaults, end to end.
 
-Trains a small MLP on scikit-learn's digits with Keras' EarlyStopping,
-ModelCheckpoint and ReduceLROnPlateau plus the EventPublisher, runs a
-recorder beside it, and prints the run's epochs read back from SQL.
+Starts a Celery worker and a recorder, queues ``examples/digits_mlp.yaml``,
+watches it live to the end, and prints the run read back from SQL. The
+processes it started are stopped when it ends. ``--in-process`` instead trains
+in this process with the EventPublisher, as a user's own script would.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
 
+from pipeline.bus import EventStream, connect
+from pipeline.job_store import JobStore
+from pipeline.run_events import stream_id_at
 from pipeline.cli.output import print_rows
+from pipeline.cli.watch import _watch_rich
 from pipeline.config import get_settings
 from pipeline.db import migrate
+from pipeline.db.entities import RunDetail
 from pipeline.db.queries import get_run
 from pipeline.db.session import make_engine, mask_url
-from pipeline.errors import FitstreamError
+from pipeline.errors import FitstreamError, RunNotFoundError
 
 RECORD_TIMEOUT_S = 60.0
+EXAMPLE_SPEC = Path(__file__).resolve().parents[2] / "examples" / "digits_mlp.yaml"
 
 
-def _wait_recorded(engine, run_id: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+def _wait_recorded(engine, run_id: str, timeout: float) -> RunDetail:  # type: ignore[no-untyped-def]
     from pipeline.db.models import TERMINAL_STATUSES
-    from pipeline.errors import RunNotFoundError
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if get_run(engine, run_id).run.status in TERMINAL_STATUSES:
-                return
+            detail = get_run(engine, run_id)
+            if detail.run.status in TERMINAL_STATUSES:
+                return detail
         except RunNotFoundError:
             pass
         time.sleep(0.2)
     raise FitstreamError(f"the recorder did not record run {run_id} within {timeout:.0f}s; is it running?")
 
 
+def _fitstream(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli.main", *args]
+
+
+class _Processes:
+    """Background processes the demo starts, stopped (SIGTERM, then SIGKILL) when it ends."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, args: list[str], log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(log, "ab")
+        proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        self.procs.append((name, proc))
+
+    def stop(self) -> None:
+        for _name, proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _name, proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 @click.command()
-@click.option("--epochs", type=click.IntRange(1, 1000), default=40, show_default=True)
-@click.option("--patience", type=click.IntRange(0), default=3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-def demo(epochs: int, patience: int, batch_size: int) -> None:
-    """Train on digits with the publisher and a recorder; print the epochs read back from SQL."""
+@click.option("--spec", type=click.Path(exists=True, dir_okay=False), default=str(EXAMPLE_SPEC), show_default="examples/digits_mlp.yaml")
+@click.option("--in-process", is_flag=True, help="Train here with the EventPublisher instead of queueing a job.")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=40, show_default=True, help="With --in-process.")
+def demo(spec: str, in_process: bool, epochs: int) -> None:
+    """Queue an example job, run it on a worker started here, watch it live, print it from SQL."""
     console = Console(stderr=True)
     settings = get_settings()
     console.print(f"database: {mask_url(settings.database_url)}   redis: {settings.redis_url}   stream: {settings.stream}")
     migrate.upgrade(settings.database_url)
-    recorder = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.main", "consume", "recorder"],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    logs = settings.home / "demo-logs"
+    processes = _Processes()
     try:
-        run_id = _train(console, epochs=epochs, patience=patience, batch_size=batch_size)
+        processes.start("recorder", _fitstream("consume", "recorder"), logs / "recorder.log")
+        if in_process:
+            run_id = _train_in_process(console, epochs=epochs)
+        else:
+            queue = f"demo-{os.getpid()}"
+            processes.start("worker", _fitstream("worker", "-Q", queue, "-n", f"demo-{os.getpid()}@%h"), logs / "worker.log")
+            console.print(f"started a worker (queue {queue}) and a recorder; logs in {logs}")
+            submitted = subprocess.run(_fitstream("submit", spec, "--queue", queue, "--json"), capture_output=True, text=True)
+            if submitted.returncode != 0:
+                raise FitstreamError(submitted.stderr.strip())
+            run_id = json.loads(submitted.stdout)["run_id"]
+            console.print(f"queued run {run_id}; watching it live:")
+            record = JobStore(connect(settings.redis_url)).load(run_id)
+            start = stream_id_at(record.submitted_at) if record is not None else "0-0"
+            _watch_rich(EventStream(settings=settings), run_id, start, timeout=600)
         engine = make_engine(settings.database_url, read_only=True)
-        _wait_recorded(engine, run_id, RECORD_TIMEOUT_S)
-        detail = get_run(engine, run_id)
+        detail = _wait_recorded(engine, run_id, RECORD_TIMEOUT_S)
         engine.dispose()
     finally:
-        recorder.send_signal(signal.SIGTERM)
-        try:
-            recorder.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            recorder.kill()
+        processes.stop()
+    _print_run(detail)
+
+
+def _print_run(detail: RunDetail) -> None:
     run = detail.run
     names = sorted({n for e in detail.epochs for n in e.metrics})
     # ReduceLROnPlateau already logs learning_rate; otherwise show the publisher's reading.
@@ -77,18 +124,14 @@ def demo(epochs: int, patience: int, batch_size: int) -> None:
             (e.epoch, *(e.metrics.get(n) for n in names), *([e.learning_rate] if lr_column else []), e.wall_time_s)
             for e in detail.epochs
         ],
-        title=f"run {run.run_id} ({run.name}) — epoch_metrics read back from SQL",
+        title=f"run {run.run_id} ({run.name}) — read back from SQL",
     )
-    click.echo(
-        f"status={run.status} epochs_completed={run.epochs_completed} best_epoch={run.best_epoch} "
-        f"best_{run.monitor}={run.best_value:.4f} stopped_epoch={run.stopped_epoch}"
-        if run.best_value is not None
-        else f"status={run.status} epochs_completed={run.epochs_completed}"
-    )
+    best = f" best_epoch={run.best_epoch} best_{run.monitor}={run.best_value:.4f}" if run.best_value is not None else ""
+    click.echo(f"status={run.status} epochs_completed={run.epochs_completed}{best} stopped_epoch={run.stopped_epoch}")
     click.echo(f"query it yourself: fitstream sql \"SELECT epoch, name, value FROM epoch_metrics WHERE run_id = '{run.run_id}'\"")
 
 
-def _train(console: Console, *, epochs: int, patience: int, batch_size: int) -> str:
+def _train_in_process(console: Console, *, epochs: int) -> str:
     console.print("importing TensorFlow…")
     import keras
 
@@ -98,8 +141,8 @@ def _train(console: Console, *, epochs: int, patience: int, batch_size: int) -> 
     settings = get_settings()
     (x, y), (x_val, y_val) = digits.load_data()
     model = digits.build_model(learning_rate=1e-2)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    publisher = EventPublisher(name="demo-digits-mlp", watch=[stop], batch_size=batch_size)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+    publisher = EventPublisher(name="demo-digits-mlp", batch_size=32)
     run_dir = settings.runs_dir / publisher.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True)
@@ -108,7 +151,7 @@ def _train(console: Console, *, epochs: int, patience: int, batch_size: int) -> 
     console.print(f"training run {publisher.run_id} (digits MLP, up to {epochs} epochs)…")
     with publisher:
         model.fit(
-            x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, verbose=2,
+            x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=32, verbose=2,
             callbacks=[publisher, stop, checkpoint, reduce_lr],
         )
     return publisher.run_id

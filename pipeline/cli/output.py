@@ -19,6 +19,12 @@ from rich.table import Table
 stderr_console = Console(stderr=True)
 
 
+def make_console(*, stderr: bool = False) -> Console:
+    """A console that does not wrap at 80 columns when output goes to a file or a pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
 def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -65,6 +71,6 @@ def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: st
         table.add_column(str(column), no_wrap=True)
     for row in rows:
         table.add_row(*(cell(v) for v in row))
-    Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None).print(table)
+    make_console().print(table)
     if not rows:
         stderr_console.print("[dim](no rows)[/dim]")

@@ -6,12 +6,11 @@ import json
 import sys
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline import events as ev
 from pipeline.bus import EventStream, connect
-from pipeline.cli.output import jsonable
+from pipeline.cli.output import jsonable, make_console
 from pipeline.config import get_settings
 from pipeline.job_store import JobStore
 from pipeline.run_events import follow_run, stream_id_at
@@ -48,7 +47,7 @@ def watch(run: str, timeout: float | None, as_json: bool) -> None:
 
 
 def _watch_rich(stream: EventStream, run: str, start: str, timeout: float | None) -> ev.Event | None:
-    console = Console(stderr=False)
+    console = make_console()
     final = None
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
