@@ -234,6 +234,11 @@ def decode(fields: Mapping[Any, Any]) -> Event:
         present = sorted(_text(k) for k in fields)
         raise InvalidEventError(f"no {PAYLOAD_FIELD!r} field in stream entry (fields: {present})")
     try:
+        # Fast path: pydantic-core parses and validates the JSON in one pass.
+        return _ADAPTER.validate_json(raw)
+    except (ValidationError, ValueError):
+        pass  # parse again the slow way, to say exactly what is wrong
+    try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEventError(f"payload is not valid JSON: {exc}") from None

@@ -356,10 +356,14 @@ class EventPublisher(keras.callbacks.Callback):
             return
         self._batches_since_event = 0
         self._last_batch_event_t = time.monotonic()
-        self._emit(
-            ev.BatchEnd, epoch=self._current_epoch, batch=batch,
-            metrics={k: ev.to_float(v) for k, v in (logs or {}).items()},
-        )
+        # Only capture here; building and encoding happen on the sender thread.
+        run_id, seq, epoch, ts, values = self.run_id, self._next_seq(), self._current_epoch, time.time(), dict(logs or {})
+
+        def make() -> dict[str, str]:
+            metrics = {str(k): ev.to_float(v) for k, v in values.items()}
+            return ev.encode(ev.build(ev.BatchEnd, run_id=run_id, seq=seq, ts=ts, epoch=epoch, batch=batch, metrics=metrics))
+
+        self._emit_deferred(make)
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
         # During fit, validation ends before any callback's on_epoch_end: the first moment

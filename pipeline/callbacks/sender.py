@@ -29,6 +29,11 @@ Fields = dict[str, str]
 Item = Union[Fields, Callable[[], Fields]]
 
 DEFAULT_BUFFER_SIZE = 10_000
+#: After the first event of a batch, wait this long for more before sending.
+LINGER_S = 0.02
+#: How long the idle sender waits on an empty queue before looking at its flags again.
+IDLE_WAIT_S = 0.5
+_WAKE: Callable[[], Fields] = lambda: {}  # noqa: E731 - a sentinel, never sent
 DEFAULT_SEND_BATCH = 500
 RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 5.0
@@ -113,6 +118,10 @@ class EventSender:
         """Send what is buffered (waiting at most ``timeout`` seconds) and stop the thread."""
         self._deadline = time.monotonic() + max(0.0, timeout)
         self._closing.set()
+        try:
+            self._queue.put_nowait(_WAKE)  # don't let the sender sleep out its idle wait
+        except queue.Full:
+            pass  # it is busy anyway
         if self._thread is not None:
             self._thread.join(timeout + 2 * 10.0)
         with self._lock:
@@ -163,16 +172,31 @@ class EventSender:
                 time.sleep(RETRY_INITIAL_S)
 
     def _take_batch(self) -> list[Item]:
+        """Up to ``send_batch`` items; after the first, wait up to LINGER_S for more,
+        so that a burst (an event every batch) costs one round trip, not one per event."""
         try:
-            first = self._queue.get(timeout=0.05)
+            first = self._queue.get(timeout=IDLE_WAIT_S)
         except queue.Empty:
             return []
-        batch = [first]
-        while len(batch) < self._send_batch:
+        batch = [] if first is _WAKE else [first]
+        deadline = time.monotonic() + LINGER_S
+        while len(batch) < self._send_batch and not self._closing.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get(timeout=remaining)
             except queue.Empty:
                 break
+            if item is not _WAKE:
+                batch.append(item)
+        while len(batch) < self._send_batch:  # whatever is already there, without waiting
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _WAKE:
+                batch.append(item)
         return batch
 
     def _move_queue_to_spool(self, head: list[Fields]) -> None:
@@ -180,9 +204,11 @@ class EventSender:
         rest: list[Fields] = []
         while True:
             try:
-                rest.append(_resolve(self._queue.get_nowait()))
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if item is not _WAKE:
+                rest.append(_resolve(item))
         if head or rest:
             self._spool.append(head + rest)
             self._spooling = True

@@ -55,6 +55,7 @@ class ConsumerStats:
     dead_lettered: int = 0
     reclaimed: int = 0
     batches: int = 0
+    batch_fallbacks: int = 0
     started_at: float = field(default_factory=time.time)
 
 
@@ -208,6 +209,11 @@ class ConsumerLoop:
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
             except Exception:
+                log.exception(
+                    "%s: handling a batch of %d failed; retrying its events one by one to isolate the bad one",
+                    self.consumer_name, len(batch),
+                )
+                self.stats.batch_fallbacks += 1
                 break
         if len(batch) > 1:
             for item in batch:

@@ -57,6 +57,8 @@ class _RunUpdate:
     values: dict[str, Any] = field(default_factory=dict)
     status: str = "running"
     _status_rank: int = -1
+    last_ts: float = 0.0
+    epochs: int = 0
 
     def promote(self, status: str) -> None:
         """Statuses only move forward: queued < running < any terminal status."""
@@ -89,15 +91,17 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
         run = runs.get(event.run_id)
         if run is None:
             run = runs[event.run_id] = _RunUpdate()
-        run.bump("last_event_at", at)
+        if event.ts > run.last_ts:
+            run.last_ts = event.ts
         if isinstance(event, ev.EpochEnd):
             run_id, epoch = event.run_id, event.epoch
-            metric_rows.extend((run_id, name, epoch, value) for name, value in event.metrics.items())
+            metric_rows += [(run_id, name, epoch, value) for name, value in event.metrics.items()]
             epoch_rows.append(
                 (run_id, epoch, event.learning_rate, event.wall_time_s, event.steps,
                  event.samples_per_second, event.steps_per_second, at)
             )
-            run.bump("epochs_completed", epoch + 1)
+            if epoch + 1 > run.epochs:
+                run.epochs = epoch + 1
         elif isinstance(event, ev.RunQueued):
             run.promote("queued")
             run.set(name=event.name, queued_at=at, queue=event.queue, tags=json.dumps(event.tags) if event.tags else None)
@@ -129,6 +133,10 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
             run.bump("epochs_completed", event.epochs_completed)
         elif isinstance(event, ev.RunFailed):
             run.set(error_type=event.error_type, error_message=event.message)
+    for run in runs.values():
+        run.bump("last_event_at", _utc(run.last_ts))
+        if run.epochs:
+            run.bump("epochs_completed", run.epochs)
     return event_rows, metric_rows, epoch_rows, checkpoint_rows, runs
 
 

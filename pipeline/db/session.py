@@ -20,6 +20,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from pipeline.errors import ConfigurationError, DatabaseError, ReadOnlyViolationError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: SQLite page cache per connection (KiB): keeps the metrics index in memory as the file grows.
+SQLITE_CACHE_KIB = 65_536
 
 
 def normalize_url(url: str) -> str:
@@ -58,6 +60,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
                 cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             if read_only:
                 cursor.execute("PRAGMA query_only=ON")
             cursor.close()
