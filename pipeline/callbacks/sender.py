@@ -175,7 +175,8 @@ class EventSender:
         """Up to ``send_batch`` items; after the first, wait up to LINGER_S for more,
         so that a burst (an event every batch) costs one round trip, not one per event."""
         try:
-            first = self._queue.get(timeout=IDLE_WAIT_S)
+            # Once closing, never block: the wake-up sentinel may already have been consumed.
+            first = self._queue.get_nowait() if self._closing.is_set() else self._queue.get(timeout=IDLE_WAIT_S)
         except queue.Empty:
             return []
         batch = [] if first is _WAKE else [first]
