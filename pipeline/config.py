@@ -58,6 +58,7 @@ class Settings(BaseSettings):
         lease_ttl_seconds: A run's lease expires this long after its worker's last heartbeat;
             then a re-delivered job resumes it. Default 60.
         broker_url: Celery broker. Default: ``redis_url``.
+        worker_preload: Import TensorFlow in each fresh worker child before its job arrives. Default true.
     """
 
     model_config = SettingsConfigDict(env_prefix="FITSTREAM_", extra="ignore")
@@ -75,6 +76,7 @@ class Settings(BaseSettings):
     max_job_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     broker_url: str | None = None
+    worker_preload: bool = True
 
     @property
     def allowed_module_prefixes(self) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from typing import Any
 import keras
 
 from pipeline.bus import connect
-from pipeline.callbacks.publisher import EventPublisher
+from pipeline.callbacks.publisher import EventPublisher, is_chief
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigurationError, FitstreamError
 from pipeline.job_store import JobStore, RunLease
@@ -129,7 +129,7 @@ def build_callbacks(spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]) ->
                 baseline=es.baseline, start_from_epoch=es.start_from_epoch, restore_best_weights=es.restore_best_weights,
             )
         )
-    if spec.checkpoint is not None:
+    if spec.checkpoint is not None and is_chief():  # only the chief writes checkpoints
         ck = spec.checkpoint
         path = paths.checkpoint(ck.filename)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -78,3 +78,25 @@ def test_bad_arguments_are_refused_with_what_was_received(settings):
         EventPublisher(name="x", batch_events_every=0, settings=settings)
     with pytest.raises(ValueError, match="got TerminateOnNaN"):
         EventPublisher(name="x", watch=[keras.callbacks.TerminateOnNaN()], settings=settings)
+
+
+def test_only_the_chief_of_a_distributed_cluster_publishes(settings, engine, monkeypatch):
+    import json
+
+    import redis
+
+    from pipeline.callbacks.publisher import is_chief
+
+    cluster = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert not is_chief()
+    (x, y), _ = small_digits(100)
+    publisher = EventPublisher(name="non-chief", settings=settings)
+    small_model().fit(x, y, epochs=1, verbose=0, callbacks=[publisher])
+    assert redis.Redis.from_url(settings.redis_url).xlen(settings.stream) == 0
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
+    assert is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["h1:1", "h2:1"]}, "task": {"type": "worker", "index": 0}}))
+    assert is_chief()
+    monkeypatch.delenv("TF_CONFIG")
+    assert is_chief()

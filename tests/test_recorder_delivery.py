@@ -134,3 +134,21 @@ def test_malformed_payloads_are_dead_lettered_with_reasons(settings, engine):
     # The original payload travels with the reason, so nothing is lost.
     assert all(any(k.startswith(b"orig.") for k in fields) for _id, fields in dead)
     assert stream.client.xpending(settings.stream, "recorder")["pending"] == 0
+
+
+def test_consume_all_runs_the_recorder_and_stops_cleanly_on_sigterm(settings, engine):
+    items = epoch_events(2, 5, 2)
+    stream = EventStream(settings=settings)
+    publish_all(stream, items)
+    env = {**os.environ, **settings_env(settings)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli.main", "consume", "all"], env=env, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: _count(engine, "events") == len(items), timeout=60, message="events recorded by consume all")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "recorder" in err

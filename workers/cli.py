@@ -63,12 +63,16 @@ def cancel(run: str) -> None:
 @click.command()
 @click.option("--queues", "-Q", default="gpu", show_default=True, help="Comma-separated queues to consume.")
 @click.option("--name", "-n", default=None, help="Worker name, e.g. gpu0@%h (default fitstream-<pid>@<host>).")
+@click.option("--gpu", "gpu", default=None, help="Pin this worker to one GPU (sets CUDA_VISIBLE_DEVICES).")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(queues: str, name: str | None, loglevel: str) -> None:
+def worker(queues: str, name: str | None, gpu: str | None, loglevel: str) -> None:
     """Run a Celery worker: one training job at a time, each in a fresh child process.
 
-    Run one worker per GPU, pinned with CUDA_VISIBLE_DEVICES=<index>.
+    Run one worker per GPU: `fitstream worker --gpu 0`, `fitstream worker --gpu 1`, …
     """
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # inherited by every job's child process
+        name = name or f"gpu{gpu}@%h"
     from workers.celery_app import app
 
     node = name or f"fitstream-{os.getpid()}@{socket.gethostname()}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -85,6 +86,28 @@ def _json_safe(value: Any) -> Any:
         return value
     converted = ev.to_float(value)
     return converted if converted is not None else str(value)
+
+
+def is_chief() -> bool:
+    """Whether this process is the chief of a ``tf.distribute`` multi-worker cluster (or alone).
+
+    Reads ``TF_CONFIG`` as TensorFlow does: with a ``chief`` task in the cluster the chief is
+    that task; without one it is worker 0. Only the chief publishes events and writes checkpoints.
+    """
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    try:
+        config = json.loads(raw)
+        task = config.get("task") or {}
+        kind, index = task.get("type"), int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError):
+        return True
+    if kind in (None, "chief"):
+        return True
+    if kind == "worker":
+        return "chief" not in (config.get("cluster") or {}) and index == 0
+    return False  # ps, evaluator
 
 
 def _sha256(path: str) -> str:
@@ -214,6 +237,9 @@ class EventPublisher(keras.callbacks.Callback):
             self._sender.submit(make)
 
     def _start_sender(self) -> None:
+        if not is_chief():
+            log.info("fitstream: not the chief of this tf.distribute cluster; publishing nothing")
+            return
         stream = EventStream(redis_url=self._redis_url, settings=self.settings, stream=self._stream_name)
         spool_path = Path(self.settings.spool_dir) / f"{self.run_id}.jsonl"
         self._sender = EventSender(publish=stream.publish, spool_path=spool_path)

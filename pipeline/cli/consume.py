@@ -42,3 +42,40 @@ def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: i
         f"{stats.dead_lettered} dead-lettered, {stats.reclaimed} reclaimed",
         err=True,
     )
+
+
+@consume.command("all")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=None, help="Messages per read.")
+def consume_all(batch_size: int | None) -> None:
+    """Run every consumer in this process, one thread each (today: the recorder).
+
+    For production, run each consumer as its own process (and several of each) instead.
+    """
+    import threading
+
+    from pipeline.consumers.recorder import Recorder
+
+    settings = get_settings()
+    loops = [
+        ConsumerLoop(Recorder(make_engine(settings.database_url)), EventStream(settings=settings), batch_size=batch_size),
+    ]
+    threads = [threading.Thread(target=loop.run, name=loop.group, daemon=True) for loop in loops]
+    stop = threading.Event()
+
+    import signal
+
+    def _stop(signum: int, _frame: object) -> None:
+        for loop in loops:
+            loop.stop_event.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    for thread in threads:
+        thread.start()
+    click.echo(f"consuming {settings.stream} with: {', '.join(loop.group for loop in loops)}", err=True)
+    while not stop.wait(0.5):
+        if not any(t.is_alive() for t in threads):
+            break
+    for thread in threads:
+        thread.join(timeout=30)
