@@ -150,3 +150,27 @@ def test_a_redelivered_job_does_not_train_while_its_lease_is_alive(settings, eng
     starts = [e for e in _stream_events(settings, run_id) if e.type == "run_started"]
     assert len(starts) == 1, "trained once"
     wait_for(lambda: "does not train it" in second.output() or "does not train it" in open(tmp_path / "worker-w1.log").read(), timeout=30, message="duplicate delivery logged")
+
+
+def test_watch_follows_a_queued_run_to_the_end_and_status_reports(settings, engine, job_env, queue_name, start_worker, tmp_path, database_url):
+    if database_url.startswith("postgresql"):
+        pytest.skip("watch and status read Redis only; checked once, on SQLite")
+    start_worker("watched")
+    run_id = _submit(_spec(tmp_path, "watched", epochs=3), queue_name, job_env)["run_id"]
+    watched = run_cli("watch", run_id, "--json", "--timeout", "180", env_extra=job_env)
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert [e["type"] for e in lines][0] == "run_queued"
+    assert [e["type"] for e in lines][-1] == "run_finished" and lines[-1]["status"] == "completed"
+    assert [e["epoch"] for e in lines if e["type"] == "epoch_end"] == [0, 1, 2]
+    human = run_cli("watch", run_id, env_extra=job_env)  # the run is over: replays and exits 0
+    assert "finished: completed after 3 epochs" in human.stdout and "3/3" in human.stdout
+
+    with RecorderThread(settings, engine):
+        wait_for(lambda: (r := _run_row(engine, run_id)) is not None and r["status"] == "completed", message="recorded")
+        report = json.loads(run_cli("status", "--json", env_extra=job_env).stdout)
+    assert {q["queue"] for q in report["queues"]} == {"gpu", "cpu"}
+    assert any(w.startswith("watched@") for w in report["workers"])
+    assert report["stream"]["name"] == settings.stream and report["stream"]["length"] >= 5
+    recorder_group = next(g for g in report["consumer_groups"] if g["group"] == "recorder")
+    assert recorder_group["pending"] == 0 and recorder_group["lag"] == 0
+    assert report["dead_letters"] == 0
