@@ -100,3 +100,24 @@ def test_only_the_chief_of_a_distributed_cluster_publishes(settings, engine, mon
     assert is_chief()
     monkeypatch.delenv("TF_CONFIG")
     assert is_chief()
+
+
+def test_cancel_stops_training_at_the_next_batch_boundary(settings, engine, recorder):
+    (x, y), _ = small_digits(320)  # 10 batches of 32 per epoch
+    batches_seen = []
+
+    class CancelMidEpoch(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            batches_seen.append((self.epoch, batch))
+            if (self.epoch, batch) == (1, 3):
+                publisher.request_cancel()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    publisher = EventPublisher(name="cancel-me", settings=settings)
+    history = small_model().fit(x, y, epochs=5, batch_size=32, verbose=0, callbacks=[CancelMidEpoch(), publisher])
+    assert batches_seen[-1] == (1, 3), "training stopped right after the batch during which cancel was requested"
+    assert len(history.history["loss"]) == 2
+    run = wait_for(lambda: (r := _run_row(engine, publisher.run_id)) is not None and r["status"] == "cancelled" and r, message="cancelled run")
+    assert run["epochs_completed"] == 2
