@@ -59,6 +59,9 @@ class Settings(BaseSettings):
             then a re-delivered job resumes it. Default 60.
         broker_url: Celery broker. Default: ``redis_url``.
         worker_preload: Import TensorFlow in each fresh worker child before its job arrives. Default true.
+        alert_rules: The alert rules file (YAML). Default: none (the alerter refuses to start).
+        alert_retry_budget_seconds: How long an alert keeps being retried before it is marked
+            undelivered. Default 3600.
     """
 
     model_config = SettingsConfigDict(env_prefix="FITSTREAM_", extra="ignore")
@@ -77,6 +80,8 @@ class Settings(BaseSettings):
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     broker_url: str | None = None
     worker_preload: bool = True
+    alert_rules: Path | None = None
+    alert_retry_budget_seconds: float = Field(default=3600.0, gt=0)
 
     @property
     def allowed_module_prefixes(self) -> tuple[str, ...]:

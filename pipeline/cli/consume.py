@@ -7,6 +7,7 @@ import logging
 import click
 
 from pipeline.bus import EventStream
+from pipeline.cli.plugins import ConsumeGroup
 from pipeline.config import get_settings
 from pipeline.consumers.base import ConsumerLoop
 from pipeline.db.session import make_engine
@@ -14,7 +15,7 @@ from pipeline.db.session import make_engine
 log = logging.getLogger(__name__)
 
 
-@click.group()
+@click.group(cls=ConsumeGroup)
 def consume() -> None:
     """Run a consumer (one process per consumer; run several to share the work)."""
 

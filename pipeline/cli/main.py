@@ -9,34 +9,20 @@ import click
 
 from pipeline import __version__
 from pipeline.cli import consume, db, demo, runs, spool, sql, watch
+from pipeline.cli.plugins import PluginGroup
 from pipeline.cli.output import stderr_console
 from pipeline.errors import FitstreamError
 
 
-PLUGIN_GROUP = "fitstream.cli"
-
-
-class FitstreamGroup(click.Group):
+class FitstreamGroup(PluginGroup):
     """Turns Fitstream's own errors into a one-line message on stderr and exit code 1.
 
-    Commands from other packages (``workers``: submit, cancel, worker, status) are
-    registered as ``fitstream.cli`` entry points and loaded only when used, so that
-    ``pipeline`` never imports ``workers`` and the CLI starts fast.
+    Commands from other packages (``workers``: submit, cancel, worker, status; ``alerts``:
+    alerts) are ``fitstream.cli`` entry points, loaded only when used, so that ``pipeline``
+    never imports them and the CLI starts fast.
     """
 
-    def _plugins(self) -> dict[str, object]:
-        from importlib.metadata import entry_points
-
-        return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        command = super().get_command(ctx, name)
-        if command is None and name in (plugins := self._plugins()):
-            command = plugins[name].load()  # type: ignore[attr-defined]
-        return command
+    plugin_group = "fitstream.cli"
 
     def invoke(self, ctx: click.Context) -> object:
         try:

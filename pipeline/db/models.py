@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -121,3 +121,56 @@ class SqlEvent(Base):
     payload: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index("ix_events_run_id_seq", "run_id", "seq"), Index("ix_events_type", "type"))
+
+
+class SqlAlertRun(Base):
+    """What the alerter knows about each run (name and tags for matching, liveness for "stalled")."""
+
+    __tablename__ = "alert_runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32))
+    last_event_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_alert_runs_status_last_event_at", "status", "last_event_at"),)
+
+
+class SqlAlertState(Base):
+    """One rule's state for one run (streaks, best so far, firing), as JSON."""
+
+    __tablename__ = "alert_state"
+
+    rule: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(Text)
+    firing: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SqlAlert(Base):
+    """The alerts outbox: a row is written before a message is sent, and marked when delivered."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(400))
+    rule: Mapped[str] = mapped_column(String(200))
+    run_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(200))
+    severity: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_alerts_idempotency_key"),
+        Index("ix_alerts_status_id", "status", "id"),
+        Index("ix_alerts_run_id", "run_id"),
+    )

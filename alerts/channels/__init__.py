@@ -1,0 +1,1 @@
+"""Where alerts are delivered: Slack incoming webhooks and signed generic webhooks."""

@@ -1,0 +1,108 @@
+"""``fitstream consume alerter``, ``fitstream alerts list``, ``fitstream alerts test``."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import click
+import sqlalchemy as sa
+
+from pipeline.bus import EventStream
+from pipeline.cli.output import print_rows
+from pipeline.config import get_settings
+from pipeline.consumers.base import ConsumerLoop
+from pipeline.db.models import SqlAlert
+from pipeline.db.session import make_engine
+from pipeline.errors import ConfigurationError
+
+
+def _rules():  # type: ignore[no-untyped-def]
+    from alerts.rules import load_rules
+
+    settings = get_settings()
+    if settings.alert_rules is None:
+        raise ConfigurationError("no alert rules: set FITSTREAM_ALERT_RULES to the rules file (see README, 'Slack alerts')")
+    return load_rules(settings.alert_rules)
+
+
+@click.command()
+@click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
+@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
+def alerter(consumer_name: str | None, exit_when_idle: float | None) -> None:
+    """Evaluate alert rules on the stream and deliver alerts (Slack, webhooks)."""
+    from alerts.engine import Alerter, Deliverer, StallWatcher, build_channels
+
+    settings = get_settings()
+    rules = _rules()
+    channels = build_channels(rules)
+    engine = make_engine(settings.database_url)
+    handler = Alerter(engine, rules)
+    deliverer = Deliverer(engine, channels, retry_budget_s=settings.alert_retry_budget_seconds)
+    stall = StallWatcher(handler)
+    threads = [threading.Thread(target=deliverer.run, name="deliverer", daemon=True), threading.Thread(target=stall.run, name="stall", daemon=True)]
+    for thread in threads:
+        thread.start()
+    loop = ConsumerLoop(handler, EventStream(settings=settings), consumer_name=consumer_name)
+    loop.install_signal_handlers()
+    click.echo(f"alerter {loop.consumer_name}: {len(rules.rules)} rules, channels {', '.join(channels) or '(none)'}", err=True)
+    try:
+        loop.run(idle_exit_after=exit_when_idle)
+    finally:
+        # Let the deliverer finish what is pending (bounded), then stop.
+        deliverer.stop_event.set()
+        stall.stop_event.set()
+        for thread in threads:
+            thread.join(timeout=15)
+    click.echo(f"alerter {loop.consumer_name} stopped: {deliverer.delivered} alerts delivered", err=True)
+
+
+@click.group()
+def alerts() -> None:
+    """Alert rules and deliveries."""
+
+
+@alerts.command("list")
+@click.option("--state", type=click.Choice(["firing", "resolved"]), default=None)
+@click.option("--status", type=click.Choice(["pending", "delivered", "undelivered"]), default=None)
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+def list_alerts(state: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """Alerts, newest first (rule, run, state, channel, attempts, delivered_at, last_error)."""
+    table = SqlAlert.__table__
+    columns = ["id", "rule", "run_id", "state", "channel", "severity", "status", "attempts", "created_at", "delivered_at", "last_error"]
+    query = sa.select(*(table.c[c] for c in columns)).order_by(table.c.id.desc()).limit(limit)
+    if state:
+        query = query.where(table.c.state == state)
+    if status:
+        query = query.where(table.c.status == status)
+    engine = make_engine(get_settings().database_url, read_only=True)
+    try:
+        with engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(query)]
+    finally:
+        engine.dispose()
+    print_rows(columns, rows, fmt="json" if as_json else "table", title="alerts")
+
+
+@alerts.command("test")
+@click.argument("channel")
+def test_channel(channel: str) -> None:
+    """Send a test message to CHANNEL (a name from the rules file)."""
+    from alerts.channels.base import AlertMessage, DeliveryError
+    from alerts.engine import build_channels
+
+    rules = _rules()
+    if channel not in rules.channels:
+        raise ConfigurationError(f"unknown channel {channel!r}; the rules file defines: {', '.join(rules.channels) or '(none)'}")
+    target = build_channels(rules.model_copy(update={"channels": {channel: rules.channels[channel]}}))[channel]
+    message = AlertMessage(
+        key=f"test:{uuid.uuid4().hex}", rule="fitstream-test", run_id="0" * 32, run_name="test message",
+        state="firing", severity="info", summary="This is a test message from `fitstream alerts test`.", test=True,
+    )
+    try:
+        target.send(message)
+    except DeliveryError as exc:
+        raise ConfigurationError(f"channel {channel!r}: delivery failed: {exc}") from None
+    click.echo(f"sent a test message to {channel}", err=True)

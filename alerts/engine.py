@@ -1,0 +1,302 @@
+"""The alerter: a consumer group that turns events into alerts, and a deliverer that sends them.
+
+Exactly-once effect: deciding is separated from sending by an outbox. In one
+transaction per batch the alerter updates each rule's state (in SQL) and inserts
+one ``alerts`` row per (incident, state, channel) with a unique idempotency key;
+only then is the batch acknowledged. The deliverer sends pending rows in id order
+per channel, marks each delivered, and retries failures with backoff until
+``FITSTREAM_ALERT_RETRY_BUDGET_SECONDS`` runs out (then ``undelivered``). A crash
+between deciding and sending loses nothing (the row is there) and decides nothing
+twice (the state and the key are there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from alerts.channels.base import AlertMessage, Channel, DeliveryError
+from alerts.channels.slack import SlackChannel
+from alerts.channels.webhook import WebhookChannel
+from alerts.rules import Rule, RulesFile, RuleState, Transition, evaluate
+from pipeline import events as ev
+from pipeline.consumers.base import Received
+from pipeline.db.migrate import require_head
+from pipeline.db.models import SqlAlert, SqlAlertRun, SqlAlertState
+from pipeline.db.session import transaction
+from pipeline.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+GROUP = "alerter"
+DELIVERY_POLL_S = 0.05
+RETRY_INITIAL_S = 1.0
+RETRY_MAX_S = 30.0
+STALL_CHECK_S = 2.0
+TERMINAL = ("completed", "early_stopped", "failed", "cancelled")
+
+
+def build_channels(rules: RulesFile, environ: dict[str, str] | None = None) -> dict[str, Channel]:
+    """Channels with their URLs and secrets read from the environment (never from the rules file)."""
+    environ = dict(os.environ if environ is None else environ)
+    channels: dict[str, Channel] = {}
+    for name, spec in rules.channels.items():
+        url = environ.get(spec.url_env)
+        if not url:
+            raise ConfigurationError(f"channel {name!r}: environment variable {spec.url_env} is not set")
+        if spec.type == "slack":
+            channels[name] = SlackChannel(name, url=url, rate_per_minute=spec.rate_per_minute)
+        else:
+            secret = environ.get(spec.secret_env) if spec.secret_env else None
+            if spec.secret_env and not secret:
+                raise ConfigurationError(f"channel {name!r}: environment variable {spec.secret_env} is not set")
+            channels[name] = WebhookChannel(name, url=url, secret=secret, rate_per_minute=spec.rate_per_minute)
+    return channels
+
+
+def _upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], update: list[str]) -> None:
+    if not rows:
+        return
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    statement = insert.on_conflict_do_update(index_elements=keys, set_={c: insert.excluded[c] for c in update})
+    conn.execute(statement, rows)
+
+
+def _insert_alerts(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(SqlAlert.__table__)
+    conn.execute(insert.on_conflict_do_nothing(index_elements=["idempotency_key"]), rows)
+
+
+class Alerter:
+    """Consumer-group handler: evaluates the rules on each event and writes the outbox."""
+
+    group = GROUP
+
+    def __init__(self, engine: Engine, rules: RulesFile) -> None:
+        require_head(engine)
+        self.engine = engine
+        self.rules = rules
+
+    # -- events ----------------------------------------------------------------------------
+    def handle(self, batch: Sequence[Received]) -> None:
+        events = sorted((r.event for r in batch), key=lambda e: (e.run_id, e.seq))
+        with transaction(self.engine) as conn:
+            runs = self._update_runs(conn, events)
+            states = self._load_states(conn, {e.run_id for e in events})
+            outbox: list[dict[str, Any]] = []
+            changed: dict[tuple[str, str], RuleState] = {}
+            for event in events:
+                name, tags = runs.get(event.run_id, (None, {}))
+                for rule in self.rules.rules:
+                    if not rule.matches(name, tags):
+                        continue
+                    key = (rule.name, event.run_id)
+                    state = changed.get(key, states.get(key, RuleState()))
+                    if rule.kind == "stalled":
+                        new, transition = self._stall_resolves(rule, state, event)
+                    else:
+                        new, transition = evaluate(rule, state, event)
+                    if new != state:
+                        changed[key] = new
+                    if transition is not None:
+                        outbox += self._alert_rows(rule, event.run_id, name, new, transition)
+            _upsert(
+                conn, SqlAlertState.__table__,
+                [{"rule": r, "run_id": run, "state": json.dumps(dataclasses.asdict(s)), "firing": s.firing, "updated_at": time.time()}
+                 for (r, run), s in changed.items()],
+                ["rule", "run_id"], ["state", "firing", "updated_at"],
+            )
+            _insert_alerts(conn, outbox)
+
+    @staticmethod
+    def _stall_resolves(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, Transition | None]:
+        if state.firing:
+            return dataclasses.replace(state, firing=False), Transition("resolved", f"events flow again ({event.type})")
+        return state, None
+
+    def _update_runs(self, conn: Connection, events: list[ev.Event]) -> dict[str, tuple[str | None, dict[str, str]]]:
+        facts: dict[str, dict[str, Any]] = {}
+        for event in events:
+            row = facts.setdefault(event.run_id, {"run_id": event.run_id, "name": None, "tags": None, "status": "running", "last_event_at": event.ts})
+            row["last_event_at"] = max(row["last_event_at"], event.ts)
+            if isinstance(event, (ev.RunQueued, ev.RunStarted)):
+                row["name"] = event.name
+                if event.tags:
+                    row["tags"] = json.dumps(event.tags)
+            if isinstance(event, ev.RunFinished):
+                row["status"] = event.status
+        table = SqlAlertRun.__table__
+        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+        greatest = sa.func.greatest if conn.dialect.name == "postgresql" else sa.func.max
+        statement = insert.on_conflict_do_update(
+            index_elements=["run_id"],
+            set_={
+                "name": sa.func.coalesce(insert.excluded.name, table.c.name),
+                "tags": sa.func.coalesce(insert.excluded.tags, table.c.tags),
+                "status": sa.case((table.c.status.in_(TERMINAL), table.c.status), else_=insert.excluded.status),
+                "last_event_at": greatest(table.c.last_event_at, insert.excluded.last_event_at),
+            },
+        )
+        conn.execute(statement, list(facts.values()))
+        rows = conn.execute(sa.select(table.c.run_id, table.c.name, table.c.tags).where(table.c.run_id.in_(list(facts)))).all()
+        return {r.run_id: (r.name, json.loads(r.tags) if r.tags else {}) for r in rows}
+
+    @staticmethod
+    def _load_states(conn: Connection, run_ids: set[str]) -> dict[tuple[str, str], RuleState]:
+        table = SqlAlertState.__table__
+        query = sa.select(table.c.rule, table.c.run_id, table.c.state).where(table.c.run_id.in_(list(run_ids)))
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()  # two alerters of one group never interleave a run's state
+        return {(r.rule, r.run_id): RuleState(**json.loads(r.state)) for r in conn.execute(query)}
+
+    def _alert_rows(self, rule: Rule, run_id: str, name: str | None, state: RuleState, transition: Transition) -> list[dict[str, Any]]:
+        rows = []
+        for channel in rule.channels:
+            key = f"{rule.name}:{run_id}:{state.incident}:{transition.state}:{channel}"
+            message = AlertMessage(
+                key=key, rule=rule.name, run_id=run_id, run_name=name, state=transition.state, severity=rule.severity,
+                summary=transition.summary, value=transition.value, threshold=transition.threshold, epoch=transition.epoch,
+            )
+            rows.append(
+                {
+                    "idempotency_key": key, "rule": rule.name, "run_id": run_id, "state": transition.state,
+                    "channel": channel, "severity": rule.severity, "message": json.dumps(dataclasses.asdict(message)),
+                    "status": "pending", "attempts": 0, "created_at": datetime.now(timezone.utc),
+                    "next_attempt_at": 0.0, "delivered_at": None, "last_error": None,
+                }
+            )
+        return rows
+
+    # -- time-based rules -------------------------------------------------------------------------
+    def check_stalled(self, now: float | None = None) -> int:
+        """Fire "stalled" rules for running runs silent for longer than their threshold."""
+        now = time.time() if now is None else now
+        stalled_rules = [r for r in self.rules.rules if r.kind == "stalled"]
+        if not stalled_rules:
+            return 0
+        fired = 0
+        runs_table, state_table = SqlAlertRun.__table__, SqlAlertState.__table__
+        with transaction(self.engine) as conn:
+            shortest = min(r.stalled_seconds or 0 for r in stalled_rules)
+            silent = conn.execute(
+                sa.select(runs_table).where(runs_table.c.status == "running", runs_table.c.last_event_at < now - shortest)
+            ).all()
+            outbox, changed = [], {}
+            for run in silent:
+                tags = json.loads(run.tags) if run.tags else {}
+                for rule in stalled_rules:
+                    if not rule.matches(run.name, tags) or run.last_event_at >= now - (rule.stalled_seconds or 0):
+                        continue
+                    row = conn.execute(
+                        sa.select(state_table.c.state).where(state_table.c.rule == rule.name, state_table.c.run_id == run.run_id)
+                    ).scalar()
+                    state = RuleState(**json.loads(row)) if row else RuleState()
+                    if state.firing:
+                        continue
+                    state = dataclasses.replace(state, firing=True, incident=state.incident + 1)
+                    changed[(rule.name, run.run_id)] = state
+                    transition = Transition("firing", f"no event from this run for {now - run.last_event_at:.0f}s (limit {rule.stalled_seconds:g}s)")
+                    outbox += self._alert_rows(rule, run.run_id, run.name, state, transition)
+                    fired += 1
+            _upsert(
+                conn, state_table,
+                [{"rule": r, "run_id": run, "state": json.dumps(dataclasses.asdict(s)), "firing": True, "updated_at": now} for (r, run), s in changed.items()],
+                ["rule", "run_id"], ["state", "firing", "updated_at"],
+            )
+            _insert_alerts(conn, outbox)
+        return fired
+
+
+class Deliverer:
+    """Sends pending outbox rows, in id order per channel, and records the outcome."""
+
+    def __init__(self, engine: Engine, channels: dict[str, Channel], *, retry_budget_s: float = 3600.0) -> None:
+        self.engine = engine
+        self.channels = channels
+        self.retry_budget_s = retry_budget_s
+        self.stop_event = threading.Event()
+        self.delivered = 0
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                if not self.deliver_once():
+                    self.stop_event.wait(DELIVERY_POLL_S)
+            except Exception:
+                log.exception("alert delivery round failed; retrying")
+                self.stop_event.wait(1.0)
+
+    def deliver_once(self) -> int:
+        """One pass over pending alerts; returns how many were delivered."""
+        table = SqlAlert.__table__
+        with transaction(self.engine) as conn:
+            pending = conn.execute(
+                sa.select(table).where(table.c.status == "pending").order_by(table.c.id).limit(200)
+            ).all()
+        delivered = 0
+        blocked: set[str] = set()  # a channel whose oldest alert is waiting: keep its order
+        now = time.time()
+        for row in pending:
+            if row.channel in blocked:
+                continue
+            if row.next_attempt_at > now:
+                blocked.add(row.channel)
+                continue
+            channel = self.channels.get(row.channel)
+            message = AlertMessage(**json.loads(row.message))
+            try:
+                if channel is None:
+                    raise DeliveryError(f"channel {row.channel!r} is not configured")
+                channel.send(message)
+            except DeliveryError as exc:
+                attempts = row.attempts + 1
+                age = now - row.created_at.replace(tzinfo=row.created_at.tzinfo or timezone.utc).timestamp()
+                give_up = age >= self.retry_budget_s
+                delay = min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** min(attempts - 1, 10))
+                with transaction(self.engine) as conn:
+                    conn.execute(
+                        table.update().where(table.c.id == row.id).values(
+                            attempts=attempts, last_error=str(exc)[:1000], next_attempt_at=time.time() + delay,
+                            status="undelivered" if give_up else "pending",
+                        )
+                    )
+                log.warning("alert %s to %s failed (attempt %d): %s%s", row.idempotency_key, row.channel, attempts, exc,
+                            "; giving up (undelivered)" if give_up else "")
+                if not give_up:
+                    blocked.add(row.channel)
+                continue
+            with transaction(self.engine) as conn:
+                conn.execute(
+                    table.update().where(table.c.id == row.id).values(
+                        status="delivered", attempts=row.attempts + 1, delivered_at=datetime.now(timezone.utc), last_error=None,
+                    )
+                )
+            delivered += 1
+            self.delivered += 1
+        return delivered
+
+
+class StallWatcher:
+    def __init__(self, alerter: Alerter, interval_s: float = STALL_CHECK_S) -> None:
+        self.alerter = alerter
+        self.interval_s = interval_s
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval_s):
+            try:
+                self.alerter.check_stalled()
+            except Exception:
+                log.exception("stall check failed; retrying")

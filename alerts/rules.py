@@ -1,0 +1,288 @@
+"""Alert rules: the rules file, and the per-(rule, run) state machine (firing / resolved).
+
+Rules file (``FITSTREAM_ALERT_RULES``)::
+
+    channels:
+      team-slack: {type: slack, url_env: SLACK_WEBHOOK_URL}
+      ops: {type: webhook, url_env: OPS_WEBHOOK_URL, secret_env: OPS_WEBHOOK_SECRET}
+    rules:
+      - name: val-loss-high
+        match: {job: "digits-*"}
+        metric: val_loss
+        above: 0.5
+        for_epochs: 2
+        channels: [team-slack]
+      - {name: diverged, nan: loss, channels: [team-slack]}
+      - {name: plateau, metric: val_loss, no_improvement_epochs: 5, channels: [team-slack]}
+      - {name: overfit, gap: {metric: val_loss, minus: loss, above: 0.3}, for_epochs: 3, channels: [ops]}
+      - {name: stalled, stalled_seconds: 600, channels: [ops]}
+      - {name: lifecycle, on: [early_stopped, run_failed, model_promoted], channels: [team-slack]}
+
+Evaluation is a pure function of (rule, state, event) so that it can be stored in SQL
+and replayed: see :func:`evaluate`. "No improvement" uses :class:`pipeline.monitor.Monitor`,
+the same rule as Keras' EarlyStopping.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline import events as ev
+from pipeline.errors import ConfigurationError
+from pipeline.monitor import Monitor
+
+LIFECYCLE_EVENTS = ("run_started", "early_stopped", "run_failed", "run_finished", "model_promoted")
+
+
+class RulesError(ConfigurationError):
+    """The rules file is invalid. Not retryable: fix what the message lists."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Channel(_Strict):
+    type: Literal["slack", "webhook"]
+    url_env: str = Field(min_length=1, description="Environment variable holding the URL (never the URL itself).")
+    secret_env: str | None = Field(default=None, description="Webhook only: variable holding the HMAC secret.")
+    rate_per_minute: int = Field(default=60, ge=1)
+
+    @model_validator(mode="after")
+    def _secret_only_for_webhooks(self) -> "Channel":
+        if self.secret_env and self.type != "webhook":
+            raise ValueError("secret_env is only for type: webhook")
+        return self
+
+
+class Match(_Strict):
+    job: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class Gap(_Strict):
+    metric: str
+    minus: str
+    above: float
+
+
+class Rule(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    match: Match = Field(default_factory=Match)
+    channels: list[str] = Field(min_length=1)
+    severity: Literal["info", "warning", "critical"] = "warning"
+    repeat_seconds: float | None = Field(default=None, gt=0)
+    # conditions (exactly one kind)
+    metric: str | None = None
+    above: float | None = None
+    below: float | None = None
+    for_epochs: int = Field(default=1, ge=1)
+    nan: str | None = None
+    no_improvement_epochs: int | None = Field(default=None, ge=1)
+    mode: Literal["auto", "min", "max"] = "auto"
+    min_delta: float = Field(default=0.0, ge=0)
+    gap: Gap | None = None
+    stalled_seconds: float | None = Field(default=None, gt=0)
+    on: list[Literal["run_started", "early_stopped", "run_failed", "run_finished", "model_promoted"]] | None = None
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> "Rule":
+        kinds = [k for k, present in (
+            ("threshold", self.above is not None or self.below is not None),
+            ("nan", self.nan is not None),
+            ("no_improvement", self.no_improvement_epochs is not None),
+            ("gap", self.gap is not None),
+            ("stalled", self.stalled_seconds is not None),
+            ("lifecycle", self.on is not None),
+        ) if present]
+        if len(kinds) != 1:
+            raise ValueError(
+                "a rule needs exactly one condition: above/below, nan, no_improvement_epochs, gap, "
+                f"stalled_seconds or on; got {kinds or 'none'}"
+            )
+        if kinds[0] in ("threshold", "no_improvement") and not self.metric:
+            raise ValueError(f"a {kinds[0]} rule needs metric")
+        if self.above is not None and self.below is not None:
+            raise ValueError("use either above or below, not both")
+        if kinds[0] == "no_improvement":
+            Monitor(self.metric or "", mode=self.mode, min_delta=self.min_delta)  # raises on unknown direction
+        return self
+
+    @property
+    def kind(self) -> str:
+        if self.above is not None or self.below is not None:
+            return "threshold"
+        if self.nan is not None:
+            return "nan"
+        if self.no_improvement_epochs is not None:
+            return "no_improvement"
+        if self.gap is not None:
+            return "gap"
+        if self.stalled_seconds is not None:
+            return "stalled"
+        return "lifecycle"
+
+    def matches(self, name: str | None, tags: dict[str, str]) -> bool:
+        if self.match.job is not None and (name is None or not fnmatch.fnmatchcase(name, self.match.job)):
+            return False
+        return all(tags.get(k) == v for k, v in self.match.tags.items())
+
+
+class RulesFile(_Strict):
+    channels: dict[str, Channel] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_channels(self) -> "RulesFile":
+        names = [r.name for r in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        for rule in self.rules:
+            unknown = [c for c in rule.channels if c not in self.channels]
+            if unknown:
+                raise ValueError(
+                    f"rule {rule.name!r} uses unknown channel(s) {', '.join(unknown)}; "
+                    f"defined channels: {', '.join(self.channels) or '(none)'}"
+                )
+        return self
+
+
+def parse_rules(data: Any, *, source: str = "rules file") -> RulesFile:
+    if data is None:
+        data = {}
+    try:
+        return RulesFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"  - {where}: {err['msg'].removeprefix('Value error, ')}")
+        raise RulesError(f"{source} is invalid:\n" + "\n".join(problems)) from None
+
+
+def load_rules(path: str | Path) -> RulesFile:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise RulesError(f"cannot read the rules file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise RulesError(f"{path} is not valid YAML: {exc}") from None
+    return parse_rules(data, source=str(path))
+
+
+# -- the state machine --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RuleState:
+    """What a rule remembers about one run (stored in SQL, table ``alert_state``)."""
+
+    last_seq: int = -1
+    streak: int = 0
+    best: float | None = None
+    since_best: int = 0
+    firing: bool = False
+    incident: int = 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    state: Literal["firing", "resolved"]
+    summary: str
+    value: float | None = None
+    threshold: float | None = None
+    epoch: int | None = None
+
+
+def _bad(value: float | None) -> bool:
+    return value is None or math.isnan(value) or math.isinf(value)
+
+
+def _fire_or_resolve(rule: Rule, state: RuleState, holds: bool, seq: int, summary: str, **facts: Any) -> tuple[RuleState, Transition | None]:
+    streak = state.streak + 1 if holds else 0
+    firing_now = streak >= rule.for_epochs if holds else False
+    new = replace(state, last_seq=seq, streak=streak)
+    if firing_now and not state.firing:
+        return replace(new, firing=True, incident=state.incident + 1), Transition("firing", summary, **facts)
+    if not holds and state.firing:
+        return replace(new, firing=False), Transition("resolved", summary, **facts)
+    return new, None
+
+
+def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, Transition | None]:
+    """Apply one event to a rule's state for its run. Events at or below ``last_seq`` are ignored
+    (redelivered or out of order), so replaying a stream changes nothing."""
+    if event.seq <= state.last_seq:
+        return state, None
+    kind = rule.kind
+    if kind == "lifecycle":
+        assert rule.on is not None
+        if event.type in rule.on:
+            detail = {
+                "early_stopped": lambda e: f"early stopping at epoch {e.stopped_epoch}: best {e.monitor}={e.best_value} at epoch {e.best_epoch}",
+                "run_failed": lambda e: f"run failed: {e.error_type}: {e.message}",
+                "run_finished": lambda e: f"run finished: {e.status} after {e.epochs_completed} epochs",
+                "run_started": lambda e: f"run started on {e.host}",
+            }.get(event.type, lambda e: event.type.replace("_", " "))(event)
+            return replace(state, last_seq=event.seq, incident=state.incident + 1), Transition("firing", detail)
+        return state, None
+    if not isinstance(event, ev.EpochEnd):
+        return state, None
+    metrics, epoch = event.metrics, event.epoch
+    if kind == "threshold":
+        value = metrics.get(rule.metric or "")
+        if value is None:
+            return state, None
+        limit = rule.above if rule.above is not None else rule.below
+        holds = (value > limit) if rule.above is not None else (value < limit)  # type: ignore[operator]
+        word = "above" if rule.above is not None else "below"
+        return _fire_or_resolve(
+            rule, state, holds, event.seq,
+            f"{rule.metric} = {value:.4g} {'is' if holds else 'is no longer'} {word} {limit:g}"
+            + (f" for {rule.for_epochs} epochs" if holds and rule.for_epochs > 1 else ""),
+            value=value, threshold=limit, epoch=epoch,
+        )
+    if kind == "nan":
+        if rule.nan not in metrics:
+            return state, None
+        value = metrics.get(rule.nan or "")
+        holds = _bad(value)
+        return _fire_or_resolve(rule, state, holds, event.seq, f"{rule.nan} is {'not finite' if holds else 'finite again'} ({value})", value=None if holds else value, epoch=epoch)
+    if kind == "gap":
+        assert rule.gap is not None
+        a, b = metrics.get(rule.gap.metric), metrics.get(rule.gap.minus)
+        if a is None or b is None:
+            return state, None
+        gap = a - b
+        holds = gap > rule.gap.above
+        return _fire_or_resolve(
+            rule, state, holds, event.seq,
+            f"{rule.gap.metric} - {rule.gap.minus} = {gap:.4g} {'is' if holds else 'is no longer'} above {rule.gap.above:g}",
+            value=gap, threshold=rule.gap.above, epoch=epoch,
+        )
+    if kind == "no_improvement":
+        value = metrics.get(rule.metric or "")
+        if _bad(value):
+            return state, None
+        monitor = Monitor(rule.metric or "", mode=rule.mode, min_delta=rule.min_delta)
+        if monitor.is_improvement(value, state.best):  # type: ignore[arg-type]
+            best, since = value, 0
+        else:
+            best, since = state.best, state.since_best + 1
+        limit = rule.no_improvement_epochs or 1
+        holds = since >= limit
+        base = replace(state, best=best, since_best=since)
+        new, transition = _fire_or_resolve(
+            rule.model_copy(update={"for_epochs": 1}), base, holds, event.seq,
+            f"{rule.metric} has not improved for {since} epochs (best {best:.4g})" if holds else f"{rule.metric} improved to {value:.4g}",
+            value=value, threshold=best, epoch=epoch,
+        )
+        return new, transition
+    return state, None  # stalled: evaluated on a timer, see engine

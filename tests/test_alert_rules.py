@@ -1,0 +1,92 @@
+"""Alert rules: validation and the firing/resolved state machine (pure, no services)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from alerts.rules import RulesError, RuleState, evaluate, parse_rules
+from pipeline import events as ev
+
+CHANNELS = {"team": {"type": "slack", "url_env": "SLACK_URL"}}
+
+
+def _rules(*rules):
+    return parse_rules({"channels": CHANNELS, "rules": list(rules)})
+
+
+def _epochs(run_id, values, metric="val_loss", start_seq=1):
+    return [ev.build(ev.EpochEnd, run_id=run_id, seq=start_seq + i, epoch=i, metrics={metric: v}) for i, v in enumerate(values)]
+
+
+def _run(rule, events):
+    state, transitions = RuleState(), []
+    for event in events:
+        state, transition = evaluate(rule, state, event)
+        if transition:
+            transitions.append((event.epoch if hasattr(event, "epoch") else None, transition.state))
+    return state, transitions
+
+
+def test_threshold_for_epochs_fires_once_and_resolves_once():
+    rule = _rules({"name": "high", "metric": "val_loss", "above": 0.5, "for_epochs": 2, "channels": ["team"]}).rules[0]
+    _state, transitions = _run(rule, _epochs("r", [0.4, 0.6, 0.7, 0.8, 0.9, 0.3, 0.2]))
+    assert transitions == [(2, "firing"), (5, "resolved")]
+
+
+def test_nan_alerts_once_per_incident():
+    rule = _rules({"name": "nan", "nan": "loss", "channels": ["team"]}).rules[0]
+    _state, transitions = _run(rule, _epochs("r", [1.0, math.nan, math.nan, math.inf, 0.5], metric="loss"))
+    assert transitions == [(1, "firing"), (4, "resolved")]
+
+
+def test_no_improvement_uses_the_early_stopping_rule():
+    rule = _rules({"name": "plateau", "metric": "val_loss", "no_improvement_epochs": 2, "min_delta": 0.01, "channels": ["team"]}).rules[0]
+    _state, transitions = _run(rule, _epochs("r", [1.0, 0.995, 0.999, 0.992, 0.5]))  # 0.995 is within min_delta
+    assert transitions == [(2, "firing"), (4, "resolved")]
+
+
+def test_gap_and_redelivery_are_idempotent():
+    rule = _rules({"name": "overfit", "gap": {"metric": "val_loss", "minus": "loss", "above": 0.3}, "for_epochs": 1, "channels": ["team"]}).rules[0]
+    events = [ev.build(ev.EpochEnd, run_id="r", seq=i + 1, epoch=i, metrics={"loss": 0.1, "val_loss": v}) for i, v in enumerate([0.2, 0.5, 0.5])]
+    state, transitions = _run(rule, events)
+    assert transitions == [(1, "firing")]
+    # Redelivered (or older) events change nothing.
+    for event in events:
+        assert evaluate(rule, state, event) == (state, None)
+
+
+def test_lifecycle_events():
+    rule = _rules({"name": "life", "on": ["early_stopped", "run_failed"], "channels": ["team"]}).rules[0]
+    stopped = ev.build(ev.EarlyStopped, run_id="r", seq=9, stopped_epoch=6, best_epoch=3, best_value=0.2, monitor="val_loss", mode="min")
+    state, transition = evaluate(rule, RuleState(), stopped)
+    assert transition.state == "firing" and "early stopping at epoch 6" in transition.summary
+    assert evaluate(rule, state, stopped) == (state, None)
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ({"name": "x", "metric": "val_loss", "above": 1, "channels": ["nope"]}, "unknown channel(s) nope"),
+        ({"name": "x", "metric": "val_loss", "above": 1, "nan": "loss", "channels": ["team"]}, "exactly one condition"),
+        ({"name": "x", "channels": ["team"]}, "exactly one condition"),
+        ({"name": "x", "stalled_seconds": -5, "channels": ["team"]}, "greater than 0"),
+        ({"name": "x", "metric": "val_loss", "above": 1, "below": 0, "channels": ["team"]}, "either above or below"),
+        ({"name": "x", "above": 1, "channels": ["team"]}, "needs metric"),
+        ({"name": "x", "metric": "val_weird", "no_improvement_epochs": 3, "channels": ["team"]}, "pass mode='min' or mode='max'"),
+        ({"name": "x", "metric": "val_loss", "above": 1, "channels": ["team"], "colour": "red"}, "Extra inputs are not permitted"),
+        ({"name": "x", "on": ["exploded"], "channels": ["team"]}, "on.0"),
+    ],
+)
+def test_invalid_rules_are_refused_with_a_reason(rule, expected):
+    with pytest.raises(RulesError) as info:
+        _rules(rule)
+    assert expected in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_match_by_job_glob_and_tags():
+    rule = _rules({"name": "x", "match": {"job": "digits-*", "tags": {"team": "vision"}}, "nan": "loss", "channels": ["team"]}).rules[0]
+    assert rule.matches("digits-mlp", {"team": "vision"})
+    assert not rule.matches("digits-mlp", {"team": "nlp"}) and not rule.matches("cifar", {"team": "vision"})

@@ -1,0 +1,200 @@
+"""The alerter against real services: Redis stream, SQL outbox, a Slack-like HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+import redis
+import sqlalchemy as sa
+import yaml
+
+from alerts.engine import Alerter, Deliverer, build_channels
+from alerts.rules import parse_rules
+from pipeline import events as ev
+from pipeline.bus import EventStream
+from pipeline.consumers.base import ConsumerLoop
+from tests.conftest import REPO, settings_env, wait_for
+from tests.slack_server import SlackLikeServer
+
+WEBHOOK_SECRET = "whsec-very-secret-value"
+
+
+@pytest.fixture
+def slack():
+    server = SlackLikeServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hook():
+    server = SlackLikeServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _rules_data():
+    return {
+        "channels": {
+            "team-slack": {"type": "slack", "url_env": "SLACK_WEBHOOK_URL"},
+            "ops": {"type": "webhook", "url_env": "OPS_WEBHOOK_URL", "secret_env": "OPS_WEBHOOK_SECRET"},
+        },
+        "rules": [
+            {"name": "val-loss-high", "match": {"job": "digits-*"}, "metric": "val_loss", "above": 0.5, "for_epochs": 2, "channels": ["team-slack"]},
+            {"name": "diverged", "nan": "loss", "channels": ["team-slack"]},
+            {"name": "lifecycle", "on": ["early_stopped", "run_failed"], "channels": ["ops"]},
+        ],
+    }
+
+
+def _environ(slack, hook):
+    return {"SLACK_WEBHOOK_URL": slack.url, "OPS_WEBHOOK_URL": hook.url, "OPS_WEBHOOK_SECRET": WEBHOOK_SECRET}
+
+
+class AlerterThreads:
+    def __init__(self, settings, engine, environ):
+        rules = parse_rules(_rules_data())
+        self.loop = ConsumerLoop(Alerter(engine, rules), EventStream(settings=settings), consumer_name="alerter-test")
+        self.deliverer = Deliverer(engine, build_channels(rules, environ))
+        self.threads = [threading.Thread(target=self.loop.run, daemon=True), threading.Thread(target=self.deliverer.run, daemon=True)]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.stop_event.set()
+        self.deliverer.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
+def _run_events(run_id, name, val_losses, losses=None, *, seq0=0):
+    out = [ev.build(ev.RunStarted, run_id=run_id, seq=seq0, name=name)]
+    for i, v in enumerate(val_losses):
+        loss = losses[i] if losses else 0.1
+        out.append(ev.build(ev.EpochEnd, run_id=run_id, seq=seq0 + 1 + i, epoch=i, metrics={"loss": loss, "val_loss": v}))
+    return out
+
+
+def _alert_rows(engine):
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT rule, run_id, state, channel, status, attempts, message, last_error FROM alerts ORDER BY id")).all()
+
+
+def test_threshold_gives_one_firing_and_one_resolved_message(settings, engine, slack, hook):
+    stream = EventStream(settings=settings)
+    # Crosses 0.5 for two epochs (fires once), stays above (quiet), recovers (resolves once).
+    stream.publish(_run_events("r1", "digits-mlp", [0.4, 0.6, 0.7, 0.8, 0.9, 0.3, 0.2]))
+    stream.publish(_run_events("r2", "cifar-net", [0.9, 0.9, 0.9]))  # not matched by digits-*
+    with AlerterThreads(settings, engine, _environ(slack, hook)):
+        wait_for(lambda: len(slack.accepted) >= 2, message="two Slack messages")
+        stream.publish(_run_events("r1", "digits-mlp", [0.4, 0.6, 0.7, 0.8, 0.9, 0.3, 0.2]))  # replay: nothing new
+        wait_for(lambda: EventStream(settings=settings).groups()[0]["lag"] == 0, message="replay consumed")
+    texts = slack.texts()
+    assert len(texts) == 2
+    assert texts[0].startswith("🚨 val-loss-high FIRING — digits-mlp") and "val_loss = 0.7 is above 0.5 for 2 epochs" in texts[0]
+    assert texts[1].startswith("✅ val-loss-high RESOLVED — digits-mlp")
+    blocks = slack.accepted[0]["json"]["blocks"]
+    assert blocks[0]["type"] == "header" and any("fitstream show r1" in e["text"] for e in blocks[-1]["elements"])
+    rows = _alert_rows(engine)
+    assert [(r.rule, r.run_id, r.state, r.status, r.attempts) for r in rows] == [
+        ("val-loss-high", "r1", "firing", "delivered", 1), ("val-loss-high", "r1", "resolved", "delivered", 1),
+    ]
+
+
+def test_nan_alerts_once_and_lifecycle_goes_to_the_signed_webhook(settings, engine, slack, hook):
+    stream = EventStream(settings=settings)
+    stream.publish(_run_events("r3", "exploding", [0.3, 0.3, 0.3, 0.3], losses=[1.0, math.nan, math.nan, math.nan]))
+    stream.publish([ev.build(ev.EarlyStopped, run_id="r3", seq=10, stopped_epoch=3, best_epoch=0, best_value=0.3, monitor="val_loss", mode="min")])
+    with AlerterThreads(settings, engine, _environ(slack, hook)):
+        wait_for(lambda: len(slack.accepted) >= 1 and len(hook.accepted) >= 1, message="NaN and lifecycle alerts")
+    assert len(slack.accepted) == 1 and "diverged FIRING" in slack.texts()[0]
+    request = hook.accepted[0]
+    body, headers = request["body"], request["headers"]
+    expected = hmac.new(WEBHOOK_SECRET.encode(), headers["X-Fitstream-Timestamp"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert headers["X-Fitstream-Signature"] == "sha256=" + expected
+    assert headers["Idempotency-Key"] == "lifecycle:r3:1:firing:ops"
+    assert request["json"]["summary"].startswith("early stopping at epoch 3")
+
+
+def test_429_with_retry_after_is_honoured_and_delivers_once(settings, engine, slack, hook):
+    slack.respond(429, {"Retry-After": "1"})
+    slack.respond(500)
+    EventStream(settings=settings).publish(_run_events("r4", "digits-429", [0.9, 0.9]))
+    with AlerterThreads(settings, engine, _environ(slack, hook)):
+        wait_for(lambda: len(slack.accepted) == 1, timeout=30, message="delivery after 429 and 500")
+    statuses = [r["status"] for r in slack.requests]
+    assert statuses == [429, 500, 200]
+    assert slack.requests[1]["at"] - slack.requests[0]["at"] >= 0.9  # waited for Retry-After
+    assert [r.status for r in _alert_rows(engine)] == ["delivered"]
+
+
+def test_receiver_outage_ends_with_every_alert_delivered_once_in_order(settings, engine, slack, hook):
+    stream = EventStream(settings=settings)
+    slack.stop()  # connection refused from now on
+    with AlerterThreads(settings, engine, _environ(slack, hook)):
+        for i in range(6):
+            stream.publish(_run_events(f"out{i}", f"digits-{i}", [0.9, 0.9, 0.1]))
+        wait_for(lambda: len(_alert_rows(engine)) == 12, message="12 alerts decided while Slack is down")
+        wait_for(lambda: any(r.attempts >= 2 for r in _alert_rows(engine)), timeout=60, message="failed attempts")
+        rows = _alert_rows(engine)
+        assert all(r.status == "pending" for r in rows)
+        failed = [r for r in rows if r.attempts]
+        assert failed and all("s3cr3t" not in (r.last_error or "") for r in rows)
+        assert any("ConnectionError" in (r.last_error or "") for r in failed), [r.last_error for r in failed]
+        slack.start()  # back on the same port
+        wait_for(lambda: all(r.status == "delivered" for r in _alert_rows(engine)), timeout=90, message="all delivered after the outage")
+    texts = slack.texts()
+    assert len(texts) == 12 and len(set(texts)) == 12
+    expected = [f"{icon} val-loss-high {state} — digits-{i}" for i in range(6) for icon, state in (("🚨", "FIRING"), ("✅", "RESOLVED"))]
+    assert [t.split(":")[0] for t in texts] == expected
+    assert all(r.last_error is None for r in _alert_rows(engine))  # cleared when delivered
+
+
+def test_alerter_killed_between_deciding_and_sending_loses_and_repeats_nothing(settings, engine, slack, hook, tmp_path):
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(yaml.safe_dump(_rules_data()))
+    env = {**os.environ, **settings_env(settings), **_environ(slack, hook), "FITSTREAM_ALERT_RULES": str(rules_path)}
+    slack.stop()  # decided but not deliverable
+    stream = EventStream(settings=settings)
+    for i in range(3):
+        stream.publish(_run_events(f"k{i}", f"digits-k{i}", [0.9, 0.9, 0.2]))
+    log_path = tmp_path / "alerter.log"
+    with open(log_path, "wb") as log:
+        first = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "consume", "alerter", "--name", "a1"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: len(_alert_rows(engine)) == 6, timeout=60, message="6 alerts decided")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        slack.start()
+        second = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "consume", "alerter", "--name", "a2"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: all(r.status == "delivered" for r in _alert_rows(engine)), timeout=90, message="delivered after restart")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=30)
+    assert len(_alert_rows(engine)) == 6
+    assert sorted(slack.texts()) == sorted(set(slack.texts())) and len(slack.texts()) == 6
+
+    # Secrets appear in no log line, event or row.
+    secrets = [slack.url, "s3cr3t-token", hook.url, WEBHOOK_SECRET]
+    logged = log_path.read_text(errors="replace")
+    assert "alerter a1" in logged
+    client = redis.Redis.from_url(settings.redis_url)
+    stored = json.dumps([[str(f) for f in fields.values()] for _i, fields in client.xrange(settings.stream)])
+    with engine.connect() as conn:
+        dumped = json.dumps([[str(v) for v in row] for table in ("alerts", "alert_state", "alert_runs") for row in conn.execute(sa.text(f"SELECT * FROM {table}"))])
+    for secret in secrets:
+        assert secret not in logged and secret not in stored and secret not in dumped
