@@ -111,7 +111,7 @@ class Alerter:
                     if new != state:
                         changed[key] = new
                     if transition is not None:
-                        outbox += self._alert_rows(rule, event.run_id, name, new, transition)
+                        outbox += self._alert_rows(rule, event.run_id, name, new, transition, event.ts)
             _upsert(
                 conn, SqlAlertState.__table__,
                 [{"rule": r, "run_id": run, "state": json.dumps(dataclasses.asdict(s)), "firing": s.firing, "updated_at": time.time()}
@@ -145,7 +145,11 @@ class Alerter:
             set_={
                 "name": sa.func.coalesce(insert.excluded.name, table.c.name),
                 "tags": sa.func.coalesce(insert.excluded.tags, table.c.tags),
-                "status": sa.case((table.c.status.in_(TERMINAL), table.c.status), else_=insert.excluded.status),
+                # A terminal status sticks (literal SQL: no expanding IN inside an executemany).
+                "status": sa.case(
+                    (sa.or_(*(table.c.status == sa.literal_column(f"'{s}'") for s in TERMINAL)), table.c.status),
+                    else_=insert.excluded.status,
+                ),
                 "last_event_at": greatest(table.c.last_event_at, insert.excluded.last_event_at),
             },
         )
@@ -161,13 +165,16 @@ class Alerter:
             query = query.with_for_update()  # two alerters of one group never interleave a run's state
         return {(r.rule, r.run_id): RuleState(**json.loads(r.state)) for r in conn.execute(query)}
 
-    def _alert_rows(self, rule: Rule, run_id: str, name: str | None, state: RuleState, transition: Transition) -> list[dict[str, Any]]:
+    def _alert_rows(
+        self, rule: Rule, run_id: str, name: str | None, state: RuleState, transition: Transition, event_ts: float
+    ) -> list[dict[str, Any]]:
         rows = []
         for channel in rule.channels:
             key = f"{rule.name}:{run_id}:{state.incident}:{transition.state}:{channel}"
             message = AlertMessage(
                 key=key, rule=rule.name, run_id=run_id, run_name=name, state=transition.state, severity=rule.severity,
                 summary=transition.summary, value=transition.value, threshold=transition.threshold, epoch=transition.epoch,
+                event_ts=event_ts,
             )
             rows.append(
                 {
@@ -208,7 +215,7 @@ class Alerter:
                     state = dataclasses.replace(state, firing=True, incident=state.incident + 1)
                     changed[(rule.name, run.run_id)] = state
                     transition = Transition("firing", f"no event from this run for {now - run.last_event_at:.0f}s (limit {rule.stalled_seconds:g}s)")
-                    outbox += self._alert_rows(rule, run.run_id, run.name, state, transition)
+                    outbox += self._alert_rows(rule, run.run_id, run.name, state, transition, now)
                     fired += 1
             _upsert(
                 conn, state_table,

@@ -99,10 +99,11 @@ def test_threshold_gives_one_firing_and_one_resolved_message(settings, engine, s
     # Crosses 0.5 for two epochs (fires once), stays above (quiet), recovers (resolves once).
     stream.publish(_run_events("r1", "digits-mlp", [0.4, 0.6, 0.7, 0.8, 0.9, 0.3, 0.2]))
     stream.publish(_run_events("r2", "cifar-net", [0.9, 0.9, 0.9]))  # not matched by digits-*
-    with AlerterThreads(settings, engine, _environ(slack, hook)):
+    with AlerterThreads(settings, engine, _environ(slack, hook)) as running:
         wait_for(lambda: len(slack.accepted) >= 2, message="two Slack messages")
         stream.publish(_run_events("r1", "digits-mlp", [0.4, 0.6, 0.7, 0.8, 0.9, 0.3, 0.2]))  # replay: nothing new
         wait_for(lambda: EventStream(settings=settings).groups()[0]["lag"] == 0, message="replay consumed")
+    assert running.loop.stats.batch_fallbacks == 0, "batches with several runs must commit in one transaction"
     texts = slack.texts()
     assert len(texts) == 2
     assert texts[0].startswith("🚨 val-loss-high FIRING — digits-mlp") and "val_loss = 0.7 is above 0.5 for 2 epochs" in texts[0]
@@ -198,3 +199,29 @@ def test_alerter_killed_between_deciding_and_sending_loses_and_repeats_nothing(s
         dumped = json.dumps([[str(v) for v in row] for table in ("alerts", "alert_state", "alert_runs") for row in conn.execute(sa.text(f"SELECT * FROM {table}"))])
     for secret in secrets:
         assert secret not in logged and secret not in stored and secret not in dumped
+
+
+def test_stalled_run_fires_once_and_resolves_when_events_flow_again(settings, engine, slack, hook):
+    data = _rules_data()
+    data["rules"] = [{"name": "stalled", "stalled_seconds": 1, "channels": ["team-slack"]}]
+    rules = parse_rules(data)
+    alerter = Alerter(engine, rules)
+    stream = EventStream(settings=settings)
+    stream.publish(_run_events("s1", "quiet", [0.3]))
+    stream.publish(_run_events("s2", "finished", [0.3]) + [ev.build(ev.RunFinished, run_id="s2", seq=5, status="completed", epochs_completed=1)])
+    loop = ConsumerLoop(alerter, stream, consumer_name="stall-test")
+    loop.stream.ensure_group("alerter")
+    loop.run_once()
+    import time as _time
+
+    now = _time.time()
+    assert alerter.check_stalled(now) == 0  # not silent long enough yet
+    assert alerter.check_stalled(now + 5) == 1  # s1 is silent; s2 has finished
+    assert alerter.check_stalled(now + 10) == 0  # still the same incident: no repeat
+    stream.publish([ev.build(ev.EpochEnd, run_id="s1", seq=9, epoch=1, metrics={"loss": 0.1})])
+    loop.run_once()
+    deliverer = Deliverer(engine, build_channels(rules, _environ(slack, hook)))
+    wait_for(lambda: deliverer.deliver_once() == 0 and len(slack.accepted) == 2, message="stalled + resolved delivered")
+    texts = slack.texts()
+    assert texts[0].startswith("🚨 stalled FIRING — quiet") and "no event from this run" in texts[0]
+    assert texts[1].startswith("✅ stalled RESOLVED — quiet")

@@ -70,8 +70,9 @@ def test_replaying_events_creates_no_duplicates_and_order_does_not_matter(settin
     stream = EventStream(settings=settings)
     # Newest first, then everything again in order: same result as a single in-order pass.
     publish_all(stream, list(reversed(items)) + items)
-    with RecorderThread(settings, engine):
+    with RecorderThread(settings, engine) as running:
         wait_for(lambda: stream.groups() and stream.groups()[0]["lag"] == 0 and stream.groups()[0]["pending"] == 0, message="stream drained")
+    assert running.loop.stats.batch_fallbacks == 0, "batches with several runs must commit in one transaction"
     assert _count(engine, "events") == len(items)
     assert _count(engine, "epoch_metrics") == 3 * 5 * 3
     with engine.connect() as conn:

@@ -101,6 +101,7 @@ def status(as_json: bool) -> None:
         for g in stream.groups()
     ]
     report = {
+        "alerts": _alert_counts(settings.database_url),
         "queues": queues,
         "workers": sorted(replies),
         "stream": {"name": stream.stream, "length": int(stream.client.xlen(stream.stream))},
@@ -115,5 +116,27 @@ def status(as_json: bool) -> None:
     click.echo(f"workers seen: {', '.join(report['workers']) or 'none'}")
     print_rows(["group", "consumers", "pending", "lag"], [tuple(g.values()) for g in groups], title=f"stream {stream.stream} ({report['stream']['length']} events)")
     click.echo(f"dead letters: {report['dead_letters']}")
+    alerts = report["alerts"]
+    if alerts:
+        click.echo(f"alerts: {alerts.get('pending', 0)} pending, {alerts.get('undelivered', 0)} undelivered")
+        if alerts.get("undelivered"):
+            click.echo("WARNING: some alerts could not be delivered; see: fitstream alerts list --status undelivered", err=True)
     if report["forced_trims"]:
         click.echo(f"WARNING: the stream was force-trimmed: {report['forced_trims']}", err=True)
+
+
+def _alert_counts(database_url: str) -> dict[str, int]:
+    """Alerts by delivery status ({} when the database or its alerts table is not there)."""
+    import sqlalchemy as sa
+
+    from pipeline.db.session import make_engine
+
+    engine = make_engine(database_url, read_only=True)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT status, count(*) FROM alerts GROUP BY status")).all()
+        return {status: int(count) for status, count in rows}
+    except Exception:
+        return {}
+    finally:
+        engine.dispose()

@@ -34,6 +34,7 @@ class AlertMessage:
     value: float | None = None
     threshold: float | None = None
     epoch: int | None = None
+    event_ts: float | None = None  # when the event that decided this alert happened (Unix time)
     test: bool = False
 
 
