@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from alerts.channels.base import AlertMessage, Channel, DeliveryError
 from alerts.channels.slack import SlackChannel
 from alerts.channels.webhook import WebhookChannel
-from alerts.rules import Rule, RulesFile, RuleState, Transition, evaluate
+from alerts.rules import Rule, RulesFile, RuleState, Transition, evaluate, parse_rules
 from pipeline import events as ev
 from pipeline.consumers.base import Received
 from pipeline.db.migrate import require_head
@@ -88,6 +88,7 @@ class Alerter:
         require_head(engine)
         self.engine = engine
         self.rules = rules
+        self._job_rules_cache: dict[str, tuple[str, tuple[Rule, ...]]] = {}
 
     # -- events ----------------------------------------------------------------------------
     def handle(self, batch: Sequence[Received]) -> None:
@@ -98,8 +99,8 @@ class Alerter:
             outbox: list[dict[str, Any]] = []
             changed: dict[tuple[str, str], RuleState] = {}
             for event in events:
-                name, tags = runs.get(event.run_id, (None, {}))
-                for rule in self.rules.rules:
+                name, tags, job_rules = runs.get(event.run_id, (None, {}, ()))
+                for rule in (*self.rules.rules, *job_rules):
                     if not rule.matches(name, tags):
                         continue
                     key = (rule.name, event.run_id)
@@ -129,12 +130,14 @@ class Alerter:
     def _update_runs(self, conn: Connection, events: list[ev.Event]) -> dict[str, tuple[str | None, dict[str, str]]]:
         facts: dict[str, dict[str, Any]] = {}
         for event in events:
-            row = facts.setdefault(event.run_id, {"run_id": event.run_id, "name": None, "tags": None, "status": "running", "last_event_at": event.ts})
+            row = facts.setdefault(event.run_id, {"run_id": event.run_id, "name": None, "tags": None, "rules": None, "status": "running", "last_event_at": event.ts})
             row["last_event_at"] = max(row["last_event_at"], event.ts)
             if isinstance(event, (ev.RunQueued, ev.RunStarted)):
                 row["name"] = event.name
                 if event.tags:
                     row["tags"] = json.dumps(event.tags)
+            if isinstance(event, ev.RunQueued) and event.spec.get("alerts"):
+                row["rules"] = json.dumps(event.spec["alerts"])
             if isinstance(event, ev.RunFinished):
                 row["status"] = event.status
         table = SqlAlertRun.__table__
@@ -145,6 +148,7 @@ class Alerter:
             set_={
                 "name": sa.func.coalesce(insert.excluded.name, table.c.name),
                 "tags": sa.func.coalesce(insert.excluded.tags, table.c.tags),
+                "rules": sa.func.coalesce(insert.excluded.rules, table.c.rules),
                 # A terminal status sticks (literal SQL: no expanding IN inside an executemany).
                 "status": sa.case(
                     (sa.or_(*(table.c.status == sa.literal_column(f"'{s}'") for s in TERMINAL)), table.c.status),
@@ -154,8 +158,25 @@ class Alerter:
             },
         )
         conn.execute(statement, list(facts.values()))
-        rows = conn.execute(sa.select(table.c.run_id, table.c.name, table.c.tags).where(table.c.run_id.in_(list(facts)))).all()
-        return {r.run_id: (r.name, json.loads(r.tags) if r.tags else {}) for r in rows}
+        rows = conn.execute(sa.select(table.c.run_id, table.c.name, table.c.tags, table.c.rules).where(table.c.run_id.in_(list(facts)))).all()
+        return {r.run_id: (r.name, json.loads(r.tags) if r.tags else {}, self._job_rules(r.run_id, r.rules)) for r in rows}
+
+    def _job_rules(self, run_id: str, raw: str | None) -> tuple[Rule, ...]:
+        """A job's own rules (from its spec's ``alerts:``), with the rules file's channels."""
+        if not raw:
+            return ()
+        cached = self._job_rules_cache.get(run_id)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        try:
+            rules = tuple(parse_rules({"channels": dict(self.rules.channels), "rules": json.loads(raw)}, source=f"run {run_id} alerts").rules)
+        except ConfigurationError as exc:
+            log.error("ignoring the alert rules of run %s: %s", run_id, exc)
+            rules = ()
+        if len(self._job_rules_cache) > 10_000:
+            self._job_rules_cache.clear()
+        self._job_rules_cache[run_id] = (raw, rules)
+        return rules
 
     @staticmethod
     def _load_states(conn: Connection, run_ids: set[str]) -> dict[tuple[str, str], RuleState]:

@@ -155,9 +155,18 @@ class RulesFile(_Strict):
         return self
 
 
+def _yaml_on_key(rule: Any) -> Any:
+    """YAML 1.1 reads a bare ``on:`` key as the boolean true; the contract spells it ``on``."""
+    if isinstance(rule, dict) and True in rule and "on" not in rule:
+        rule = {("on" if k is True else k): v for k, v in rule.items()}
+    return rule
+
+
 def parse_rules(data: Any, *, source: str = "rules file") -> RulesFile:
     if data is None:
         data = {}
+    if isinstance(data, dict) and isinstance(data.get("rules"), list):
+        data = {**data, "rules": [_yaml_on_key(r) for r in data["rules"]]}
     try:
         return RulesFile.model_validate(data)
     except ValidationError as exc:

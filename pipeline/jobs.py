@@ -186,6 +186,9 @@ class JobSpec(_Strict):
     batch_events_every: int | None = Field(default=None, ge=1)
     queue: str = "gpu"
     tags: dict[str, str] = Field(default_factory=dict)
+    #: Alert rules for this job only, in the rules-file format; channels come from
+    #: FITSTREAM_ALERT_RULES. Checked by `fitstream submit` (see workers/submit.py).
+    alerts: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("model", "data", mode="before")
     @classmethod

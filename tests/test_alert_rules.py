@@ -90,3 +90,11 @@ def test_match_by_job_glob_and_tags():
     rule = _rules({"name": "x", "match": {"job": "digits-*", "tags": {"team": "vision"}}, "nan": "loss", "channels": ["team"]}).rules[0]
     assert rule.matches("digits-mlp", {"team": "vision"})
     assert not rule.matches("digits-mlp", {"team": "nlp"}) and not rule.matches("cifar", {"team": "vision"})
+
+
+def test_the_bundled_rules_file_is_valid():
+    from alerts.rules import load_rules
+    from tests.conftest import REPO
+
+    rules = load_rules(REPO / "examples" / "alerts.yaml")
+    assert {r.kind for r in rules.rules} == {"threshold", "nan", "no_improvement", "gap", "stalled", "lifecycle"}

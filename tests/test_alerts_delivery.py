@@ -225,3 +225,38 @@ def test_stalled_run_fires_once_and_resolves_when_events_flow_again(settings, en
     texts = slack.texts()
     assert texts[0].startswith("🚨 stalled FIRING — quiet") and "no event from this run" in texts[0]
     assert texts[1].startswith("✅ stalled RESOLVED — quiet")
+
+
+def test_rules_attached_to_a_job_spec_apply_to_its_runs_only(settings, engine, slack, hook, tmp_path, redis_url, stream_name):
+    from pipeline.jobs import load_spec_text
+    from workers.submit import check_job_alerts
+
+    job_rule = {"name": "job-acc-low", "metric": "val_accuracy", "below": 0.9, "channels": ["team-slack"]}
+    spec = {"name": "attached", "queue": "gpu"}
+    stream = EventStream(settings=settings)
+    stream.publish([ev.build(ev.RunQueued, run_id="j1", seq=0, name="attached", queue="gpu", spec={**spec, "alerts": [job_rule]})])
+    for run_id in ("j1", "j2"):  # j2 has no such rule
+        stream.publish([ev.build(ev.EpochEnd, run_id=run_id, seq=1, epoch=0, metrics={"loss": 0.1, "val_loss": 0.1, "val_accuracy": 0.5})])
+    with AlerterThreads(settings, engine, _environ(slack, hook)):
+        wait_for(lambda: len(slack.accepted) == 1, message="the job's own rule fired")
+    assert slack.texts()[0].startswith("🚨 job-acc-low FIRING — attached")
+    assert [r.run_id for r in _alert_rows(engine)] == ["j1"]
+
+    # `fitstream submit` checks a job's rules before anything is queued.
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(yaml.safe_dump(_rules_data()))
+    base = "name: x\nmodel: examples.digits:build_model\ndata: examples.digits:load_data\n"
+    good = load_spec_text(base + "alerts: [{name: mine, nan: loss, channels: [team-slack]}]\n")
+    check_job_alerts(good, settings.model_copy(update={"alert_rules": rules_path}))
+    from pipeline.jobs import JobSpecError
+
+    for text, expected in [
+        ("alerts: [{name: mine, nan: loss, channels: [pager]}]\n", "unknown channel(s) pager"),
+        ("alerts: [{name: diverged, nan: loss, channels: [team-slack]}]\n", "already used"),
+        ("alerts: [{name: mine, channels: [team-slack]}]\n", "exactly one condition"),
+    ]:
+        with pytest.raises(JobSpecError, match=None) as info:
+            check_job_alerts(load_spec_text(base + text), settings.model_copy(update={"alert_rules": rules_path}))
+        assert expected in str(info.value)
+    with pytest.raises(JobSpecError, match="FITSTREAM_ALERT_RULES is not set"):
+        check_job_alerts(good, settings.model_copy(update={"alert_rules": None}))

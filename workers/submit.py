@@ -14,7 +14,7 @@ from pipeline.bus import EventStream, connect
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigurationError, RunNotFoundError
 from pipeline.job_store import JobStore
-from pipeline.jobs import JobSpec, check_importable
+from pipeline.jobs import JobSpec, JobSpecError, check_importable
 from workers.celery_app import TRAIN_TASK, make_app
 
 #: Events the queue path publishes itself use sequence numbers below the first attempt's.
@@ -33,6 +33,8 @@ def submit_job(spec: JobSpec, *, queue: str | None = None, settings: Settings | 
     """Validate ``spec`` against the deployment, record it, announce it, and queue it."""
     settings = settings or get_settings()
     check_importable(spec, settings.allowed_module_prefixes)
+    if spec.alerts:
+        check_job_alerts(spec, settings)
     queue = queue or spec.queue
     run_id = uuid.uuid4().hex
     client = connect(settings.redis_url)
@@ -68,3 +70,19 @@ def cancel_job(run_id: str, *, settings: Settings | None = None) -> str:
         )
         return "revoked"
     return "stopping"
+
+
+def check_job_alerts(spec: JobSpec, settings: Settings) -> None:
+    """A job's ``alerts:`` must be valid rules over the rules file's channels, with their own names."""
+    from alerts.rules import RulesError, load_rules, parse_rules
+
+    if settings.alert_rules is None:
+        raise JobSpecError(["alerts: the job defines alert rules, but FITSTREAM_ALERT_RULES is not set (channels are defined there)"])
+    global_rules = load_rules(settings.alert_rules)
+    try:
+        job_rules = parse_rules({"channels": dict(global_rules.channels), "rules": spec.alerts}, source="alerts")
+    except RulesError as exc:
+        raise JobSpecError([line.strip().removeprefix("- ").replace("rules.", "alerts.", 1) for line in str(exc).splitlines()[1:]]) from None
+    clashes = sorted({r.name for r in job_rules.rules} & {r.name for r in global_rules.rules})
+    if clashes:
+        raise JobSpecError([f"alerts: rule name(s) {', '.join(clashes)} already used in {settings.alert_rules}; pick other names"])

@@ -21,6 +21,7 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("name", sa.String(255)),
         sa.Column("tags", sa.Text),
+        sa.Column("rules", sa.Text),
         sa.Column("status", sa.String(32), nullable=False),
         sa.Column("last_event_at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("run_id", name="pk_alert_runs"),

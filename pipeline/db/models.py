@@ -131,6 +131,7 @@ class SqlAlertRun(Base):
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str | None] = mapped_column(String(255))
     tags: Mapped[str | None] = mapped_column(Text)
+    rules: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(32))
     last_event_at: Mapped[float] = mapped_column(Float)
 
