@@ -195,6 +195,14 @@ class JobSpec(_Strict):
     def _callable(cls, value: Any) -> Any:
         return _callable_ref(value)
 
+    @field_validator("alerts", mode="before")
+    @classmethod
+    def _yaml_on_keys(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key (lifecycle rules) as the boolean true.
+        if isinstance(value, list):
+            return [{("on" if k is True else k): v for k, v in r.items()} if isinstance(r, dict) else r for r in value]
+        return value
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
