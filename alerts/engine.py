@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 GROUP = "alerter"
 DELIVERY_POLL_S = 0.05
 RETRY_INITIAL_S = 1.0
-RETRY_MAX_S = 30.0
+RETRY_MAX_S = 30.0  # longest wait between two delivery attempts of one alert
 STALL_CHECK_S = 2.0
 TERMINAL = ("completed", "early_stopped", "failed", "cancelled")
 
@@ -191,7 +191,8 @@ class Alerter:
     ) -> list[dict[str, Any]]:
         rows = []
         for channel in rule.channels:
-            key = f"{rule.name}:{run_id}:{state.incident}:{transition.state}:{channel}"
+            repeat = f":repeat{transition.repeat}" if transition.repeat else ""
+            key = f"{rule.name}:{run_id}:{state.incident}:{transition.state}{repeat}:{channel}"
             message = AlertMessage(
                 key=key, rule=rule.name, run_id=run_id, run_name=name, state=transition.state, severity=rule.severity,
                 summary=transition.summary, value=transition.value, threshold=transition.threshold, epoch=transition.epoch,
@@ -250,7 +251,8 @@ class Alerter:
 class Deliverer:
     """Sends pending outbox rows, in id order per channel, and records the outcome."""
 
-    def __init__(self, engine: Engine, channels: dict[str, Channel], *, retry_budget_s: float = 3600.0) -> None:
+    def __init__(self, engine: Engine, channels: dict[str, Channel], *, retry_budget_s: float = 3600.0, retry_max_s: float = RETRY_MAX_S) -> None:
+        self.retry_max_s = retry_max_s
         self.engine = engine
         self.channels = channels
         self.retry_budget_s = retry_budget_s
@@ -292,7 +294,7 @@ class Deliverer:
                 attempts = row.attempts + 1
                 age = now - row.created_at.replace(tzinfo=row.created_at.tzinfo or timezone.utc).timestamp()
                 give_up = age >= self.retry_budget_s
-                delay = min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** min(attempts - 1, 10))
+                delay = min(self.retry_max_s, RETRY_INITIAL_S * 2 ** min(attempts - 1, 10))
                 with transaction(self.engine) as conn:
                     conn.execute(
                         table.update().where(table.c.id == row.id).values(

@@ -199,6 +199,8 @@ class RuleState:
     since_best: int = 0
     firing: bool = False
     incident: int = 0
+    fired_at: float = 0.0
+    repeats: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,18 +210,22 @@ class Transition:
     value: float | None = None
     threshold: float | None = None
     epoch: int | None = None
+    repeat: int = 0  # >0: a reminder that the incident still holds
 
 
 def _bad(value: float | None) -> bool:
     return value is None or math.isnan(value) or math.isinf(value)
 
 
-def _fire_or_resolve(rule: Rule, state: RuleState, holds: bool, seq: int, summary: str, **facts: Any) -> tuple[RuleState, Transition | None]:
+def _fire_or_resolve(rule: Rule, state: RuleState, holds: bool, seq: int, summary: str, *, ts: float = 0.0, **facts: Any) -> tuple[RuleState, Transition | None]:
     streak = state.streak + 1 if holds else 0
     firing_now = streak >= rule.for_epochs if holds else False
     new = replace(state, last_seq=seq, streak=streak)
     if firing_now and not state.firing:
-        return replace(new, firing=True, incident=state.incident + 1), Transition("firing", summary, **facts)
+        return replace(new, firing=True, incident=state.incident + 1, fired_at=ts, repeats=0), Transition("firing", summary, **facts)
+    if firing_now and state.firing and rule.repeat_seconds and ts - state.fired_at >= rule.repeat_seconds:
+        # Still holding: a reminder every repeat_seconds, otherwise quiet.
+        return replace(new, fired_at=ts, repeats=state.repeats + 1), Transition("firing", f"still: {summary}", repeat=state.repeats + 1, **facts)
     if not holds and state.firing:
         return replace(new, firing=False), Transition("resolved", summary, **facts)
     return new, None
@@ -256,14 +262,14 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
             rule, state, holds, event.seq,
             f"{rule.metric} = {value:.4g} {'is' if holds else 'is no longer'} {word} {limit:g}"
             + (f" for {rule.for_epochs} epochs" if holds and rule.for_epochs > 1 else ""),
-            value=value, threshold=limit, epoch=epoch,
+            value=value, threshold=limit, epoch=epoch, ts=event.ts,
         )
     if kind == "nan":
         if rule.nan not in metrics:
             return state, None
         value = metrics.get(rule.nan or "")
         holds = _bad(value)
-        return _fire_or_resolve(rule, state, holds, event.seq, f"{rule.nan} is {'not finite' if holds else 'finite again'} ({value})", value=None if holds else value, epoch=epoch)
+        return _fire_or_resolve(rule, state, holds, event.seq, f"{rule.nan} is {'not finite' if holds else 'finite again'} ({value})", value=None if holds else value, epoch=epoch, ts=event.ts)
     if kind == "gap":
         assert rule.gap is not None
         a, b = metrics.get(rule.gap.metric), metrics.get(rule.gap.minus)
@@ -274,7 +280,7 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
         return _fire_or_resolve(
             rule, state, holds, event.seq,
             f"{rule.gap.metric} - {rule.gap.minus} = {gap:.4g} {'is' if holds else 'is no longer'} above {rule.gap.above:g}",
-            value=gap, threshold=rule.gap.above, epoch=epoch,
+            value=gap, threshold=rule.gap.above, epoch=epoch, ts=event.ts,
         )
     if kind == "no_improvement":
         value = metrics.get(rule.metric or "")
@@ -291,7 +297,7 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
         new, transition = _fire_or_resolve(
             rule.model_copy(update={"for_epochs": 1}), base, holds, event.seq,
             f"{rule.metric} has not improved for {since} epochs (best {best:.4g})" if holds else f"{rule.metric} improved to {value:.4g}",
-            value=value, threshold=best, epoch=epoch,
+            value=value, threshold=best, epoch=epoch, ts=event.ts,
         )
         return new, transition
     return state, None  # stalled: evaluated on a timer, see engine

@@ -98,3 +98,15 @@ def test_the_bundled_rules_file_is_valid():
 
     rules = load_rules(REPO / "examples" / "alerts.yaml")
     assert {r.kind for r in rules.rules} == {"threshold", "nan", "no_improvement", "gap", "stalled", "lifecycle"}
+
+
+def test_repeat_interval_reminds_while_the_incident_holds():
+    rule = _rules({"name": "high", "metric": "val_loss", "above": 0.5, "repeat_seconds": 10, "channels": ["team"]}).rules[0]
+    events = [ev.build(ev.EpochEnd, run_id="r", seq=i + 1, ts=1000.0 + 4 * i, epoch=i, metrics={"val_loss": v})
+              for i, v in enumerate([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1])]  # t = 1000, 1004, …, 1024
+    state, out = RuleState(), []
+    for event in events:
+        state, transition = evaluate(rule, state, event)
+        if transition:
+            out.append((event.epoch, transition.state, transition.repeat))
+    assert out == [(0, "firing", 0), (3, "firing", 1), (6, "resolved", 0)]
