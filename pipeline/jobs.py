@@ -49,6 +49,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _reference(value: str, what: str) -> str:
+    """Check the shape of a ``module:attribute`` reference (existence is checked by check_importable)."""
+    if not REFERENCE.fullmatch(value or ""):
+        raise ValueError(f"must look like 'package.module:{what}'; got {value!r}")
+    return value
+
+
 class CallableRef(_Strict):
     """``module:function`` plus keyword arguments."""
 
@@ -58,9 +68,7 @@ class CallableRef(_Strict):
     @field_validator("fn")
     @classmethod
     def _shape(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value or ""):
-            raise ValueError(f"must look like 'package.module:function'; got {value!r}")
-        return value
+        return _reference(value, "function")
 
     @property
     def module(self) -> str:
@@ -163,9 +171,7 @@ class ExtraCallback(_Strict):
     @field_validator("cls")
     @classmethod
     def _shape(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value or ""):
-            raise ValueError(f"must look like 'package.module:ClassName'; got {value!r}")
-        return value
+        return _reference(value, "ClassName")
 
 
 class JobSpec(_Strict):
