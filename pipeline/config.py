@@ -102,6 +102,11 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("alert_rules", "broker_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @property
     def dead_letter_stream(self) -> str:
         """Stream that receives payloads no consumer could decode, with the reason."""

@@ -271,3 +271,28 @@ def test_rules_attached_to_a_job_spec_apply_to_its_runs_only(settings, engine, s
         assert expected in str(info.value)
     with pytest.raises(JobSpecError, match="FITSTREAM_ALERT_RULES is not set"):
         check_job_alerts(good, settings.model_copy(update={"alert_rules": None}))
+
+
+def test_alerts_test_and_list_commands(settings, engine, slack, hook, tmp_path):
+    from tests.conftest import run_cli
+
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(yaml.safe_dump(_rules_data()))
+    env = {**settings_env(settings), **_environ(slack, hook), "FITSTREAM_ALERT_RULES": str(rules_path)}
+    result = run_cli("alerts", "test", "team-slack", env_extra=env)
+    assert "sent a test message to team-slack" in result.stderr
+    assert len(slack.accepted) == 1 and "(test)" in slack.accepted[0]["json"]["blocks"][0]["text"]["text"]
+    unknown = run_cli("alerts", "test", "pager", env_extra=env, check=False)
+    assert unknown.returncode == 1 and "unknown channel 'pager'" in unknown.stderr
+    slack.stop()
+    down = run_cli("alerts", "test", "team-slack", env_extra=env, check=False)
+    assert down.returncode == 1 and "delivery failed" in down.stderr and "s3cr3t" not in down.stderr
+    missing = run_cli("alerts", "test", "team-slack", env_extra={**env, "FITSTREAM_ALERT_RULES": ""}, check=False)
+    assert missing.returncode == 1 and "FITSTREAM_ALERT_RULES" in missing.stderr
+
+    EventStream(settings=settings).publish(_run_events("l1", "digits-list", [0.9, 0.9]))
+    slack.start()
+    with AlerterThreads(settings, engine, _environ(slack, hook)):
+        wait_for(lambda: len(slack.accepted) == 2, message="one alert delivered")
+    listed = json.loads(run_cli("alerts", "list", "--state", "firing", "--json", env_extra=env).stdout)
+    assert [(a["rule"], a["run_id"], a["state"], a["status"], a["attempts"]) for a in listed] == [("val-loss-high", "l1", "firing", "delivered", 1)]
