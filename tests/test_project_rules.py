@@ -48,7 +48,7 @@ def test_tensorflow_only_where_training_happens():
 @pytest.mark.parametrize(
     "module",
     ["pipeline", "pipeline.cli.main", "pipeline.consumers.recorder", "pipeline.callbacks.spool", "pipeline.bus",
-     "pipeline.jobs", "workers.celery_app", "workers.tasks", "workers.cli"],
+     "pipeline.jobs", "pipeline.store", "workers.celery_app", "workers.tasks", "workers.cli", "alerts.engine", "alerts.cli"],
 )
 def test_cli_and_consumers_start_without_tensorflow(module):
     code = f"import sys, {module}; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
