@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     worker_preload: bool = True
     alert_rules: Path | None = None
+    model_store: str | None = None
     alert_retry_budget_seconds: float = Field(default=3600.0, gt=0)
 
     @property
@@ -102,7 +103,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("alert_rules", "broker_url", mode="before")
+    @field_validator("alert_rules", "broker_url", "model_store", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -120,6 +121,11 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def model_store_url(self) -> str:
+        """``FITSTREAM_MODEL_STORE``: a path or fsspec URL; default ``<home>/model-store``."""
+        return self.model_store or str(self.home / "model-store")
 
 
 @functools.lru_cache(maxsize=1)

@@ -151,6 +151,28 @@ class RunFailed(_Event):
     traceback: str | None = None
 
 
+class ModelPromoted(_Event):
+    """A run's best checkpoint became a model version (published by the promoter)."""
+
+    type: Literal["model_promoted"] = "model_promoted"
+    name: str
+    version: int = Field(ge=1)
+    epoch: int | None = None
+    metric: str | None = None
+    mode: Mode | None = None
+    value: float | None = None
+    aliases: list[str] = Field(default_factory=list)
+    champion: bool = False
+    previous_champion_version: int | None = None
+    previous_champion_value: float | None = None
+
+
+class PromotionSkipped(_Event):
+    type: Literal["promotion_skipped"] = "promotion_skipped"
+    name: str | None = None
+    reason: str
+
+
 Event = Annotated[
     Union[
         RunQueued,
@@ -162,6 +184,8 @@ Event = Annotated[
         EarlyStopped,
         RunFinished,
         RunFailed,
+        ModelPromoted,
+        PromotionSkipped,
     ],
     Field(discriminator="type"),
 ]
@@ -175,6 +199,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "early_stopped",
     "run_finished",
     "run_failed",
+    "model_promoted",
+    "promotion_skipped",
 )
 
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

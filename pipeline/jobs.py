@@ -174,6 +174,15 @@ class ExtraCallback(_Strict):
         return _reference(value, "ClassName")
 
 
+class PromoteSettings(_Strict):
+    """When and how a run's best checkpoint goes to the model store."""
+
+    on_early_stop: bool = True
+    on_complete: bool = False
+    force: bool = False  # move `champion` even if not better
+    name: str | None = None  # model name; default: the job's name
+
+
 class JobSpec(_Strict):
     """A training job. See the module docstring for the file format."""
 
@@ -195,6 +204,7 @@ class JobSpec(_Strict):
     #: Alert rules for this job only, in the rules-file format; channels come from
     #: FITSTREAM_ALERT_RULES. Checked by `fitstream submit` (see workers/submit.py).
     alerts: list[dict[str, Any]] = Field(default_factory=list)
+    promote: PromoteSettings = Field(default_factory=PromoteSettings)
 
     @field_validator("model", "data", mode="before")
     @classmethod
@@ -250,6 +260,7 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "fit": FitSettings, "early_stopping": EarlyStoppingSettings, "checkpoint": CheckpointSettings,
     "reduce_lr": ReduceLRSettings, "lr_schedule": LRSchedule, "model": CallableRef, "data": CallableRef,
+    "promote": PromoteSettings,
 }
 
 

@@ -29,6 +29,8 @@ def test_every_event_type_round_trips():
         ev.build(ev.EarlyStopped, run_id="r", seq=5, stopped_epoch=4, best_epoch=1, best_value=0.3, monitor="val_loss", mode="min"),
         ev.build(ev.RunFailed, run_id="r", seq=6, error_type="ValueError", message="boom"),
         ev.build(ev.RunFinished, run_id="r", seq=7, status="early_stopped", epochs_completed=5),
+        ev.build(ev.ModelPromoted, run_id="r", seq=8, name="digits", version=3, aliases=["champion"], champion=True),
+        ev.build(ev.PromotionSkipped, run_id="r", seq=9, reason="checkpoint missing"),
     ]
     assert {s.type for s in samples} == set(ev.EVENT_TYPES)
     for sample in samples:

@@ -45,6 +45,24 @@ def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: i
     )
 
 
+@consume.command()
+@click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
+@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
+def promoter(consumer_name: str | None, exit_when_idle: float | None) -> None:
+    """Copy best checkpoints into the model store when EarlyStopping fires; move `champion` if better."""
+    from pipeline.consumers.promoter import Promoter
+    from pipeline.store import open_store
+
+    settings = get_settings()
+    stream = EventStream(settings=settings)
+    handler = Promoter(make_engine(settings.database_url), open_store(settings.model_store_url), publish=stream.publish)
+    loop = ConsumerLoop(handler, stream, consumer_name=consumer_name)
+    loop.install_signal_handlers()
+    click.echo(f"promoter {loop.consumer_name} → {settings.model_store_url}", err=True)
+    stats = loop.run(idle_exit_after=exit_when_idle)
+    click.echo(f"promoter {loop.consumer_name} stopped: {stats.processed} events", err=True)
+
+
 @consume.command("all")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=None, help="Messages per read.")
 def consume_all(batch_size: int | None) -> None:

@@ -8,7 +8,7 @@ import sys
 import click
 
 from pipeline import __version__
-from pipeline.cli import consume, db, demo, runs, spool, sql, watch
+from pipeline.cli import consume, db, demo, models, runs, spool, sql, watch
 from pipeline.cli.plugins import PluginGroup
 from pipeline.cli.output import stderr_console
 from pipeline.errors import FitstreamError
@@ -52,6 +52,9 @@ cli.add_command(runs.show)
 cli.add_command(demo.demo)
 cli.add_command(spool.spool)
 cli.add_command(watch.watch)
+cli.add_command(models.models)
+cli.add_command(models.promote)
+cli.add_command(models.alias)
 
 
 def main() -> None:

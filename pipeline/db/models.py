@@ -175,3 +175,58 @@ class SqlAlert(Base):
         Index("ix_alerts_status_id", "status", "id"),
         Index("ix_alerts_run_id", "run_id"),
     )
+
+
+class SqlModelVersion(Base):
+    """One immutable model version in the store, with its lineage (run, epoch, metric)."""
+
+    __tablename__ = "model_versions"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    metric: Mapped[str | None] = mapped_column(String(255))
+    mode: Mapped[str | None] = mapped_column(String(8))
+    value: Mapped[float | None] = mapped_column(Float)
+    path: Mapped[str] = mapped_column(String(2048))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    source_path: Mapped[str | None] = mapped_column(String(2048))
+    spec_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("name", "run_id", name="uq_model_versions_name_run_id"),)
+
+
+class SqlModelAlias(Base):
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SqlPromoterRun(Base):
+    """What the promoter knows about a run (model name, promotion settings)."""
+
+    __tablename__ = "promoter_runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    settings: Mapped[str | None] = mapped_column(Text)
+    spec_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class SqlPromoterCheckpoint(Base):
+    """Checkpoints the promoter saw announced (its own copy: it does not wait for the recorder)."""
+
+    __tablename__ = "promoter_checkpoints"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    monitor: Mapped[str | None] = mapped_column(String(255))
+    value: Mapped[float | None] = mapped_column(Float)
+    sha256: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,89 @@
+"""``fitstream models``, ``promote``, ``alias``: the model registry."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import click
+import sqlalchemy as sa
+
+from pipeline.cli.output import print_json, print_rows
+from pipeline.config import get_settings
+from pipeline.db.session import make_engine, transaction
+from pipeline.model_registry import describe, list_versions
+
+LIST_COLUMNS = ("name", "version", "aliases", "run_id", "epoch", "metric", "value", "size_bytes", "created_at")
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="JSON: an array of objects (list) or one object (show).")
+def models(args: tuple[str, ...], as_json: bool) -> None:
+    """List model versions: `fitstream models [NAME]`; show one: `fitstream models show NAME[@VERSION|@ALIAS]`.
+
+    \b
+    Examples:
+      fitstream models digits-mlp
+      fitstream models show digits-mlp@champion --json
+    """
+    engine = make_engine(get_settings().database_url, read_only=True)
+    try:
+        if args and args[0] == "show":
+            if len(args) != 2:
+                raise click.UsageError("usage: fitstream models show NAME[@VERSION|@ALIAS]")
+            info = describe(engine, args[1])
+            if as_json:
+                print_json(info)
+            else:
+                for key, value in info.items():
+                    click.echo(f"{key:>12}: {', '.join(value) if isinstance(value, list) else value}")
+            return
+        if len(args) > 1:
+            raise click.UsageError("usage: fitstream models [NAME]")
+        rows = list_versions(engine, args[0] if args else None)
+    finally:
+        engine.dispose()
+    print_rows(LIST_COLUMNS, [tuple(", ".join(r[c]) if c == "aliases" else r[c] for c in LIST_COLUMNS) for r in rows],
+               fmt="json" if as_json else "table", title="models")
+
+
+@click.command()
+@click.argument("run")
+@click.option("--alias", "aliases", multiple=True, help="Also point this alias at the new version (repeatable).")
+@click.option("--force", is_flag=True, help="Move `champion` even if the version is not better.")
+def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
+    """Promote RUN's best checkpoint by hand (the promoter's own code path)."""
+    from pipeline.consumers.promoter import promote_run
+    from pipeline.store import open_store
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        result = promote_run(engine, open_store(settings.model_store_url), run, aliases=aliases, force=force)
+    finally:
+        engine.dispose()
+    state = "registered" if result.created else "already registered"
+    click.echo(f"{result.name} v{result.version} {state}" + (" and is the champion" if result.champion else ""), err=True)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.argument("alias")
+def alias(name: str, version: int, alias: str) -> None:
+    """Point ALIAS of model NAME at VERSION."""
+    from pipeline.db.models import SqlModelAlias, SqlModelVersion
+    from pipeline.errors import RunNotFoundError
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        with transaction(engine) as conn:
+            exists = conn.execute(sa.select(SqlModelVersion.version).where(SqlModelVersion.name == name, SqlModelVersion.version == version)).first()
+            if exists is None:
+                raise RunNotFoundError(f"model {name!r} has no version {version}; list them with: fitstream models {name}")
+            table = SqlModelAlias.__table__
+            conn.execute(table.delete().where(table.c.name == name, table.c.alias == alias))
+            conn.execute(table.insert().values(name=name, alias=alias, version=version, updated_at=datetime.now(timezone.utc)))
+    finally:
+        engine.dispose()
+    click.echo(f"{name}@{alias} → v{version}", err=True)

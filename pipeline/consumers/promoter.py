@@ -1,0 +1,246 @@
+"""The promoter: copies a run's best checkpoint into the model store and moves ``champion``
+only when the new version beats it (the same "better" rule as EarlyStopping).
+
+Triggered by ``early_stopped`` (and ``run_finished`` when the job's ``promote.on_complete``
+is set), or by hand with ``fitstream promote RUN``; both go through :func:`promote_run`.
+Exactly once: a (model name, run) pair is registered at most once (unique key); a copy
+interrupted by a crash is invisible (staging folder) and redone when the event is redelivered.
+No TensorFlow here: a checkpoint is checked by its sha256 and its ``.keras`` structure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline import events as ev
+from pipeline.consumers.base import Received
+from pipeline.db.migrate import require_head
+from pipeline.db.models import SqlModelAlias, SqlModelVersion, SqlPromoterCheckpoint, SqlPromoterRun
+from pipeline.db.session import transaction
+from pipeline.errors import FitstreamError
+from pipeline.monitor import Monitor
+from pipeline.store import ModelStore, StoreError
+
+log = logging.getLogger(__name__)
+
+GROUP = "promoter"
+CHAMPION = "champion"
+LATEST = "latest"
+#: Sequence numbers of the promoter's own events for a run (below the first training attempt's block).
+PROMOTION_SEQ = 999_000
+
+
+class PromotionRefused(FitstreamError):
+    """A checkpoint cannot be promoted; the message says why (missing, changed, not a Keras file, run failed)."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    version: int
+    champion: bool
+    previous_champion: int | None
+    previous_value: float | None
+    created: bool  # False when this run was already registered (redelivery)
+
+
+def _insert(conn: Connection, table: sa.Table):  # type: ignore[no-untyped-def]
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def check_keras_file(path: str) -> None:
+    """A ``.keras`` file is a zip holding config.json and the weights (checked without TensorFlow)."""
+    if path.endswith(".h5"):
+        return  # legacy H5: checked by its sha256 only
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except FileNotFoundError:
+        raise PromotionRefused(f"checkpoint missing: {path}") from None
+    except zipfile.BadZipFile:
+        raise PromotionRefused(f"{path} is not a Keras .keras file (not a zip archive)") from None
+    if bad is not None:
+        raise PromotionRefused(f"{path} is corrupted (bad member {bad})")
+    if "config.json" not in names or not any(n.endswith(".weights.h5") or n.endswith(".h5") for n in names):
+        raise PromotionRefused(f"{path} is not a complete Keras model file (has: {', '.join(sorted(names)) or 'nothing'})")
+
+
+def promote_run(
+    engine: Engine,
+    store: ModelStore,
+    run_id: str,
+    *,
+    best_epoch: int | None = None,
+    metric: str | None = None,
+    mode: str | None = None,
+    force: bool = False,
+    aliases: Sequence[str] = (),
+    name: str | None = None,
+) -> Promotion:
+    """Register ``run_id``'s best checkpoint as a new version and move ``champion`` if it is better.
+
+    Raises:
+        PromotionRefused: no checkpoint, a checksum mismatch, not a Keras file, or the store refused.
+    """
+    with transaction(engine) as conn:
+        run = conn.execute(sa.select(SqlPromoterRun.__table__).where(SqlPromoterRun.run_id == run_id)).first()
+        candidates = conn.execute(
+            sa.select(SqlPromoterCheckpoint.__table__).where(SqlPromoterCheckpoint.run_id == run_id).order_by(SqlPromoterCheckpoint.epoch)
+        ).all()
+    model_name = name or (json.loads(run.settings or "{}").get("name") if run else None) or (run.name if run else None)
+    if not model_name:
+        raise PromotionRefused(f"run {run_id}: no model name known (no run_started/run_queued event seen)")
+    if not candidates:
+        raise PromotionRefused(f"run {run_id}: no checkpoint was recorded (add a ModelCheckpoint)")
+    metric = metric or candidates[-1].monitor
+    chosen = None
+    if best_epoch is not None:
+        at_best = [c for c in candidates if c.epoch == best_epoch]
+        chosen = at_best[-1] if at_best else None
+    if chosen is None:
+        rule = Monitor(metric or "val_loss", mode=mode or "auto")
+        mode = rule.mode
+        best = rule.best_of(c.value for c in candidates)
+        if best is None:
+            raise PromotionRefused(f"run {run_id}: no checkpoint has a value for {metric}")
+        chosen = candidates[best[0]]
+    mode = mode or Monitor(metric or "val_loss").mode
+
+    table = SqlModelVersion.__table__
+    with transaction(engine) as conn:
+        existing = conn.execute(sa.select(table).where(table.c.name == model_name, table.c.run_id == run_id)).first()
+    if existing is not None:
+        return Promotion(model_name, existing.version, False, None, None, created=False)
+
+    check_keras_file(chosen.path)
+    with transaction(engine) as conn:
+        version = (conn.execute(sa.select(sa.func.max(table.c.version)).where(table.c.name == model_name)).scalar() or 0) + 1
+    metadata = {
+        "run_id": run_id, "epoch": chosen.epoch, "metric": metric, "mode": mode, "value": chosen.value,
+        "source_path": chosen.path, "spec_hash": run.spec_hash if run else None,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+    try:
+        stored = store.put(model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256)
+    except StoreError as exc:
+        raise PromotionRefused(str(exc)) from None
+
+    alias_table = SqlModelAlias.__table__
+    with transaction(engine) as conn:
+        statement = _insert(conn, table).on_conflict_do_nothing()
+        conn.execute(statement, {
+            "name": model_name, "version": version, "run_id": run_id, "epoch": chosen.epoch, "metric": metric,
+            "mode": mode, "value": chosen.value, "path": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes,
+            "source_path": chosen.path, "spec_hash": metadata["spec_hash"], "created_at": datetime.now(timezone.utc),
+        })
+        champion_row = conn.execute(
+            sa.select(table.c.version, table.c.value, table.c.metric, table.c.mode)
+            .join(alias_table, sa.and_(alias_table.c.name == table.c.name, alias_table.c.version == table.c.version))
+            .where(alias_table.c.name == model_name, alias_table.c.alias == CHAMPION)
+        ).first()
+        better = force or champion_row is None or (
+            champion_row.metric == metric and champion_row.mode == mode and chosen.value is not None
+            and (champion_row.value is None or Monitor(metric or "val_loss", mode=mode).is_improvement(chosen.value, champion_row.value))
+        )
+        moved = [LATEST, *aliases] + ([CHAMPION] if better else [])
+        now = datetime.now(timezone.utc)
+        upsert = _insert(conn, alias_table)
+        conn.execute(
+            upsert.on_conflict_do_update(index_elements=["name", "alias"], set_={"version": upsert.excluded.version, "updated_at": upsert.excluded.updated_at}),
+            [{"name": model_name, "alias": alias, "version": version, "updated_at": now} for alias in moved],
+        )
+    return Promotion(
+        model_name, version, better, champion_row.version if champion_row else None,
+        champion_row.value if champion_row else None, created=True,
+    )
+
+
+class Promoter:
+    """Consumer-group handler: remembers checkpoints, promotes on early stopping (or completion)."""
+
+    group = GROUP
+
+    def __init__(self, engine: Engine, store: ModelStore, *, publish: Callable[[list[Any]], object] | None = None) -> None:
+        require_head(engine)
+        self.engine = engine
+        self.store = store
+        self.publish = publish
+
+    def handle(self, batch: Sequence[Received]) -> None:
+        events = sorted((r.event for r in batch), key=lambda e: (e.run_id, e.seq))
+        with transaction(self.engine) as conn:
+            for event in events:
+                if isinstance(event, ev.RunQueued):
+                    promote = event.spec.get("promote") or {}
+                    self._run(conn, event.run_id, event.name, json.dumps(promote), spec_hash=_spec_hash(event.spec))
+                elif isinstance(event, ev.RunStarted):
+                    self._run(conn, event.run_id, event.name, None)
+                elif isinstance(event, ev.CheckpointSaved):
+                    conn.execute(_insert(conn, SqlPromoterCheckpoint.__table__).on_conflict_do_nothing(), {
+                        "run_id": event.run_id, "epoch": event.epoch, "path": event.path, "monitor": event.monitor,
+                        "value": event.value, "sha256": event.sha256,
+                    })
+        # Promotions after the facts are committed: a crash in between redoes them on redelivery.
+        for event in events:
+            if isinstance(event, ev.EarlyStopped) and self._settings(event.run_id).get("on_early_stop", True):
+                self._promote(event.run_id, best_epoch=event.best_epoch, metric=event.monitor, mode=event.mode)
+            elif isinstance(event, ev.RunFinished) and event.status == "completed" and self._settings(event.run_id).get("on_complete"):
+                self._promote(event.run_id, best_epoch=event.best_epoch, metric=event.monitor, mode=None)
+
+    @staticmethod
+    def _run(conn: Connection, run_id: str, name: str, settings: str | None, spec_hash: str | None = None) -> None:
+        table = SqlPromoterRun.__table__
+        insert = _insert(conn, table)
+        conn.execute(
+            insert.on_conflict_do_update(index_elements=["run_id"], set_={
+                "name": sa.func.coalesce(table.c.name, insert.excluded.name),
+                "settings": sa.func.coalesce(insert.excluded.settings, table.c.settings),
+                "spec_hash": sa.func.coalesce(insert.excluded.spec_hash, table.c.spec_hash),
+            }),
+            {"run_id": run_id, "name": name, "settings": settings, "spec_hash": spec_hash},
+        )
+
+    def _settings(self, run_id: str) -> dict[str, Any]:
+        with transaction(self.engine) as conn:
+            raw = conn.execute(sa.select(SqlPromoterRun.settings).where(SqlPromoterRun.run_id == run_id)).scalar()
+        return json.loads(raw) if raw else {}
+
+    def _promote(self, run_id: str, **kwargs: Any) -> None:
+        settings = self._settings(run_id)
+        try:
+            result = promote_run(self.engine, self.store, run_id, force=bool(settings.get("force")), name=settings.get("name"), **kwargs)
+        except PromotionRefused as exc:
+            log.warning("run %s not promoted: %s", run_id, exc)
+            self._emit(ev.build(ev.PromotionSkipped, run_id=run_id, seq=PROMOTION_SEQ, reason=str(exc)))
+            return
+        if result.created:
+            log.info("run %s promoted as %s v%d%s", run_id, result.name, result.version, " (champion)" if result.champion else "")
+            self._emit(ev.build(
+                ev.ModelPromoted, run_id=run_id, seq=PROMOTION_SEQ + 1, name=result.name, version=result.version,
+                champion=result.champion, aliases=[LATEST] + ([CHAMPION] if result.champion else []),
+                previous_champion_version=result.previous_champion, previous_champion_value=result.previous_value,
+                metric=kwargs.get("metric"), value=None,
+            ))
+
+    def _emit(self, event: ev.Event) -> None:
+        if self.publish is not None:
+            try:
+                self.publish([event])
+            except Exception as exc:  # the promotion is committed; the announcement is best effort
+                log.warning("could not publish %s: %s", event.type, exc)
+
+
+def _spec_hash(spec: dict[str, Any]) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest() if spec else None

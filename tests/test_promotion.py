@@ -1,0 +1,133 @@
+"""Promotion to the model store, against real Redis, SQL and a real Keras fit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import EventPublisher
+from pipeline import events as ev
+from pipeline.bus import EventStream
+from pipeline.consumers.base import ConsumerLoop
+from pipeline.consumers.promoter import Promoter
+from pipeline.model_registry import describe, list_versions, load_model
+from pipeline.store import open_store
+from tests.conftest import run_cli, settings_env, wait_for
+from tests.training_helpers import small_digits, small_model
+
+
+class PromoterThread:
+    def __init__(self, settings, engine):
+        stream = EventStream(settings=settings)
+        self.loop = ConsumerLoop(Promoter(engine, open_store(settings.model_store_url), publish=stream.publish), stream, consumer_name="promoter-test")
+        self.thread = threading.Thread(target=self.loop.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.stop_event.set()
+        self.thread.join(timeout=30)
+
+
+def _fake_keras_file(path, payload: bytes) -> str:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps({"payload": payload.decode()}))
+        archive.writestr("model.weights.h5", payload * 100)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _publish_run(stream, run_id, name, path, sha, value, *, best_epoch=2):
+    stream.publish([
+        ev.build(ev.RunStarted, run_id=run_id, seq=0, name=name),
+        ev.build(ev.CheckpointSaved, run_id=run_id, seq=3, path=str(path), epoch=best_epoch, monitor="val_loss", value=value, sha256=sha),
+        ev.build(ev.EarlyStopped, run_id=run_id, seq=6, stopped_epoch=5, best_epoch=best_epoch, best_value=value, monitor="val_loss", mode="min"),
+    ])
+
+
+def _stream_types(settings, run_id):
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    return [e for e in (ev.decode(f) for _i, f in client.xrange(settings.stream)) if e.run_id == run_id and e.type in ("model_promoted", "promotion_skipped")]
+
+
+@pytest.mark.slow
+def test_early_stopping_promotes_the_best_epoch_and_it_loads_back(settings, engine, tmp_path):
+    (x, y), (x_val, y_val) = small_digits()
+    model = small_model(learning_rate=5e-2)
+    weights_by_epoch = {}
+    snapshot = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights_by_epoch.__setitem__(epoch, model.get_weights()))
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_loss", save_best_only=True)
+    publisher = EventPublisher(name="digits-promoted", watch=[stop, checkpoint], settings=settings)
+    with PromoterThread(settings, engine):
+        model.fit(x, y, validation_data=(x_val, y_val), epochs=15, batch_size=32, verbose=0, callbacks=[snapshot, stop, checkpoint, publisher])
+        assert stop.stopped_epoch > 0
+        wait_for(lambda: _stream_types(settings, publisher.run_id), timeout=60, message="promotion")
+    promoted = _stream_types(settings, publisher.run_id)
+    assert [e.type for e in promoted] == ["model_promoted"] and promoted[0].champion and promoted[0].version == 1
+    info = describe(engine, "digits-promoted@champion")
+    assert info["run_id"] == publisher.run_id and info["epoch"] == stop.best_epoch and info["metric"] == "val_loss"
+    assert info["value"] == pytest.approx(stop.best) and set(info["aliases"]) == {"champion", "latest"}
+    assert info["sha256"] == hashlib.sha256((tmp_path / "best.keras").read_bytes()).hexdigest()
+    loaded = load_model("digits-promoted@champion", settings=settings)
+    for got, best, restored in zip(loaded.get_weights(), weights_by_epoch[stop.best_epoch], model.get_weights()):
+        np.testing.assert_array_equal(got, best)
+        np.testing.assert_array_equal(got, restored)
+    last = weights_by_epoch[max(weights_by_epoch)]
+    assert any(not np.array_equal(g, l) for g, l in zip(loaded.get_weights(), last)), "not the last epoch's weights"
+    shown = json.loads(run_cli("models", "show", "digits-promoted@champion", "--json", env_extra={**settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url}).stdout)
+    for key in ("name", "version", "run_id", "epoch", "metric", "mode", "value", "path", "sha256", "aliases"):
+        assert key in shown
+
+
+def test_champion_moves_only_for_a_better_run_and_redelivery_registers_nothing(settings, engine, tmp_path):
+    stream = EventStream(settings=settings)
+    files = {}
+    for run_id, value in (("good", 0.30), ("worse", 0.50), ("better", 0.10)):
+        path = tmp_path / f"{run_id}.keras"
+        files[run_id] = (path, _fake_keras_file(path, run_id.encode()), value)
+    with PromoterThread(settings, engine):
+        for run_id, (path, sha, value) in files.items():
+            _publish_run(stream, run_id, "ranker", path, sha, value)
+            wait_for(lambda: _stream_types(settings, run_id), message=f"{run_id} promoted")
+        assert describe(engine, "ranker@champion")["run_id"] == "better"
+        # Redelivering (re-publishing) an early_stopped event registers nothing new.
+        stream.publish([ev.build(ev.EarlyStopped, run_id="worse", seq=6, stopped_epoch=5, best_epoch=2, best_value=0.5, monitor="val_loss", mode="min")])
+        wait_for(lambda: stream.groups()[0]["lag"] == 0 and stream.groups()[0]["pending"] == 0, message="redelivery consumed")
+    versions = list_versions(engine, "ranker")
+    assert [(v["version"], v["run_id"]) for v in versions] == [(1, "good"), (2, "worse"), (3, "better")]
+    champions = {v["run_id"]: v["aliases"] for v in versions}
+    assert champions == {"good": [], "worse": [], "better": ["champion", "latest"]}
+    worse_event = _stream_types(settings, "worse")[0]
+    assert worse_event.type == "model_promoted" and not worse_event.champion and worse_event.previous_champion_version == 1
+    assert open_store(settings.model_store_url).versions("ranker") == [1, 2, 3]
+
+
+def test_a_changed_or_broken_checkpoint_is_refused_with_its_reason(settings, engine, tmp_path):
+    stream = EventStream(settings=settings)
+    changed = tmp_path / "changed.keras"
+    sha = _fake_keras_file(changed, b"original")
+    _fake_keras_file(changed, b"overwritten later")  # the file no longer matches its event
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    with PromoterThread(settings, engine):
+        _publish_run(stream, "changed", "guarded", changed, sha, 0.2)
+        _publish_run(stream, "broken", "guarded", broken, hashlib.sha256(b"not a zip").hexdigest(), 0.1)
+        _publish_run(stream, "missing", "guarded", tmp_path / "nope.keras", "0" * 64, 0.1)
+        wait_for(lambda: all(_stream_types(settings, r) for r in ("changed", "broken", "missing")), message="three refusals")
+    reasons = {r: _stream_types(settings, r)[0] for r in ("changed", "broken", "missing")}
+    assert all(e.type == "promotion_skipped" for e in reasons.values())
+    assert "checksum mismatch" in reasons["changed"].reason
+    assert "not a Keras .keras file" in reasons["broken"].reason
+    assert "checkpoint missing" in reasons["missing"].reason
+    assert list_versions(engine, "guarded") == []
+    assert open_store(settings.model_store_url).versions("guarded") == []
