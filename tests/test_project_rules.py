@@ -76,7 +76,7 @@ def test_every_command_the_compose_file_names_exists():
         (name, service["command"]) for name, service in compose["services"].items()
         if isinstance(service.get("command"), list) and service["command"][0] == "fitstream"
     ]
-    assert {name for name, _ in commands} >= {"migrate", "recorder", "worker-gpu0", "alerter"}
+    assert {name for name, _ in commands} >= {"migrate", "recorder", "worker-gpu0", "alerter", "promoter"}
     for name, command in commands:
         words = [w for w in command[1:] if not w.startswith("-")][:2]
         if words and words[0] in ("worker",):

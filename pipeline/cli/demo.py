@@ -50,6 +50,44 @@ def _wait_recorded(engine, run_id: str, timeout: float) -> RunDetail:  # type: i
     raise FitstreamError(f"the recorder did not record run {run_id} within {timeout:.0f}s; is it running?")
 
 
+def _wait_promoted(engine, run_id: str, timeout: float) -> dict | None:  # type: ignore[no-untyped-def]
+    """The model version the promoter registered for ``run_id`` (None if it did not)."""
+    import sqlalchemy as sa
+
+    from pipeline.db.models import SqlModelVersion
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(SqlModelVersion.name, SqlModelVersion.version).where(SqlModelVersion.run_id == run_id)).first()
+        if row is not None:
+            return {"name": row.name, "version": row.version}
+        time.sleep(0.2)
+    click.echo(f"the promoter registered no model for run {run_id} (see {get_settings().home / 'demo-logs' / 'promoter.log'})", err=True)
+    return None
+
+
+def _evaluate_champion(promoted: dict) -> None:
+    """Load the champion back from the model store and evaluate it on the validation split."""
+    from examples import digits
+    from pipeline.model_registry import describe, load_model
+
+    engine = make_engine(get_settings().database_url, read_only=True)
+    champion = describe(engine, f"{promoted['name']}@champion")
+    engine.dispose()
+    model = load_model(f"{promoted['name']}@champion")
+    _train, (x_val, y_val) = digits.load_data()
+    results = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+    click.echo(
+        f"model store: {promoted['name']} v{promoted['version']} registered; champion is v{champion['version']} "
+        f"(run {champion['run_id'][:12]}, epoch {champion['epoch']}, {champion['metric']}={champion['value']:.4f})"
+    )
+    click.echo(
+        f"champion loaded back from the store and evaluated on the validation split: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in results.items())
+    )
+
+
 def _fitstream(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli.main", *args]
 
@@ -91,6 +129,7 @@ def demo(spec: str, in_process: bool, epochs: int) -> None:
     processes = _Processes()
     try:
         processes.start("recorder", _fitstream("consume", "recorder"), logs / "recorder.log")
+        processes.start("promoter", _fitstream("consume", "promoter"), logs / "promoter.log")
         if in_process:
             run_id = _train_in_process(console, epochs=epochs)
         else:
@@ -107,10 +146,13 @@ def demo(spec: str, in_process: bool, epochs: int) -> None:
             _watch_rich(EventStream(settings=settings), run_id, start, timeout=600)
         engine = make_engine(settings.database_url, read_only=True)
         detail = _wait_recorded(engine, run_id, RECORD_TIMEOUT_S)
+        promoted = _wait_promoted(engine, run_id, RECORD_TIMEOUT_S)
         engine.dispose()
     finally:
         processes.stop()
     _print_run(detail)
+    if promoted is not None:
+        _evaluate_champion(promoted)
 
 
 def _print_run(detail: RunDetail) -> None:
