@@ -131,3 +131,51 @@ def test_a_changed_or_broken_checkpoint_is_refused_with_its_reason(settings, eng
     assert "checkpoint missing" in reasons["missing"].reason
     assert list_versions(engine, "guarded") == []
     assert open_store(settings.model_store_url).versions("guarded") == []
+
+
+def test_promoter_killed_mid_copy_then_restarted_leaves_exactly_one_version(settings, engine, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    stream = EventStream(settings=settings)
+    stream.ensure_group("promoter")
+    path = tmp_path / "ckpt.keras"
+    sha = _fake_keras_file(path, b"crash-test")
+    _publish_run(stream, "crashy", "resilient", path, sha, 0.2)
+    env = {**os.environ, **settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url, "FITSTREAM_CLAIM_IDLE_MS": "1000"}
+    doomed = subprocess.run([sys.executable, "-m", "tests.promoter_crash"], env=env, cwd=REPO, capture_output=True, timeout=120)
+    assert doomed.returncode == -9, doomed.stderr[-2000:]
+    store = open_store(settings.model_store_url)
+    assert store.versions("resilient") == [] and list_versions(engine, "resilient") == []  # nothing partial is visible
+    survivor = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "consume", "promoter", "--name", "survivor", "--exit-when-idle", "3"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert survivor.returncode == 0, survivor.stderr
+    assert store.versions("resilient") == [1]
+    assert [(v["version"], v["run_id"], v["sha256"]) for v in list_versions(engine, "resilient")] == [(1, "crashy", sha)]
+    assert store.discard_staging("resilient") == 1  # the dead copy's staging folder, never visible as a version
+
+
+def test_failed_runs_are_not_promoted_unless_forced(settings, engine, tmp_path):
+    from pipeline.consumers.promoter import PromotionRefused, promote_run
+
+    stream = EventStream(settings=settings)
+    stream.ensure_group("promoter")
+    path = tmp_path / "f.keras"
+    sha = _fake_keras_file(path, b"failed-run")
+    stream.publish([
+        ev.build(ev.RunStarted, run_id="f1", seq=0, name="careful"),
+        ev.build(ev.CheckpointSaved, run_id="f1", seq=2, path=str(path), epoch=1, monitor="val_loss", value=0.3, sha256=sha),
+        ev.build(ev.RunFinished, run_id="f1", seq=5, status="failed", epochs_completed=2),
+    ])
+    with PromoterThread(settings, engine) as running:
+        wait_for(lambda: stream.groups()[0]["lag"] == 0 and stream.groups()[0]["pending"] == 0, message="events consumed")
+    store = open_store(settings.model_store_url)
+    with pytest.raises(PromotionRefused, match="ended failed; promote it anyway with --force"):
+        promote_run(engine, store, "f1")
+    assert promote_run(engine, store, "f1", force=True).version == 1
+    assert running.loop.stats.batch_fallbacks == 0

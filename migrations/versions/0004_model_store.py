@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(255)),
         sa.Column("settings", sa.Text),
         sa.Column("spec_hash", sa.String(64)),
+        sa.Column("status", sa.String(32)),
         sa.PrimaryKeyConstraint("run_id", name="pk_promoter_runs"),
     )
     op.create_table(

@@ -99,6 +99,8 @@ def promote_run(
     model_name = name or (json.loads(run.settings or "{}").get("name") if run else None) or (run.name if run else None)
     if not model_name:
         raise PromotionRefused(f"run {run_id}: no model name known (no run_started/run_queued event seen)")
+    if run is not None and run.status in ("failed", "cancelled") and not force:
+        raise PromotionRefused(f"run {run_id} ended {run.status}; promote it anyway with --force")
     if not candidates:
         raise PromotionRefused(f"run {run_id}: no checkpoint was recorded (add a ModelCheckpoint)")
     metric = metric or candidates[-1].monitor
@@ -184,6 +186,12 @@ class Promoter:
                     self._run(conn, event.run_id, event.name, json.dumps(promote), spec_hash=_spec_hash(event.spec))
                 elif isinstance(event, ev.RunStarted):
                     self._run(conn, event.run_id, event.name, None)
+                elif isinstance(event, ev.RunFinished):
+                    finished = _insert(conn, SqlPromoterRun.__table__)
+                    conn.execute(
+                        finished.on_conflict_do_update(index_elements=["run_id"], set_={"status": finished.excluded.status}),
+                        {"run_id": event.run_id, "status": event.status},
+                    )
                 elif isinstance(event, ev.CheckpointSaved):
                     conn.execute(_insert(conn, SqlPromoterCheckpoint.__table__).on_conflict_do_nothing(), {
                         "run_id": event.run_id, "epoch": event.epoch, "path": event.path, "monitor": event.monitor,

@@ -217,6 +217,7 @@ class SqlPromoterRun(Base):
     name: Mapped[str | None] = mapped_column(String(255))
     settings: Mapped[str | None] = mapped_column(Text)
     spec_hash: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(32))
 
 
 class SqlPromoterCheckpoint(Base):
