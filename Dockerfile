@@ -8,6 +8,6 @@ COPY alerts alerts
 COPY migrations migrations
 COPY examples examples
 RUN apt-get update && apt-get install -y --no-install-recommends procps && rm -rf /var/lib/apt/lists/*
-RUN pip install --no-cache-dir ".[postgres]"
+RUN pip install --no-cache-dir ".[postgres,s3]"
 ENV TF_CPP_MIN_LOG_LEVEL=2
 CMD ["fitstream", "--help"]
