@@ -26,7 +26,8 @@ from typing import Any
 import keras
 
 from pipeline.bus import connect
-from pipeline.callbacks.publisher import EventPublisher, is_chief
+from pipeline.callbacks.keras_state import is_chief
+from pipeline.callbacks.publisher import EventPublisher
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigurationError, FitstreamError
 from pipeline.job_store import JobStore, RunLease

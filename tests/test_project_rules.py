@@ -37,12 +37,12 @@ def test_pipeline_never_imports_workers_or_alerts():
 
 def test_tensorflow_only_where_training_happens():
     # model_registry imports Keras only inside load_model (call time); the import-time test below checks that.
-    allowed = {REPO / "pipeline" / "callbacks" / "publisher.py", REPO / "pipeline" / "training.py", REPO / "pipeline" / "cli" / "demo.py",
-               REPO / "pipeline" / "model_registry.py"}
+    # ARCHITECTURE.md: Keras lives in pipeline/callbacks/ and pipeline/training.py (and at call time in demo/model loading).
+    allowed = {REPO / "pipeline" / "training.py", REPO / "pipeline" / "cli" / "demo.py", REPO / "pipeline" / "model_registry.py"}
     offenders = [
         str(path.relative_to(REPO))
         for path in (REPO / "pipeline").rglob("*.py")
-        if path not in allowed and any(n.split(".")[0] in {"tensorflow", "keras"} for n in _imports(path))
+        if path not in allowed and (REPO / "pipeline" / "callbacks") not in path.parents and any(n.split(".")[0] in {"tensorflow", "keras"} for n in _imports(path))
     ]
     assert offenders == []
 

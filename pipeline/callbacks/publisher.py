@@ -24,24 +24,36 @@ about: a watched callback monitoring a metric the model does not log.
 from __future__ import annotations
 
 import atexit
-import hashlib
-import json
 import logging
 import os
 import socket
-import sys
 import time
 import traceback
 import uuid
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import keras
 
 from pipeline import events as ev
 from pipeline.bus import EventStream
+from pipeline.callbacks.batch_events import BatchThrottle, batch_event_maker
+from pipeline.callbacks.checkpoints import CheckpointWatcher, checkpoint_event_maker
+from pipeline.callbacks.keras_state import (
+    EARLY_STOPPING,
+    MODEL_CHECKPOINT,
+    REDUCE_LR,
+    check_watchable,
+    describe_callbacks,
+    describe_model,
+    early_stopping_decision,
+    is_chief,
+    learning_rate,
+    monitor_problems,
+    primary_monitor,
+)
 from pipeline.callbacks.sender import EventSender, FlushReport
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigurationError, MonitorNotFoundError
@@ -50,81 +62,6 @@ from pipeline.monitor import Monitor
 log = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_TIMEOUT_S = 10.0
-_SHA_CHUNK = 1 << 20
-
-_EARLY_STOPPING = keras.callbacks.EarlyStopping
-_MODEL_CHECKPOINT = keras.callbacks.ModelCheckpoint
-_REDUCE_LR = keras.callbacks.ReduceLROnPlateau
-_WATCHABLE = (_EARLY_STOPPING, _MODEL_CHECKPOINT, _REDUCE_LR)
-
-
-def _kind(callback: Any) -> str:
-    if isinstance(callback, _EARLY_STOPPING):
-        return "early_stopping"
-    if isinstance(callback, _MODEL_CHECKPOINT):
-        return "model_checkpoint"
-    return "reduce_lr_on_plateau"
-
-
-def _resolved_mode(callback: Any) -> str | None:
-    """'min'/'max' as the callback itself decided it (after its first epoch), else its setting."""
-    op = getattr(callback, "monitor_op", None)
-    if op is keras.ops.greater or getattr(op, "__name__", "") in ("greater", "np_greater"):
-        return "max"
-    if op is keras.ops.less or getattr(op, "__name__", "") in ("less", "np_less"):
-        return "min"
-    mode = getattr(callback, "mode", None)
-    return mode if mode in ("min", "max") else None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    converted = ev.to_float(value)
-    return converted if converted is not None else str(value)
-
-
-def is_chief() -> bool:
-    """Whether this process is the chief of a ``tf.distribute`` multi-worker cluster (or alone).
-
-    Reads ``TF_CONFIG`` as TensorFlow does: with a ``chief`` task in the cluster the chief is
-    that task; without one it is worker 0. Only the chief publishes events and writes checkpoints.
-    """
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return True
-    try:
-        config = json.loads(raw)
-        task = config.get("task") or {}
-        kind, index = task.get("type"), int(task.get("index", 0))
-    except (ValueError, TypeError, AttributeError):
-        return True
-    if kind in (None, "chief"):
-        return True
-    if kind == "worker":
-        return "chief" not in (config.get("cluster") or {}) and index == 0
-    return False  # ps, evaluator
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_SHA_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _file_or_dir_stat(path: str) -> tuple[int, int] | None:
-    """(mtime_ns, size) of a checkpoint file; None if absent."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 class EventPublisher(keras.callbacks.Callback):
@@ -175,13 +112,7 @@ class EventPublisher(keras.callbacks.Callback):
             raise ConfigurationError(f"batch_events_seconds must be > 0 or None; got {batch_events_seconds!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigurationError(f"batch_size must be a positive integer or None; got {batch_size!r}")
-        watch = tuple(watch)
-        for callback in watch:
-            if not isinstance(callback, _WATCHABLE):
-                raise ConfigurationError(
-                    "watch takes keras.callbacks.EarlyStopping, ModelCheckpoint or ReduceLROnPlateau "
-                    f"instances; got {type(callback).__name__}"
-                )
+        watch = check_watchable(watch)
         self.name = name
         self.run_id = run_id or uuid.uuid4().hex
         self._run_id_given = run_id is not None
@@ -213,10 +144,9 @@ class EventPublisher(keras.callbacks.Callback):
         self._run_monitor: tuple[str | None, str | None] = (None, None)
         self._checked_monitors = False
         self._early_stopped_reported: set[int] = set()
-        self._batches_since_event = 0
-        self._last_batch_event_t = 0.0
+        self._batch_throttle = BatchThrottle(self.batch_events_every, self.batch_events_seconds)
         self._current_epoch = 0
-        self._checkpoint_seen: dict[str, tuple[int, int]] = {}
+        self._checkpoints = CheckpointWatcher()
         self._last_train_logs: dict[str, Any] | None = None
 
     def _next_seq(self) -> int:
@@ -262,30 +192,14 @@ class EventPublisher(keras.callbacks.Callback):
         return report
 
     # -- what the run is watching -------------------------------------------------
-    def _primary(self) -> Any | None:
-        for kind in (_EARLY_STOPPING, _MODEL_CHECKPOINT, _REDUCE_LR):
-            for callback in self.watch:
-                if isinstance(callback, kind):
-                    return callback
-        return None
-
     def _primary_monitor(self, logs: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
-        callback = self._primary()
-        if callback is not None:
-            return callback.monitor, _resolved_mode(callback)
-        if logs is not None:
-            metric = "val_loss" if "val_loss" in logs else "loss" if "loss" in logs else None
-            return metric, "min" if metric else None
-        return None, None
+        return primary_monitor(self.watch, logs)
 
     def _early_stopping(self) -> Any | None:
-        return next((c for c in self.watch if isinstance(c, _EARLY_STOPPING)), None)
+        return next((c for c in self.watch if isinstance(c, EARLY_STOPPING)), None)
 
     def _learning_rate(self) -> float | None:
-        try:
-            return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        except Exception:
-            return None
+        return learning_rate(self.model)
 
     # -- Keras hooks --------------------------------------------------------------
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -302,38 +216,17 @@ class EventPublisher(keras.callbacks.Callback):
             log.exception("fitstream: could not start the event sender; this run will not be published")
             return
         try:
-            model = self.model
-            try:
-                params_count = int(model.count_params())
-            except Exception:
-                params_count = None
-            optimizer = getattr(model, "optimizer", None)
-            optimizer_info = None
-            if optimizer is not None:
-                try:
-                    optimizer_info = {"class_name": type(optimizer).__name__, "config": _json_safe(optimizer.get_config())}
-                except Exception:
-                    optimizer_info = {"class_name": type(optimizer).__name__, "config": {}}
             monitor, mode = self._primary_monitor()
-            callbacks = [
-                ev.MonitoringCallback(
-                    kind=_kind(c), monitor=c.monitor, mode=str(getattr(c, "mode", "auto")),
-                    settings=_json_safe(self._callback_settings(c)),
-                )
-                for c in self.watch
-            ]
             self._emit(
                 ev.RunStarted,
                 name=self.name,
-                model_name=getattr(model, "name", None),
-                params_count=params_count,
-                optimizer=optimizer_info,
+                **describe_model(self.model),
                 epochs=self.params.get("epochs") if self.params else None,
                 steps_per_epoch=self.params.get("steps") if self.params else None,
                 batch_size=self.batch_size,
                 monitor=monitor,
                 mode=mode,
-                callbacks=callbacks,
+                callbacks=describe_callbacks(self.watch),
                 tags=self.tags,
                 host=socket.gethostname(),
                 pid=os.getpid(),
@@ -341,55 +234,27 @@ class EventPublisher(keras.callbacks.Callback):
         except Exception:
             log.exception("fitstream: could not publish run_started (training continues)")
 
-    @staticmethod
-    def _callback_settings(callback: Any) -> dict[str, Any]:
-        if isinstance(callback, _EARLY_STOPPING):
-            return {
-                "patience": callback.patience, "min_delta": abs(float(callback.min_delta)),
-                "baseline": callback.baseline, "restore_best_weights": callback.restore_best_weights,
-                "start_from_epoch": callback.start_from_epoch,
-            }
-        if isinstance(callback, _MODEL_CHECKPOINT):
-            return {
-                "filepath": str(callback.filepath), "save_best_only": callback.save_best_only,
-                "save_weights_only": callback.save_weights_only, "save_freq": callback.save_freq,
-            }
-        return {
-            "factor": callback.factor, "patience": callback.patience, "min_lr": callback.min_lr,
-            "cooldown": callback.cooldown, "min_delta": abs(float(callback.min_delta)),
-        }
-
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._finalize_pending()
         self._current_epoch = epoch
         self._epoch_t0 = time.monotonic()
         self._epoch_start_ns = time.time_ns()
-        self._epoch_lr = self._learning_rate()
-        self._batches_since_event = 0
+        # Read at the epoch's first batch, after every callback's on_epoch_begin
+        # (a LearningRateScheduler anywhere in the list has set it by then).
+        self._epoch_lr = None
+        self._batch_throttle.new_epoch()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._last_train_logs = logs
+        if self._epoch_lr is None:
+            self._epoch_lr = self._learning_rate()
         if self.cancel_requested:
             self.model.stop_training = True
-        if self.batch_events_every is None and self.batch_events_seconds is None:
-            return
-        self._batches_since_event += 1
-        due = self.batch_events_every is not None and self._batches_since_event >= self.batch_events_every
-        if not due and self.batch_events_seconds is not None:
-            now = time.monotonic()
-            due = now - self._last_batch_event_t >= self.batch_events_seconds
-        if not due:
-            return
-        self._batches_since_event = 0
-        self._last_batch_event_t = time.monotonic()
-        # Only capture here; building and encoding happen on the sender thread.
-        run_id, seq, epoch, ts, values = self.run_id, self._next_seq(), self._current_epoch, time.time(), dict(logs or {})
-
-        def make() -> dict[str, str]:
-            metrics = {str(k): ev.to_float(v) for k, v in values.items()}
-            return ev.encode(ev.build(ev.BatchEnd, run_id=run_id, seq=seq, ts=ts, epoch=epoch, batch=batch, metrics=metrics))
-
-        self._emit_deferred(make)
+        if self._batch_throttle.enabled and self._batch_throttle.due():
+            # Only capture here; building and encoding happen on the sender thread.
+            self._emit_deferred(batch_event_maker(
+                run_id=self.run_id, seq=self._next_seq(), epoch=self._current_epoch, batch=batch, logs=logs,
+            ))
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
         # During fit, validation ends before any callback's on_epoch_end: the first moment
@@ -409,24 +274,15 @@ class EventPublisher(keras.callbacks.Callback):
         # (ReduceLROnPlateau adds learning_rate); it is read when the epoch is finalised.
         self._pending = (epoch, logs, time.monotonic() - self._epoch_t0)
 
-    def _check_monitors(self, logs: set[str]) -> None:
-        available = sorted(logs)
-        for callback in self.watch:
-            if callback.monitor not in logs:
-                message = (
-                    f"{type(callback).__name__} monitors {callback.monitor!r}, which this model does not log; "
-                    f"it logs: {', '.join(available) or '(nothing)'}"
-                )
-                error = MonitorNotFoundError(message)
-                self.fail(error)
-                raise error
-            if not callback.monitor.startswith("val_") and f"val_{callback.monitor}" in logs:
-                message = (
-                    f"{type(callback).__name__} monitors the training metric {callback.monitor!r} although "
-                    f"validation data exists; did you mean 'val_{callback.monitor}'?"
-                )
-                log.warning("fitstream: %s", message)
-                warnings.warn(message, stacklevel=3)
+    def _check_monitors(self, logged: set[str]) -> None:
+        error, problems = monitor_problems(self.watch, logged)
+        for message in problems:
+            log.warning("fitstream: %s", message)
+            warnings.warn(message, stacklevel=3)
+        if error is not None:
+            failure = MonitorNotFoundError(error)
+            self.fail(failure)
+            raise failure
 
     def _finalize_pending(self) -> None:
         if self._pending is None:
@@ -439,6 +295,8 @@ class EventPublisher(keras.callbacks.Callback):
             log.exception("fitstream: could not publish epoch %d (training continues)", epoch)
 
     def _publish_epoch(self, epoch: int, logs: dict[str, Any], wall: float) -> None:
+        if self._epoch_lr is None:  # an epoch without batches
+            self._epoch_lr = self._learning_rate()
         metrics = {str(k): ev.to_float(v) for k, v in logs.items()}
         steps = self.params.get("steps") if self.params else None
         self._epochs_completed = max(self._epochs_completed, epoch + 1)
@@ -457,14 +315,13 @@ class EventPublisher(keras.callbacks.Callback):
         )
         new_lr = self._learning_rate()
         if self._epoch_lr is not None and new_lr is not None and new_lr != self._epoch_lr:
-            reducer = next((c for c in self.watch if isinstance(c, _REDUCE_LR)), None)
+            reducer = next((c for c in self.watch if isinstance(c, REDUCE_LR)), None)
             self._emit(
                 ev.LearningRateChanged, epoch=epoch, old=self._epoch_lr, new=new_lr,
                 reason=f"ReduceLROnPlateau on {reducer.monitor}" if reducer is not None else None,
             )
-        self._epoch_lr = new_lr
         for callback in self.watch:
-            if isinstance(callback, _MODEL_CHECKPOINT):
+            if isinstance(callback, MODEL_CHECKPOINT):
                 self._report_checkpoint(callback, epoch, logs)
         stopper = self._early_stopping()
         if (
@@ -474,46 +331,15 @@ class EventPublisher(keras.callbacks.Callback):
             and epoch not in self._early_stopped_reported
         ):
             self._early_stopped_reported.add(epoch)
-            self._emit(
-                ev.EarlyStopped,
-                stopped_epoch=int(stopper.stopped_epoch),
-                best_epoch=int(stopper.best_epoch),
-                best_value=ev.to_float(stopper.best),
-                monitor=stopper.monitor,
-                mode=_resolved_mode(stopper) or "min",
-                patience=int(stopper.patience),
-                min_delta=abs(float(stopper.min_delta)),
-                restore_best_weights=bool(stopper.restore_best_weights),
-            )
+            self._emit(ev.EarlyStopped, **early_stopping_decision(stopper))
 
     def _report_checkpoint(self, callback: Any, epoch: int, logs: dict[str, Any]) -> None:
-        if callback.save_freq != "epoch":
-            return  # batch-level checkpoints are not reported
-        try:
-            path = os.path.abspath(callback._get_file_path(epoch, None, logs))
-        except Exception:
-            return
-        stat = _file_or_dir_stat(path)
-        if stat is None or stat[0] < self._epoch_start_ns or self._checkpoint_seen.get(path) == stat:
-            return
-        self._checkpoint_seen[path] = stat
-        run_id, seq = self.run_id, self._next_seq()
-        value = ev.to_float(logs.get(callback.monitor))
-
-        def make() -> dict[str, str]:
-            # Runs on the sender thread: hashing a large checkpoint must not hold up training.
-            try:
-                size, digest = os.path.getsize(path), _sha256(path)
-            except OSError:
-                size, digest = None, None
-            return ev.encode(
-                ev.build(
-                    ev.CheckpointSaved, run_id=run_id, seq=seq, path=path, epoch=epoch,
-                    monitor=callback.monitor, value=value, size_bytes=size, sha256=digest,
-                )
-            )
-
-        self._emit_deferred(make)
+        path = self._checkpoints.written(callback, epoch, logs, since_ns=self._epoch_start_ns)
+        if path is not None:
+            self._emit_deferred(checkpoint_event_maker(
+                run_id=self.run_id, seq=self._next_seq(), path=path, epoch=epoch,
+                monitor=callback.monitor, value=ev.to_float(logs.get(callback.monitor)),
+            ))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self._state != "running":

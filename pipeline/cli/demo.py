@@ -83,7 +83,7 @@ def _evaluate_champion(promoted: dict) -> None:
         f"(run {champion['run_id'][:12]}, epoch {champion['epoch']}, {champion['metric']}={champion['value']:.4f})"
     )
     click.echo(
-        f"champion loaded back from the store and evaluated on the validation split: "
+        "champion loaded back from the store and evaluated on the validation split: "
         + ", ".join(f"{k}={v:.4f}" for k, v in results.items())
     )
 

@@ -1,0 +1,60 @@
+"""Noticing the checkpoint files ModelCheckpoint writes, and describing them off the training thread."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable
+
+from pipeline import events as ev
+
+_SHA_CHUNK = 1 << 20
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_SHA_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CheckpointWatcher:
+    """Tells which epoch-level checkpoint a ModelCheckpoint wrote during an epoch."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    def written(self, callback: Any, epoch: int, logs: dict[str, Any], since_ns: int) -> str | None:
+        """The absolute path written this epoch (new or changed since ``since_ns``), else None."""
+        if callback.save_freq != "epoch":
+            return None  # batch-level checkpoints are not reported
+        try:
+            path = os.path.abspath(callback._get_file_path(epoch, None, logs))
+            stat = os.stat(path)
+        except Exception:
+            return None
+        signature = (stat.st_mtime_ns, stat.st_size)
+        if signature[0] < since_ns or self._seen.get(path) == signature:
+            return None
+        self._seen[path] = signature
+        return path
+
+
+def checkpoint_event_maker(*, run_id: str, seq: int, path: str, epoch: int, monitor: str, value: float | None) -> Callable[[], dict[str, str]]:
+    """A function that builds the ``checkpoint_saved`` event, hashing the file when called
+    (on the sender thread: hashing a large checkpoint must not hold up training)."""
+
+    def make() -> dict[str, str]:
+        try:
+            size, digest = os.path.getsize(path), sha256_file(path)
+        except OSError:
+            size, digest = None, None
+        return ev.encode(
+            ev.build(
+                ev.CheckpointSaved, run_id=run_id, seq=seq, path=path, epoch=epoch,
+                monitor=monitor, value=value, size_bytes=size, sha256=digest,
+            )
+        )
+
+    return make
