@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from alerts.channels.base import AlertMessage, Channel, DeliveryError
@@ -32,7 +31,8 @@ from alerts.rules import Rule, RulesFile, RuleState, Transition, evaluate, parse
 from pipeline import events as ev
 from pipeline.consumers.base import Received
 from pipeline.db.migrate import require_head
-from pipeline.db.models import SqlAlert, SqlAlertRun, SqlAlertState
+from pipeline.db.bulk import greatest, upsert_insert
+from pipeline.db.models import TERMINAL_STATUSES, SqlAlert, SqlAlertRun, SqlAlertState
 from pipeline.db.session import transaction
 from pipeline.errors import ConfigurationError
 
@@ -43,7 +43,6 @@ DELIVERY_POLL_S = 0.05
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0  # longest wait between two delivery attempts of one alert
 STALL_CHECK_S = 2.0
-TERMINAL = ("completed", "early_stopped", "failed", "cancelled")
 
 
 def build_channels(rules: RulesFile, environ: dict[str, str] | None = None) -> dict[str, Channel]:
@@ -67,7 +66,7 @@ def build_channels(rules: RulesFile, environ: dict[str, str] | None = None) -> d
 def _upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], update: list[str]) -> None:
     if not rows:
         return
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    insert = upsert_insert(conn, table)
     statement = insert.on_conflict_do_update(index_elements=keys, set_={c: insert.excluded[c] for c in update})
     conn.execute(statement, rows)
 
@@ -75,7 +74,7 @@ def _upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys:
 def _insert_alerts(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(SqlAlert.__table__)
+    insert = upsert_insert(conn, SqlAlert.__table__)
     conn.execute(insert.on_conflict_do_nothing(index_elements=["idempotency_key"]), rows)
 
 
@@ -141,8 +140,7 @@ class Alerter:
             if isinstance(event, ev.RunFinished):
                 row["status"] = event.status
         table = SqlAlertRun.__table__
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
-        greatest = sa.func.greatest if conn.dialect.name == "postgresql" else sa.func.max
+        insert = upsert_insert(conn, table)
         statement = insert.on_conflict_do_update(
             index_elements=["run_id"],
             set_={
@@ -151,10 +149,10 @@ class Alerter:
                 "rules": sa.func.coalesce(insert.excluded.rules, table.c.rules),
                 # A terminal status sticks (literal SQL: no expanding IN inside an executemany).
                 "status": sa.case(
-                    (sa.or_(*(table.c.status == sa.literal_column(f"'{s}'") for s in TERMINAL)), table.c.status),
+                    (sa.or_(*(table.c.status == sa.literal_column(f"'{s}'") for s in TERMINAL_STATUSES)), table.c.status),
                     else_=insert.excluded.status,
                 ),
-                "last_event_at": greatest(table.c.last_event_at, insert.excluded.last_event_at),
+                "last_event_at": greatest(conn, table.c.last_event_at, insert.excluded.last_event_at),
             },
         )
         conn.execute(statement, list(facts.values()))

@@ -26,6 +26,7 @@ the same rule as Keras' EarlyStopping.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -217,9 +218,16 @@ def _bad(value: float | None) -> bool:
     return value is None or math.isnan(value) or math.isinf(value)
 
 
-def _fire_or_resolve(rule: Rule, state: RuleState, holds: bool, seq: int, summary: str, *, ts: float = 0.0, **facts: Any) -> tuple[RuleState, Transition | None]:
+@functools.lru_cache(maxsize=256)
+def _monitor(metric: str, mode: str, min_delta: float) -> Monitor:
+    return Monitor(metric, mode=mode, min_delta=min_delta)
+
+
+def _fire_or_resolve(
+    rule: Rule, state: RuleState, holds: bool, seq: int, summary: str, *, ts: float = 0.0, for_epochs: int | None = None, **facts: Any
+) -> tuple[RuleState, Transition | None]:
     streak = state.streak + 1 if holds else 0
-    firing_now = streak >= rule.for_epochs if holds else False
+    firing_now = streak >= (rule.for_epochs if for_epochs is None else for_epochs) if holds else False
     new = replace(state, last_seq=seq, streak=streak)
     if firing_now and not state.firing:
         return replace(new, firing=True, incident=state.incident + 1, fired_at=ts, repeats=0), Transition("firing", summary, **facts)
@@ -286,7 +294,7 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
         value = metrics.get(rule.metric or "")
         if _bad(value):
             return state, None
-        monitor = Monitor(rule.metric or "", mode=rule.mode, min_delta=rule.min_delta)
+        monitor = _monitor(rule.metric or "", rule.mode, rule.min_delta)
         if monitor.is_improvement(value, state.best):  # type: ignore[arg-type]
             best, since = value, 0
         else:
@@ -295,9 +303,9 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
         holds = since >= limit
         base = replace(state, best=best, since_best=since)
         new, transition = _fire_or_resolve(
-            rule.model_copy(update={"for_epochs": 1}), base, holds, event.seq,
+            rule, base, holds, event.seq,
             f"{rule.metric} has not improved for {since} epochs (best {best:.4g})" if holds else f"{rule.metric} improved to {value:.4g}",
-            value=value, threshold=best, epoch=epoch, ts=event.ts,
+            value=value, threshold=best, epoch=epoch, ts=event.ts, for_epochs=1,
         )
         return new, transition
     return state, None  # stalled: evaluated on a timer, see engine

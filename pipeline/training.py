@@ -15,8 +15,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pipeline.bus import connect
 from pipeline.callbacks.keras_state import is_chief
 from pipeline.callbacks.publisher import EventPublisher
 from pipeline.config import Settings, get_settings
+from pipeline.consumers.base import default_consumer_name
 from pipeline.errors import ConfigurationError, FitstreamError
 from pipeline.job_store import JobStore, RunLease
 from pipeline.jobs import CallableRef, JobSpec, LRSchedule, check_importable
@@ -195,7 +194,7 @@ def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str |
     if record is None:
         raise JobNotFoundError(f"no queued job with run id {run_id!r} (expired or never submitted)")
     spec = record.spec
-    owner = worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    owner = worker_name or default_consumer_name()
     lease = RunLease(client, run_id, owner=owner, ttl_s=settings.lease_ttl_seconds)
     if not lease.acquire():
         log.warning("run %s is being trained by %s; this delivery does not train it", run_id, lease.holder())

@@ -18,11 +18,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
 from pipeline.consumers.base import Received
+from pipeline.db.bulk import upsert_insert
 from pipeline.db.migrate import require_head
 from pipeline.db.models import SqlModelAlias, SqlModelVersion, SqlPromoterCheckpoint, SqlPromoterRun
 from pipeline.db.session import transaction
@@ -51,10 +51,6 @@ class Promotion:
     previous_champion: int | None
     previous_value: float | None
     created: bool  # False when this run was already registered (redelivery)
-
-
-def _insert(conn: Connection, table: sa.Table):  # type: ignore[no-untyped-def]
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def check_keras_file(path: str) -> None:
@@ -138,7 +134,7 @@ def promote_run(
 
     alias_table = SqlModelAlias.__table__
     with transaction(engine) as conn:
-        statement = _insert(conn, table).on_conflict_do_nothing()
+        statement = upsert_insert(conn, table).on_conflict_do_nothing()
         conn.execute(statement, {
             "name": model_name, "version": version, "run_id": run_id, "epoch": chosen.epoch, "metric": metric,
             "mode": mode, "value": chosen.value, "path": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes,
@@ -155,7 +151,7 @@ def promote_run(
         )
         moved = [LATEST, *aliases] + ([CHAMPION] if better else [])
         now = datetime.now(timezone.utc)
-        upsert = _insert(conn, alias_table)
+        upsert = upsert_insert(conn, alias_table)
         conn.execute(
             upsert.on_conflict_do_update(index_elements=["name", "alias"], set_={"version": upsert.excluded.version, "updated_at": upsert.excluded.updated_at}),
             [{"name": model_name, "alias": alias, "version": version, "updated_at": now} for alias in moved],
@@ -187,13 +183,13 @@ class Promoter:
                 elif isinstance(event, ev.RunStarted):
                     self._run(conn, event.run_id, event.name, None)
                 elif isinstance(event, ev.RunFinished):
-                    finished = _insert(conn, SqlPromoterRun.__table__)
+                    finished = upsert_insert(conn, SqlPromoterRun.__table__)
                     conn.execute(
                         finished.on_conflict_do_update(index_elements=["run_id"], set_={"status": finished.excluded.status}),
                         {"run_id": event.run_id, "status": event.status},
                     )
                 elif isinstance(event, ev.CheckpointSaved):
-                    conn.execute(_insert(conn, SqlPromoterCheckpoint.__table__).on_conflict_do_nothing(), {
+                    conn.execute(upsert_insert(conn, SqlPromoterCheckpoint.__table__).on_conflict_do_nothing(), {
                         "run_id": event.run_id, "epoch": event.epoch, "path": event.path, "monitor": event.monitor,
                         "value": event.value, "sha256": event.sha256,
                     })
@@ -207,7 +203,7 @@ class Promoter:
     @staticmethod
     def _run(conn: Connection, run_id: str, name: str, settings: str | None, spec_hash: str | None = None) -> None:
         table = SqlPromoterRun.__table__
-        insert = _insert(conn, table)
+        insert = upsert_insert(conn, table)
         conn.execute(
             insert.on_conflict_do_update(index_elements=["run_id"], set_={
                 "name": sa.func.coalesce(table.c.name, insert.excluded.name),

@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
@@ -144,9 +143,7 @@ def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
     if not runs:
         return
     table = SqlRun.__table__
-    dialect = conn.dialect.name
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    greatest = sa.func.greatest if dialect == "postgresql" else sa.func.max
+    insert = bulk.upsert_insert(conn, table)
     excluded, current = insert.excluded, table.c
     def rank(column: Any) -> Any:
         return sa.case((column == "queued", 0), (column == "running", 1), else_=2)
@@ -157,7 +154,7 @@ def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
     for name in _FIRST_WINS:
         merge[name] = sa.func.coalesce(current[name], excluded[name])
     for name in _MAXIMUM:
-        merge[name] = sa.func.coalesce(greatest(current[name], excluded[name]), excluded[name], current[name])
+        merge[name] = sa.func.coalesce(bulk.greatest(conn, current[name], excluded[name]), excluded[name], current[name])
     for name in _LATEST_NON_NULL:
         merge[name] = sa.func.coalesce(excluded[name], current[name])
     statement = insert.on_conflict_do_update(index_elements=[current.run_id], set_=merge)

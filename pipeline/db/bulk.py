@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 #: Below this many rows, PostgreSQL uses a plain multi-row INSERT instead of COPY.
@@ -66,3 +68,13 @@ def insert_ignore(conn: Connection, table: str, columns: Sequence[str], rows: Se
                 copy.write_row(row)
         cursor.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
         cursor.execute(f"TRUNCATE {stage}")
+
+
+def upsert_insert(conn: Connection, table: sa.Table):  # type: ignore[no-untyped-def]
+    """``INSERT`` with the dialect's ``ON CONFLICT`` support (SQLite and PostgreSQL)."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def greatest(conn: Connection, *columns: Any) -> Any:
+    """The larger of ``columns``: GREATEST on PostgreSQL, multi-argument MAX on SQLite."""
+    return (sa.func.greatest if conn.dialect.name == "postgresql" else sa.func.max)(*columns)
