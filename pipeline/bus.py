@@ -222,9 +222,6 @@ class EventStream:
 
     def _safe_url(self) -> str:
         """The Redis URL with any password masked."""
-        from sqlalchemy.engine import make_url  # parses redis URLs too; masks the password
+        from pipeline.db.session import mask_url  # the one masking rule, for redis:// URLs too
 
-        try:
-            return make_url(self.redis_url).render_as_string(hide_password=True)
-        except Exception:
-            return "<redis url>"
+        return mask_url(self.redis_url)

@@ -19,7 +19,6 @@ with a reason; consumers dead-letter them, they never guess.
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from typing import Annotated, Any, Literal, Mapping, TypeVar, Union
@@ -290,7 +289,3 @@ def decode_dict(data: Any) -> Event:
             f"{'.'.join(str(p) for p in err['loc'][1:]) or '<event>'}: {err['msg']}" for err in exc.errors()
         )
         raise InvalidEventError(f"invalid {kind} event: {problems}") from None
-
-
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Iterator
 
 import sqlalchemy as sa
@@ -70,11 +69,6 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         connect_args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
         return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     raise ConfigurationError(f"unsupported database {backend!r}: use a sqlite:/// or postgresql:// URL")
-
-
-@functools.lru_cache(maxsize=16)
-def cached_engine(url: str, read_only: bool = False) -> Engine:
-    return make_engine(url, read_only=read_only)
 
 
 def _is_read_only_error(exc: BaseException) -> bool:
