@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         alert_rules: The alert rules file (YAML). Default: none (the alerter refuses to start).
         alert_retry_budget_seconds: How long an alert keeps being retried before it is marked
             undelivered. Default 3600.
+        model_store: Where promoted models go: a path or any fsspec URL (``s3://bucket/models``).
+            Default: ``model-store`` under ``home``.
+        promoter_load_check: Before a checkpoint is promoted, load it with Keras
+            (``safe_mode=True``) in a helper process, so the promoter itself never imports
+            TensorFlow. Turn off only where the promoter has no TensorFlow installed; the
+            sha256 and the ``.keras`` structure are still checked. Default true.
+        promoter_load_timeout_seconds: A checkpoint that takes longer to load is refused. Default 300.
     """
 
     model_config = SettingsConfigDict(env_prefix="FITSTREAM_", extra="ignore")
@@ -83,6 +90,8 @@ class Settings(BaseSettings):
     alert_rules: Path | None = None
     model_store: str | None = None
     alert_retry_budget_seconds: float = Field(default=3600.0, gt=0)
+    promoter_load_check: bool = True
+    promoter_load_timeout_seconds: float = Field(default=300.0, gt=0)
 
     @property
     def allowed_module_prefixes(self) -> tuple[str, ...]:

@@ -82,6 +82,7 @@ class RunStarted(_Event):
     tags: dict[str, str] = Field(default_factory=dict)
     host: str | None = None
     pid: int | None = None
+    data_fingerprint: str | None = Field(default=None, max_length=80, description="See pipeline.fingerprint.")
 
 
 class EpochEnd(_Event):

@@ -19,7 +19,10 @@ from pipeline.db.session import make_engine, transaction
 from pipeline.errors import ConfigurationError, RunNotFoundError
 from pipeline.store import open_store
 
-FIELDS = ("name", "version", "run_id", "epoch", "metric", "mode", "value", "path", "sha256", "size_bytes", "created_at")
+FIELDS = (
+    "name", "version", "run_id", "epoch", "metric", "mode", "value", "path", "sha256", "size_bytes",
+    "spec_hash", "data_fingerprint", "created_at",
+)
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:

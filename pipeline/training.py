@@ -29,6 +29,7 @@ from pipeline.callbacks.publisher import EventPublisher
 from pipeline.config import Settings, get_settings
 from pipeline.consumers.base import default_consumer_name
 from pipeline.errors import ConfigurationError, FitstreamError
+from pipeline.fingerprint import fingerprint_data
 from pipeline.job_store import JobStore, RunLease
 from pipeline.jobs import CallableRef, JobSpec, LRSchedule, check_importable
 
@@ -228,6 +229,7 @@ def _train(spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, l
             check_importable(spec, allowed)  # the deployment's rule, enforced where code is imported
             model = _call(spec.model, allowed)
             x, y, validation = _split_data(_call(spec.data, allowed))
+            publisher.data_fingerprint = fingerprint_data(x, y, validation)
             callbacks, watched = build_callbacks(spec, paths, allowed)
             publisher.watch = tuple(watched)
             # Resume support: restores weights, optimizer and epoch after a lost worker.

@@ -20,7 +20,7 @@ from pipeline.store.fs import MODEL_FILE, STAGING_PREFIX, FsspecModelStore
 
 
 class DyingStore(FsspecModelStore):
-    def put(self, name, version, source, metadata, *, expected_sha256=None):  # type: ignore[no-untyped-def]
+    def put(self, name, version, source, metadata, *, expected_sha256=None, check=None):  # type: ignore[no-untyped-def]
         staging = f"{self.root}/{name}/{STAGING_PREFIX}{uuid.uuid4().hex}"
         self.fs.makedirs(staging, exist_ok=True)
         data = open(source, "rb").read()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import subprocess
 import uuid
 
 import pytest
@@ -70,3 +73,73 @@ def test_bad_names_are_refused(store, model_file):
     for name in ("", "../escape", "a/b", "x" * 300):
         with pytest.raises(StoreError, match="invalid model name"):
             store.put(name, 1, str(model_file), {})
+
+
+def test_a_failed_check_before_publishing_leaves_nothing(store, model_file):
+    def refuse():
+        raise RuntimeError("does not load")
+
+    with pytest.raises(RuntimeError, match="does not load"):
+        store.put("digits", 1, str(model_file), {}, check=refuse)
+    assert store.versions("digits") == [] and store.get("digits", 1) is None
+    assert store.discard_staging("digits") == 0
+    assert store.put("digits", 1, str(model_file), {}, check=lambda: None).version == 1
+
+
+# -- a local store that cannot take the model: real filesystems, no fakes ------------------------
+
+
+def test_a_store_root_that_is_a_file_is_not_writable(tmp_path, model_file):
+    root = tmp_path / "store-is-a-file"
+    root.write_text("oops")
+    with pytest.raises(StoreError, match="cannot write to the model store .*store-is-a-file"):
+        open_store(str(root)).put("digits", 1, str(model_file), {})
+
+
+def test_a_read_only_store_is_refused_with_what_to_do(tmp_path, model_file):
+    root = tmp_path / "frozen"
+    (root / "digits").mkdir(parents=True)
+    # chattr +i binds even root (CI runs as root, so file modes would not).
+    if subprocess.run(["chattr", "+i", str(root / "digits")], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this filesystem")
+    try:
+        with pytest.raises(StoreError, match=r"is not writable \(Operation not permitted\); check its permissions"):
+            open_store(str(root)).put("digits", 1, str(model_file), {})
+    finally:
+        subprocess.run(["chattr", "-i", str(root / "digits")], check=True)
+    assert open_store(str(root)).versions("digits") == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs mounted for the test (needs root, as CI has)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_store_is_refused_before_copying(small_disk, model_file):
+    store = open_store(str(small_disk / "store"))
+    with pytest.raises(StoreError, match=r"is full: the model needs 1\.1 MB, .* is free"):
+        store.put("digits", 1, str(model_file), {})
+    assert store.versions("digits") == [] and store.discard_staging("digits") == 0
+
+
+def test_running_out_of_space_mid_copy_is_refused_and_leaves_nothing(small_disk, model_file, monkeypatch):
+    # The free-space check passes (it is told there is room); the disk then fills for real.
+    import pipeline.store.fs as fs_module
+
+    monkeypatch.setattr(fs_module, "SPACE_MARGIN_BYTES", 0)
+    big = model_file.parent / "big.keras"
+    big.write_bytes(os.urandom(3 << 20))
+    (small_disk / "ballast").write_bytes(b"\0" * (2 << 20))
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(fs_module.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=10 << 20))
+    store = open_store(str(small_disk / "store"))
+    with pytest.raises(StoreError, match=r"is full \(No space left on device\) while writing a 3\.1 MB model"):
+        store.put("digits", 1, str(big), {})
+    assert store.versions("digits") == [] and store.discard_staging("digits") == 0

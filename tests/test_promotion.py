@@ -15,7 +15,9 @@ from pipeline import EventPublisher
 from pipeline import events as ev
 from pipeline.bus import EventStream
 from pipeline.consumers.base import ConsumerLoop
+from pipeline.consumers.load_check import KerasLoadCheck
 from pipeline.consumers.promoter import Promoter
+from pipeline.fingerprint import fingerprint_data
 from pipeline.model_registry import describe, list_versions, load_model
 from pipeline.store import open_store
 from tests.conftest import run_cli, settings_env, wait_for
@@ -23,9 +25,13 @@ from tests.training_helpers import small_digits, small_model
 
 
 class PromoterThread:
+    """The real Promoter, with its Keras load-check helper process, consuming in a thread."""
+
     def __init__(self, settings, engine):
         stream = EventStream(settings=settings)
-        self.loop = ConsumerLoop(Promoter(engine, open_store(settings.model_store_url), publish=stream.publish), stream, consumer_name="promoter-test")
+        self.load_check = KerasLoadCheck()
+        promoter = Promoter(engine, open_store(settings.model_store_url), publish=stream.publish, load_check=self.load_check)
+        self.loop = ConsumerLoop(promoter, stream, consumer_name="promoter-test")
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
 
     def __enter__(self):
@@ -35,12 +41,29 @@ class PromoterThread:
     def __exit__(self, *exc):
         self.loop.stop_event.set()
         self.thread.join(timeout=30)
+        self.load_check.close()
 
 
-def _fake_keras_file(path, payload: bytes) -> str:
+def _keras_file(path, seed: int) -> str:
+    """A real (tiny) Keras model file whose weights depend on ``seed``; returns its sha256."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    model.save(str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _weights_only_zip(path) -> str:
+    """Looks like a .keras file from outside (config.json and weights), but Keras cannot load it."""
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("config.json", json.dumps({"payload": payload.decode()}))
-        archive.writestr("model.weights.h5", payload * 100)
+        archive.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {}}))
+        archive.writestr("model.weights.h5", b"not really hdf5" * 100)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _unsafe_keras_file(path) -> str:
+    """A model with a Python lambda inside: loading it would run code, so safe_mode refuses it."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Dense(2)])
+    model.save(str(path))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -67,7 +90,9 @@ def test_early_stopping_promotes_the_best_epoch_and_it_loads_back(settings, engi
     snapshot = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: weights_by_epoch.__setitem__(epoch, model.get_weights()))
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
     checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_loss", save_best_only=True)
-    publisher = EventPublisher(name="digits-promoted", watch=[stop, checkpoint], settings=settings)
+    publisher = EventPublisher(
+        name="digits-promoted", watch=[stop, checkpoint], settings=settings, data_fingerprint=fingerprint_data(x, y, (x_val, y_val)),
+    )
     with PromoterThread(settings, engine):
         model.fit(x, y, validation_data=(x_val, y_val), epochs=15, batch_size=32, verbose=0, callbacks=[snapshot, stop, checkpoint, publisher])
         assert stop.stopped_epoch > 0
@@ -78,6 +103,9 @@ def test_early_stopping_promotes_the_best_epoch_and_it_loads_back(settings, engi
     assert info["run_id"] == publisher.run_id and info["epoch"] == stop.best_epoch and info["metric"] == "val_loss"
     assert info["value"] == pytest.approx(stop.best) and set(info["aliases"]) == {"champion", "latest"}
     assert info["sha256"] == hashlib.sha256((tmp_path / "best.keras").read_bytes()).hexdigest()
+    assert info["data_fingerprint"] == fingerprint_data(x, y, (x_val, y_val)) and info["data_fingerprint"].startswith("sha256:")
+    metadata = open_store(settings.model_store_url).get("digits-promoted", 1).metadata
+    assert metadata["data_fingerprint"] == info["data_fingerprint"] and metadata["epoch"] == stop.best_epoch
     loaded = load_model("digits-promoted@champion", settings=settings)
     for got, best, restored in zip(loaded.get_weights(), weights_by_epoch[stop.best_epoch], model.get_weights()):
         np.testing.assert_array_equal(got, best)
@@ -92,9 +120,9 @@ def test_early_stopping_promotes_the_best_epoch_and_it_loads_back(settings, engi
 def test_champion_moves_only_for_a_better_run_and_redelivery_registers_nothing(settings, engine, tmp_path):
     stream = EventStream(settings=settings)
     files = {}
-    for run_id, value in (("good", 0.30), ("worse", 0.50), ("better", 0.10)):
+    for seed, (run_id, value) in enumerate((("good", 0.30), ("worse", 0.50), ("better", 0.10))):
         path = tmp_path / f"{run_id}.keras"
-        files[run_id] = (path, _fake_keras_file(path, run_id.encode()), value)
+        files[run_id] = (path, _keras_file(path, seed), value)
     with PromoterThread(settings, engine):
         for run_id, (path, sha, value) in files.items():
             _publish_run(stream, run_id, "ranker", path, sha, value)
@@ -115,22 +143,31 @@ def test_champion_moves_only_for_a_better_run_and_redelivery_registers_nothing(s
 def test_a_changed_or_broken_checkpoint_is_refused_with_its_reason(settings, engine, tmp_path):
     stream = EventStream(settings=settings)
     changed = tmp_path / "changed.keras"
-    sha = _fake_keras_file(changed, b"original")
-    _fake_keras_file(changed, b"overwritten later")  # the file no longer matches its event
+    sha = _keras_file(changed, 1)
+    _keras_file(changed, 2)  # the file no longer matches its event
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
+    unloadable, unsafe = tmp_path / "unloadable.keras", tmp_path / "unsafe.keras"
+    runs = ("changed", "broken", "missing", "unloadable", "unsafe")
     with PromoterThread(settings, engine):
         _publish_run(stream, "changed", "guarded", changed, sha, 0.2)
         _publish_run(stream, "broken", "guarded", broken, hashlib.sha256(b"not a zip").hexdigest(), 0.1)
         _publish_run(stream, "missing", "guarded", tmp_path / "nope.keras", "0" * 64, 0.1)
-        wait_for(lambda: all(_stream_types(settings, r) for r in ("changed", "broken", "missing")), message="three refusals")
-    reasons = {r: _stream_types(settings, r)[0] for r in ("changed", "broken", "missing")}
+        # Right checksums, right structure — but Keras cannot (or, in safe mode, will not) load them.
+        _publish_run(stream, "unloadable", "guarded", unloadable, _weights_only_zip(unloadable), 0.1)
+        _publish_run(stream, "unsafe", "guarded", unsafe, _unsafe_keras_file(unsafe), 0.1)
+        wait_for(lambda: all(_stream_types(settings, r) for r in runs), timeout=90, message="five refusals")
+    reasons = {r: _stream_types(settings, r)[0] for r in runs}
     assert all(e.type == "promotion_skipped" for e in reasons.values())
     assert "checksum mismatch" in reasons["changed"].reason
     assert "not a Keras .keras file" in reasons["broken"].reason
     assert "checkpoint missing" in reasons["missing"].reason
+    assert "unloadable.keras does not load in Keras with safe_mode=True" in reasons["unloadable"].reason
+    assert "unsafe.keras does not load in Keras with safe_mode=True" in reasons["unsafe"].reason
+    assert "Lambda" in reasons["unsafe"].reason and "arbitrary code execution" in reasons["unsafe"].reason
     assert list_versions(engine, "guarded") == []
-    assert open_store(settings.model_store_url).versions("guarded") == []
+    store = open_store(settings.model_store_url)
+    assert store.versions("guarded") == [] and store.discard_staging("guarded") == 0
 
 
 def test_promoter_killed_mid_copy_then_restarted_leaves_exactly_one_version(settings, engine, tmp_path):
@@ -143,7 +180,7 @@ def test_promoter_killed_mid_copy_then_restarted_leaves_exactly_one_version(sett
     stream = EventStream(settings=settings)
     stream.ensure_group("promoter")
     path = tmp_path / "ckpt.keras"
-    sha = _fake_keras_file(path, b"crash-test")
+    sha = _keras_file(path, 3)
     _publish_run(stream, "crashy", "resilient", path, sha, 0.2)
     env = {**os.environ, **settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url, "FITSTREAM_CLAIM_IDLE_MS": "1000"}
     doomed = subprocess.run([sys.executable, "-m", "tests.promoter_crash"], env=env, cwd=REPO, capture_output=True, timeout=120)
@@ -166,7 +203,7 @@ def test_failed_runs_are_not_promoted_unless_forced(settings, engine, tmp_path):
     stream = EventStream(settings=settings)
     stream.ensure_group("promoter")
     path = tmp_path / "f.keras"
-    sha = _fake_keras_file(path, b"failed-run")
+    sha = _keras_file(path, 4)
     stream.publish([
         ev.build(ev.RunStarted, run_id="f1", seq=0, name="careful"),
         ev.build(ev.CheckpointSaved, run_id="f1", seq=2, path=str(path), epoch=1, monitor="val_loss", value=0.3, sha256=sha),

@@ -50,7 +50,7 @@ def test_recorder_refuses_an_old_schema(database_url):
     migrate.upgrade(database_url)
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
-    with pytest.raises(SchemaNotAtHeadError, match=r"at schema revision 0000, this Fitstream needs 0004; run: fitstream db upgrade"):
+    with pytest.raises(SchemaNotAtHeadError, match=r"at schema revision 0000, this Fitstream needs 0005; run: fitstream db upgrade"):
         Recorder(engine)
     engine.dispose()
 

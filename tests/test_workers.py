@@ -54,6 +54,12 @@ def test_submitted_job_runs_on_a_real_worker_and_sql_matches(settings, engine, j
         run = wait_for(lambda: (r := _run_row(engine, result["run_id"])) is not None and r["status"] == "completed" and r, message="recorded run")
     assert run["name"] == "digits-queued" and run["queue"] == queue_name and run["epochs_completed"] == 5
     assert run["queued_at"] is not None and run["started_at"] >= run["queued_at"]
+    # The worker fingerprints the data the job's data function returned.
+    from pipeline.fingerprint import fingerprint_data
+    from tests.job_fixtures import slow_data
+
+    (x, y), validation = slow_data()
+    assert run["data_fingerprint"] == fingerprint_data(x, y, validation) and run["data_fingerprint"].startswith("sha256:")
     # The run's own CSVLogger (Keras' values) and the SQL history agree value for value.
     run_dir = settings.home / "runs" / result["run_id"]
     with open(run_dir / "history.csv") as handle:

@@ -81,6 +81,8 @@ class EventPublisher(keras.callbacks.Callback):
         settings: Settings to use instead of the environment's.
         stream: Stream key to publish to (default ``FITSTREAM_STREAM``).
         seq_start: First sequence number (a resumed run continues after its last event).
+        data_fingerprint: Which data the run trains on, e.g. ``fingerprint_data(x, y)`` from
+            :mod:`pipeline.fingerprint`; kept with the run and with any model promoted from it.
 
     Example:
         >>> publisher = EventPublisher(name="digits", watch=[early_stopping])  # doctest: +SKIP
@@ -102,6 +104,7 @@ class EventPublisher(keras.callbacks.Callback):
         settings: Settings | None = None,
         stream: str | None = None,
         seq_start: int = 0,
+        data_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(name, str) or not name.strip():
@@ -121,6 +124,7 @@ class EventPublisher(keras.callbacks.Callback):
         self.batch_events_seconds = batch_events_seconds
         self.batch_size = batch_size
         self.tags = dict(tags or {})
+        self.data_fingerprint = data_fingerprint
         self.flush_timeout = flush_timeout
         self.settings = settings or get_settings()
         self._redis_url = redis_url or self.settings.redis_url
@@ -230,6 +234,7 @@ class EventPublisher(keras.callbacks.Callback):
                 tags=self.tags,
                 host=socket.gethostname(),
                 pid=os.getpid(),
+                data_fingerprint=self.data_fingerprint,
             )
         except Exception:
             log.exception("fitstream: could not publish run_started (training continues)")
@@ -406,7 +411,10 @@ class EventPublisher(keras.callbacks.Callback):
                 self._start_sender()
             except Exception:
                 log.exception("fitstream: could not start the event sender")
-            self._emit(ev.RunStarted, name=self.name, tags=self.tags, host=socket.gethostname(), pid=os.getpid())
+            self._emit(
+                ev.RunStarted, name=self.name, tags=self.tags, host=socket.gethostname(), pid=os.getpid(),
+                data_fingerprint=self.data_fingerprint,
+            )
         if self._state != "running":
             return
         self._finalize_pending()

@@ -10,7 +10,7 @@ Example:
     >>> spool = DiskSpool(pathlib.Path(tempfile.mkdtemp()) / "run.jsonl")
     >>> spool.append([{"v": "1", "event": "{}"}])
     >>> spool.read(max_items=10)
-    ([{'v': '1', 'event': '{}'}], 1)
+    ([{'v': '1', 'event': '{}'}], 23)
 """
 
 from __future__ import annotations

@@ -50,16 +50,24 @@ def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: i
 @click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
 def promoter(consumer_name: str | None, exit_when_idle: float | None) -> None:
     """Copy best checkpoints into the model store when EarlyStopping fires; move `champion` if better."""
+    from pipeline.consumers.load_check import configured_load_check
     from pipeline.consumers.promoter import Promoter
     from pipeline.store import open_store
 
     settings = get_settings()
     stream = EventStream(settings=settings)
-    handler = Promoter(make_engine(settings.database_url), open_store(settings.model_store_url), publish=stream.publish)
+    handler = Promoter(
+        make_engine(settings.database_url), open_store(settings.model_store_url), publish=stream.publish,
+        load_check=configured_load_check(settings),
+    )
     loop = ConsumerLoop(handler, stream, consumer_name=consumer_name)
     loop.install_signal_handlers()
     click.echo(f"promoter {loop.consumer_name} → {settings.model_store_url}", err=True)
-    stats = loop.run(idle_exit_after=exit_when_idle)
+    try:
+        stats = loop.run(idle_exit_after=exit_when_idle)
+    finally:
+        if handler.load_check is not None:
+            handler.load_check.close()
     click.echo(f"promoter {loop.consumer_name} stopped: {stats.processed} events", err=True)
 
 

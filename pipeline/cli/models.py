@@ -53,15 +53,21 @@ def models(args: tuple[str, ...], as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Move `champion` even if the version is not better.")
 def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
     """Promote RUN's best checkpoint by hand (the promoter's own code path)."""
+    from pipeline.consumers.load_check import configured_load_check
     from pipeline.consumers.promoter import promote_run
     from pipeline.store import open_store
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
+    load_check = configured_load_check(settings)
     try:
-        result = promote_run(engine, open_store(settings.model_store_url), run, aliases=aliases, force=force)
+        result = promote_run(
+            engine, open_store(settings.model_store_url), run, aliases=aliases, force=force, load_check=load_check,
+        )
     finally:
         engine.dispose()
+        if load_check is not None:
+            load_check.close()
     state = "registered" if result.created else "already registered"
     click.echo(f"{result.name} v{result.version} {state}" + (" and is the champion" if result.champion else ""), err=True)
 

@@ -5,13 +5,18 @@ Triggered by ``early_stopped`` (and ``run_finished`` when the job's ``promote.on
 is set), or by hand with ``fitstream promote RUN``; both go through :func:`promote_run`.
 Exactly once: a (model name, run) pair is registered at most once (unique key); a copy
 interrupted by a crash is invisible (staging folder) and redone when the event is redelivered.
-No TensorFlow here: a checkpoint is checked by its sha256 and its ``.keras`` structure.
+
+A checkpoint is checked three ways before its version becomes visible: its ``.keras``
+structure, its sha256 against the ``checkpoint_saved`` event (computed while it is copied), and
+a Keras load with ``safe_mode=True`` — in a helper process (:mod:`pipeline.consumers.load_check`),
+running while the copy runs, so that the promoter itself never imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
 from pipeline.consumers.base import Received
+from pipeline.consumers.load_check import KerasLoadCheck
 from pipeline.db.bulk import upsert_insert
 from pipeline.db.migrate import require_head
 from pipeline.db.models import SqlModelAlias, SqlModelVersion, SqlPromoterCheckpoint, SqlPromoterRun
@@ -40,7 +46,8 @@ PROMOTION_SEQ = 999_000
 
 
 class PromotionRefused(FitstreamError):
-    """A checkpoint cannot be promoted; the message says why (missing, changed, not a Keras file, run failed)."""
+    """A checkpoint cannot be promoted; the message says why (missing, changed, not loadable by
+    Keras, run failed or cancelled, store full or not writable)."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +88,16 @@ def promote_run(
     force: bool = False,
     aliases: Sequence[str] = (),
     name: str | None = None,
+    load_check: KerasLoadCheck | None = None,
 ) -> Promotion:
     """Register ``run_id``'s best checkpoint as a new version and move ``champion`` if it is better.
 
+    ``load_check`` loads the checkpoint with Keras (``safe_mode=True``) before it becomes
+    visible; without one, only its structure and sha256 are checked.
+
     Raises:
-        PromotionRefused: no checkpoint, a checksum mismatch, not a Keras file, or the store refused.
+        PromotionRefused: no checkpoint, a checksum mismatch, not loadable by Keras, or the
+            store refused (full, not writable).
     """
     with transaction(engine) as conn:
         run = conn.execute(sa.select(SqlPromoterRun.__table__).where(SqlPromoterRun.run_id == run_id)).first()
@@ -125,10 +137,14 @@ def promote_run(
     metadata = {
         "run_id": run_id, "epoch": chosen.epoch, "metric": metric, "mode": mode, "value": chosen.value,
         "source_path": chosen.path, "spec_hash": run.spec_hash if run else None,
+        "data_fingerprint": run.data_fingerprint if run else None,
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
     try:
-        stored = store.put(model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256)
+        stored = store.put(
+            model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256,
+            check=_loads_in_keras(chosen.path, load_check) if load_check is not None else None,
+        )
     except StoreError as exc:
         raise PromotionRefused(str(exc)) from None
 
@@ -138,7 +154,8 @@ def promote_run(
         conn.execute(statement, {
             "name": model_name, "version": version, "run_id": run_id, "epoch": chosen.epoch, "metric": metric,
             "mode": mode, "value": chosen.value, "path": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes,
-            "source_path": chosen.path, "spec_hash": metadata["spec_hash"], "created_at": datetime.now(timezone.utc),
+            "source_path": chosen.path, "spec_hash": metadata["spec_hash"], "data_fingerprint": metadata["data_fingerprint"],
+            "created_at": datetime.now(timezone.utc),
         })
         champion_row = conn.execute(
             sa.select(table.c.version, table.c.value, table.c.metric, table.c.mode)
@@ -162,16 +179,46 @@ def promote_run(
     )
 
 
+def _loads_in_keras(path: str, load_check: KerasLoadCheck) -> Callable[[], None]:
+    """Start loading ``path`` now (it runs while the store copies the same file); the returned
+    check waits for the answer and refuses a file that did not load or changed meanwhile."""
+    before = _identity(path)
+    pending = load_check.submit(path)
+
+    def check() -> None:
+        problem = load_check.result(pending)
+        if problem is not None:
+            raise PromotionRefused(f"{path} does not load in Keras with safe_mode=True: {problem}")
+        if _identity(path) != before:
+            raise PromotionRefused(f"{path} changed while it was being promoted; it is promoted at the next event")
+
+    return check
+
+
+def _identity(path: str) -> tuple[int, int, int, int]:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise PromotionRefused(f"checkpoint missing: {path}") from None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
 class Promoter:
     """Consumer-group handler: remembers checkpoints, promotes on early stopping (or completion)."""
 
     group = GROUP
 
-    def __init__(self, engine: Engine, store: ModelStore, *, publish: Callable[[list[Any]], object] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, store: ModelStore, *, publish: Callable[[list[Any]], object] | None = None,
+        load_check: KerasLoadCheck | None = None,
+    ) -> None:
         require_head(engine)
         self.engine = engine
         self.store = store
         self.publish = publish
+        self.load_check = load_check
+        if load_check is not None:
+            load_check.warm()
 
     def handle(self, batch: Sequence[Received]) -> None:
         events = sorted((r.event for r in batch), key=lambda e: (e.run_id, e.seq))
@@ -181,7 +228,7 @@ class Promoter:
                     promote = event.spec.get("promote") or {}
                     self._run(conn, event.run_id, event.name, json.dumps(promote), spec_hash=_spec_hash(event.spec))
                 elif isinstance(event, ev.RunStarted):
-                    self._run(conn, event.run_id, event.name, None)
+                    self._run(conn, event.run_id, event.name, None, data_fingerprint=event.data_fingerprint)
                 elif isinstance(event, ev.RunFinished):
                     finished = upsert_insert(conn, SqlPromoterRun.__table__)
                     conn.execute(
@@ -201,7 +248,10 @@ class Promoter:
                 self._promote(event.run_id, best_epoch=event.best_epoch, metric=event.monitor, mode=None)
 
     @staticmethod
-    def _run(conn: Connection, run_id: str, name: str, settings: str | None, spec_hash: str | None = None) -> None:
+    def _run(
+        conn: Connection, run_id: str, name: str, settings: str | None, spec_hash: str | None = None,
+        data_fingerprint: str | None = None,
+    ) -> None:
         table = SqlPromoterRun.__table__
         insert = upsert_insert(conn, table)
         conn.execute(
@@ -209,8 +259,9 @@ class Promoter:
                 "name": sa.func.coalesce(table.c.name, insert.excluded.name),
                 "settings": sa.func.coalesce(insert.excluded.settings, table.c.settings),
                 "spec_hash": sa.func.coalesce(insert.excluded.spec_hash, table.c.spec_hash),
+                "data_fingerprint": sa.func.coalesce(insert.excluded.data_fingerprint, table.c.data_fingerprint),
             }),
-            {"run_id": run_id, "name": name, "settings": settings, "spec_hash": spec_hash},
+            {"run_id": run_id, "name": name, "settings": settings, "spec_hash": spec_hash, "data_fingerprint": data_fingerprint},
         )
 
     def _settings(self, run_id: str) -> dict[str, Any]:
@@ -221,7 +272,10 @@ class Promoter:
     def _promote(self, run_id: str, **kwargs: Any) -> None:
         settings = self._settings(run_id)
         try:
-            result = promote_run(self.engine, self.store, run_id, force=bool(settings.get("force")), name=settings.get("name"), **kwargs)
+            result = promote_run(
+                self.engine, self.store, run_id, force=bool(settings.get("force")), name=settings.get("name"),
+                load_check=self.load_check, **kwargs,
+            )
         except PromotionRefused as exc:
             log.warning("run %s not promoted: %s", run_id, exc)
             self._emit(ev.build(ev.PromotionSkipped, run_id=run_id, seq=PROMOTION_SEQ, reason=str(exc)))

@@ -41,7 +41,7 @@ _MAXIMUM = ("epochs_completed", "last_event_at")
 _LATEST_NON_NULL = (
     "name", "finished_at", "epochs_planned", "best_epoch", "stopped_epoch", "monitor", "mode", "best_value",
     "restored_best_weights", "model_name", "params_count", "optimizer", "batch_size", "host", "tags",
-    "wall_time_s", "error_type", "error_message", "queue",
+    "wall_time_s", "error_type", "error_message", "queue", "data_fingerprint",
 )
 
 
@@ -111,7 +111,7 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
                 model_name=event.model_name, params_count=event.params_count,
                 optimizer=json.dumps(event.optimizer) if event.optimizer is not None else None,
                 batch_size=event.batch_size, host=event.host,
-                tags=json.dumps(event.tags) if event.tags else None,
+                tags=json.dumps(event.tags) if event.tags else None, data_fingerprint=event.data_fingerprint,
             )
         elif isinstance(event, ev.CheckpointSaved):
             checkpoint_rows.append(

@@ -25,6 +25,7 @@ class Run:
     wall_time_s: float | None = None
     error_type: str | None = None
     error_message: str | None = None
+    data_fingerprint: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -63,6 +63,7 @@ class SqlRun(Base):
     last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     queue: Mapped[str | None] = mapped_column(String(64))
+    data_fingerprint: Mapped[str | None] = mapped_column(String(80))
 
     __table_args__ = (
         Index("ix_runs_name_started_at", "name", "started_at"),
@@ -194,6 +195,7 @@ class SqlModelVersion(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     source_path: Mapped[str | None] = mapped_column(String(2048))
     spec_hash: Mapped[str | None] = mapped_column(String(64))
+    data_fingerprint: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (UniqueConstraint("name", "run_id", name="uq_model_versions_name_run_id"),)
@@ -218,6 +220,7 @@ class SqlPromoterRun(Base):
     settings: Mapped[str | None] = mapped_column(Text)
     spec_hash: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str | None] = mapped_column(String(32))
+    data_fingerprint: Mapped[str | None] = mapped_column(String(80))
 
 
 class SqlPromoterCheckpoint(Base):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.errors import FitstreamError
 
@@ -45,15 +45,20 @@ class ModelStore(abc.ABC):
     """Versioned, immutable model files. Every backend passes ``tests/test_model_store.py``."""
 
     @abc.abstractmethod
-    def put(self, name: str, version: int, source: str, metadata: dict[str, Any], *, expected_sha256: str | None = None) -> StoredVersion:
+    def put(
+        self, name: str, version: int, source: str, metadata: dict[str, Any], *,
+        expected_sha256: str | None = None, check: Callable[[], None] | None = None,
+    ) -> StoredVersion:
         """Copy the local file ``source`` in as ``name`` version ``version``, atomically.
 
-        Hashes while copying (the file is read once). Idempotent: putting the same content
-        again returns the existing version.
+        Hashes while copying (the file is read once). ``check`` runs once the copy is complete
+        and its sha256 matches, before the version becomes visible; whatever it raises aborts
+        the put and leaves nothing behind. Idempotent: putting the same content again returns
+        the existing version.
 
         Raises:
             StoreError: ``expected_sha256`` does not match, the version exists with other
-                content, or the store cannot be written.
+                content, or the store is full or not writable.
         """
 
     @abc.abstractmethod

@@ -1,6 +1,13 @@
 """The model store on any fsspec filesystem: a local directory by default, ``s3://…``,
 ``gs://…`` or ``memory://…`` by URL (``FITSTREAM_MODEL_STORE``).
 
+A version becomes visible in one step, so no reader ever sees a partial copy:
+
+- on a local disk, the copy is written and fsynced in a staging folder, then the folder is
+  renamed to ``v<N>`` (a rename refuses to replace an existing version);
+- on object stores, the model file is uploaded first and ``metadata.json`` last: a version
+  exists only once its metadata does.
+
 Example:
     >>> store = open_store("memory://doc-store")
     >>> import tempfile, os
@@ -13,18 +20,25 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import os
+import shutil
+import tempfile
 import uuid
-from typing import Any
+from typing import IO, Any, Callable
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.store.base import METADATA_FILE, MODEL_FILE, ModelStore, StoredVersion, StoreError, check_name
+from pipeline.store.copying import copy_hashing, fsync_directory, start_writeback
 
-CHUNK = 4 << 20
 STAGING_PREFIX = ".staging-"
+#: Free space kept beyond the model's size before a local copy starts.
+SPACE_MARGIN_BYTES = 16 << 20
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class FsspecModelStore(ModelStore):
@@ -39,55 +53,128 @@ class FsspecModelStore(ModelStore):
         self.url = url
         self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
         self.root = self.root.rstrip("/")
+        self.local = isinstance(self.fs, LocalFileSystem)
 
     def _dir(self, name: str, version: int) -> str:
         return f"{self.root}/{check_name(name)}/v{int(version)}"
 
-    def put(self, name: str, version: int, source: str, metadata: dict[str, Any], *, expected_sha256: str | None = None) -> StoredVersion:
+    def put(
+        self, name: str, version: int, source: str, metadata: dict[str, Any], *,
+        expected_sha256: str | None = None, check: Callable[[], None] | None = None,
+    ) -> StoredVersion:
         final = self._dir(name, version)
-        staging = f"{self.root}/{name}/{STAGING_PREFIX}{uuid.uuid4().hex}"
-        digest = hashlib.sha256()
-        size = 0
+        try:
+            reader = open(source, "rb")
+        except FileNotFoundError:
+            raise StoreError(f"checkpoint file not found: {source}") from None
+        with reader:
+            size = os.fstat(reader.fileno()).st_size
+            try:
+                if self.local:
+                    return self._put_local(final, reader, size, source, metadata, expected_sha256, check)
+                return self._put_object(final, reader, source, metadata, expected_sha256, check)
+            except OSError as exc:
+                raise self._write_error(exc, size) from None
+
+    def _put_local(
+        self, final: str, reader: IO[bytes], size: int, source: str, metadata: dict[str, Any],
+        expected_sha256: str | None, check: Callable[[], None] | None,
+    ) -> StoredVersion:
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        free = shutil.disk_usage(parent).free
+        if free < size + SPACE_MARGIN_BYTES:
+            raise StoreError(
+                f"the model store {self.url} is full: the model needs {_mb(size)}, {_mb(free)} is free "
+                "(free some space or point FITSTREAM_MODEL_STORE elsewhere)"
+            )
+        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
+        try:
+            with open(os.path.join(staging, MODEL_FILE), "wb") as writer:
+                sha256, copied = copy_hashing(reader, writer, after_write=start_writeback(writer.fileno()))
+                os.fsync(writer.fileno())
+            full = self._accept(final, source, sha256, copied, metadata, expected_sha256, check)
+            with open(os.path.join(staging, METADATA_FILE), "w") as handle:
+                handle.write(json.dumps(full, indent=2, sort_keys=True))
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.rename(staging, final)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                return self._same_or_refuse(final, sha256)
+            fsync_directory(parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self._get_written(final)
+
+    def _put_object(
+        self, final: str, reader: IO[bytes], source: str, metadata: dict[str, Any],
+        expected_sha256: str | None, check: Callable[[], None] | None,
+    ) -> StoredVersion:
+        staging = f"{os.path.dirname(final)}/{STAGING_PREFIX}{uuid.uuid4().hex}"
         try:
             self.fs.makedirs(staging, exist_ok=True)
-            with open(source, "rb") as reader, self.fs.open(f"{staging}/{MODEL_FILE}", "wb") as writer:
-                for chunk in iter(lambda: reader.read(CHUNK), b""):
-                    digest.update(chunk)
-                    writer.write(chunk)
-                    size += len(chunk)
-            sha256 = digest.hexdigest()
-            if expected_sha256 is not None and sha256 != expected_sha256:
-                raise StoreError(
-                    f"checksum mismatch for {source}: the file has sha256 {sha256[:12]}…, the checkpoint event "
-                    f"recorded {expected_sha256[:12]}… (the file changed after it was written)"
-                )
-            full = {**metadata, "name": name, "version": int(version), "sha256": sha256, "size_bytes": size, "file": MODEL_FILE}
-            with self.fs.open(f"{staging}/{METADATA_FILE}", "w") as handle:
+            with self.fs.open(f"{staging}/{MODEL_FILE}", "wb") as writer:
+                sha256, copied = copy_hashing(reader, writer)
+            full = self._accept(final, source, sha256, copied, metadata, expected_sha256, check)
+            if self.fs.exists(f"{final}/{METADATA_FILE}"):
+                return self._same_or_refuse(final, sha256)
+            self.fs.makedirs(final, exist_ok=True)
+            self.fs.mv(f"{staging}/{MODEL_FILE}", f"{final}/{MODEL_FILE}")
+            with self.fs.open(f"{final}/{METADATA_FILE}", "w") as handle:  # last: the version appears
                 handle.write(json.dumps(full, indent=2, sort_keys=True))
-            existing = self.get(name, version)
-            if existing is not None:
-                if existing.sha256 == sha256:
-                    return existing
-                raise StoreError(f"{name} v{version} already exists with other content (sha256 {existing.sha256[:12]}…)")
-            self.fs.mv(staging, final, recursive=True)
-        except FileNotFoundError as exc:
-            raise StoreError(f"checkpoint file not found: {exc.filename or source}") from None
-        except OSError as exc:
-            raise StoreError(f"cannot write to the model store {self.url}: {exc.strerror or exc}") from None
         finally:
             if self.fs.exists(staging):
                 self.fs.rm(staging, recursive=True)
-        stored = self.get(name, version)
+        return self._get_written(final)
+
+    def _accept(
+        self, final: str, source: str, sha256: str, size: int, metadata: dict[str, Any],
+        expected_sha256: str | None, check: Callable[[], None] | None,
+    ) -> dict[str, Any]:
+        """The copy's checks before it may become visible; returns its metadata."""
+        if expected_sha256 is not None and sha256 != expected_sha256:
+            raise StoreError(
+                f"checksum mismatch for {source}: the file has sha256 {sha256[:12]}…, the checkpoint event "
+                f"recorded {expected_sha256[:12]}… (the file changed after it was written)"
+            )
+        if check is not None:
+            check()
+        name, version = final.rsplit("/", 2)[-2:]
+        return {**metadata, "name": name, "version": int(version[1:]), "sha256": sha256, "size_bytes": size, "file": MODEL_FILE}
+
+    def _same_or_refuse(self, final: str, sha256: str) -> StoredVersion:
+        existing = self._get_written(final)
+        if existing.sha256 != sha256:
+            raise StoreError(f"{existing.name} v{existing.version} already exists with other content (sha256 {existing.sha256[:12]}…)")
+        return existing
+
+    def _get_written(self, final: str) -> StoredVersion:
+        name, version = final.rsplit("/", 2)[-2:]
+        stored = self.get(name, int(version[1:]))
         if stored is None:
-            raise StoreError(f"{name} v{version} did not appear in {self.url} after the move")
+            raise StoreError(f"{name} {version} did not appear in {self.url} after it was written")
         return stored
+
+    def _write_error(self, exc: OSError, size: int) -> StoreError:
+        reason = exc.strerror or str(exc)
+        if exc.errno in _FULL:
+            return StoreError(f"the model store {self.url} is full ({reason}) while writing a {_mb(size)} model; "
+                              "free some space or point FITSTREAM_MODEL_STORE elsewhere")
+        if exc.errno in _READ_ONLY or isinstance(exc, PermissionError):
+            return StoreError(f"the model store {self.url} is not writable ({reason}); check its permissions "
+                              "or point FITSTREAM_MODEL_STORE elsewhere")
+        where = f" ({exc.filename})" if exc.filename else ""
+        return StoreError(f"cannot write to the model store {self.url}: {reason}{where}")
 
     def get(self, name: str, version: int) -> StoredVersion | None:
         folder = self._dir(name, version)
         try:
             with self.fs.open(f"{folder}/{METADATA_FILE}", "r") as handle:
                 metadata = json.loads(handle.read())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         return StoredVersion(
             name=name, version=int(version), uri=self.fs.unstrip_protocol(f"{folder}/{MODEL_FILE}"),
@@ -98,7 +185,7 @@ class FsspecModelStore(ModelStore):
         base = f"{self.root}/{check_name(name)}"
         try:
             entries = self.fs.ls(base, detail=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         found = []
         for entry in entries:
@@ -119,12 +206,16 @@ class FsspecModelStore(ModelStore):
         base = f"{self.root}/{check_name(name)}"
         try:
             entries = self.fs.ls(base, detail=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return 0
         stale = [e for e in entries if e.rstrip("/").rsplit("/", 1)[-1].startswith(STAGING_PREFIX)]
         for entry in stale:
             self.fs.rm(entry, recursive=True)
         return len(stale)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def open_store(url: str, **storage_options: Any) -> FsspecModelStore:
