@@ -39,7 +39,7 @@ from pipeline import events as ev
 from pipeline.errors import ConfigurationError
 from pipeline.monitor import Monitor
 
-LIFECYCLE_EVENTS = ("run_started", "early_stopped", "run_failed", "run_finished", "model_promoted")
+LIFECYCLE_EVENTS = ("run_started", "early_stopped", "run_failed", "run_finished", "model_promoted", "promotion_skipped")
 
 
 class RulesError(ConfigurationError):
@@ -91,7 +91,7 @@ class Rule(_Strict):
     min_delta: float = Field(default=0.0, ge=0)
     gap: Gap | None = None
     stalled_seconds: float | None = Field(default=None, gt=0)
-    on: list[Literal["run_started", "early_stopped", "run_failed", "run_finished", "model_promoted"]] | None = None
+    on: list[Literal["run_started", "early_stopped", "run_failed", "run_finished", "model_promoted", "promotion_skipped"]] | None = None
 
     @model_validator(mode="after")
     def _one_condition(self) -> "Rule":
@@ -253,6 +253,9 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
                 "run_failed": lambda e: f"run failed: {e.error_type}: {e.message}",
                 "run_finished": lambda e: f"run finished: {e.status} after {e.epochs_completed} epochs",
                 "run_started": lambda e: f"run started on {e.host}",
+                "model_promoted": lambda e: f"promoted as {e.name} v{e.version}" + (
+                    " — the new champion" if e.champion else f" — champion stays v{e.previous_champion_version}"),
+                "promotion_skipped": lambda e: f"not promoted: {e.reason}",
             }.get(event.type, lambda e: event.type.replace("_", " "))(event)
             return replace(state, last_seq=event.seq, incident=state.incident + 1), Transition("firing", detail)
         return state, None

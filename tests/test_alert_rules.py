@@ -65,6 +65,15 @@ def test_lifecycle_events():
     assert evaluate(rule, state, stopped) == (state, None)
 
 
+def test_promotion_outcomes_can_be_alerted_on():
+    rule = _rules({"name": "models", "on": ["model_promoted", "promotion_skipped"], "channels": ["team"]}).rules[0]
+    promoted = ev.build(ev.ModelPromoted, run_id="a", seq=999_001, name="digits", version=4, champion=False,
+                        aliases=["latest"], previous_champion_version=2)
+    skipped = ev.build(ev.PromotionSkipped, run_id="b", seq=999_000, reason="the model store /m is full (No space left on device)")
+    assert evaluate(rule, RuleState(), promoted)[1].summary == "promoted as digits v4 — champion stays v2"
+    assert evaluate(rule, RuleState(), skipped)[1].summary == "not promoted: the model store /m is full (No space left on device)"
+
+
 @pytest.mark.parametrize(
     ("rule", "expected"),
     [

@@ -1,14 +1,18 @@
 """Does a checkpoint load in Keras with ``safe_mode=True``? Asked of a helper process.
 
 The promoter never imports TensorFlow (a consumer stays small, starts fast and never touches a
-GPU); this module starts one helper process that imports Keras once, with GPUs hidden, and
-loads checkpoints on request. The promoter hands it a checkpoint while it copies the same file
-into the store, so the load costs little extra time.
+GPU); this module starts one helper process that imports Keras once, with GPUs hidden, at low
+priority, and loads checkpoints on request.
+
+The promoter asks as soon as a ``checkpoint_saved`` event arrives (:meth:`KerasLoadCheck.prefetch`),
+so the answer is usually ready when EarlyStopping fires ``patience`` epochs later. An answer
+holds for the file as it was (device, inode, size, modification time): a checkpoint overwritten
+since is loaded again.
 
 Example:
     >>> checker = KerasLoadCheck(timeout_s=300)
-    >>> pending = checker.submit("/runs/r1/best.keras")    # doctest: +SKIP
-    >>> checker.result(pending)    # None when it loads, else why not    # doctest: +SKIP
+    >>> checker.prefetch("/runs/r1/best.keras")                # on checkpoint_saved  # doctest: +SKIP
+    >>> checker.result(checker.submit("/runs/r1/best.keras"))  # None: it loads        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,19 +21,43 @@ import logging
 import multiprocessing
 import os
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import OrderedDict
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
 from pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 
 
+#: Answers kept, one per checkpoint path (most recent first out).
+REMEMBERED = 256
+
+FileIdentity = tuple[int, int, int, int]
+
+
+def file_identity(path: str) -> FileIdentity | None:
+    """(device, inode, size, mtime in ns) of ``path``, or None when it does not exist."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
 def _prepare_helper() -> None:
-    """Runs first in the helper: CPU only (a promoter must not take a GPU's memory), quiet logs."""
+    """Runs first in the helper: CPU only (a promoter must not take a GPU's memory), few threads and
+    low priority (it must not slow a training sharing the machine), quiet logs."""
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    try:
+        os.nice(10)
+    except OSError:
+        pass
     try:
         import keras  # noqa: F401  (imported once, while the promoter waits for events)
     except ImportError:
@@ -54,6 +82,15 @@ def _ready() -> bool:
     return True
 
 
+@dataclass
+class PendingLoad:
+    """A load of ``path`` as it was when asked (``identity``)."""
+
+    path: str
+    identity: FileIdentity | None
+    future: Future[str | None]
+
+
 class KerasLoadCheck:
     """Loads checkpoints with ``keras.saving.load_model(path, safe_mode=True)`` in one helper process.
 
@@ -65,6 +102,7 @@ class KerasLoadCheck:
         self.timeout_s = timeout_s
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._answers: OrderedDict[str, PendingLoad] = OrderedDict()
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -78,24 +116,57 @@ class KerasLoadCheck:
         """Start the helper (and its Keras import) now, rather than at the first promotion."""
         self._executor().submit(_ready)
 
-    def submit(self, path: str) -> Future[str | None]:
-        """Start loading ``path``; pass the result to :meth:`result`."""
+    def prefetch(self, path: str) -> None:
+        """Start loading ``path`` in the background unless it is already loaded as it is now.
+        Never raises: a failure here is met again, and reported, when the checkpoint is promoted."""
         try:
-            return self._executor().submit(_load, path)
+            self.submit(path)
+        except Exception as exc:
+            log.warning("could not start loading %s ahead of its promotion: %s", path, exc)
+
+    def submit(self, path: str) -> PendingLoad:
+        """The load of ``path`` as it is now: a remembered one, or a new one; see :meth:`result`."""
+        identity = file_identity(path)
+        with self._lock:
+            known = self._answers.get(path)
+        if known is not None and known.identity == identity and not known.future.cancelled():
+            return known
+        if known is not None:
+            known.future.cancel()  # a superseded checkpoint still waiting: never load it
+        try:
+            future = self._executor().submit(_load, path)
         except BrokenProcessPool:
             self._replace()
-            return self._executor().submit(_load, path)
+            future = self._executor().submit(_load, path)
+        pending = PendingLoad(path, identity, future)
+        with self._lock:
+            self._answers[path] = pending
+            self._answers.move_to_end(path)
+            while len(self._answers) > REMEMBERED:
+                self._answers.popitem(last=False)
+        return pending
 
-    def result(self, pending: Future[str | None]) -> str | None:
+    def result(self, pending: PendingLoad) -> str | None:
         """None if the checkpoint loaded, else why it did not."""
         try:
-            return pending.result(timeout=self.timeout_s)
+            return self._wait(pending)
+        except (BrokenProcessPool, CancelledError):
+            pass  # the helper died of something else (killed, out of memory), or a newer load replaced it
+        try:
+            return self._wait(self.submit(pending.path))
+        except (BrokenProcessPool, CancelledError):
+            self._replace()
+            return "the Keras process crashed while loading it"
+
+    def _wait(self, pending: PendingLoad) -> str | None:
+        try:
+            return pending.future.result(timeout=self.timeout_s)
         except FutureTimeout:
             self._replace()
             return f"loading took longer than {self.timeout_s:g} s (FITSTREAM_PROMOTER_LOAD_TIMEOUT_SECONDS)"
         except BrokenProcessPool:
             self._replace()
-            return "the Keras process crashed while loading it"
+            raise
 
     def check(self, path: str) -> str | None:
         """Load ``path`` and wait: None if it loads, else why not."""
@@ -104,6 +175,7 @@ class KerasLoadCheck:
     def _replace(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            self._answers.clear()
         if pool is not None:
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.kill()  # a hung load would otherwise outlive the refusal
@@ -112,6 +184,7 @@ class KerasLoadCheck:
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            self._answers.clear()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
 from pipeline.consumers.base import Received
-from pipeline.consumers.load_check import KerasLoadCheck
+from pipeline.consumers.load_check import KerasLoadCheck, file_identity
 from pipeline.db.bulk import upsert_insert
 from pipeline.db.migrate import require_head
 from pipeline.db.models import SqlModelAlias, SqlModelVersion, SqlPromoterCheckpoint, SqlPromoterRun
@@ -180,27 +179,20 @@ def promote_run(
 
 
 def _loads_in_keras(path: str, load_check: KerasLoadCheck) -> Callable[[], None]:
-    """Start loading ``path`` now (it runs while the store copies the same file); the returned
-    check waits for the answer and refuses a file that did not load or changed meanwhile."""
-    before = _identity(path)
+    """Start loading ``path`` now, unless it was loaded as it is (on its ``checkpoint_saved``);
+    the returned check waits for the answer and refuses a file that did not load or changed."""
     pending = load_check.submit(path)
+    if pending.identity is None:
+        raise PromotionRefused(f"checkpoint missing: {path}")
 
     def check() -> None:
         problem = load_check.result(pending)
         if problem is not None:
             raise PromotionRefused(f"{path} does not load in Keras with safe_mode=True: {problem}")
-        if _identity(path) != before:
-            raise PromotionRefused(f"{path} changed while it was being promoted; it is promoted at the next event")
+        if file_identity(path) != pending.identity:
+            raise PromotionRefused(f"{path} changed while it was being promoted; promote it again with: fitstream promote RUN")
 
     return check
-
-
-def _identity(path: str) -> tuple[int, int, int, int]:
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        raise PromotionRefused(f"checkpoint missing: {path}") from None
-    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 class Promoter:
@@ -240,6 +232,9 @@ class Promoter:
                         "run_id": event.run_id, "epoch": event.epoch, "path": event.path, "monitor": event.monitor,
                         "value": event.value, "sha256": event.sha256,
                     })
+                    if self.load_check is not None:
+                        # Loaded while training goes on: the answer is ready when EarlyStopping fires.
+                        self.load_check.prefetch(event.path)
         # Promotions after the facts are committed: a crash in between redoes them on redelivery.
         for event in events:
             if isinstance(event, ev.EarlyStopped) and self._settings(event.run_id).get("on_early_stop", True):
