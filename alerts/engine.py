@@ -46,21 +46,38 @@ STALL_CHECK_S = 2.0
 
 
 def build_channels(rules: RulesFile, environ: dict[str, str] | None = None) -> dict[str, Channel]:
-    """Channels with their URLs and secrets read from the environment (never from the rules file)."""
+    """Channels with their URLs and secrets read from the environment or secrets files (never from
+    the rules file, never logged)."""
     environ = dict(os.environ if environ is None else environ)
     channels: dict[str, Channel] = {}
     for name, spec in rules.channels.items():
-        url = environ.get(spec.url_env)
-        if not url:
-            raise ConfigurationError(f"channel {name!r}: environment variable {spec.url_env} is not set")
+        url = _secret(name, "URL", spec.url_env, spec.url_file, environ)
+        assert url is not None
         if spec.type == "slack":
             channels[name] = SlackChannel(name, url=url, rate_per_minute=spec.rate_per_minute)
         else:
-            secret = environ.get(spec.secret_env) if spec.secret_env else None
-            if spec.secret_env and not secret:
-                raise ConfigurationError(f"channel {name!r}: environment variable {spec.secret_env} is not set")
+            secret = _secret(name, "secret", spec.secret_env, spec.secret_file, environ)
             channels[name] = WebhookChannel(name, url=url, secret=secret, rate_per_minute=spec.rate_per_minute)
     return channels
+
+
+def _secret(channel: str, what: str, variable: str | None, path: str | None, environ: dict[str, str]) -> str | None:
+    """A channel's URL or secret from its variable or file; an error names where, never the value."""
+    if variable is not None:
+        value = environ.get(variable)
+        if not value:
+            raise ConfigurationError(f"channel {channel!r}: environment variable {variable} (its {what}) is not set")
+        return value
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = handle.read().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"channel {channel!r}: cannot read its {what} from {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigurationError(f"channel {channel!r}: {path} (its {what}) is empty")
+    return value
 
 
 def _upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], update: list[str]) -> None:

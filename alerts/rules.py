@@ -5,6 +5,7 @@ Rules file (``FITSTREAM_ALERT_RULES``)::
     channels:
       team-slack: {type: slack, url_env: SLACK_WEBHOOK_URL}
       ops: {type: webhook, url_env: OPS_WEBHOOK_URL, secret_env: OPS_WEBHOOK_SECRET}
+      oncall: {type: slack, url_file: /run/secrets/oncall_slack_webhook}
     rules:
       - name: val-loss-high
         match: {job: "digits-*"}
@@ -51,15 +52,25 @@ class _Strict(BaseModel):
 
 
 class Channel(_Strict):
+    """Where alerts go. The URL (and a webhook's HMAC secret) never appear in the rules file: they
+    come from an environment variable (``url_env``) or a file (``url_file``, e.g. a Docker or
+    Kubernetes secret mounted at ``/run/secrets/…``)."""
+
     type: Literal["slack", "webhook"]
-    url_env: str = Field(min_length=1, description="Environment variable holding the URL (never the URL itself).")
+    url_env: str | None = Field(default=None, min_length=1, description="Environment variable holding the URL.")
+    url_file: str | None = Field(default=None, min_length=1, description="File holding the URL (a mounted secret).")
     secret_env: str | None = Field(default=None, description="Webhook only: variable holding the HMAC secret.")
+    secret_file: str | None = Field(default=None, description="Webhook only: file holding the HMAC secret.")
     rate_per_minute: int = Field(default=60, ge=1)
 
     @model_validator(mode="after")
-    def _secret_only_for_webhooks(self) -> "Channel":
-        if self.secret_env and self.type != "webhook":
-            raise ValueError("secret_env is only for type: webhook")
+    def _one_source_each(self) -> "Channel":
+        if (self.url_env is None) == (self.url_file is None):
+            raise ValueError("give the URL's source as exactly one of url_env (a variable) or url_file (a secrets file)")
+        if (self.secret_env or self.secret_file) and self.type != "webhook":
+            raise ValueError("secret_env / secret_file are only for type: webhook")
+        if self.secret_env and self.secret_file:
+            raise ValueError("give the secret as secret_env or secret_file, not both")
         return self
 
 

@@ -296,3 +296,34 @@ def test_alerts_test_and_list_commands(settings, engine, slack, hook, tmp_path):
         wait_for(lambda: len(slack.accepted) == 2, message="one alert delivered")
     listed = json.loads(run_cli("alerts", "list", "--state", "firing", "--json", env_extra=env).stdout)
     assert [(a["rule"], a["run_id"], a["state"], a["status"], a["attempts"]) for a in listed] == [("val-loss-high", "l1", "firing", "delivered", 1)]
+
+
+def test_channels_read_their_url_and_secret_from_secrets_files(settings, hook, tmp_path):
+    # Docker / Kubernetes secrets: one file each, mounted read-only; the rules file names the files only.
+    from tests.conftest import run_cli
+
+    (tmp_path / "ops_url").write_text(hook.url + "\n")
+    (tmp_path / "ops_secret").write_text(WEBHOOK_SECRET + "\n")
+    rules = {
+        "channels": {"ops": {"type": "webhook", "url_file": str(tmp_path / "ops_url"), "secret_file": str(tmp_path / "ops_secret")}},
+        "rules": [{"name": "life", "on": ["run_failed"], "channels": ["ops"]}],
+    }
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(yaml.safe_dump(rules))
+    env = {**settings_env(settings), "FITSTREAM_ALERT_RULES": str(rules_path)}
+    result = run_cli("alerts", "test", "ops", env_extra=env)
+    assert "sent a test message to ops" in result.stderr and len(hook.accepted) == 1
+    request = hook.accepted[0]
+    headers = request["headers"]
+    expected = hmac.new(WEBHOOK_SECRET.encode(), headers["X-Fitstream-Timestamp"].encode() + b"." + request["body"], hashlib.sha256).hexdigest()
+    assert headers["X-Fitstream-Signature"] == "sha256=" + expected
+    assert WEBHOOK_SECRET not in result.stderr + result.stdout and hook.url not in result.stderr + result.stdout
+
+    (tmp_path / "ops_secret").unlink()
+    missing = run_cli("alerts", "test", "ops", env_extra=env, check=False)
+    said = " ".join(missing.stderr.split())  # the error printer wraps long lines
+    assert missing.returncode == 1 and f"channel 'ops': cannot read its secret from {tmp_path / 'ops_secret'}: No such file" in said
+    rules["channels"]["ops"]["url_env"] = "OPS_WEBHOOK_URL"  # two sources for one URL
+    rules_path.write_text(yaml.safe_dump(rules))
+    both = run_cli("alerts", "test", "ops", env_extra=env, check=False)
+    assert both.returncode == 1 and "exactly one of url_env (a variable) or url_file" in " ".join(both.stderr.split())
