@@ -99,6 +99,8 @@ class Alerter:
     """Consumer-group handler: evaluates the rules on each event and writes the outbox."""
 
     group = GROUP
+    #: Rule state machines need a run's events in order: one alerter of the group leads, others stand by.
+    ordered = True
 
     def __init__(self, engine: Engine, rules: RulesFile) -> None:
         require_head(engine)

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 import redis
 
 from pipeline.jobs import JobSpec, parse_spec, spec_to_json
+from pipeline.lease import RedisLease
 
 KEY_PREFIX = "fitstream"
 #: Job records outlive their run for a week (resume, watch, audits).
 JOB_TTL_S = 7 * 24 * 3600
 
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
 @dataclass(frozen=True)
@@ -92,24 +91,8 @@ class JobStore:
         return raw.decode() if raw is not None else None
 
 
-class RunLease:
+class RunLease(RedisLease):
     """A lease on one run: only its holder trains it. Renew it well within ``ttl_s``."""
 
     def __init__(self, client: redis.Redis, run_id: str, *, owner: str, ttl_s: float, prefix: str = KEY_PREFIX) -> None:
-        self.client = client
-        self.key = f"{prefix}:lease:{run_id}"
-        self.owner = owner
-        self.ttl_ms = int(ttl_s * 1000)
-
-    def acquire(self) -> bool:
-        return bool(self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms))
-
-    def renew(self) -> bool:
-        return bool(self.client.eval(_RENEW, 1, self.key, self.owner, self.ttl_ms))
-
-    def release(self) -> None:
-        self.client.eval(_RELEASE, 1, self.key, self.owner)
-
-    def holder(self) -> str | None:
-        raw = self.client.get(self.key)
-        return raw.decode() if raw is not None else None
+        super().__init__(client, f"{prefix}:lease:{run_id}", owner=owner, ttl_s=ttl_s)

@@ -327,3 +327,54 @@ def test_channels_read_their_url_and_secret_from_secrets_files(settings, hook, t
     rules_path.write_text(yaml.safe_dump(rules))
     both = run_cli("alerts", "test", "ops", env_extra=env, check=False)
     assert both.returncode == 1 and "exactly one of url_env (a variable) or url_file" in " ".join(both.stderr.split())
+
+
+class DyingAlerter(Alerter):
+    """Dies (the thread ends, as a killed process would) in its third batch, before committing it."""
+
+    calls = 0
+
+    def handle(self, batch):
+        self.calls += 1
+        if self.calls == 3:
+            raise SystemExit("killed mid-batch")
+        super().handle(batch)
+
+
+def test_two_alerters_in_one_group_alert_each_incident_once_in_order(settings, engine):
+    # Events of one run must meet the rule state machine in order; two alerters reading one group
+    # must not split a run's events between them: one leads, the other stands by, and takes over
+    # the dead leader's unfinished batch before anything newer.
+    stream = EventStream(settings=settings)
+    stream.ensure_group("alerter")
+    runs = [f"pair-{i:02d}" for i in range(20)]
+    values = [0.4, 0.6, 0.7, 0.8, 0.9, 0.3, 0.2]  # fires at epoch 2 (2 epochs above 0.5), resolves at epoch 5
+    by_run = {run_id: _run_events(run_id, f"digits-{run_id}", values) for run_id in runs}
+    for step in range(len(values) + 1):  # interleaved, as concurrent trainings publish
+        stream.publish([by_run[run_id][step] for run_id in runs])
+    rules = parse_rules(_rules_data())
+    left = ConsumerLoop(DyingAlerter(engine, rules), EventStream(settings=settings), consumer_name="left", batch_size=7)
+    right = ConsumerLoop(Alerter(engine, rules), EventStream(settings=settings), consumer_name="right", batch_size=7)
+    def run_until_killed(loop):
+        try:
+            loop.run()
+        except SystemExit:
+            pass  # what a SIGKILL leaves: the batch read, not acknowledged
+
+    threads = {loop.consumer_name: threading.Thread(target=run_until_killed, args=(loop,), daemon=True) for loop in (left, right)}
+    threads["left"].start()
+    wait_for(lambda: left.handler.calls >= 1, message="left leads")  # right starts as a standby
+    threads["right"].start()
+    try:
+        wait_for(lambda: (g := stream.groups()[0])["lag"] == 0 and g["pending"] == 0, timeout=60, message="all events consumed")
+    finally:
+        for loop in (left, right):
+            loop.stop_event.set()
+        for thread in threads.values():
+            thread.join(timeout=30)
+    assert left.handler.calls == 3 and left.stats.batches == 2, "left died in its third batch"
+    assert right.stats.reclaimed >= 1, "right took over left's unfinished batch"
+    rows = [r for r in _alert_rows(engine) if r.rule == "val-loss-high"]
+    for run_id in runs:
+        mine = [(r.state, json.loads(r.message)["epoch"]) for r in rows if r.run_id == run_id]
+        assert mine == [("firing", 2), ("resolved", 5)], f"{run_id}: {mine}"

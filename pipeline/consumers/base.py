@@ -6,6 +6,11 @@ effect is committed; a consumer that dies leaves its messages pending, and
 another consumer of the same group reclaims them after ``claim_idle_ms``.
 Undecodable payloads go to the dead-letter stream with the reason; they never
 stop the loop.
+
+A handler whose effect depends on the order of a run's events (the alerter's rule state
+machine) sets ``ordered = True``: then one consumer of the group leads (a lease in Redis) and
+the others stand by; a new leader first takes over every message still pending in the group,
+oldest first, before it reads new ones, so no run's events are ever handled out of order.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import redis
 from pipeline import events as ev
 from pipeline.bus import EventStream, StreamMessage
 from pipeline.errors import DatabaseError, InvalidEventError
+from pipeline.lease import RedisLease
 
 log = logging.getLogger(__name__)
 
 TRIM_INTERVAL_S = 30.0
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 30.0
+#: An ordered group's leader renews its lease every round; a standby takes over this long after it died.
+LEADER_TTL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,8 @@ class Received:
 
 
 class Handler(Protocol):
-    """What a consumer does with events. ``handle`` commits its whole batch or raises."""
+    """What a consumer does with events. ``handle`` commits its whole batch or raises.
+    An ``ordered`` handler (attribute, default False) gets its group's events in stream order."""
 
     group: str
 
@@ -99,6 +108,11 @@ class ConsumerLoop:
         self.stats = ConsumerStats()
         self._last_claim = 0.0
         self._last_trim = 0.0
+        self.ordered = bool(getattr(handler, "ordered", False))
+        self._standing_by = False
+        self.leader = RedisLease(
+            stream.client, f"{stream.stream}:{self.group}:leader", owner=self.consumer_name, ttl_s=LEADER_TTL_S,
+        ) if self.ordered else None
 
     # -- running ------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -114,23 +128,61 @@ class ConsumerLoop:
     def run(self, *, idle_exit_after: float | None = None) -> ConsumerStats:
         """Consume until stopped (or, with ``idle_exit_after``, until no message came for that long)."""
         self.stream.ensure_group(self.group)
-        self._drain_own_pending()
+        if not self.ordered:
+            self._drain_own_pending()
         idle_since = time.monotonic()
         delay = RETRY_INITIAL_S
-        while not self.stop_event.is_set():
-            try:
-                count = self.run_once()
-                delay = RETRY_INITIAL_S
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("%s: Redis unavailable (%s); retrying in %.1fs", self.consumer_name, exc, delay)
-                self.stop_event.wait(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            if count:
-                idle_since = time.monotonic()
-            elif idle_exit_after is not None and time.monotonic() - idle_since >= idle_exit_after:
-                break
+        leading = False
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    if self.leader is not None and not (leading := self._lead(leading)):
+                        count = 0
+                        self.stop_event.wait(min(1.0, self.block_ms / 1000))
+                    else:
+                        count = self.run_once()
+                    delay = RETRY_INITIAL_S
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    log.warning("%s: Redis unavailable (%s); retrying in %.1fs", self.consumer_name, exc, delay)
+                    self.stop_event.wait(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                if count:
+                    idle_since = time.monotonic()
+                elif idle_exit_after is not None and time.monotonic() - idle_since >= idle_exit_after:
+                    break
+        finally:
+            if leading and self.leader is not None:
+                try:
+                    self.leader.release()  # the standby takes over now, not a lease period later
+                except redis.RedisError:
+                    pass
         return self.stats
+
+    def _lead(self, leading: bool) -> bool:
+        """Ordered groups: keep (or take) the lead. A new leader first handles every message still
+        pending in the group, oldest first — the old leader's unfinished batch included."""
+        assert self.leader is not None
+        if leading:
+            if self.leader.renew():
+                return True
+            log.warning("%s: lost the lead of group %s to %s; standing by", self.consumer_name, self.group, self.leader.holder())
+            return False
+        if not self.leader.acquire():
+            if not self._standing_by:
+                self._standing_by = True
+                log.info("%s: %s leads group %s; standing by", self.consumer_name, self.leader.holder(), self.group)
+            return False
+        self._standing_by = False
+        log.info("%s: leading group %s", self.consumer_name, self.group)
+        while not self.stop_event.is_set():
+            pending = self.stream.claim_stale(self.group, self.consumer_name, min_idle_ms=0, count=self.batch_size)
+            if not pending:
+                break
+            self.stats.reclaimed += len(pending)
+            self.process(pending)
+            self.leader.renew()
+        return True
 
     def run_once(self) -> int:
         """One round: reclaim stale messages when due, read new ones, process them."""

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from typing import IO, Any, Callable
 
 import fsspec
@@ -68,94 +69,70 @@ class FsspecModelStore(ModelStore):
         except FileNotFoundError:
             raise StoreError(f"checkpoint file not found: {source}") from None
         with reader:
-            size = os.fstat(reader.fileno()).st_size
+            incoming = _Incoming(name, int(version), source, reader, metadata, expected_sha256, check)
             try:
-                if self.local:
-                    return self._put_local(final, reader, size, source, metadata, expected_sha256, check)
-                return self._put_object(final, reader, source, metadata, expected_sha256, check)
+                return self._put_local(final, incoming) if self.local else self._put_object(final, incoming)
             except OSError as exc:
-                raise self._write_error(exc, size) from None
+                raise self._write_error(exc, incoming.size) from None
 
-    def _put_local(
-        self, final: str, reader: IO[bytes], size: int, source: str, metadata: dict[str, Any],
-        expected_sha256: str | None, check: Callable[[], None] | None,
-    ) -> StoredVersion:
+    def _put_local(self, final: str, incoming: _Incoming) -> StoredVersion:
         parent = os.path.dirname(final)
         os.makedirs(parent, exist_ok=True)
         free = shutil.disk_usage(parent).free
-        if free < size + SPACE_MARGIN_BYTES:
+        if free < incoming.size + SPACE_MARGIN_BYTES:
             raise StoreError(
-                f"the model store {self.url} is full: the model needs {_mb(size)}, {_mb(free)} is free "
+                f"the model store {self.url} is full: the model needs {_mb(incoming.size)}, {_mb(free)} is free "
                 "(free some space or point FITSTREAM_MODEL_STORE elsewhere)"
             )
         staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
         try:
             with open(os.path.join(staging, MODEL_FILE), "wb") as writer:
-                sha256, copied = copy_hashing(reader, writer, after_write=start_writeback(writer.fileno()))
+                sha256, copied = copy_hashing(incoming.reader, writer, after_write=start_writeback(writer.fileno()))
                 os.fsync(writer.fileno())
-            full = self._accept(final, source, sha256, copied, metadata, expected_sha256, check)
+            metadata = incoming.accept(sha256, copied)
             with open(os.path.join(staging, METADATA_FILE), "w") as handle:
-                handle.write(json.dumps(full, indent=2, sort_keys=True))
+                handle.write(json.dumps(metadata, indent=2, sort_keys=True))
                 handle.flush()
                 os.fsync(handle.fileno())
             try:
-                os.rename(staging, final)
+                os.rename(staging, final)  # refuses to replace a complete version
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-                return self._same_or_refuse(final, sha256)
+                return self._same_or_refuse(incoming, sha256)
             fsync_directory(parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return self._get_written(final)
+        return self._get_written(incoming)
 
-    def _put_object(
-        self, final: str, reader: IO[bytes], source: str, metadata: dict[str, Any],
-        expected_sha256: str | None, check: Callable[[], None] | None,
-    ) -> StoredVersion:
+    def _put_object(self, final: str, incoming: _Incoming) -> StoredVersion:
         staging = f"{os.path.dirname(final)}/{STAGING_PREFIX}{uuid.uuid4().hex}"
         try:
             self.fs.makedirs(staging, exist_ok=True)
             with self.fs.open(f"{staging}/{MODEL_FILE}", "wb") as writer:
-                sha256, copied = copy_hashing(reader, writer)
-            full = self._accept(final, source, sha256, copied, metadata, expected_sha256, check)
+                sha256, copied = copy_hashing(incoming.reader, writer)
+            metadata = incoming.accept(sha256, copied)
             if self.fs.exists(f"{final}/{METADATA_FILE}"):
-                return self._same_or_refuse(final, sha256)
+                return self._same_or_refuse(incoming, sha256)
             self.fs.makedirs(final, exist_ok=True)
             self.fs.mv(f"{staging}/{MODEL_FILE}", f"{final}/{MODEL_FILE}")
             with self.fs.open(f"{final}/{METADATA_FILE}", "w") as handle:  # last: the version appears
-                handle.write(json.dumps(full, indent=2, sort_keys=True))
+                handle.write(json.dumps(metadata, indent=2, sort_keys=True))
         finally:
             if self.fs.exists(staging):
                 self.fs.rm(staging, recursive=True)
-        return self._get_written(final)
+        return self._get_written(incoming)
 
-    def _accept(
-        self, final: str, source: str, sha256: str, size: int, metadata: dict[str, Any],
-        expected_sha256: str | None, check: Callable[[], None] | None,
-    ) -> dict[str, Any]:
-        """The copy's checks before it may become visible; returns its metadata."""
-        if expected_sha256 is not None and sha256 != expected_sha256:
-            raise StoreError(
-                f"checksum mismatch for {source}: the file has sha256 {sha256[:12]}…, the checkpoint event "
-                f"recorded {expected_sha256[:12]}… (the file changed after it was written)"
-            )
-        if check is not None:
-            check()
-        name, version = final.rsplit("/", 2)[-2:]
-        return {**metadata, "name": name, "version": int(version[1:]), "sha256": sha256, "size_bytes": size, "file": MODEL_FILE}
-
-    def _same_or_refuse(self, final: str, sha256: str) -> StoredVersion:
-        existing = self._get_written(final)
+    def _same_or_refuse(self, incoming: _Incoming, sha256: str) -> StoredVersion:
+        existing = self._get_written(incoming)
         if existing.sha256 != sha256:
             raise StoreError(f"{existing.name} v{existing.version} already exists with other content (sha256 {existing.sha256[:12]}…)")
         return existing
 
-    def _get_written(self, final: str) -> StoredVersion:
-        name, version = final.rsplit("/", 2)[-2:]
-        stored = self.get(name, int(version[1:]))
+    def _get_written(self, incoming: _Incoming) -> StoredVersion:
+        stored = self.get(incoming.name, incoming.version)
         if stored is None:
-            raise StoreError(f"{name} {version} did not appear in {self.url} after it was written")
+            raise StoreError(f"{incoming.name} v{incoming.version} did not appear in {self.url} after it was written")
         return stored
 
     def _write_error(self, exc: OSError, size: int) -> StoreError:
@@ -212,6 +189,34 @@ class FsspecModelStore(ModelStore):
         for entry in stale:
             self.fs.rm(entry, recursive=True)
         return len(stale)
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    """A file on its way into the store, and what it must pass before it becomes visible."""
+
+    name: str
+    version: int
+    source: str
+    reader: IO[bytes]
+    metadata: dict[str, Any]
+    expected_sha256: str | None
+    check: Callable[[], None] | None
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.reader.fileno()).st_size
+
+    def accept(self, sha256: str, size: int) -> dict[str, Any]:
+        """Run the checks on the complete copy; returns the version's metadata."""
+        if self.expected_sha256 is not None and sha256 != self.expected_sha256:
+            raise StoreError(
+                f"checksum mismatch for {self.source}: the file has sha256 {sha256[:12]}…, the checkpoint event "
+                f"recorded {self.expected_sha256[:12]}… (the file changed after it was written)"
+            )
+        if self.check is not None:
+            self.check()
+        return {**self.metadata, "name": self.name, "version": self.version, "sha256": sha256, "size_bytes": size, "file": MODEL_FILE}
 
 
 def _mb(size: int) -> str:
