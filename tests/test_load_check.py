@@ -62,3 +62,39 @@ def test_a_helper_killed_mid_load_is_replaced_and_asked_again(checker, tmp_path)
     for process in list(checker._pool._processes.values()):
         process.kill()
     assert checker.result(pending) is None
+
+
+class RecordingCheck(KerasLoadCheck):
+    """Records what the promoter asks to load ahead (a unit test of its policy: nothing is loaded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.prefetched = []
+
+    def warm(self):
+        pass
+
+    def prefetch(self, path):
+        self.prefetched.append(path)
+
+
+def test_the_promoter_loads_ahead_only_checkpoints_that_may_be_promoted(sqlite_url, tmp_path):
+    from pipeline import events as ev
+    from pipeline.consumers.base import Received
+    from pipeline.consumers.promoter import Promoter
+    from pipeline.db import migrate
+    from pipeline.db.session import make_engine
+    from pipeline.store import open_store
+
+    migrate.upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    check = RecordingCheck()
+    promoter = Promoter(engine, open_store(str(tmp_path / "store")), load_check=check)
+    values = {"r1": [0.5, 0.4, 0.45, 0.3], "r2": [0.9, 0.95]}  # val_loss: lower is better
+    batch = [
+        Received(f"{i}-{j}", ev.build(ev.CheckpointSaved, run_id=run_id, seq=j + 1, path=f"/ckpt/{run_id}-{j}.keras", epoch=j, monitor="val_loss", value=v), "")
+        for i, (run_id, vals) in enumerate(values.items()) for j, v in enumerate(vals)
+    ]
+    promoter.handle(batch)
+    assert check.prefetched == ["/ckpt/r1-0.keras", "/ckpt/r1-1.keras", "/ckpt/r1-3.keras", "/ckpt/r2-0.keras"]
+    engine.dispose()

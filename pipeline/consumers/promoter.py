@@ -42,6 +42,8 @@ CHAMPION = "champion"
 LATEST = "latest"
 #: Sequence numbers of the promoter's own events for a run (below the first training attempt's block).
 PROMOTION_SEQ = 999_000
+#: Runs whose best checkpoint value the promoter remembers (the oldest is forgotten first).
+BEST_SEEN_RUNS = 10_000
 
 
 class PromotionRefused(FitstreamError):
@@ -209,6 +211,7 @@ class Promoter:
         self.store = store
         self.publish = publish
         self.load_check = load_check
+        self._best_seen: dict[str, float] = {}  # run → best checkpoint value seen (to prefetch only improvements)
         if load_check is not None:
             load_check.warm()
 
@@ -232,15 +235,28 @@ class Promoter:
                         "run_id": event.run_id, "epoch": event.epoch, "path": event.path, "monitor": event.monitor,
                         "value": event.value, "sha256": event.sha256,
                     })
-                    if self.load_check is not None:
-                        # Loaded while training goes on: the answer is ready when EarlyStopping fires.
-                        self.load_check.prefetch(event.path)
+                    self._prefetch(event)
         # Promotions after the facts are committed: a crash in between redoes them on redelivery.
         for event in events:
             if isinstance(event, ev.EarlyStopped) and self._settings(event.run_id).get("on_early_stop", True):
                 self._promote(event.run_id, best_epoch=event.best_epoch, metric=event.monitor, mode=event.mode)
             elif isinstance(event, ev.RunFinished) and event.status == "completed" and self._settings(event.run_id).get("on_complete"):
                 self._promote(event.run_id, best_epoch=event.best_epoch, metric=event.monitor, mode=None)
+
+    def _prefetch(self, event: ev.CheckpointSaved) -> None:
+        """Load a checkpoint while training goes on, so the answer is ready when EarlyStopping fires —
+        only one that may be promoted: the best so far of its run (every one when it has no value)."""
+        if self.load_check is None:
+            return
+        if event.value is not None:
+            rule = Monitor(event.monitor or "val_loss")
+            best = self._best_seen.get(event.run_id)
+            if not rule.is_improvement(event.value, best):
+                return
+            self._best_seen[event.run_id] = event.value
+            if len(self._best_seen) > BEST_SEEN_RUNS:
+                self._best_seen.pop(next(iter(self._best_seen)))
+        self.load_check.prefetch(event.path)
 
     @staticmethod
     def _run(
