@@ -214,5 +214,11 @@ def test_failed_runs_are_not_promoted_unless_forced(settings, engine, tmp_path):
     store = open_store(settings.model_store_url)
     with pytest.raises(PromotionRefused, match="ended failed; promote it anyway with --force"):
         promote_run(engine, store, "f1")
-    assert promote_run(engine, store, "f1", force=True).version == 1
+    # By hand, through the CLI (which loads the checkpoint with Keras in its helper process too).
+    env = {**settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url}
+    refused = run_cli("promote", "f1", env_extra=env, check=False)
+    assert refused.returncode == 1 and "ended failed; promote it anyway with --force" in " ".join(refused.stderr.split())
+    forced = run_cli("promote", "f1", "--force", "--alias", "audit", env_extra=env)
+    assert "careful v1 registered and is the champion" in forced.stderr
+    assert describe(engine, "careful@audit")["run_id"] == "f1" and store.versions("careful") == [1]
     assert running.loop.stats.batch_fallbacks == 0
