@@ -12,9 +12,19 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import redis
 
+log = logging.getLogger(__name__)
+
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_ACQUIRE_REENTRANT = (
+    "local holder = redis.call('get', KEYS[1]) "
+    "if holder == false then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 "
+    "elseif holder == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
@@ -27,8 +37,10 @@ class RedisLease:
         self.owner = owner
         self.ttl_ms = int(ttl_s * 1000)
 
-    def acquire(self) -> bool:
-        """Take the lease if nobody holds it."""
+    def acquire(self, *, reentrant: bool = False) -> bool:
+        """Take the lease if nobody holds it (or, ``reentrant``, if this owner already does)."""
+        if reentrant:
+            return bool(self.client.eval(_ACQUIRE_REENTRANT, 1, self.key, self.owner, self.ttl_ms))
         return bool(self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms))
 
     def renew(self) -> bool:
@@ -42,3 +54,29 @@ class RedisLease:
     def holder(self) -> str | None:
         raw = self.client.get(self.key)
         return raw.decode() if raw is not None else None
+
+
+class LeaseKeeper:
+    """Renews a held lease every third of its lifetime from a thread of its own, so a long piece of
+    work never outlives it; ``lost`` is set once the lease is somebody else's."""
+
+    def __init__(self, lease: RedisLease) -> None:
+        self.lease = lease
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{lease.key}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease.ttl_ms / 3000):
+            try:
+                if not self.lease.renew():
+                    log.warning("lease %s is no longer held by %s", self.lease.key, self.lease.owner)
+                    self.lost.set()
+                    return
+            except redis.RedisError as exc:
+                log.warning("could not renew lease %s: %s", self.lease.key, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -37,6 +37,18 @@ def test_put_hashes_while_copying_and_records_metadata(store, model_file, tmp_pa
     assert hashlib.sha256(open(copy, "rb").read()).hexdigest() == sha
 
 
+def test_a_local_version_is_readable_by_other_users(tmp_path, model_file):
+    store = open_store(str(tmp_path / "model-store"))
+    old_umask = os.umask(0o022)
+    try:
+        store.put("digits", 1, str(model_file), {})
+    finally:
+        os.umask(old_umask)
+    version_dir = tmp_path / "model-store" / "digits" / "v1"
+    assert oct(version_dir.stat().st_mode & 0o777) == "0o755"
+    assert oct((version_dir / "model.keras").stat().st_mode & 0o777) == "0o644"
+
+
 def test_put_is_idempotent_and_versions_are_immutable(store, model_file, tmp_path):
     first = store.put("digits", 1, str(model_file), {"run_id": "r1"})
     again = store.put("digits", 1, str(model_file), {"run_id": "r1"})

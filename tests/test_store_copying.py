@@ -71,3 +71,25 @@ def test_writeback_on_a_real_file(tmp_path):
         os.fsync(writer.fileno())
     assert target.read_bytes() == source.read_bytes() and size == 3 << 20
     assert sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_an_error_while_hashing_stops_every_thread(monkeypatch):
+    # The reader may be blocked on a full queue when the hashing side fails (e.g. Ctrl-C): it must not hang.
+    import threading
+
+    import pipeline.store.copying as copying
+
+    class ExplodingDigest:
+        def __init__(self):
+            self.calls = 0
+
+        def update(self, block):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(copying.hashlib, "sha256", ExplodingDigest)
+    before = threading.active_count()
+    with pytest.raises(KeyboardInterrupt):
+        copy_hashing(io.BytesIO(os.urandom(64 * 1024)), io.BytesIO(), chunk_bytes=1000)  # 65 chunks > queue depth
+    assert threading.active_count() == before

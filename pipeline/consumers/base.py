@@ -29,7 +29,7 @@ import redis
 from pipeline import events as ev
 from pipeline.bus import EventStream, StreamMessage
 from pipeline.errors import DatabaseError, InvalidEventError
-from pipeline.lease import RedisLease
+from pipeline.lease import LeaseKeeper, RedisLease
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class ConsumerLoop:
         self._last_trim = 0.0
         self.ordered = bool(getattr(handler, "ordered", False))
         self._standing_by = False
+        self._keeper: LeaseKeeper | None = None
         self.leader = RedisLease(
             stream.client, f"{stream.stream}:{self.group}:leader", owner=self.consumer_name, ttl_s=LEADER_TTL_S,
         ) if self.ordered else None
@@ -152,6 +153,7 @@ class ConsumerLoop:
                 elif idle_exit_after is not None and time.monotonic() - idle_since >= idle_exit_after:
                     break
         finally:
+            self._stop_keeping()
             if leading and self.leader is not None:
                 try:
                     self.leader.release()  # the standby takes over now, not a lease period later
@@ -164,25 +166,31 @@ class ConsumerLoop:
         pending in the group, oldest first — the old leader's unfinished batch included."""
         assert self.leader is not None
         if leading:
-            if self.leader.renew():
+            if self._keeper is not None and not self._keeper.lost.is_set():
                 return True
+            self._stop_keeping()
             log.warning("%s: lost the lead of group %s to %s; standing by", self.consumer_name, self.group, self.leader.holder())
             return False
-        if not self.leader.acquire():
+        if not self.leader.acquire(reentrant=True):
             if not self._standing_by:
                 self._standing_by = True
                 log.info("%s: %s leads group %s; standing by", self.consumer_name, self.leader.holder(), self.group)
             return False
         self._standing_by = False
+        self._keeper = LeaseKeeper(self.leader)
         log.info("%s: leading group %s", self.consumer_name, self.group)
-        while not self.stop_event.is_set():
+        while not self.stop_event.is_set() and not self._keeper.lost.is_set():
             pending = self.stream.claim_stale(self.group, self.consumer_name, min_idle_ms=0, count=self.batch_size)
             if not pending:
                 break
             self.stats.reclaimed += len(pending)
             self.process(pending)
-            self.leader.renew()
         return True
+
+    def _stop_keeping(self) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
 
     def run_once(self) -> int:
         """One round: reclaim stale messages when due, read new ones, process them."""
@@ -220,6 +228,8 @@ class ConsumerLoop:
         """Decode, dead-letter the invalid, handle the rest in one commit, then acknowledge all."""
         if not messages:
             return 0
+        if self._keeper is not None and self._keeper.lost.is_set():
+            return 0  # no longer the leader: the new one takes these over, in order
         received: list[Received] = []
         for message in messages:
             try:

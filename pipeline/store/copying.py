@@ -82,6 +82,10 @@ def copy_hashing(
             writes.put(block)
             digest.update(block)
             size += len(block)
+    except BaseException as exc:  # e.g. Ctrl-C: stop the reader, which may be waiting on a full queue
+        failures.append(exc)
+        while reads.get() is not _END:
+            pass
     finally:
         writes.put(_END)
         for thread in threads:

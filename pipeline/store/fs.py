@@ -24,7 +24,6 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import IO, Any, Callable
@@ -84,7 +83,8 @@ class FsspecModelStore(ModelStore):
                 f"the model store {self.url} is full: the model needs {_mb(incoming.size)}, {_mb(free)} is free "
                 "(free some space or point FITSTREAM_MODEL_STORE elsewhere)"
             )
-        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
+        staging = os.path.join(parent, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+        os.mkdir(staging)  # the umask's permissions (mkdtemp's 0700 would hide versions from other users)
         try:
             with open(os.path.join(staging, MODEL_FILE), "wb") as writer:
                 sha256, copied = copy_hashing(incoming.reader, writer, after_write=start_writeback(writer.fileno()))
