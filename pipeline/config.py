@@ -51,6 +51,8 @@ class Settings(BaseSettings):
         consumer_block_ms: How long a consumer's read waits for new messages. Default 1,000.
         claim_idle_ms: A message pending this long on a consumer is presumed lost with
             that consumer and is reclaimed by another one. Default 60,000.
+        leader_ttl_seconds: Groups that need their events in order (alerter, promoter) have one
+            leader; a standby takes over this long after the leader died. Default 10.
         allowed_modules: Comma-separated module prefixes that job specs may name for their
             model, data and callbacks. Default ``examples`` (the bundled examples).
         max_job_seconds: Longest a training job may run; Celery's visibility timeout is set
@@ -82,6 +84,7 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(default=2000, ge=1, le=100_000)
     consumer_block_ms: int = Field(default=1000, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=100)
+    leader_ttl_seconds: float = Field(default=10.0, gt=0)
     allowed_modules: str = "examples"
     max_job_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     lease_ttl_seconds: float = Field(default=60.0, gt=0)

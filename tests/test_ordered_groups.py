@@ -7,7 +7,6 @@ import time
 
 import redis
 
-import pipeline.consumers.base as base
 from pipeline import events as ev
 from pipeline.bus import EventStream
 from pipeline.config import Settings
@@ -45,9 +44,8 @@ class SlowOrderedHandler:
         self.seen.extend(r.event.seq for r in batch)
 
 
-def test_a_leader_busy_longer_than_its_lease_keeps_the_lead(redis_url, stream_name, monkeypatch, tmp_path):
-    monkeypatch.setattr(base, "LEADER_TTL_S", 0.5)
-    settings = Settings(redis_url=redis_url, stream=stream_name, home=tmp_path, consumer_block_ms=100)
+def test_a_leader_busy_longer_than_its_lease_keeps_the_lead(redis_url, stream_name, tmp_path):
+    settings = Settings(redis_url=redis_url, stream=stream_name, home=tmp_path, consumer_block_ms=100, leader_ttl_seconds=0.5)
     stream = EventStream(settings=settings)
     stream.ensure_group("ordered-test")
     stream.publish([ev.build(ev.EpochEnd, run_id="r", seq=i, epoch=i, metrics={"loss": 1.0}) for i in range(1, 41)])

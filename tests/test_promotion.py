@@ -182,7 +182,7 @@ def test_promoter_killed_mid_copy_then_restarted_leaves_exactly_one_version(sett
     path = tmp_path / "ckpt.keras"
     sha = _keras_file(path, 3)
     _publish_run(stream, "crashy", "resilient", path, sha, 0.2)
-    env = {**os.environ, **settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url, "FITSTREAM_CLAIM_IDLE_MS": "1000"}
+    env = {**os.environ, **settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url, "FITSTREAM_CLAIM_IDLE_MS": "1000", "FITSTREAM_LEADER_TTL_SECONDS": "1"}
     doomed = subprocess.run([sys.executable, "-m", "tests.promoter_crash"], env=env, cwd=REPO, capture_output=True, timeout=120)
     assert doomed.returncode == -9, doomed.stderr[-2000:]
     store = open_store(settings.model_store_url)
@@ -251,7 +251,7 @@ def test_a_promoter_sigkilled_in_the_middle_of_a_real_copy_leaves_nothing_visibl
     # This file is no real Keras model: the Keras load is tested elsewhere; here only the copy matters.
     env = {
         **os.environ, **settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url,
-        "FITSTREAM_CLAIM_IDLE_MS": "1000", "FITSTREAM_PROMOTER_LOAD_CHECK": "false",
+        "FITSTREAM_CLAIM_IDLE_MS": "1000", "FITSTREAM_LEADER_TTL_SECONDS": "1", "FITSTREAM_PROMOTER_LOAD_CHECK": "false",
     }
     store_dir = settings.model_store_url + "/resilient-real"
     doomed = subprocess.Popen(
@@ -281,3 +281,27 @@ def test_a_promoter_sigkilled_in_the_middle_of_a_real_copy_leaves_nothing_visibl
     assert store.versions("resilient-real") == [1]
     assert [(v["version"], v["run_id"], v["sha256"], v["size_bytes"]) for v in list_versions(engine, "resilient-real")] == [(1, "killed-copy", sha, size)]
     assert store.discard_staging("resilient-real") == 1  # the killed copy's staging folder, never visible
+
+
+def test_versions_left_unregistered_in_the_store_are_reused_by_their_run_or_skipped(settings, engine, tmp_path):
+    # A promoter that died between copying a version and registering it leaves it in the store only.
+    from pipeline.consumers.promoter import promote_run
+
+    stream = EventStream(settings=settings)
+    stream.ensure_group("promoter")
+    files = {}
+    for seed, run_id in enumerate(("a", "b", "gone")):
+        path = tmp_path / f"{run_id}.keras"
+        files[run_id] = (path, _keras_file(path, seed))
+        stream.publish([
+            ev.build(ev.RunStarted, run_id=run_id, seq=0, name="orphans"),
+            ev.build(ev.CheckpointSaved, run_id=run_id, seq=1, path=str(path), epoch=1, monitor="val_loss", value=0.5 - seed / 10, sha256=files[run_id][1]),
+        ])
+    with PromoterThread(settings, engine):
+        wait_for(lambda: stream.groups()[0]["lag"] == 0 and stream.groups()[0]["pending"] == 0, message="events consumed")
+    store = open_store(settings.model_store_url)
+    store.put("orphans", 1, str(files["b"][0]), {"run_id": "b"})      # b's own, interrupted
+    store.put("orphans", 2, str(files["gone"][0]), {"run_id": "gone"})  # somebody else's
+    assert promote_run(engine, store, "b").version == 1  # its own copy, registered at last
+    assert promote_run(engine, store, "a").version == 3  # past the unregistered v2, not refused
+    assert [(v["version"], v["run_id"]) for v in list_versions(engine, "orphans")] == [(1, "b"), (3, "a")]

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 TRIM_INTERVAL_S = 30.0
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 30.0
-#: An ordered group's leader renews its lease every round; a standby takes over this long after it died.
-LEADER_TTL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ class ConsumerLoop:
         self._standing_by = False
         self._keeper: LeaseKeeper | None = None
         self.leader = RedisLease(
-            stream.client, f"{stream.stream}:{self.group}:leader", owner=self.consumer_name, ttl_s=LEADER_TTL_S,
+            stream.client, f"{stream.stream}:{self.group}:leader", owner=self.consumer_name, ttl_s=settings.leader_ttl_seconds,
         ) if self.ordered else None
 
     # -- running ------------------------------------------------------------------

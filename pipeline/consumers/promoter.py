@@ -33,7 +33,7 @@ from pipeline.db.models import SqlModelAlias, SqlModelVersion, SqlPromoterCheckp
 from pipeline.db.session import transaction
 from pipeline.errors import FitstreamError
 from pipeline.monitor import Monitor
-from pipeline.store import ModelStore, StoreError
+from pipeline.store import ModelStore, StoreError, VersionTakenError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ CHAMPION = "champion"
 LATEST = "latest"
 #: Sequence numbers of the promoter's own events for a run (below the first training attempt's block).
 PROMOTION_SEQ = 999_000
+#: Version numbers tried when other promotions take them first.
+VERSION_ATTEMPTS = 3
 #: Runs whose best checkpoint value the promoter remembers (the oldest is forgotten first).
 BEST_SEEN_RUNS = 10_000
 
@@ -133,21 +135,23 @@ def promote_run(
         return Promotion(model_name, existing.version, False, None, None, created=False)
 
     check_keras_file(chosen.path)
-    with transaction(engine) as conn:
-        version = (conn.execute(sa.select(sa.func.max(table.c.version)).where(table.c.name == model_name)).scalar() or 0) + 1
     metadata = {
         "run_id": run_id, "epoch": chosen.epoch, "metric": metric, "mode": mode, "value": chosen.value,
         "source_path": chosen.path, "spec_hash": run.spec_hash if run else None,
         "data_fingerprint": run.data_fingerprint if run else None,
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
-    try:
-        stored = store.put(
-            model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256,
-            check=_loads_in_keras(chosen.path, load_check) if load_check is not None else None,
-        )
-    except StoreError as exc:
-        raise PromotionRefused(str(exc)) from None
+    check = _loads_in_keras(chosen.path, load_check) if load_check is not None else None
+    for attempt in range(VERSION_ATTEMPTS):
+        version = _version_for(engine, store, model_name, run_id)
+        try:
+            stored = store.put(model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256, check=check)
+            break
+        except VersionTakenError as exc:
+            if attempt == VERSION_ATTEMPTS - 1:
+                raise PromotionRefused(f"{exc}; {VERSION_ATTEMPTS} version numbers were taken meanwhile") from None
+        except StoreError as exc:
+            raise PromotionRefused(str(exc)) from None
 
     alias_table = SqlModelAlias.__table__
     with transaction(engine) as conn:
@@ -180,6 +184,22 @@ def promote_run(
     )
 
 
+def _version_for(engine: Engine, store: ModelStore, name: str, run_id: str) -> int:
+    """The version number for ``run_id``'s model: the one an interrupted promotion of this run left
+    in the store without registering it, else the next one free both in SQL and in the store."""
+    table = SqlModelVersion.__table__
+    with transaction(engine) as conn:
+        registered = conn.execute(sa.select(sa.func.max(table.c.version)).where(table.c.name == name)).scalar() or 0
+    stored = store.versions(name)
+    for version in reversed(stored):
+        if version <= registered:
+            break
+        left = store.get(name, version)
+        if left is not None and left.metadata.get("run_id") == run_id:
+            return version
+    return max([registered, *stored]) + 1
+
+
 def _loads_in_keras(path: str, load_check: KerasLoadCheck) -> Callable[[], None]:
     """Start loading ``path`` now, unless it was loaded as it is (on its ``checkpoint_saved``);
     the returned check waits for the answer and refuses a file that did not load or changed."""
@@ -201,6 +221,8 @@ class Promoter:
     """Consumer-group handler: remembers checkpoints, promotes on early stopping (or completion)."""
 
     group = GROUP
+    #: One promoter of the group works at a time (others stand by): two never race for a version number.
+    ordered = True
 
     def __init__(
         self, engine: Engine, store: ModelStore, *, publish: Callable[[list[Any]], object] | None = None,

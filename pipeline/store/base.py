@@ -25,6 +25,10 @@ class StoreError(FitstreamError):
     a version that exists with other content, a checksum that does not match)."""
 
 
+class VersionTakenError(StoreError):
+    """The version number is already taken by other content (another promotion got there first)."""
+
+
 @dataclass(frozen=True)
 class StoredVersion:
     name: str

@@ -31,7 +31,7 @@ from typing import IO, Any, Callable
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.store.base import METADATA_FILE, MODEL_FILE, ModelStore, StoredVersion, StoreError, check_name
+from pipeline.store.base import METADATA_FILE, MODEL_FILE, ModelStore, StoredVersion, StoreError, VersionTakenError, check_name
 from pipeline.store.copying import copy_hashing, fsync_directory, start_writeback
 
 STAGING_PREFIX = ".staging-"
@@ -126,7 +126,7 @@ class FsspecModelStore(ModelStore):
     def _same_or_refuse(self, incoming: _Incoming, sha256: str) -> StoredVersion:
         existing = self._get_written(incoming)
         if existing.sha256 != sha256:
-            raise StoreError(f"{existing.name} v{existing.version} already exists with other content (sha256 {existing.sha256[:12]}…)")
+            raise VersionTakenError(f"{existing.name} v{existing.version} already exists with other content (sha256 {existing.sha256[:12]}…)")
         return existing
 
     def _get_written(self, incoming: _Incoming) -> StoredVersion:
