@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -47,9 +49,13 @@ def file_identity(path: str) -> FileIdentity | None:
     return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
+_startup_error: str | None = None  # in the helper: why Keras could not be imported, if it could not
+
+
 def _prepare_helper() -> None:
     """Runs first in the helper: CPU only (a promoter must not take a GPU's memory), few threads and
     low priority (it must not slow a training sharing the machine), quiet logs."""
+    global _startup_error
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
@@ -60,21 +66,38 @@ def _prepare_helper() -> None:
         pass
     try:
         import keras  # noqa: F401  (imported once, while the promoter waits for events)
-    except ImportError:
-        pass  # reported by _load, with what to do
-
-
-def _load(path: str) -> str | None:
-    """In the helper: None if ``path`` loads with ``safe_mode=True``, else the reason."""
-    try:
-        import keras
     except ImportError as exc:
-        return (f"Keras is not installed where the promoter runs ({exc}); install fitstream with TensorFlow "
-                "there, or set FITSTREAM_PROMOTER_LOAD_CHECK=false to check the sha256 and structure only")
+        _startup_error = (f"Keras is not installed where the promoter runs ({exc}); install fitstream with TensorFlow "
+                          "there, or set FITSTREAM_PROMOTER_LOAD_CHECK=false to check the sha256 and structure only")
+    except Exception as exc:  # a broken installation: say so with every answer, rather than crash the helper
+        _startup_error = f"Keras could not be imported where the promoter runs: {type(exc).__name__}: {exc}"
+
+
+class _LoadTimeout(Exception):
+    pass
+
+
+def _on_alarm(_signum: int, _frame: object) -> None:
+    raise _LoadTimeout
+
+
+def _load(path: str, timeout_s: float) -> str | None:
+    """In the helper: None if ``path`` loads with ``safe_mode=True``, else the reason. Each load,
+    prefetched or awaited, is bounded by ``timeout_s`` (SIGALRM in the helper's main thread)."""
+    if _startup_error is not None:
+        return _startup_error
+    import keras
+
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
         keras.saving.load_model(path, compile=False, safe_mode=True)
+    except _LoadTimeout:
+        return f"loading took longer than {timeout_s:g} s (FITSTREAM_PROMOTER_LOAD_TIMEOUT_SECONDS)"
     except Exception as exc:
         return f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
     return None
 
 
@@ -134,10 +157,10 @@ class KerasLoadCheck:
         if known is not None:
             known.future.cancel()  # a superseded checkpoint still waiting: never load it
         try:
-            future = self._executor().submit(_load, path)
+            future = self._executor().submit(_load, path, self.timeout_s)
         except BrokenProcessPool:
             self._replace()
-            future = self._executor().submit(_load, path)
+            future = self._executor().submit(_load, path, self.timeout_s)
         pending = PendingLoad(path, identity, future)
         with self._lock:
             self._answers[path] = pending
@@ -147,23 +170,31 @@ class KerasLoadCheck:
         return pending
 
     def result(self, pending: PendingLoad) -> str | None:
-        """None if the checkpoint loaded, else why it did not."""
+        """None if the checkpoint loaded, else why it did not. Only a success is remembered: a
+        failure (say, out of memory while a training shared the machine) is tried afresh next time."""
         try:
-            return self._wait(pending)
+            answer = self._wait(pending)
         except (BrokenProcessPool, CancelledError):
-            pass  # the helper died of something else (killed, out of memory), or a newer load replaced it
-        try:
-            return self._wait(self.submit(pending.path))
-        except (BrokenProcessPool, CancelledError):
-            self._replace()
-            return "the Keras process crashed while loading it"
+            # The helper died of something else (killed, out of memory), or a newer load replaced it.
+            try:
+                pending = self.submit(pending.path)
+                answer = self._wait(pending)
+            except (BrokenProcessPool, CancelledError):
+                self._replace()
+                answer = "the Keras process crashed while loading it"
+        if answer is not None:
+            with self._lock:
+                if self._answers.get(pending.path) is pending:
+                    del self._answers[pending.path]
+        return answer
 
     def _wait(self, pending: PendingLoad) -> str | None:
+        # Each load is bounded in the helper; this bound covers loads queued ahead and a hung helper.
         try:
-            return pending.future.result(timeout=self.timeout_s)
+            return pending.future.result(timeout=self.timeout_s * 2 + 30)
         except FutureTimeout:
             self._replace()
-            return f"loading took longer than {self.timeout_s:g} s (FITSTREAM_PROMOTER_LOAD_TIMEOUT_SECONDS)"
+            return f"no answer from the Keras process within {self.timeout_s * 2 + 30:g} s; it was replaced"
         except BrokenProcessPool:
             self._replace()
             raise
@@ -181,12 +212,21 @@ class KerasLoadCheck:
                 process.kill()  # a hung load would otherwise outlive the refusal
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 5.0) -> None:
+        """Stop the helper: queued loads are dropped; one still running gets ``grace_s``, then is killed."""
         with self._lock:
             pool, self._pool = self._pool, None
             self._answers.clear()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace_s
+        for process in processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
 
 
 def configured_load_check(settings: Settings) -> KerasLoadCheck | None:
