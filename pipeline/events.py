@@ -211,14 +211,20 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-def build(cls: type[E], *, run_id: str, seq: int, ts: float | None = None, **fields: Any) -> E:
-    """Make an event of type ``cls`` with a fresh id.
+def build(cls: type[E], *, run_id: str, seq: int, ts: float | None = None, event_id: str | None = None, **fields: Any) -> E:
+    """Make an event of type ``cls`` with a fresh id (or ``event_id``, for an event that may be
+    announced again and must stay one event).
 
     Example:
         >>> build(RunFailed, run_id="r1", seq=9, error_type="OSError", message="disk full").type
         'run_failed'
     """
-    return cls(id=new_event_id(), run_id=run_id, seq=seq, ts=time.time() if ts is None else ts, **fields)
+    return cls(id=event_id or new_event_id(), run_id=run_id, seq=seq, ts=time.time() if ts is None else ts, **fields)
+
+
+def stable_event_id(run_id: str, seq: int) -> str:
+    """The same id every time for a run's event ``seq`` (consumers store an event once per id)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"fitstream:{run_id}:{seq}").hex
 
 
 def to_float(value: Any) -> float | None:

@@ -61,6 +61,8 @@ class Promotion:
     previous_champion: int | None
     previous_value: float | None
     created: bool  # False when this run was already registered (redelivery)
+    metric: str | None = None
+    value: float | None = None
 
 
 def check_keras_file(path: str) -> None:
@@ -132,7 +134,11 @@ def promote_run(
     with transaction(engine) as conn:
         existing = conn.execute(sa.select(table).where(table.c.name == model_name, table.c.run_id == run_id)).first()
     if existing is not None:
-        return Promotion(model_name, existing.version, False, None, None, created=False)
+        with transaction(engine) as conn:
+            champion = conn.execute(sa.select(SqlModelAlias.version).where(
+                SqlModelAlias.name == model_name, SqlModelAlias.alias == CHAMPION)).scalar()
+        return Promotion(model_name, existing.version, champion == existing.version, None, None, created=False,
+                         metric=existing.metric, value=existing.value)
 
     check_keras_file(chosen.path)
     metadata = {
@@ -180,7 +186,7 @@ def promote_run(
         )
     return Promotion(
         model_name, version, better, champion_row.version if champion_row else None,
-        champion_row.value if champion_row else None, created=True,
+        champion_row.value if champion_row else None, created=True, metric=metric, value=chosen.value,
     )
 
 
@@ -311,16 +317,21 @@ class Promoter:
             )
         except PromotionRefused as exc:
             log.warning("run %s not promoted: %s", run_id, exc)
-            self._emit(ev.build(ev.PromotionSkipped, run_id=run_id, seq=PROMOTION_SEQ, reason=str(exc)))
+            self._emit(ev.build(
+                ev.PromotionSkipped, run_id=run_id, seq=PROMOTION_SEQ, event_id=ev.stable_event_id(run_id, PROMOTION_SEQ),
+                reason=str(exc),
+            ))
             return
         if result.created:
             log.info("run %s promoted as %s v%d%s", run_id, result.name, result.version, " (champion)" if result.champion else "")
-            self._emit(ev.build(
-                ev.ModelPromoted, run_id=run_id, seq=PROMOTION_SEQ + 1, name=result.name, version=result.version,
-                champion=result.champion, aliases=[LATEST] + ([CHAMPION] if result.champion else []),
-                previous_champion_version=result.previous_champion, previous_champion_value=result.previous_value,
-                metric=kwargs.get("metric"), value=None,
-            ))
+        # Announced again on redelivery (a crash may have come between the commit and the first
+        # announcement); the stable id and seq make consumers keep one.
+        self._emit(ev.build(
+            ev.ModelPromoted, run_id=run_id, seq=PROMOTION_SEQ + 1, event_id=ev.stable_event_id(run_id, PROMOTION_SEQ + 1),
+            name=result.name, version=result.version, champion=result.champion,
+            aliases=[LATEST] + ([CHAMPION] if result.champion else []), previous_champion_version=result.previous_champion,
+            previous_champion_value=result.previous_value, metric=result.metric, value=result.value,
+        ))
 
     def _emit(self, event: ev.Event) -> None:
         if self.publish is not None:
