@@ -47,7 +47,7 @@ STALL_CHECK_S = 2.0
 
 def build_channels(rules: RulesFile, environ: dict[str, str] | None = None) -> dict[str, Channel]:
     """Channels with their URLs and secrets read from the environment or secrets files (never from
-    the rules file, never logged)."""
+    the rules file, never logged). Read once: restart the alerter after rotating a secret."""
     environ = dict(os.environ if environ is None else environ)
     channels: dict[str, Channel] = {}
     for name, spec in rules.channels.items():
@@ -75,6 +75,8 @@ def _secret(channel: str, what: str, variable: str | None, path: str | None, env
             value = handle.read().strip()
     except OSError as exc:
         raise ConfigurationError(f"channel {channel!r}: cannot read its {what} from {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"channel {channel!r}: {path} (its {what}) is not UTF-8 text") from None
     if not value:
         raise ConfigurationError(f"channel {channel!r}: {path} (its {what}) is empty")
     return value

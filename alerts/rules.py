@@ -59,8 +59,8 @@ class Channel(_Strict):
     type: Literal["slack", "webhook"]
     url_env: str | None = Field(default=None, min_length=1, description="Environment variable holding the URL.")
     url_file: str | None = Field(default=None, min_length=1, description="File holding the URL (a mounted secret).")
-    secret_env: str | None = Field(default=None, description="Webhook only: variable holding the HMAC secret.")
-    secret_file: str | None = Field(default=None, description="Webhook only: file holding the HMAC secret.")
+    secret_env: str | None = Field(default=None, min_length=1, description="Webhook only: variable holding the HMAC secret.")
+    secret_file: str | None = Field(default=None, min_length=1, description="Webhook only: file holding the HMAC secret.")
     rate_per_minute: int = Field(default=60, ge=1)
 
     @model_validator(mode="after")

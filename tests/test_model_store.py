@@ -69,6 +69,14 @@ def test_checksum_mismatch_and_missing_file_are_refused_and_leave_nothing(store,
     assert store.discard_staging("digits") == 0  # no partial copy left behind
 
 
+def test_a_checkpoint_that_cannot_be_read_is_not_blamed_on_the_store(store, tmp_path):
+    not_a_file = tmp_path / "not-a-file"
+    not_a_file.mkdir()
+    with pytest.raises(StoreError, match=r"cannot read the checkpoint .*not-a-file: Is a directory"):
+        store.put("digits", 1, str(not_a_file), {})
+    assert store.versions("digits") == []
+
+
 def test_an_interrupted_copy_is_invisible_and_cleaned(store, model_file):
     # What a crash mid-copy leaves: a staging folder with a partial file and no metadata.
     staging = f"{store.root}/digits/.staging-crashed"
@@ -79,6 +87,22 @@ def test_an_interrupted_copy_is_invisible_and_cleaned(store, model_file):
     assert store.discard_staging("digits") == 1
     store.put("digits", 1, str(model_file), {})
     assert store.versions("digits") == [1]
+
+
+def test_only_old_leftovers_are_discarded_when_asked_for_an_age(store, model_file):
+    import time
+
+    for leftover in ("old", "new"):
+        store.fs.makedirs(f"{store.root}/digits/.staging-{leftover}", exist_ok=True)
+        with store.fs.open(f"{store.root}/digits/.staging-{leftover}/model.keras", "wb") as handle:
+            handle.write(b"half")
+    if store.local:  # a day-old leftover (memory:// stamps creation times it does not let us change)
+        os.utime(f"{store.root}/digits/.staging-old", (time.time() - 86400, time.time() - 86400))
+        assert store.discard_staging("digits", older_than_s=3600) == 1
+        assert store.discard_staging("digits", older_than_s=3600) == 0  # the young one may be a copy in progress
+    assert store.discard_staging("digits") == (1 if store.local else 2)
+    store.put("digits", 1, str(model_file), {})
+    assert store.names() == ["digits"] and store.discard_staging("digits", older_than_s=0) == 0
 
 
 def test_bad_names_are_refused(store, model_file):

@@ -308,3 +308,18 @@ def test_versions_left_unregistered_in_the_store_are_reused_by_their_run_or_skip
     assert promote_run(engine, store, "b").version == 1  # its own copy, registered at last
     assert promote_run(engine, store, "a").version == 3  # past the unregistered v2, not refused
     assert [(v["version"], v["run_id"]) for v in list_versions(engine, "orphans")] == [(1, "b"), (3, "a")]
+
+
+def test_a_starting_promoter_clears_day_old_partial_copies_only(settings, engine):
+    import os
+    import time
+
+    store = open_store(settings.model_store_url)
+    for name, age_s in (("digits", 86400), ("digits", 0), ("other", 86400)):
+        folder = f"{store.root}/{name}/.staging-{name}-{age_s}"
+        os.makedirs(folder)
+        (open(f"{folder}/model.keras", "wb")).close()
+        os.utime(folder, (time.time() - age_s, time.time() - age_s))
+    Promoter(engine, store)
+    left = sorted(entry for name in ("digits", "other") for entry in os.listdir(f"{store.root}/{name}"))
+    assert left == [".staging-digits-0"]  # a young one may be a copy in progress

@@ -42,6 +42,8 @@ CHAMPION = "champion"
 LATEST = "latest"
 #: Sequence numbers of the promoter's own events for a run (below the first training attempt's block).
 PROMOTION_SEQ = 999_000
+#: A staging copy this old is a leftover of an interrupted promotion, not a copy in progress.
+STALE_STAGING_S = 6 * 3600
 #: Version numbers tried when other promotions take them first.
 VERSION_ATTEMPTS = 3
 #: Runs whose best checkpoint value the promoter remembers (the oldest is forgotten first).
@@ -242,6 +244,7 @@ class Promoter:
         self._best_seen: dict[str, float] = {}  # run → best checkpoint value seen (to prefetch only improvements)
         if load_check is not None:
             load_check.warm()
+        self._discard_stale_copies()
 
     def handle(self, batch: Sequence[Received]) -> None:
         events = sorted((r.event for r in batch), key=lambda e: (e.run_id, e.seq))
@@ -270,6 +273,16 @@ class Promoter:
                 self._promote(event.run_id, best_epoch=event.best_epoch, metric=event.monitor, mode=event.mode)
             elif isinstance(event, ev.RunFinished) and event.status == "completed" and self._settings(event.run_id).get("on_complete"):
                 self._promote(event.run_id, best_epoch=event.best_epoch, metric=event.monitor, mode=None)
+
+    def _discard_stale_copies(self) -> None:
+        """Remove what promoters killed mid-copy left behind (they are never visible, but take space)."""
+        try:
+            removed = sum(self.store.discard_staging(name, older_than_s=STALE_STAGING_S) for name in self.store.names())
+        except (OSError, StoreError) as exc:
+            log.warning("could not clear old partial copies from the model store: %s", exc)
+            return
+        if removed:
+            log.info("removed %d partial copies left in the model store by interrupted promotions", removed)
 
     def _prefetch(self, event: ev.CheckpointSaved) -> None:
         """Load a checkpoint while training goes on, so the answer is ready when EarlyStopping fires —

@@ -78,5 +78,10 @@ class ModelStore(abc.ABC):
         """Download the model file into ``directory`` (for Keras to load) and return its path."""
 
     @abc.abstractmethod
-    def discard_staging(self, name: str) -> int:
-        """Remove leftovers of interrupted copies; returns how many were removed."""
+    def discard_staging(self, name: str, *, older_than_s: float = 0.0) -> int:
+        """Remove leftovers of interrupted copies of ``name`` (only those older than
+        ``older_than_s``: a younger one may be a copy in progress); returns how many."""
+
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """The model names that have a folder in the store."""

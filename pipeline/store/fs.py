@@ -24,14 +24,16 @@ import errno
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any, Callable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.store.base import METADATA_FILE, MODEL_FILE, ModelStore, StoredVersion, StoreError, VersionTakenError, check_name
+from pipeline.store.base import METADATA_FILE, MODEL_FILE, NAME, ModelStore, StoredVersion, StoreError, VersionTakenError, check_name
 from pipeline.store.copying import copy_hashing, fsync_directory, start_writeback
 
 STAGING_PREFIX = ".staging-"
@@ -64,13 +66,17 @@ class FsspecModelStore(ModelStore):
     ) -> StoredVersion:
         final = self._dir(name, version)
         try:
-            reader = open(source, "rb")
+            reader = _SourceReader(open(source, "rb"))
         except FileNotFoundError:
             raise StoreError(f"checkpoint file not found: {source}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read the checkpoint {source}: {exc.strerror or exc}") from None
         with reader:
             incoming = _Incoming(name, int(version), source, reader, metadata, expected_sha256, check)
             try:
                 return self._put_local(final, incoming) if self.local else self._put_object(final, incoming)
+            except _SourceReadError as exc:
+                raise StoreError(f"cannot read the checkpoint {source}: {exc}") from None
             except OSError as exc:
                 raise self._write_error(exc, incoming.size) from None
 
@@ -179,16 +185,56 @@ class FsspecModelStore(ModelStore):
         self.fs.get(f"{self._dir(name, version)}/{MODEL_FILE}", target)
         return target
 
-    def discard_staging(self, name: str) -> int:
+    def discard_staging(self, name: str, *, older_than_s: float = 0.0) -> int:
         base = f"{self.root}/{check_name(name)}"
         try:
-            entries = self.fs.ls(base, detail=False)
+            entries = self.fs.ls(base, detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return 0
-        stale = [e for e in entries if e.rstrip("/").rsplit("/", 1)[-1].startswith(STAGING_PREFIX)]
-        for entry in stale:
-            self.fs.rm(entry, recursive=True)
-        return len(stale)
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for entry in entries:
+            if not entry["name"].rstrip("/").rsplit("/", 1)[-1].startswith(STAGING_PREFIX):
+                continue
+            if older_than_s > 0 and not _modified_before(entry, cutoff):
+                continue  # maybe a copy in progress (or of unknown age): left alone
+            self.fs.rm(entry["name"], recursive=True)
+            removed += 1
+        return removed
+
+    def names(self) -> list[str]:
+        try:
+            entries = self.fs.ls(self.root, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        leaves = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
+        return sorted(leaf for leaf in leaves if NAME.match(leaf))
+
+
+class _SourceReadError(Exception):
+    """Reading the checkpoint failed: the source's fault, not the store's (never an OSError)."""
+
+
+class _SourceReader:
+    """The checkpoint file, with read errors told apart from the store's write errors."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self.handle.read(size)
+        except OSError as exc:
+            raise _SourceReadError(exc.strerror or str(exc)) from None
+
+    def fileno(self) -> int:
+        return self.handle.fileno()
+
+    def __enter__(self) -> "_SourceReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
 
 
 @dataclass(frozen=True)
@@ -198,7 +244,7 @@ class _Incoming:
     name: str
     version: int
     source: str
-    reader: IO[bytes]
+    reader: _SourceReader
     metadata: dict[str, Any]
     expected_sha256: str | None
     check: Callable[[], None] | None
@@ -217,6 +263,14 @@ class _Incoming:
         if self.check is not None:
             self.check()
         return {**self.metadata, "name": self.name, "version": self.version, "sha256": sha256, "size_bytes": size, "file": MODEL_FILE}
+
+
+def _modified_before(entry: dict[str, Any], cutoff: float) -> bool:
+    """Whether an ``fs.ls(detail=True)`` entry was last changed before ``cutoff`` (False if unknown)."""
+    stamp = entry.get("mtime") or entry.get("created") or entry.get("LastModified")
+    if isinstance(stamp, datetime):
+        stamp = stamp.timestamp()
+    return isinstance(stamp, (int, float)) and stamp < cutoff
 
 
 def _mb(size: int) -> str:
