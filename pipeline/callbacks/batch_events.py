@@ -7,6 +7,15 @@ import time
 from typing import Any, Callable
 
 from pipeline import events as ev
+from pipeline.errors import ConfigurationError
+
+
+def check_batch_settings(every: int | None, seconds: float | None) -> None:
+    """Refuse ``batch_events_every`` / ``batch_events_seconds`` values that cannot work."""
+    if every is not None and (not isinstance(every, int) or every < 1):
+        raise ConfigurationError(f"batch_events_every must be a positive integer or None; got {every!r}")
+    if seconds is not None and not seconds > 0:
+        raise ConfigurationError(f"batch_events_seconds must be > 0 or None; got {seconds!r}")
 
 
 class BatchThrottle:

@@ -39,7 +39,7 @@ import keras
 
 from pipeline import events as ev
 from pipeline.bus import EventStream
-from pipeline.callbacks.batch_events import BatchThrottle, batch_event_maker
+from pipeline.callbacks.batch_events import BatchThrottle, batch_event_maker, check_batch_settings
 from pipeline.callbacks.checkpoints import CheckpointWatcher, checkpoint_event_maker
 from pipeline.callbacks.keras_state import (
     EARLY_STOPPING,
@@ -109,10 +109,7 @@ class EventPublisher(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(f"EventPublisher needs a non-empty name; got {name!r}")
-        if batch_events_every is not None and (not isinstance(batch_events_every, int) or batch_events_every < 1):
-            raise ConfigurationError(f"batch_events_every must be a positive integer or None; got {batch_events_every!r}")
-        if batch_events_seconds is not None and not batch_events_seconds > 0:
-            raise ConfigurationError(f"batch_events_seconds must be > 0 or None; got {batch_events_seconds!r}")
+        check_batch_settings(batch_events_every, batch_events_seconds)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigurationError(f"batch_size must be a positive integer or None; got {batch_size!r}")
         watch = check_watchable(watch)
