@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -12,7 +13,7 @@ from pipeline.bus import EventStream
 from pipeline.config import Settings
 from pipeline.consumers.base import ConsumerLoop
 from pipeline.lease import LeaseKeeper, RedisLease
-from tests.conftest import wait_for
+from tests.conftest import run_cli, settings_env, wait_for
 
 
 def test_a_kept_lease_outlives_its_ttl_and_a_lost_one_is_noticed(redis_url, stream_name):
@@ -45,7 +46,10 @@ class SlowOrderedHandler:
 
 
 def test_a_leader_busy_longer_than_its_lease_keeps_the_lead(redis_url, stream_name, tmp_path):
-    settings = Settings(redis_url=redis_url, stream=stream_name, home=tmp_path, consumer_block_ms=100, leader_ttl_seconds=0.5)
+    settings = Settings(
+        redis_url=redis_url, stream=stream_name, home=tmp_path, database_url=f"sqlite:///{tmp_path / 'history.db'}",
+        consumer_block_ms=100, leader_ttl_seconds=0.5,
+    )
     stream = EventStream(settings=settings)
     stream.ensure_group("ordered-test")
     stream.publish([ev.build(ev.EpochEnd, run_id="r", seq=i, epoch=i, metrics={"loss": 1.0}) for i in range(1, 41)])
@@ -56,6 +60,8 @@ def test_a_leader_busy_longer_than_its_lease_keeps_the_lead(redis_url, stream_na
     threads[0].start()
     wait_for(lambda: leader.leader.holder() == "leader", message="leader leads")
     threads[1].start()
+    status = json.loads(run_cli("status", "--json", env_extra=settings_env(settings)).stdout)
+    assert {"group": "ordered-test", "leader": "leader"}.items() <= next(g for g in status["consumer_groups"] if g["group"] == "ordered-test").items()
     try:
         wait_for(lambda: len(leader_handler.seen) == 40, timeout=30, message="all events handled")
     finally:

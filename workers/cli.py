@@ -13,6 +13,7 @@ import click
 from pipeline.bus import EventStream, connect
 from pipeline.cli.output import print_json, print_rows
 from pipeline.config import get_settings
+from pipeline.consumers.base import leader_key
 from pipeline.jobs import load_spec
 from pipeline.run_events import follow_run
 
@@ -97,7 +98,8 @@ def status(as_json: bool) -> None:
     except Exception:
         replies = {}
     groups = [
-        {"group": g["name"], "consumers": g.get("consumers"), "pending": g.get("pending"), "lag": g.get("lag")}
+        {"group": g["name"], "consumers": g.get("consumers"), "pending": g.get("pending"), "lag": g.get("lag"),
+         "leader": _text(stream.client.get(leader_key(stream.stream, g["name"])))}
         for g in stream.groups()
     ]
     report = {
@@ -114,7 +116,11 @@ def status(as_json: bool) -> None:
         return
     print_rows(["queue", "waiting"], [(q["queue"], q["waiting"]) for q in queues], title="queues")
     click.echo(f"workers seen: {', '.join(report['workers']) or 'none'}")
-    print_rows(["group", "consumers", "pending", "lag"], [tuple(g.values()) for g in groups], title=f"stream {stream.stream} ({report['stream']['length']} events)")
+    print_rows(
+        ["group", "consumers", "pending", "lag", "leader"],
+        [(g["group"], g["consumers"], g["pending"], g["lag"], g["leader"] or "—") for g in groups],
+        title=f"stream {stream.stream} ({report['stream']['length']} events)",
+    )
     click.echo(f"dead letters: {report['dead_letters']}")
     alerts = report["alerts"]
     if alerts:
@@ -123,6 +129,10 @@ def status(as_json: bool) -> None:
             click.echo("WARNING: some alerts could not be delivered; see: fitstream alerts list --status undelivered", err=True)
     if report["forced_trims"]:
         click.echo(f"WARNING: the stream was force-trimmed: {report['forced_trims']}", err=True)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode() if raw is not None else None
 
 
 def _alert_counts(database_url: str) -> dict[str, int]:

@@ -66,6 +66,11 @@ class ConsumerStats:
     started_at: float = field(default_factory=time.time)
 
 
+def leader_key(stream: str, group: str) -> str:
+    """The Redis key of an ordered group's leader lease (it holds the leader's consumer name)."""
+    return f"{stream}:{group}:leader"
+
+
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -110,7 +115,7 @@ class ConsumerLoop:
         self._standing_by = False
         self._keeper: LeaseKeeper | None = None
         self.leader = RedisLease(
-            stream.client, f"{stream.stream}:{self.group}:leader", owner=self.consumer_name, ttl_s=settings.leader_ttl_seconds,
+            stream.client, leader_key(stream.stream, self.group), owner=self.consumer_name, ttl_s=settings.leader_ttl_seconds,
         ) if self.ordered else None
 
     # -- running ------------------------------------------------------------------
