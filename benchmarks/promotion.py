@@ -71,7 +71,7 @@ def measure(megabytes: float, repeats: int) -> dict[str, object]:
     from pipeline.config import Settings
     from pipeline.consumers.base import ConsumerLoop
     from pipeline.consumers.load_check import KerasLoadCheck
-    from pipeline.consumers.promoter import Promoter
+    from pipeline.consumers.promoter import Promoter, PromotionLocks
     from pipeline.db import migrate
     from pipeline.db.session import make_engine
     from pipeline.store import open_store
@@ -87,7 +87,10 @@ def measure(megabytes: float, repeats: int) -> dict[str, object]:
         stream = EventStream(settings=settings)
         stream.ensure_group("promoter")
         load_check = KerasLoadCheck()
-        promoter = Promoter(engine, open_store(settings.model_store_url), publish=stream.publish, load_check=load_check)
+        promoter = Promoter(
+            engine, open_store(settings.model_store_url), publish=stream.publish, load_check=load_check,
+            locks=PromotionLocks(stream.client, stream.stream),
+        )
         load_check.check(source)  # the helper has imported Keras, as a promoter that waited for events has
         loop = ConsumerLoop(promoter, stream, consumer_name="bench-promoter")
         thread = threading.Thread(target=loop.run, daemon=True)

@@ -12,10 +12,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
+from typing import Iterator
 
 import redis
+
+from pipeline.errors import FitstreamError
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +85,28 @@ class LeaseKeeper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+class LeaseBusyError(FitstreamError):
+    """The lease stayed with another owner for longer than we could wait."""
+
+
+@contextlib.contextmanager
+def held(lease: RedisLease, *, wait_s: float, poll_s: float = 0.1) -> Iterator[None]:
+    """Hold ``lease`` for the ``with`` block (renewed by a :class:`LeaseKeeper`), waiting up to
+    ``wait_s`` for its current owner to let go.
+
+    Raises:
+        LeaseBusyError: still held by another owner after ``wait_s``.
+    """
+    deadline = time.monotonic() + wait_s
+    while not lease.acquire():
+        if time.monotonic() >= deadline:
+            raise LeaseBusyError(f"{lease.key} is held by {lease.holder() or 'another process'}")
+        time.sleep(poll_s)
+    keeper = LeaseKeeper(lease)
+    try:
+        yield
+    finally:
+        keeper.stop()
+        lease.release()

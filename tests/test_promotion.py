@@ -16,7 +16,7 @@ from pipeline import events as ev
 from pipeline.bus import EventStream
 from pipeline.consumers.base import ConsumerLoop
 from pipeline.consumers.load_check import KerasLoadCheck
-from pipeline.consumers.promoter import Promoter
+from pipeline.consumers.promoter import Promoter, PromotionLocks
 from pipeline.fingerprint import fingerprint_data
 from pipeline.model_registry import describe, list_versions, load_model
 from pipeline.store import open_store
@@ -30,7 +30,10 @@ class PromoterThread:
     def __init__(self, settings, engine):
         stream = EventStream(settings=settings)
         self.load_check = KerasLoadCheck()
-        promoter = Promoter(engine, open_store(settings.model_store_url), publish=stream.publish, load_check=self.load_check)
+        promoter = Promoter(
+            engine, open_store(settings.model_store_url), publish=stream.publish, load_check=self.load_check,
+            locks=PromotionLocks(stream.client, stream.stream),
+        )
         self.loop = ConsumerLoop(promoter, stream, consumer_name="promoter-test")
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
 
@@ -323,3 +326,52 @@ def test_a_starting_promoter_clears_day_old_partial_copies_only(settings, engine
     Promoter(engine, store)
     left = sorted(entry for name in ("digits", "other") for entry in os.listdir(f"{store.root}/{name}"))
     assert left == [".staging-digits-0"]  # a young one may be a copy in progress
+
+
+def test_promotions_of_one_model_take_turns_across_processes(settings, engine, tmp_path):
+    # Two promoters (say, the consumer and `fitstream promote` by hand) promoting runs of one model at
+    # once: each picks and takes its version number under the model's lock, so they take turns.
+    import time
+
+    from pipeline.consumers.promoter import promote_run
+    from pipeline.store.fs import FsspecModelStore
+
+    class WatchedStore(FsspecModelStore):
+        """An in-memory object store that records when each put runs (and makes each last a while)."""
+
+        def __init__(self, url):
+            super().__init__(url)
+            self.spans: list[tuple[float, float]] = []
+
+        def put(self, *args, **kwargs):
+            started = time.monotonic()
+            time.sleep(0.3)
+            try:
+                return super().put(*args, **kwargs)
+            finally:
+                self.spans.append((started, time.monotonic()))
+
+    stream = EventStream(settings=settings)
+    stream.ensure_group("promoter")
+    for seed, run_id in enumerate(("t1", "t2", "t3")):
+        path = tmp_path / f"{run_id}.keras"
+        stream.publish([
+            ev.build(ev.RunStarted, run_id=run_id, seq=0, name="turns"),
+            ev.build(ev.CheckpointSaved, run_id=run_id, seq=1, path=str(path), epoch=1, monitor="val_loss", value=0.5, sha256=_keras_file(path, seed)),
+        ])
+    with PromoterThread(settings, engine):
+        wait_for(lambda: stream.groups()[0]["lag"] == 0 and stream.groups()[0]["pending"] == 0, message="events consumed")
+    store = WatchedStore(f"memory://turns-{stream.stream}")
+    results = {}
+    threads = [
+        threading.Thread(target=lambda r=run_id: results.__setitem__(r, promote_run(engine, store, r, locks=PromotionLocks(stream.client, stream.stream))))
+        for run_id in ("t1", "t2", "t3")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(r.version for r in results.values()) == [1, 2, 3]
+    spans = sorted(store.spans)
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), f"puts overlapped: {spans}"
+    assert sorted((v["version"], v["run_id"]) for v in list_versions(engine, "turns")) == sorted((r.version, k) for k, r in results.items())

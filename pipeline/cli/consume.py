@@ -51,14 +51,14 @@ def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: i
 def promoter(consumer_name: str | None, exit_when_idle: float | None) -> None:
     """Copy best checkpoints into the model store when EarlyStopping fires; move `champion` if better."""
     from pipeline.consumers.load_check import configured_load_check
-    from pipeline.consumers.promoter import Promoter
+    from pipeline.consumers.promoter import Promoter, PromotionLocks
     from pipeline.store import open_store
 
     settings = get_settings()
     stream = EventStream(settings=settings)
     handler = Promoter(
         make_engine(settings.database_url), open_store(settings.model_store_url), publish=stream.publish,
-        load_check=configured_load_check(settings),
+        load_check=configured_load_check(settings), locks=PromotionLocks(stream.client, stream.stream),
     )
     loop = ConsumerLoop(handler, stream, consumer_name=consumer_name)
     loop.install_signal_handlers()

@@ -54,15 +54,18 @@ def models(args: tuple[str, ...], as_json: bool) -> None:
 def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
     """Promote RUN's best checkpoint by hand (the promoter's own code path)."""
     from pipeline.consumers.load_check import configured_load_check
-    from pipeline.consumers.promoter import promote_run
+    from pipeline.bus import EventStream
+    from pipeline.consumers.promoter import PromotionLocks, promote_run
     from pipeline.store import open_store
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
+    stream = EventStream(settings=settings)
     load_check = configured_load_check(settings)
     try:
         result = promote_run(
             engine, open_store(settings.model_store_url), run, aliases=aliases, force=force, load_check=load_check,
+            locks=PromotionLocks(stream.client, stream.stream),
         )
     finally:
         engine.dispose()

@@ -14,24 +14,29 @@ running while the copy runs, so that the promoter itself never imports TensorFlo
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
+import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
-from pipeline.consumers.base import Received
+from pipeline.consumers.base import Received, default_consumer_name
 from pipeline.consumers.load_check import KerasLoadCheck, file_identity
 from pipeline.db.bulk import upsert_insert
 from pipeline.db.migrate import require_head
 from pipeline.db.models import SqlModelAlias, SqlModelVersion, SqlPromoterCheckpoint, SqlPromoterRun
 from pipeline.db.session import transaction
 from pipeline.errors import FitstreamError
+from pipeline.lease import LeaseBusyError, RedisLease, held
 from pipeline.monitor import Monitor
 from pipeline.store import ModelStore, StoreError, VersionTakenError
 
@@ -44,6 +49,9 @@ LATEST = "latest"
 PROMOTION_SEQ = 999_000
 #: A staging copy this old is a leftover of an interrupted promotion, not a copy in progress.
 STALE_STAGING_S = 6 * 3600
+#: A promotion lock lives this long without renewal (its holder renews it); others wait up to LOCK_WAIT_S.
+LOCK_TTL_S = 30.0
+LOCK_WAIT_S = 600.0
 #: Version numbers tried when other promotions take them first.
 VERSION_ATTEMPTS = 3
 #: Runs whose best checkpoint value the promoter remembers (the oldest is forgotten first).
@@ -65,6 +73,30 @@ class Promotion:
     created: bool  # False when this run was already registered (redelivery)
     metric: str | None = None
     value: float | None = None
+
+
+class PromotionLocks:
+    """One promotion per model name at a time — across promoters and ``fitstream promote`` by hand —
+    so that two never pick the same version number (a lease in Redis, next to the stream)."""
+
+    def __init__(self, client: redis.Redis, stream_key: str, *, wait_s: float = LOCK_WAIT_S) -> None:
+        self.client = client
+        self.stream_key = stream_key
+        self.wait_s = wait_s
+        self.owner = f"{default_consumer_name()}-{uuid.uuid4().hex[:8]}"
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        lease = RedisLease(self.client, f"{self.stream_key}:promoting:{name}", owner=self.owner, ttl_s=LOCK_TTL_S)
+        try:
+            with held(lease, wait_s=self.wait_s):
+                yield
+        except LeaseBusyError as exc:
+            raise PromotionRefused(f"another promotion of {name} is still running after {self.wait_s:g} s ({exc}); "
+                                   "promote again later with: fitstream promote RUN") from None
+        except redis.ConnectionError as exc:
+            raise PromotionRefused(f"cannot reach Redis to take turns with other promotions of {name} ({exc}); "
+                                   "start Redis or check FITSTREAM_REDIS_URL") from None
 
 
 def check_keras_file(path: str) -> None:
@@ -96,11 +128,13 @@ def promote_run(
     aliases: Sequence[str] = (),
     name: str | None = None,
     load_check: KerasLoadCheck | None = None,
+    locks: PromotionLocks | None = None,
 ) -> Promotion:
     """Register ``run_id``'s best checkpoint as a new version and move ``champion`` if it is better.
 
     ``load_check`` loads the checkpoint with Keras (``safe_mode=True``) before it becomes
-    visible; without one, only its structure and sha256 are checked.
+    visible; without one, only its structure and sha256 are checked. ``locks`` make promotions of
+    one model name take turns (always pass them where several processes may promote).
 
     Raises:
         PromotionRefused: no checkpoint, a checksum mismatch, not loadable by Keras, or the
@@ -132,6 +166,21 @@ def promote_run(
         chosen = candidates[best[0]]
     mode = mode or Monitor(metric or "val_loss").mode
 
+    register = functools.partial(
+        _store_and_register, engine, store, run=run, run_id=run_id, model_name=model_name, chosen=chosen, metric=metric,
+        mode=mode, force=force, aliases=aliases, load_check=load_check,
+    )
+    if locks is None:
+        return register()
+    with locks(model_name):  # the version number is picked and taken under it
+        return register()
+
+
+def _store_and_register(
+    engine: Engine, store: ModelStore, *, run: Any, run_id: str, model_name: str, chosen: Any, metric: str | None,
+    mode: str, force: bool, aliases: Sequence[str], load_check: KerasLoadCheck | None,
+) -> Promotion:
+    """Copy ``chosen`` into the store as a new version of ``model_name``, register it, move the aliases."""
     table = SqlModelVersion.__table__
     with transaction(engine) as conn:
         existing = conn.execute(sa.select(table).where(table.c.name == model_name, table.c.run_id == run_id)).first()
@@ -234,13 +283,14 @@ class Promoter:
 
     def __init__(
         self, engine: Engine, store: ModelStore, *, publish: Callable[[list[Any]], object] | None = None,
-        load_check: KerasLoadCheck | None = None,
+        load_check: KerasLoadCheck | None = None, locks: PromotionLocks | None = None,
     ) -> None:
         require_head(engine)
         self.engine = engine
         self.store = store
         self.publish = publish
         self.load_check = load_check
+        self.locks = locks
         self._best_seen: dict[str, float] = {}  # run → best checkpoint value seen (to prefetch only improvements)
         if load_check is not None:
             load_check.warm()
@@ -326,7 +376,7 @@ class Promoter:
         try:
             result = promote_run(
                 self.engine, self.store, run_id, force=bool(settings.get("force")), name=settings.get("name"),
-                load_check=self.load_check, **kwargs,
+                load_check=self.load_check, locks=self.locks, **kwargs,
             )
         except PromotionRefused as exc:
             log.warning("run %s not promoted: %s", run_id, exc)
