@@ -116,6 +116,8 @@ class _Monitored(_Strict):
 
 
 class EarlyStoppingSettings(_Monitored):
+    """``keras.callbacks.EarlyStopping``'s keyword arguments (passed through by name)."""
+
     patience: int = Field(default=5, ge=0)
     min_delta: float = Field(default=0.0, ge=0)
     baseline: float | None = None
@@ -124,6 +126,8 @@ class EarlyStoppingSettings(_Monitored):
 
 
 class CheckpointSettings(_Monitored):
+    """``keras.callbacks.ModelCheckpoint``'s keyword arguments, and the file name inside the run's folder."""
+
     save_best_only: bool = True
     save_weights_only: bool = False
     filename: str = "best.keras"
@@ -140,6 +144,8 @@ class CheckpointSettings(_Monitored):
 
 
 class ReduceLRSettings(_Monitored):
+    """``keras.callbacks.ReduceLROnPlateau``'s keyword arguments (passed through by name)."""
+
     factor: float = Field(default=0.1, gt=0, lt=1)
     patience: int = Field(default=10, ge=0)
     min_delta: float = Field(default=1e-4, ge=0)

@@ -122,32 +122,15 @@ def build_callbacks(spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]) ->
     watched: list[keras.callbacks.Callback] = []
     if spec.terminate_on_nan:
         callbacks.append(keras.callbacks.TerminateOnNaN())
+    # The settings' fields are Keras' own keyword arguments (jobs.py), passed through as they are.
     if spec.early_stopping is not None:
-        es = spec.early_stopping
-        watched.append(
-            keras.callbacks.EarlyStopping(
-                monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta,
-                baseline=es.baseline, start_from_epoch=es.start_from_epoch, restore_best_weights=es.restore_best_weights,
-            )
-        )
+        watched.append(keras.callbacks.EarlyStopping(**spec.early_stopping.model_dump()))
     if spec.checkpoint is not None and is_chief():  # only the chief writes checkpoints
-        ck = spec.checkpoint
-        path = paths.checkpoint(ck.filename)
+        path = paths.checkpoint(spec.checkpoint.filename)
         path.parent.mkdir(parents=True, exist_ok=True)
-        watched.append(
-            keras.callbacks.ModelCheckpoint(
-                str(path), monitor=ck.monitor, mode=ck.mode, save_best_only=ck.save_best_only,
-                save_weights_only=ck.save_weights_only,
-            )
-        )
+        watched.append(keras.callbacks.ModelCheckpoint(str(path), **spec.checkpoint.model_dump(exclude={"filename"})))
     if spec.reduce_lr is not None:
-        rl = spec.reduce_lr
-        watched.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=rl.monitor, mode=rl.mode, factor=rl.factor, patience=rl.patience,
-                min_delta=rl.min_delta, cooldown=rl.cooldown, min_lr=rl.min_lr,
-            )
-        )
+        watched.append(keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump()))
     callbacks += watched
     if spec.lr_schedule is not None:
         callbacks.append(_schedule(spec.lr_schedule, allowed))
