@@ -22,7 +22,6 @@ Targets: < 1 s for 1 MB; within 1.5× of a plain copy for 100 MB.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import threading
@@ -37,8 +36,9 @@ def make_checkpoint(path: str, megabytes: float) -> str:
     units = max(1, int(megabytes * 1e6 / 4 / 1024))
     model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(units), keras.layers.Dense(1)])
     model.save(path)
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
+    from pipeline.store.copying import file_sha256
+
+    return file_sha256(path)
 
 
 def timed(function) -> float:  # type: ignore[no-untyped-def]
@@ -56,13 +56,6 @@ def copy_then_fsync(source: str, target: str) -> None:
         os.close(fd)
 
 
-def sha256_of(path: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-
-
 def measure(megabytes: float, repeats: int) -> dict[str, object]:
     import redis
 
@@ -75,6 +68,7 @@ def measure(megabytes: float, repeats: int) -> dict[str, object]:
     from pipeline.db import migrate
     from pipeline.db.session import make_engine
     from pipeline.store import open_store
+    from pipeline.store.copying import file_sha256
 
     stream_key = unique_stream()
     with temp_dir() as home:
@@ -125,7 +119,7 @@ def measure(megabytes: float, repeats: int) -> dict[str, object]:
                 copy_s.append(timed(lambda: shutil.copyfile(source, str(home / f"plain-{i}.keras"))))
                 os.sync()
                 durable_s.append(timed(lambda: copy_then_fsync(source, str(home / f"durable-{i}.keras"))))
-                hash_s.append(timed(lambda: sha256_of(source)))
+                hash_s.append(timed(lambda: file_sha256(source)))
         finally:
             loop.stop_event.set()
             thread.join(timeout=30)

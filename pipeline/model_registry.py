@@ -18,6 +18,7 @@ from pipeline.db.models import SqlModelAlias, SqlModelVersion
 from pipeline.db.session import make_engine, transaction
 from pipeline.errors import ConfigurationError, RunNotFoundError
 from pipeline.store import open_store
+from pipeline.store.copying import file_sha256
 
 FIELDS = (
     "name", "version", "run_id", "epoch", "metric", "mode", "value", "path", "sha256", "size_bytes",
@@ -72,8 +73,6 @@ def load_model(ref: str, *, settings=None, compile: bool = True):  # type: ignor
 
     Loaded with ``safe_mode=True``; the file's sha256 is checked against the registry first.
     """
-    import hashlib
-
     import keras
 
     settings = settings or get_settings()
@@ -85,7 +84,6 @@ def load_model(ref: str, *, settings=None, compile: bool = True):  # type: ignor
     store = open_store(settings.model_store_url)
     with tempfile.TemporaryDirectory(prefix="fitstream-model-") as directory:
         path = store.local_copy(info["name"], info["version"], directory)
-        with open(path, "rb") as handle:
-            if hashlib.sha256(handle.read()).hexdigest() != info["sha256"]:
-                raise ConfigurationError(f"{ref}: the stored file does not match its registered sha256; refusing to load it")
+        if file_sha256(path) != info["sha256"]:
+            raise ConfigurationError(f"{ref}: the stored file does not match its registered sha256; refusing to load it")
         return keras.saving.load_model(path, safe_mode=True, compile=compile)

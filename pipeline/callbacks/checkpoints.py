@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Callable
 
 from pipeline import events as ev
+from pipeline.store.copying import file_sha256
 
-_SHA_CHUNK = 1 << 20
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_SHA_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class CheckpointWatcher:
@@ -47,7 +38,7 @@ def checkpoint_event_maker(*, run_id: str, seq: int, path: str, epoch: int, moni
 
     def make() -> dict[str, str]:
         try:
-            size, digest = os.path.getsize(path), sha256_file(path)
+            size, digest = os.path.getsize(path), file_sha256(path)
         except OSError:
             size, digest = None, None
         return ev.encode(

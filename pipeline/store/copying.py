@@ -96,6 +96,15 @@ def copy_hashing(
     return digest.hexdigest(), size
 
 
+def file_sha256(path: str) -> str:
+    """The sha256 of a file, read in chunks (a large model never sits in memory whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
