@@ -15,7 +15,6 @@ running while the copy runs, so that the promoter itself never imports TensorFlo
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import uuid
@@ -166,14 +165,11 @@ def promote_run(
         chosen = candidates[best[0]]
     mode = mode or Monitor(metric or "val_loss").mode
 
-    register = functools.partial(
-        _store_and_register, engine, store, run=run, run_id=run_id, model_name=model_name, chosen=chosen, metric=metric,
-        mode=mode, force=force, aliases=aliases, load_check=load_check,
-    )
-    if locks is None:
-        return register()
-    with locks(model_name):  # the version number is picked and taken under it
-        return register()
+    with locks(model_name) if locks is not None else contextlib.nullcontext():  # the version is picked and taken under it
+        return _store_and_register(
+            engine, store, run=run, run_id=run_id, model_name=model_name, chosen=chosen, metric=metric,
+            mode=mode, force=force, aliases=aliases, load_check=load_check,
+        )
 
 
 def _store_and_register(
@@ -319,10 +315,14 @@ class Promoter:
                     self._prefetch(event)
         # Promotions after the facts are committed: a crash in between redoes them on redelivery.
         for event in events:
-            if isinstance(event, ev.EarlyStopped) and self._settings(event.run_id).get("on_early_stop", True):
-                self._promote(event.run_id, best_epoch=event.best_epoch, metric=event.monitor, mode=event.mode)
-            elif isinstance(event, ev.RunFinished) and event.status == "completed" and self._settings(event.run_id).get("on_complete"):
-                self._promote(event.run_id, best_epoch=event.best_epoch, metric=event.monitor, mode=None)
+            if isinstance(event, ev.EarlyStopped):
+                settings = self._settings(event.run_id)
+                if settings.get("on_early_stop", True):
+                    self._promote(event.run_id, settings, best_epoch=event.best_epoch, metric=event.monitor, mode=event.mode)
+            elif isinstance(event, ev.RunFinished) and event.status == "completed":
+                settings = self._settings(event.run_id)
+                if settings.get("on_complete"):
+                    self._promote(event.run_id, settings, best_epoch=event.best_epoch, metric=event.monitor, mode=None)
 
     def _discard_stale_copies(self) -> None:
         """Remove what promoters killed mid-copy left behind (they are never visible, but take space)."""
@@ -371,8 +371,7 @@ class Promoter:
             raw = conn.execute(sa.select(SqlPromoterRun.settings).where(SqlPromoterRun.run_id == run_id)).scalar()
         return json.loads(raw) if raw else {}
 
-    def _promote(self, run_id: str, **kwargs: Any) -> None:
-        settings = self._settings(run_id)
+    def _promote(self, run_id: str, settings: dict[str, Any], **kwargs: Any) -> None:
         try:
             result = promote_run(
                 self.engine, self.store, run_id, force=bool(settings.get("force")), name=settings.get("name"),
