@@ -13,6 +13,7 @@ twice (the state and the key are there).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -88,6 +89,13 @@ def _upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys:
     insert = upsert_insert(conn, table)
     statement = insert.on_conflict_do_update(index_elements=keys, set_={c: insert.excluded[c] for c in update})
     conn.execute(statement, rows)
+
+
+def _bounded_key(key: str, limit: int = 400) -> str:
+    """An idempotency key that fits its column (long rule and channel names keep a digest)."""
+    if len(key) <= limit:
+        return key
+    return f"{key[: limit - 66]}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def _insert_alerts(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -211,7 +219,8 @@ class Alerter:
         rows = []
         for channel in rule.channels:
             repeat = f":repeat{transition.repeat}" if transition.repeat else ""
-            key = f"{rule.name}:{run_id}:{state.incident}:{transition.state}{repeat}:{channel}"
+            occurrence = f"event-{transition.event_id}" if transition.event_id else str(state.incident)
+            key = _bounded_key(f"{rule.name}:{run_id}:{occurrence}:{transition.state}{repeat}:{channel}")
             message = AlertMessage(
                 key=key, rule=rule.name, run_id=run_id, run_name=name, state=transition.state, severity=rule.severity,
                 summary=transition.summary, value=transition.value, threshold=transition.threshold, epoch=transition.epoch,

@@ -223,6 +223,8 @@ class Transition:
     threshold: float | None = None
     epoch: int | None = None
     repeat: int = 0  # >0: a reminder that the incident still holds
+    #: Lifecycle rules fire once per event: the outbox keys their message by this id.
+    event_id: str | None = None
 
 
 def _bad(value: float | None) -> bool:
@@ -251,11 +253,12 @@ def _fire_or_resolve(
 
 
 def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, Transition | None]:
-    """Apply one event to a rule's state for its run. Events at or below ``last_seq`` are ignored
-    (redelivered or out of order), so replaying a stream changes nothing."""
-    if event.seq <= state.last_seq:
-        return state, None
+    """Apply one event to a rule's state for its run. Metric rules ignore events at or below
+    ``last_seq`` (redelivered or out of order), so replaying a stream changes nothing; lifecycle
+    rules fire once per event id (the outbox keeps one message per id), whatever its origin."""
     kind = rule.kind
+    if kind != "lifecycle" and event.seq <= state.last_seq:
+        return state, None
     if kind == "lifecycle":
         assert rule.on is not None
         if event.type in rule.on:
@@ -268,7 +271,7 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
                     " — the new champion" if e.champion else f" — champion stays v{e.previous_champion_version}"),
                 "promotion_skipped": lambda e: f"not promoted: {e.reason}",
             }.get(event.type, lambda e: event.type.replace("_", " "))(event)
-            return replace(state, last_seq=event.seq, incident=state.incident + 1), Transition("firing", detail)
+            return replace(state, incident=state.incident + 1), Transition("firing", detail, event_id=event.id)
         return state, None
     if not isinstance(event, ev.EpochEnd):
         return state, None

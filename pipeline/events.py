@@ -14,6 +14,19 @@ Example:
 
 Unknown versions and malformed payloads raise :class:`InvalidEventError`
 with a reason; consumers dead-letter them, they never guess.
+
+Sequence numbers are allocated here, for every origin, so that a run's events from
+all of them sort in the order they happened (see :func:`attempt_first_seq` and
+:func:`promotion_seq`)::
+
+    run_queued               0                      (fitstream submit)
+    cancelled before start   1                      (fitstream cancel of a queued job)
+    training attempt N       N × 1,000,000 + i      (the publisher, attempt 1, 2, …)
+    promoter                 10¹³ + 4 × trigger + k (after everything the run published)
+
+Direction: ``checkpoint_saved``, ``early_stopped``, ``run_finished`` and ``lr_changed`` carry
+the ``mode`` the Keras callback actually used (read from the callback), so consumers never
+guess it from a metric's name (:meth:`pipeline.monitor.Monitor.from_event`).
 """
 
 from __future__ import annotations
@@ -34,6 +47,44 @@ VERSION_FIELD = "v"
 
 RunStatus = Literal["completed", "early_stopped", "failed", "cancelled"]
 Mode = Literal["min", "max"]
+#: Where a checkpoint file came from: a ModelCheckpoint, or the model EarlyStopping restored
+#: to its best weights, saved once at the end of training.
+CheckpointSource = Literal["model_checkpoint", "early_stopping_restore"]
+
+# -- sequence numbers: one allocation for every origin -------------------------------------
+#: The queue path's own events (``fitstream submit`` and ``cancel``) come first.
+QUEUED_SEQ = 0
+CANCELLED_BEFORE_START_SEQ = 1
+#: Training attempt N numbers its events from N × ATTEMPT_BLOCK.
+ATTEMPT_BLOCK = 1_000_000
+MAX_ATTEMPTS = 9_999
+#: The promoter's events follow everything a run's attempts can publish.
+PROMOTION_BASE = 10**13
+PROMOTION_OUTCOMES = ("promotion_skipped", "model_promoted", "champion_kept")
+
+
+def attempt_first_seq(attempt: int) -> int:
+    """The first sequence number of training attempt ``attempt`` (1 for the first try).
+
+    Example:
+        >>> attempt_first_seq(2)
+        2000000
+    """
+    if not isinstance(attempt, int) or not 1 <= attempt <= MAX_ATTEMPTS:
+        raise ValueError(f"attempt must be an integer from 1 to {MAX_ATTEMPTS}; got {attempt!r}")
+    return attempt * ATTEMPT_BLOCK
+
+
+def promotion_seq(trigger_seq: int, outcome: str) -> int:
+    """The sequence number of the promoter's ``outcome`` event for the event ``trigger_seq``
+    (``early_stopped`` or ``run_finished``): after every event of the run, in trigger order,
+    and the same on every redelivery of the trigger.
+
+    Example:
+        >>> promotion_seq(1_000_042, "model_promoted") > attempt_first_seq(MAX_ATTEMPTS) + ATTEMPT_BLOCK
+        True
+    """
+    return PROMOTION_BASE + trigger_seq * len(PROMOTION_OUTCOMES) + PROMOTION_OUTCOMES.index(outcome)
 
 
 class _Event(BaseModel):
@@ -111,6 +162,9 @@ class CheckpointSaved(_Event):
     value: float | None = None
     size_bytes: int | None = None
     sha256: str | None = None
+    mode: Mode | None = Field(default=None, description="The direction the saving callback used for `monitor`.")
+    source: CheckpointSource = "model_checkpoint"
+    batch: int | None = Field(default=None, ge=0, description="Set for a batch-level checkpoint (save_freq=N).")
 
 
 class LearningRateChanged(_Event):
@@ -119,6 +173,8 @@ class LearningRateChanged(_Event):
     old: float
     new: float
     reason: str | None = None
+    monitor: str | None = None
+    mode: Mode | None = None
 
 
 class EarlyStopped(_Event):
@@ -141,6 +197,7 @@ class RunFinished(_Event):
     best_epoch: int | None = None
     best_value: float | None = None
     monitor: str | None = None
+    mode: Mode | None = None
     restored_best_weights: bool = False
 
 
@@ -165,6 +222,8 @@ class ModelPromoted(_Event):
     champion: bool = False
     previous_champion_version: int | None = None
     previous_champion_value: float | None = None
+    source: CheckpointSource | None = None
+    champion_reason: str | None = Field(default=None, description="Why `champion` did not move, when it did not.")
 
 
 class PromotionSkipped(_Event):

@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -92,7 +94,39 @@ class JobStore:
 
 
 class RunLease(RedisLease):
-    """A lease on one run: only its holder trains it. Renew it well within ``ttl_s``."""
+    """A lease on one run: only its holder trains it. Renew it well within ``ttl_s``.
+
+    Owners are named ``<host>-<pid>``: a training process killed on this host (an OOM kill,
+    with its worker alive) is seen dead at once, and the worker's next delivery of the run
+    takes its lease over instead of waiting for it to expire.
+    """
 
     def __init__(self, client: redis.Redis, run_id: str, *, owner: str, ttl_s: float, prefix: str = KEY_PREFIX) -> None:
         super().__init__(client, f"{prefix}:lease:{run_id}", owner=owner, ttl_s=ttl_s)
+
+    def acquire_from_dead(self) -> bool:
+        """Take the lease if nobody holds it, or if its holder is a dead process on this host."""
+        if self.acquire():
+            return True
+        holder = self.holder()
+        if holder is None:
+            return self.acquire()
+        return holder_is_dead(holder) and self.take_from(holder)
+
+
+def holder_is_dead(holder: str) -> bool:
+    """Whether the owner ``<host>-<pid>`` is a process of this host that no longer exists."""
+    host, _, pid = holder.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # killed but not yet reaped by its parent: a zombie
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False

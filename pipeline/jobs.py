@@ -130,7 +130,16 @@ class CheckpointSettings(_Monitored):
 
     save_best_only: bool = True
     save_weights_only: bool = False
-    filename: str = "best.keras"
+    save_freq: Any = "epoch"  # or every N batches
+    initial_value_threshold: float | None = None
+    filename: str = "best.keras"  # may hold Keras' placeholders, e.g. "ckpt-{epoch:02d}.keras"
+
+    @field_validator("save_freq")
+    @classmethod
+    def _save_freq(cls, value: Any) -> Any:
+        if value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be 'epoch' or a number of batches (1 or more); got {value!r}")
 
     @field_validator("filename")
     @classmethod
@@ -187,6 +196,9 @@ class PromoteSettings(_Strict):
     on_complete: bool = False
     force: bool = False  # move `champion` even if not better
     name: str | None = None  # model name; default: the job's name
+    #: Save the model EarlyStopping restored to its best weights at the end of training (promoted
+    #: when no ModelCheckpoint file can be).
+    save_restored_model: bool = True
 
 
 class JobSpec(_Strict):
@@ -211,6 +223,9 @@ class JobSpec(_Strict):
     #: FITSTREAM_ALERT_RULES. Checked by `fitstream submit` (see workers/submit.py).
     alerts: list[dict[str, Any]] = Field(default_factory=list)
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
+    #: Seeds Python, NumPy and the backend and turns on TensorFlow's op determinism: the same job
+    #: trains the same, also when it is resumed after its training process was killed.
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
 
     @field_validator("model", "data", mode="before")
     @classmethod

@@ -30,6 +30,10 @@ _ACQUIRE_REENTRANT = (
     "if holder == false then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 "
     "elseif holder == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 )
+_TAKE_FROM = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1 "
+    "else return 0 end"
+)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
@@ -47,6 +51,10 @@ class RedisLease:
         if reentrant:
             return bool(self.client.eval(_ACQUIRE_REENTRANT, 1, self.key, self.owner, self.ttl_ms))
         return bool(self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms))
+
+    def take_from(self, holder: str) -> bool:
+        """Take the lease over from ``holder`` (known to be dead), only if it still holds it."""
+        return bool(self.client.eval(_TAKE_FROM, 1, self.key, holder, self.owner, self.ttl_ms))
 
     def renew(self) -> bool:
         """Extend the lease; False when it is no longer this owner's."""

@@ -21,8 +21,8 @@ from pipeline.store import open_store
 from pipeline.store.copying import file_sha256
 
 FIELDS = (
-    "name", "version", "run_id", "epoch", "metric", "mode", "value", "path", "sha256", "size_bytes",
-    "spec_hash", "data_fingerprint", "created_at",
+    "name", "version", "run_id", "epoch", "metric", "mode", "value", "source", "path", "sha256", "size_bytes",
+    "source_path", "spec_hash", "data_fingerprint", "created_at",
 )
 
 

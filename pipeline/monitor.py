@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 from pipeline.errors import ConfigurationError
 
@@ -79,6 +79,38 @@ class Monitor:
         if not isinstance(self.min_delta, (int, float)) or math.isnan(self.min_delta):
             raise ConfigurationError(f"min_delta must be a number; got {self.min_delta!r}")
         object.__setattr__(self, "min_delta", abs(float(self.min_delta)))
+
+    @classmethod
+    def from_event(cls, event: Any, *, known_mode: str | None = None, min_delta: float = 0.0) -> "Monitor":
+        """The rule the callback behind ``event`` used: its ``monitor`` and the ``mode`` it carries.
+
+        Events from before the ``mode`` field fall back to ``known_mode`` (e.g. what the run's
+        ``run_started`` said about that monitor), and only then to the metric's name.
+
+        Raises:
+            ConfigurationError: the event names no monitor, or no direction can be known.
+
+        Example:
+            >>> from pipeline import events as ev
+            >>> saved = ev.build(ev.CheckpointSaved, run_id="r", seq=1, path="b.keras", epoch=0,
+            ...                  monitor="val_f1", mode="max", value=0.8)
+            >>> Monitor.from_event(saved).mode
+            'max'
+        """
+        kind = getattr(event, "type", None) or "checkpoint_saved"
+        metric = getattr(event, "monitor", None)
+        if not metric:
+            raise ConfigurationError(f"the {kind} event names no monitored metric")
+        mode = getattr(event, "mode", None) or known_mode
+        if mode in ("min", "max"):
+            return cls(metric, mode=mode, min_delta=min_delta)
+        try:
+            return cls(metric, mode="auto", min_delta=min_delta)
+        except ConfigurationError:
+            raise ConfigurationError(
+                f"the {kind} event gives no direction for {metric!r} and its name does not "
+                "say whether it is minimised or maximised (events from Fitstream ≥ 0.2 carry the callback's mode)"
+            ) from None
 
     def is_improvement(self, value: float, best: float | None) -> bool:
         """Whether ``value`` beats ``best`` (always true when there is no best yet).

@@ -23,9 +23,11 @@ from typing import Any
 
 import keras
 
+from pipeline import events as ev
 from pipeline.bus import connect
 from pipeline.callbacks.keras_state import is_chief
 from pipeline.callbacks.publisher import EventPublisher
+from pipeline.callbacks.resume import ResumableBackup
 from pipeline.config import Settings, get_settings
 from pipeline.consumers.base import default_consumer_name
 from pipeline.errors import ConfigurationError, FitstreamError
@@ -35,9 +37,6 @@ from pipeline.jobs import CallableRef, JobSpec, LRSchedule, check_importable
 
 log = logging.getLogger(__name__)
 
-#: Sequence numbers of attempt N start at N × SEQ_BLOCK (below: the queue path's own events),
-#: so a resumed run's events stay unique and ordered.
-SEQ_BLOCK = 1_000_000
 DUPLICATE = "duplicate"
 #: How often a running job checks for `fitstream cancel`.
 CANCEL_POLL_S = 0.5
@@ -64,6 +63,11 @@ class RunPaths:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+    @property
+    def restored_model(self) -> Path:
+        """Where the model EarlyStopping restored to its best weights is saved at the end of training."""
+        return self.root / "checkpoints" / "early_stopping_restored.keras"
 
     def checkpoint(self, filename: str) -> Path:
         return self.root / "checkpoints" / filename
@@ -180,7 +184,7 @@ def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str |
     spec = record.spec
     owner = worker_name or default_consumer_name()
     lease = RunLease(client, run_id, owner=owner, ttl_s=settings.lease_ttl_seconds)
-    if not lease.acquire():
+    if not lease.acquire_from_dead():
         log.warning("run %s is being trained by %s; this delivery does not train it", run_id, lease.holder())
         return DUPLICATE
     try:
@@ -202,7 +206,8 @@ def _train(spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, l
     publisher = EventPublisher(
         name=spec.name, run_id=run_id, settings=settings, batch_events_every=spec.batch_events_every,
         batch_size=spec.fit.batch_size, tags={**spec.tags, "attempt": str(attempt)},
-        seq_start=attempt * SEQ_BLOCK,
+        seq_start=ev.attempt_first_seq(attempt),
+        save_restored_model=paths.restored_model if spec.promote.save_restored_model and is_chief() else None,
     )
     heartbeat = _Heartbeat(lease, store, run_id, publisher, interval=max(0.2, settings.lease_ttl_seconds / 3))
     heartbeat.start()
@@ -210,13 +215,15 @@ def _train(spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, l
     try:
         with publisher:
             check_importable(spec, allowed)  # the deployment's rule, enforced where code is imported
+            if spec.seed is not None:
+                _seed_everything(spec.seed)
             model = _call(spec.model, allowed)
             x, y, validation = _split_data(_call(spec.data, allowed))
             publisher.data_fingerprint = fingerprint_data(x, y, validation)
             callbacks, watched = build_callbacks(spec, paths, allowed)
             publisher.watch = tuple(watched)
-            # Resume support: restores weights, optimizer and epoch after a lost worker.
-            callbacks.append(keras.callbacks.BackupAndRestore(str(paths.backup)))
+            # Resume support: weights, optimizer, epoch and what the callbacks knew, after a lost worker.
+            callbacks.append(ResumableBackup(paths.backup, keep=[*watched, publisher]))
             fit = spec.fit
             model.fit(
                 x, y, validation_data=validation, validation_split=fit.validation_split or 0.0,
@@ -231,6 +238,15 @@ def _train(spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, l
     finally:
         heartbeat.stopped.set()
     return status
+
+
+def _seed_everything(seed: int) -> None:
+    """Python, NumPy and backend seeds, and deterministic TensorFlow ops (a job's ``seed:``)."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def _final_status(publisher: EventPublisher) -> str:

@@ -62,7 +62,24 @@ def test_lifecycle_events():
     stopped = ev.build(ev.EarlyStopped, run_id="r", seq=9, stopped_epoch=6, best_epoch=3, best_value=0.2, monitor="val_loss", mode="min")
     state, transition = evaluate(rule, RuleState(), stopped)
     assert transition.state == "firing" and "early stopping at epoch 6" in transition.summary
-    assert evaluate(rule, state, stopped) == (state, None)
+    # A redelivery fires for the same event id again: the outbox keeps one message per id.
+    assert evaluate(rule, state, stopped)[1].event_id == transition.event_id == stopped.id
+
+
+def test_lifecycle_rules_fire_for_every_origin_whatever_the_sequence_watermark():
+    """Issue 9, case 4: the promoter's events were numbered below the run's own and dropped as old."""
+    rule = _rules({"name": "life", "on": ["early_stopped", "model_promoted"], "channels": ["team"]}).rules[0]
+    stopped = ev.build(ev.EarlyStopped, run_id="r", seq=ev.attempt_first_seq(1) + 40, stopped_epoch=9, best_epoch=1,
+                       best_value=0.2, monitor="val_loss", mode="min")
+    promoted = ev.build(ev.ModelPromoted, run_id="r", seq=ev.promotion_seq(stopped.seq, "model_promoted"), name="m", version=1, champion=True)
+    legacy = ev.build(ev.ModelPromoted, run_id="r", seq=999_001, name="m", version=2, champion=False)  # an older promoter's numbering
+    state = RuleState()
+    fired = []
+    for event in (stopped, promoted, legacy):
+        state, transition = evaluate(rule, state, event)
+        fired.append(transition.event_id if transition else None)
+    assert fired == [stopped.id, promoted.id, legacy.id]
+    assert promoted.seq > ev.attempt_first_seq(ev.MAX_ATTEMPTS) + ev.ATTEMPT_BLOCK > stopped.seq
 
 
 def test_promotion_outcomes_can_be_alerted_on():

@@ -119,7 +119,8 @@ def test_threshold_gives_one_firing_and_one_resolved_message(settings, engine, s
 def test_nan_alerts_once_and_lifecycle_goes_to_the_signed_webhook(settings, engine, slack, hook):
     stream = EventStream(settings=settings)
     stream.publish(_run_events("r3", "exploding", [0.3, 0.3, 0.3, 0.3], losses=[1.0, math.nan, math.nan, math.nan]))
-    stream.publish([ev.build(ev.EarlyStopped, run_id="r3", seq=10, stopped_epoch=3, best_epoch=0, best_value=0.3, monitor="val_loss", mode="min")])
+    stopped = ev.build(ev.EarlyStopped, run_id="r3", seq=10, stopped_epoch=3, best_epoch=0, best_value=0.3, monitor="val_loss", mode="min")
+    stream.publish([stopped])
     with AlerterThreads(settings, engine, _environ(slack, hook)):
         wait_for(lambda: len(slack.accepted) >= 1 and len(hook.accepted) >= 1, message="NaN and lifecycle alerts")
     assert len(slack.accepted) == 1 and "diverged FIRING" in slack.texts()[0]
@@ -127,7 +128,7 @@ def test_nan_alerts_once_and_lifecycle_goes_to_the_signed_webhook(settings, engi
     body, headers = request["body"], request["headers"]
     expected = hmac.new(WEBHOOK_SECRET.encode(), headers["X-Fitstream-Timestamp"].encode() + b"." + body, hashlib.sha256).hexdigest()
     assert headers["X-Fitstream-Signature"] == "sha256=" + expected
-    assert headers["Idempotency-Key"] == "lifecycle:r3:1:firing:ops"
+    assert headers["Idempotency-Key"] == f"lifecycle:r3:event-{stopped.id}:firing:ops"
     assert request["json"]["summary"].startswith("early stopping at epoch 3")
 
 

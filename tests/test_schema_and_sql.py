@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +16,8 @@ from pipeline.db.models import Base
 from pipeline.db.session import make_engine
 from pipeline.errors import SchemaNotAtHeadError
 from tests.conftest import run_cli, settings_env
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_migrations_create_exactly_the_models_schema(database_url):
@@ -50,7 +53,9 @@ def test_recorder_refuses_an_old_schema(database_url):
     migrate.upgrade(database_url)
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
-    with pytest.raises(SchemaNotAtHeadError, match=r"at schema revision 0000, this Fitstream needs 0005; run: fitstream db upgrade"):
+    head = migrate.head_revision()
+    assert head == max(p.name[:4] for p in (REPO_ROOT / "migrations" / "versions").glob("0*.py"))
+    with pytest.raises(SchemaNotAtHeadError, match=rf"at schema revision 0000, this Fitstream needs {head}; run: fitstream db upgrade"):
         Recorder(engine)
     engine.dispose()
 

@@ -17,10 +17,6 @@ from pipeline.job_store import JobStore
 from pipeline.jobs import JobSpec, JobSpecError, check_importable
 from workers.celery_app import TRAIN_TASK, make_app
 
-#: Events the queue path publishes itself use sequence numbers below the first attempt's.
-QUEUED_SEQ = 0
-CANCELLED_BEFORE_START_SEQ = 1
-
 
 @dataclass(frozen=True)
 class Submitted:
@@ -43,7 +39,7 @@ def submit_job(spec: JobSpec, *, queue: str | None = None, settings: Settings | 
     store.set_state(run_id, "queued")
     stream = EventStream(client=client, settings=settings)
     event = ev.build(
-        ev.RunQueued, run_id=run_id, seq=QUEUED_SEQ, name=spec.name, queue=queue,
+        ev.RunQueued, run_id=run_id, seq=ev.QUEUED_SEQ, name=spec.name, queue=queue,
         spec=spec.model_dump(mode="json", by_alias=True), tags=spec.tags,
     )
     stream_id = stream.publish([event])[0]
@@ -66,7 +62,7 @@ def cancel_job(run_id: str, *, settings: Settings | None = None) -> str:
         make_app(settings).control.revoke(run_id)
         store.set_state(run_id, "finished")
         EventStream(client=client, settings=settings).publish(
-            [ev.build(ev.RunFinished, run_id=run_id, seq=CANCELLED_BEFORE_START_SEQ, status="cancelled", epochs_completed=0)]
+            [ev.build(ev.RunFinished, run_id=run_id, seq=ev.CANCELLED_BEFORE_START_SEQ, status="cancelled", epochs_completed=0)]
         )
         return "revoked"
     return "stopping"

@@ -1,4 +1,5 @@
-"""Noticing the checkpoint files ModelCheckpoint writes, and describing them off the training thread."""
+"""Noticing the checkpoint files ModelCheckpoint writes (every epoch or every N batches), and
+describing them off the training thread."""
 
 from __future__ import annotations
 
@@ -9,19 +10,21 @@ from pipeline import events as ev
 from pipeline.store.copying import file_sha256
 
 
-
 class CheckpointWatcher:
-    """Tells which epoch-level checkpoint a ModelCheckpoint wrote during an epoch."""
+    """Tells which checkpoint file a ModelCheckpoint wrote (new or changed since it was last seen)."""
 
     def __init__(self) -> None:
         self._seen: dict[str, tuple[int, int]] = {}
 
-    def written(self, callback: Any, epoch: int, logs: dict[str, Any], since_ns: int) -> str | None:
-        """The absolute path written this epoch (new or changed since ``since_ns``), else None."""
-        if callback.save_freq != "epoch":
-            return None  # batch-level checkpoints are not reported
+    def written(
+        self, callback: Any, epoch: int, logs: dict[str, Any] | None, since_ns: int, *, batch: int | None = None
+    ) -> str | None:
+        """The absolute path written for ``epoch`` (or for ``batch`` of it, for a batch-level
+        ModelCheckpoint) since ``since_ns``, else None."""
+        if (callback.save_freq == "epoch") != (batch is None):
+            return None
         try:
-            path = os.path.abspath(callback._get_file_path(epoch, None, logs))
+            path = os.path.abspath(callback._get_file_path(epoch, batch, dict(logs or {})))
             stat = os.stat(path)
         except Exception:
             return None
@@ -32,7 +35,10 @@ class CheckpointWatcher:
         return path
 
 
-def checkpoint_event_maker(*, run_id: str, seq: int, path: str, epoch: int, monitor: str, value: float | None) -> Callable[[], dict[str, str]]:
+def checkpoint_event_maker(
+    *, run_id: str, seq: int, path: str, epoch: int, monitor: str, value: float | None, mode: str | None = None,
+    source: str = "model_checkpoint", batch: int | None = None,
+) -> Callable[[], dict[str, str]]:
     """A function that builds the ``checkpoint_saved`` event, hashing the file when called
     (on the sender thread: hashing a large checkpoint must not hold up training)."""
 
@@ -43,8 +49,8 @@ def checkpoint_event_maker(*, run_id: str, seq: int, path: str, epoch: int, moni
             size, digest = None, None
         return ev.encode(
             ev.build(
-                ev.CheckpointSaved, run_id=run_id, seq=seq, path=path, epoch=epoch,
-                monitor=monitor, value=value, size_bytes=size, sha256=digest,
+                ev.CheckpointSaved, run_id=run_id, seq=seq, path=path, epoch=epoch, monitor=monitor, value=value,
+                size_bytes=size, sha256=digest, mode=mode, source=source, batch=batch,
             )
         )
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from typing import Any, Iterable
 
 import keras
@@ -30,13 +29,6 @@ def check_watchable(watch: Iterable[Any]) -> tuple[Any, ...]:
             raise ConfigurationError(
                 "watch takes keras.callbacks.EarlyStopping, ModelCheckpoint or ReduceLROnPlateau "
                 f"instances; got {type(callback).__name__}"
-            )
-        if isinstance(callback, MODEL_CHECKPOINT) and callback.save_freq != "epoch":
-            warnings.warn(
-                f"ModelCheckpoint({callback.filepath!r}, save_freq={callback.save_freq!r}) saves every "
-                f"{callback.save_freq} batches; Fitstream reports epoch checkpoints only, so these files get no "
-                "checkpoint_saved event and cannot be promoted (use save_freq='epoch' for the checkpoint to promote)",
-                stacklevel=3,
             )
     return watch
 

@@ -10,10 +10,16 @@ Drop it into any ``model.fit`` beside Keras' own callbacks::
     print(publisher.run_id)
 
 It reports what Keras decided (best and stopped epoch, restored weights,
-checkpoints written, learning-rate changes) by reading the watched callbacks'
-own state after they have acted, so where it stands in ``callbacks=`` does
-not matter: an epoch is published at the start of the next epoch (or at the
-end of training), when every callback has finished with it.
+checkpoints written, learning-rate changes, and the direction each callback
+used) by reading the watched callbacks' own state after they have acted, so
+where it stands in ``callbacks=`` does not matter: an epoch is published at the
+start of the next epoch (or at the end of training), when every callback has
+finished with it.
+
+With ``save_restored_model=PATH`` it also saves, once at the end of training, the
+model EarlyStopping restored to its best weights, and reports it as a checkpoint of
+EarlyStopping's best epoch (``source="early_stopping_restore"``): what the promoter
+takes when no ModelCheckpoint file can be promoted.
 
 Training is never slowed or broken by the event path: events go to a bounded
 buffer sent by a background thread, or to a disk spool while Redis is away.
@@ -53,6 +59,7 @@ from pipeline.callbacks.keras_state import (
     learning_rate,
     monitor_problems,
     primary_monitor,
+    resolved_mode,
 )
 from pipeline.callbacks.sender import EventSender, FlushReport
 from pipeline.config import Settings, get_settings
@@ -83,6 +90,9 @@ class EventPublisher(keras.callbacks.Callback):
         seq_start: First sequence number (a resumed run continues after its last event).
         data_fingerprint: Which data the run trains on, e.g. ``fingerprint_data(x, y)`` from
             :mod:`pipeline.fingerprint`; kept with the run and with any model promoted from it.
+        save_restored_model: Where to save the model EarlyStopping restored to its best weights at the
+            end of training (a ``.keras`` path), reported as a checkpoint. Default None (not saved);
+            queued jobs save it in the run's directory unless the job says ``promote: {save_restored_model: false}``.
 
     Example:
         >>> publisher = EventPublisher(name="digits", watch=[early_stopping])  # doctest: +SKIP
@@ -105,6 +115,7 @@ class EventPublisher(keras.callbacks.Callback):
         stream: str | None = None,
         seq_start: int = 0,
         data_fingerprint: str | None = None,
+        save_restored_model: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(name, str) or not name.strip():
@@ -122,6 +133,9 @@ class EventPublisher(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.tags = dict(tags or {})
         self.data_fingerprint = data_fingerprint
+        if save_restored_model is not None and not str(save_restored_model).endswith(".keras"):
+            raise ConfigurationError(f"save_restored_model must be a .keras path; got {str(save_restored_model)!r}")
+        self.save_restored_model = save_restored_model
         self.flush_timeout = flush_timeout
         self.settings = settings or get_settings()
         self._redis_url = redis_url or self.settings.redis_url
@@ -149,6 +163,8 @@ class EventPublisher(keras.callbacks.Callback):
         self._current_epoch = 0
         self._checkpoints = CheckpointWatcher()
         self._last_train_logs: dict[str, Any] | None = None
+        self._previous_batch: tuple[int, dict[str, Any] | None] | None = None
+        self._restored_checkpoint: Any = None
 
     def _next_seq(self) -> int:
         seq = self._seq
@@ -252,11 +268,30 @@ class EventPublisher(keras.callbacks.Callback):
             self._epoch_lr = self._learning_rate()
         if self.cancel_requested:
             self.model.stop_training = True
+        if self._batch_checkpointers:
+            self._report_batch_checkpoints(batch, logs)
         if self._batch_throttle.enabled and self._batch_throttle.due():
             # Only capture here; building and encoding happen on the sender thread.
             self._emit_deferred(batch_event_maker(
                 run_id=self.run_id, seq=self._next_seq(), epoch=self._current_epoch, batch=batch, logs=logs,
             ))
+
+    def _report_batch_checkpoints(self, batch: int | None, logs: dict[str, Any] | None) -> None:
+        # A ModelCheckpoint later in callbacks= saves after this hook: look at the previous
+        # batch's file too (and at the last batch's, at the end of the epoch).
+        looks = [self._previous_batch] if self._previous_batch is not None else []
+        if batch is not None:
+            looks.append((batch, logs))
+            self._previous_batch = (batch, dict(logs or {}))
+        for callback in self._batch_checkpointers:
+            for seen_batch, seen_logs in looks:
+                path = self._checkpoints.written(callback, self._current_epoch, seen_logs, self._epoch_start_ns, batch=seen_batch)
+                if path is not None:
+                    self._emit_deferred(checkpoint_event_maker(
+                        run_id=self.run_id, seq=self._next_seq(), path=path, epoch=self._current_epoch,
+                        monitor=callback.monitor, value=ev.to_float((seen_logs or {}).get(callback.monitor)),
+                        mode=resolved_mode(callback), batch=seen_batch,
+                    ))
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
         # During fit, validation ends before any callback's on_epoch_end: the first moment
@@ -268,6 +303,9 @@ class EventPublisher(keras.callbacks.Callback):
             self._check_monitors(names)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._batch_checkpointers:
+            self._report_batch_checkpoints(None, None)
+        self._previous_batch = None
         logs = logs if logs is not None else {}
         if not self._checked_monitors:
             self._checked_monitors = True
@@ -321,6 +359,8 @@ class EventPublisher(keras.callbacks.Callback):
             self._emit(
                 ev.LearningRateChanged, epoch=epoch, old=self._epoch_lr, new=new_lr,
                 reason=f"ReduceLROnPlateau on {reducer.monitor}" if reducer is not None else None,
+                monitor=reducer.monitor if reducer is not None else None,
+                mode=resolved_mode(reducer) if reducer is not None else None,
             )
         for callback in self.watch:
             if isinstance(callback, MODEL_CHECKPOINT):
@@ -332,6 +372,7 @@ class EventPublisher(keras.callbacks.Callback):
             and epoch > 0
             and epoch not in self._early_stopped_reported
         ):
+            self._emit_restored_checkpoint()  # before early_stopped: the promoter acts on that
             self._early_stopped_reported.add(epoch)
             self._emit(ev.EarlyStopped, **early_stopping_decision(stopper))
 
@@ -340,13 +381,46 @@ class EventPublisher(keras.callbacks.Callback):
         if path is not None:
             self._emit_deferred(checkpoint_event_maker(
                 run_id=self.run_id, seq=self._next_seq(), path=path, epoch=epoch,
-                monitor=callback.monitor, value=ev.to_float(logs.get(callback.monitor)),
+                monitor=callback.monitor, value=ev.to_float(logs.get(callback.monitor)), mode=resolved_mode(callback),
             ))
+
+    @property
+    def _batch_checkpointers(self) -> tuple[Any, ...]:
+        return tuple(c for c in self.watch if isinstance(c, MODEL_CHECKPOINT) and c.save_freq != "epoch")
+
+    def _save_restored(self) -> None:
+        """Save the model EarlyStopping restores to its best weights (once, at the end of training)."""
+        stopper = self._early_stopping()
+        if (
+            self.save_restored_model is None or stopper is None or not stopper.restore_best_weights
+            or stopper.best_weights is None or self._sender is None
+        ):
+            return
+        path = os.path.abspath(os.fspath(self.save_restored_model))
+        try:
+            # EarlyStopping sets these same weights in its own on_train_end, before or after this one.
+            self.model.set_weights(stopper.best_weights)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.model.save(path, overwrite=True)
+        except Exception:
+            log.exception("fitstream: could not save the restored best model to %s (training is not affected)", path)
+            return
+        self._restored_checkpoint = {
+            "path": path, "epoch": int(stopper.best_epoch), "monitor": stopper.monitor,
+            "value": ev.to_float(stopper.best), "mode": resolved_mode(stopper), "source": "early_stopping_restore",
+        }
+
+    def _emit_restored_checkpoint(self) -> None:
+        if self._restored_checkpoint is not None:
+            fields, self._restored_checkpoint = self._restored_checkpoint, None
+            self._emit_deferred(checkpoint_event_maker(run_id=self.run_id, seq=self._next_seq(), **fields))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self._state != "running":
             return
+        self._save_restored()
         self._finalize_pending()
+        self._emit_restored_checkpoint()  # a run that completed without early stopping
         stopper = self._early_stopping()
         if self.cancel_requested:
             status = "cancelled"
@@ -357,24 +431,25 @@ class EventPublisher(keras.callbacks.Callback):
         self._finish(status)
 
     # -- outcome ------------------------------------------------------------------
-    def _best(self) -> tuple[int | None, float | None, str | None]:
+    def _best(self) -> tuple[int | None, float | None, str | None, str | None]:
+        """(best epoch, best value, monitor, mode) as EarlyStopping decided, else by the run's monitor."""
         stopper = self._early_stopping()
         if stopper is not None and stopper.best is not None:
-            return int(stopper.best_epoch), ev.to_float(stopper.best), stopper.monitor
+            return int(stopper.best_epoch), ev.to_float(stopper.best), stopper.monitor, resolved_mode(stopper)
         monitor, mode = self._run_monitor
         if monitor is None:
-            return None, None, None
+            return None, None, None, None
         try:
             rule = Monitor(monitor, mode=mode or "auto")
         except ConfigurationError:
-            return None, None, monitor
+            return None, None, monitor, mode
         best = rule.best_of(value for _, value in self._monitor_history)
         if best is None:
-            return None, None, monitor
-        return self._monitor_history[best[0]][0], best[1], monitor
+            return None, None, monitor, rule.mode
+        return self._monitor_history[best[0]][0], best[1], monitor, rule.mode
 
     def _finish(self, status: str, *, timeout: float | None = None) -> None:
-        best_epoch, best_value, monitor = self._best()
+        best_epoch, best_value, monitor, mode = self._best()
         stopper = self._early_stopping()
         self._emit(
             ev.RunFinished,
@@ -384,6 +459,7 @@ class EventPublisher(keras.callbacks.Callback):
             best_epoch=best_epoch,
             best_value=best_value,
             monitor=monitor,
+            mode=mode,
             restored_best_weights=bool(stopper is not None and stopper.restore_best_weights and stopper.best_weights is not None),
         )
         self._state = "finished"
@@ -424,6 +500,29 @@ class EventPublisher(keras.callbacks.Callback):
                 traceback="".join(traceback.format_exception(type(error), error, error.__traceback__))[-8000:],
             )
         self._finish("cancelled" if cancelled else "failed", timeout=timeout)
+
+    # -- resume (see pipeline.callbacks.resume.ResumableBackup) --------------------------------
+    def flush_epoch(self, timeout: float = 5.0) -> bool:
+        """Publish the finished epoch now (it is otherwise published when the next one begins) and
+        wait until its events are in Redis or in the disk spool: a resume backup written after
+        this never claims an epoch whose events a SIGKILL could still lose."""
+        self._finalize_pending()
+        if self._sender is None:
+            return True
+        return self._sender.persist(timeout)
+
+    def get_resume_state(self) -> dict[str, Any]:
+        """What this publisher knows about the run so far, to survive a resume."""
+        return {
+            "monitor_history": [[epoch, value] for epoch, value in self._monitor_history],
+            "epochs_completed": self._epochs_completed,
+            "early_stopped_reported": sorted(self._early_stopped_reported),
+        }
+
+    def set_resume_state(self, state: dict[str, Any]) -> None:
+        self._monitor_history = [(int(epoch), value) for epoch, value in state.get("monitor_history", [])]
+        self._epochs_completed = max(self._epochs_completed, int(state.get("epochs_completed", 0)))
+        self._early_stopped_reported = set(state.get("early_stopped_reported", []))
 
     def request_cancel(self) -> None:
         """Stop training at the next batch boundary; the run ends as ``cancelled``."""

@@ -86,7 +86,8 @@ class EventSender:
         self._deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._outage_started: float | None = None
-        self._head: list[Fields] = []
+        self._queued = 0  # events put in the in-memory queue …
+        self._settled = 0  # … and how many of them have since been sent or written to the spool
         self.sent = 0
         self.errors = 0
 
@@ -103,6 +104,7 @@ class EventSender:
                 if not self._spooling:
                     try:
                         self._queue.put_nowait(item)
+                        self._queued += 1
                         return
                     except queue.Full:
                         # Everything still queued precedes this event: spool it first, in order.
@@ -113,6 +115,24 @@ class EventSender:
         except Exception:  # the event path must never break training
             self.errors += 1
             log.exception("fitstream: could not queue an event")
+
+    def persist(self, timeout: float) -> bool:
+        """Wait until every event submitted so far is in Redis or in the spool file, so that a
+        SIGKILL from now on loses none of them (called before a resume backup is written).
+
+        Waits at most ``timeout`` seconds, then writes what is still queued to the spool
+        (an event in flight may then be sent twice; consumers keep one per id). True when
+        everything was sent or spooled in time.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        target = self._queued
+        while self._settled < target:
+            if time.monotonic() >= deadline:
+                with self._lock:
+                    self._move_queue_to_spool([])
+                return False
+            time.sleep(0.0005)
+        return True
 
     def close(self, timeout: float) -> FlushReport:
         """Send what is buffered (waiting at most ``timeout`` seconds) and stop the thread."""
@@ -125,11 +145,6 @@ class EventSender:
         if self._thread is not None:
             self._thread.join(timeout + 2 * 10.0)
         with self._lock:
-            if self._head:
-                # Unsent events that precede the spool's: put them at its front.
-                self._spool.prepend(self._head)
-                self._head = []
-                self._spooling = True
             self._move_queue_to_spool([])
             left = self._spool.unread_count()
             if left == 0:
@@ -164,6 +179,7 @@ class EventSender:
                 try:
                     self._publish(fields)
                     self.sent += len(fields)
+                    self._settled += len(fields)
                 except StreamUnavailableError as exc:
                     self._begin_outage(fields, exc)
             except Exception:
@@ -213,12 +229,14 @@ class EventSender:
         if head or rest:
             self._spool.append(head + rest)
             self._spooling = True
+        self._settled += len(rest)
 
     def _begin_outage(self, unsent: list[Fields], exc: Exception) -> None:
         with self._lock:
             # The failed batch precedes anything spooled meanwhile (by a buffer overflow):
-            # keep it in memory (at most one batch) and send it before the spool.
-            self._head = unsent
+            # it goes to the spool's front, so that it survives the process as the rest does.
+            self._spool.prepend(unsent)
+            self._settled += len(unsent)
             self._move_queue_to_spool([])
             self._spooling = True
         if self._outage_started is None:
@@ -227,14 +245,6 @@ class EventSender:
 
     def _drain_spool(self) -> bool:
         """Send spooled events in order. True once the spool is empty and spooling has stopped."""
-        if self._head:
-            try:
-                self._publish(self._head)
-            except StreamUnavailableError:
-                return False
-            self.sent += len(self._head)
-            self._head = []
-            return True
         items, offset = self._spool.read(max_items=self._send_batch)
         if offset != self._spool.offset:
             if items:

@@ -65,7 +65,7 @@ class DiskSpool:
         return items, offset
 
     def prepend(self, items: list[dict[str, str]]) -> None:
-        """Put ``items`` before the unread lines (rewrites the file; only used when closing)."""
+        """Put ``items`` before the unread lines (rewrites the file: used once, when an outage begins)."""
         unread: list[dict[str, str]] = []
         while True:
             chunk, offset = self.read(max_items=10_000)

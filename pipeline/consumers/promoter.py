@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
 from pipeline.consumers.base import Received, default_consumer_name
+from pipeline.consumers.candidates import MODEL_CHECKPOINT, Candidate, Ranking, rank_candidates
 from pipeline.consumers.load_check import KerasLoadCheck, file_identity
 from pipeline.db.bulk import upsert_insert
 from pipeline.db.migrate import require_head
@@ -37,15 +38,13 @@ from pipeline.db.session import transaction
 from pipeline.errors import FitstreamError
 from pipeline.lease import LeaseBusyError, RedisLease, held
 from pipeline.monitor import Monitor
-from pipeline.store import ModelStore, StoreError, VersionTakenError
+from pipeline.store import ChecksumMismatchError, ModelStore, StoredVersion, StoreError, VersionTakenError
 
 log = logging.getLogger(__name__)
 
 GROUP = "promoter"
 CHAMPION = "champion"
 LATEST = "latest"
-#: Sequence numbers of the promoter's own events for a run (below the first training attempt's block).
-PROMOTION_SEQ = 999_000
 #: A staging copy this old is a leftover of an interrupted promotion, not a copy in progress.
 STALE_STAGING_S = 6 * 3600
 #: A promotion lock lives this long without renewal (its holder renews it); others wait up to LOCK_WAIT_S.
@@ -72,6 +71,10 @@ class Promotion:
     created: bool  # False when this run was already registered (redelivery)
     metric: str | None = None
     value: float | None = None
+    mode: str | None = None
+    epoch: int | None = None
+    source: str | None = None
+    champion_reason: str | None = None  # why champion did not move, when not for being worse
 
 
 class PromotionLocks:
@@ -100,6 +103,8 @@ class PromotionLocks:
 
 def check_keras_file(path: str) -> None:
     """A ``.keras`` file is a zip holding config.json and the weights (checked without TensorFlow)."""
+    if path.endswith(".weights.h5"):
+        raise PromotionRefused(f"{path} holds weights only (save_weights_only=True), not a model that can be loaded")
     if path.endswith(".h5"):
         return  # legacy H5: checked by its sha256 only
     try:
@@ -120,9 +125,7 @@ def promote_run(
     store: ModelStore,
     run_id: str,
     *,
-    best_epoch: int | None = None,
     metric: str | None = None,
-    mode: str | None = None,
     force: bool = False,
     aliases: Sequence[str] = (),
     name: str | None = None,
@@ -131,99 +134,156 @@ def promote_run(
 ) -> Promotion:
     """Register ``run_id``'s best checkpoint as a new version and move ``champion`` if it is better.
 
+    "Best" is the file ModelCheckpoint kept, judged by its own monitor and mode, among the run's
+    checkpoints whose files are intact (sha256 as recorded); when none is, the model EarlyStopping
+    restored (saved at the end of training). ``metric`` picks among several ModelCheckpoints (the
+    trigger's monitor). ``champion`` moves only for a version better on the champion's own metric
+    and mode; a champion judged on another metric stays (``Promotion.champion_reason`` says why)
+    unless ``force``.
+
     ``load_check`` loads the checkpoint with Keras (``safe_mode=True``) before it becomes
     visible; without one, only its structure and sha256 are checked. ``locks`` make promotions of
     one model name take turns (always pass them where several processes may promote).
 
     Raises:
-        PromotionRefused: no checkpoint, a checksum mismatch, not loadable by Keras, or the
-            store refused (full, not writable).
+        PromotionRefused: no intact checkpoint, not loadable by Keras, the run failed or was
+            cancelled (without ``force``), or the store refused (full, not writable).
     """
     with transaction(engine) as conn:
         run = conn.execute(sa.select(SqlPromoterRun.__table__).where(SqlPromoterRun.run_id == run_id)).first()
-        candidates = conn.execute(
-            sa.select(SqlPromoterCheckpoint.__table__).where(SqlPromoterCheckpoint.run_id == run_id).order_by(SqlPromoterCheckpoint.epoch)
+        rows = conn.execute(
+            sa.select(SqlPromoterCheckpoint.__table__).where(SqlPromoterCheckpoint.run_id == run_id)
+            .order_by(SqlPromoterCheckpoint.seq, SqlPromoterCheckpoint.epoch)
         ).all()
     model_name = name or (json.loads(run.settings or "{}").get("name") if run else None) or (run.name if run else None)
     if not model_name:
         raise PromotionRefused(f"run {run_id}: no model name known (no run_started/run_queued event seen)")
     if run is not None and run.status in ("failed", "cancelled") and not force:
         raise PromotionRefused(f"run {run_id} ended {run.status}; promote it anyway with --force")
-    if not candidates:
-        raise PromotionRefused(f"run {run_id}: no checkpoint was recorded (add a ModelCheckpoint)")
-    metric = metric or candidates[-1].monitor
-    chosen = None
-    if best_epoch is not None:
-        at_best = [c for c in candidates if c.epoch == best_epoch]
-        chosen = at_best[-1] if at_best else None
-    if chosen is None:
-        rule = Monitor(metric or "val_loss", mode=mode or "auto")
-        mode = rule.mode
-        best = rule.best_of(c.value for c in candidates)
-        if best is None:
-            raise PromotionRefused(f"run {run_id}: no checkpoint has a value for {metric}")
-        chosen = candidates[best[0]]
-    mode = mode or Monitor(metric or "val_loss").mode
+    if not rows:
+        raise PromotionRefused(
+            f"run {run_id}: no checkpoint was recorded (add a ModelCheckpoint, or keep EarlyStopping's "
+            "restore_best_weights so that the restored model is saved at the end of training)"
+        )
+    known_modes = json.loads(run.monitor_modes) if run is not None and run.monitor_modes else {}
+    ranking = rank_candidates(
+        (Candidate(epoch=r.epoch, path=r.path, monitor=r.monitor, mode=r.mode, value=r.value, sha256=r.sha256,
+                   seq=r.seq, source=r.source, batch=r.batch) for r in rows),
+        known_modes=known_modes, prefer_monitor=metric,
+    )
+    if not ranking.ranked:
+        raise PromotionRefused(f"run {run_id}: no checkpoint can be ranked: " + "; ".join(ranking.notes))
 
     with locks(model_name) if locks is not None else contextlib.nullcontext():  # the version is picked and taken under it
         return _store_and_register(
-            engine, store, run=run, run_id=run_id, model_name=model_name, chosen=chosen, metric=metric,
-            mode=mode, force=force, aliases=aliases, load_check=load_check,
+            engine, store, run=run, run_id=run_id, model_name=model_name, ranking=ranking, force=force,
+            aliases=aliases, load_check=load_check,
         )
 
 
-def _store_and_register(
-    engine: Engine, store: ModelStore, *, run: Any, run_id: str, model_name: str, chosen: Any, metric: str | None,
-    mode: str, force: bool, aliases: Sequence[str], load_check: KerasLoadCheck | None,
-) -> Promotion:
-    """Copy ``chosen`` into the store as a new version of ``model_name``, register it, move the aliases."""
+def _registered(engine: Engine, model_name: str, run_id: str) -> Promotion | None:
+    """The version this run already has (a redelivered trigger registers nothing new)."""
     table = SqlModelVersion.__table__
     with transaction(engine) as conn:
         existing = conn.execute(sa.select(table).where(table.c.name == model_name, table.c.run_id == run_id)).first()
-    if existing is not None:
-        with transaction(engine) as conn:
-            champion = conn.execute(sa.select(SqlModelAlias.version).where(
-                SqlModelAlias.name == model_name, SqlModelAlias.alias == CHAMPION)).scalar()
-        return Promotion(model_name, existing.version, champion == existing.version, None, None, created=False,
-                         metric=existing.metric, value=existing.value)
+        if existing is None:
+            return None
+        champion = conn.execute(sa.select(SqlModelAlias.version).where(
+            SqlModelAlias.name == model_name, SqlModelAlias.alias == CHAMPION)).scalar()
+    return Promotion(
+        model_name, existing.version, champion == existing.version, None, None, created=False, metric=existing.metric,
+        value=existing.value, mode=existing.mode, epoch=existing.epoch, source=existing.source,
+    )
 
-    check_keras_file(chosen.path)
-    metadata = {
-        "run_id": run_id, "epoch": chosen.epoch, "metric": metric, "mode": mode, "value": chosen.value,
-        "source_path": chosen.path, "spec_hash": run.spec_hash if run else None,
-        "data_fingerprint": run.data_fingerprint if run else None,
-        "created_at": datetime.now(timezone.utc).isoformat(),
-    }
-    check = _loads_in_keras(chosen.path, load_check) if load_check is not None else None
+
+def _store_and_register(
+    engine: Engine, store: ModelStore, *, run: Any, run_id: str, model_name: str, ranking: Ranking, force: bool,
+    aliases: Sequence[str], load_check: KerasLoadCheck | None,
+) -> Promotion:
+    """Copy the best intact candidate into the store as a new version of ``model_name``, register it,
+    move the aliases."""
+    registered = _registered(engine, model_name, run_id)
+    if registered is not None:
+        return registered
+    notes = list(ranking.notes)
+    for chosen, rule in ranking.ranked:
+        try:
+            check_keras_file(chosen.path)
+        except PromotionRefused as exc:
+            notes.append(f"{chosen.where}: {exc}")
+            continue
+        if chosen.sha256 is None:
+            notes.append(f"{chosen.where}: its sha256 was not recorded, so it cannot be checked")
+            continue
+        metadata = {
+            "run_id": run_id, "epoch": chosen.epoch, "batch": chosen.batch, "metric": rule.metric, "mode": rule.mode,
+            "value": chosen.value, "source": chosen.source or MODEL_CHECKPOINT, "source_path": chosen.path,
+            "spec_hash": run.spec_hash if run else None, "data_fingerprint": run.data_fingerprint if run else None,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+        }
+        check = _loads_in_keras(chosen.path, load_check) if load_check is not None else None
+        try:
+            stored, version = _put_new_version(engine, store, model_name, run_id, chosen, metadata, check)
+        except ChecksumMismatchError as exc:
+            notes.append(f"{chosen.where}: {exc}")
+            continue
+        return _register(engine, model_name, version, stored, chosen, rule, metadata, force=force, aliases=aliases)
+    raise PromotionRefused(f"run {run_id}: no intact checkpoint to promote: " + "; ".join(notes))
+
+
+def _put_new_version(
+    engine: Engine, store: ModelStore, model_name: str, run_id: str, chosen: Candidate, metadata: dict[str, Any],
+    check: Callable[[], None] | None,
+) -> tuple[StoredVersion, int]:
     for attempt in range(VERSION_ATTEMPTS):
         version = _version_for(engine, store, model_name, run_id)
         try:
-            stored = store.put(model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256, check=check)
-            break
+            return store.put(model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256, check=check), version
         except VersionTakenError as exc:
             if attempt == VERSION_ATTEMPTS - 1:
                 raise PromotionRefused(f"{exc}; {VERSION_ATTEMPTS} version numbers were taken meanwhile") from None
+        except ChecksumMismatchError:
+            raise
         except StoreError as exc:
             raise PromotionRefused(str(exc)) from None
+    raise AssertionError("unreachable")
 
-    alias_table = SqlModelAlias.__table__
+
+def _champion_verdict(champion: Any, chosen: Candidate, rule: Monitor, *, force: bool) -> tuple[bool, str | None]:
+    """(whether the new version becomes champion, why not when it is not for want of being better)."""
+    if champion is None or force:
+        return True, None
+    if (champion.metric, champion.mode) != (rule.metric, rule.mode):
+        return False, (
+            f"champion v{champion.version} was judged on {champion.metric} ({champion.mode}) and this version on "
+            f"{rule.metric} ({rule.mode}): they cannot be compared, so champion stays; move it with "
+            "fitstream alias NAME VERSION champion, or promote with --force"
+        )
+    if chosen.value is None:
+        return False, f"this version has no {rule.metric} value to compare with champion v{champion.version}"
+    return champion.value is None or rule.is_improvement(chosen.value, champion.value), None
+
+
+def _register(
+    engine: Engine, model_name: str, version: int, stored: StoredVersion, chosen: Candidate, rule: Monitor,
+    metadata: dict[str, Any], *, force: bool, aliases: Sequence[str],
+) -> Promotion:
+    table, alias_table = SqlModelVersion.__table__, SqlModelAlias.__table__
     with transaction(engine) as conn:
         statement = upsert_insert(conn, table).on_conflict_do_nothing()
         conn.execute(statement, {
-            "name": model_name, "version": version, "run_id": run_id, "epoch": chosen.epoch, "metric": metric,
-            "mode": mode, "value": chosen.value, "path": stored.uri, "sha256": stored.sha256, "size_bytes": stored.size_bytes,
-            "source_path": chosen.path, "spec_hash": metadata["spec_hash"], "data_fingerprint": metadata["data_fingerprint"],
-            "created_at": datetime.now(timezone.utc),
+            "name": model_name, "version": version, "run_id": metadata["run_id"], "epoch": chosen.epoch,
+            "metric": rule.metric, "mode": rule.mode, "value": chosen.value, "path": stored.uri, "sha256": stored.sha256,
+            "size_bytes": stored.size_bytes, "source_path": chosen.path, "spec_hash": metadata["spec_hash"],
+            "data_fingerprint": metadata["data_fingerprint"], "created_at": datetime.now(timezone.utc),
+            "source": metadata["source"],
         })
         champion_row = conn.execute(
             sa.select(table.c.version, table.c.value, table.c.metric, table.c.mode)
             .join(alias_table, sa.and_(alias_table.c.name == table.c.name, alias_table.c.version == table.c.version))
             .where(alias_table.c.name == model_name, alias_table.c.alias == CHAMPION)
         ).first()
-        better = force or champion_row is None or (
-            champion_row.metric == metric and champion_row.mode == mode and chosen.value is not None
-            and (champion_row.value is None or Monitor(metric or "val_loss", mode=mode).is_improvement(chosen.value, champion_row.value))
-        )
+        better, reason = _champion_verdict(champion_row, chosen, rule, force=force)
         moved = [LATEST, *aliases] + ([CHAMPION] if better else [])
         now = datetime.now(timezone.utc)
         upsert = upsert_insert(conn, alias_table)
@@ -233,7 +293,8 @@ def _store_and_register(
         )
     return Promotion(
         model_name, version, better, champion_row.version if champion_row else None,
-        champion_row.value if champion_row else None, created=True, metric=metric, value=chosen.value,
+        champion_row.value if champion_row else None, created=True, metric=rule.metric, value=chosen.value,
+        mode=rule.mode, epoch=chosen.epoch, source=metadata["source"], champion_reason=reason,
     )
 
 
@@ -287,7 +348,7 @@ class Promoter:
         self.publish = publish
         self.load_check = load_check
         self.locks = locks
-        self._best_seen: dict[str, float] = {}  # run → best checkpoint value seen (to prefetch only improvements)
+        self._best_seen: dict[str, float] = {}  # run, source, monitor → best value seen (prefetch only improvements)
         if load_check is not None:
             load_check.warm()
         self._discard_stale_copies()
@@ -300,7 +361,10 @@ class Promoter:
                     promote = event.spec.get("promote") or {}
                     self._run(conn, event.run_id, event.name, json.dumps(promote), spec_hash=_spec_hash(event.spec))
                 elif isinstance(event, ev.RunStarted):
-                    self._run(conn, event.run_id, event.name, None, data_fingerprint=event.data_fingerprint)
+                    self._run(
+                        conn, event.run_id, event.name, None, data_fingerprint=event.data_fingerprint,
+                        monitor_modes=_monitor_modes(event),
+                    )
                 elif isinstance(event, ev.RunFinished):
                     finished = upsert_insert(conn, SqlPromoterRun.__table__)
                     conn.execute(
@@ -308,21 +372,36 @@ class Promoter:
                         {"run_id": event.run_id, "status": event.status},
                     )
                 elif isinstance(event, ev.CheckpointSaved):
-                    conn.execute(upsert_insert(conn, SqlPromoterCheckpoint.__table__).on_conflict_do_nothing(), {
-                        "run_id": event.run_id, "epoch": event.epoch, "path": event.path, "monitor": event.monitor,
-                        "value": event.value, "sha256": event.sha256,
-                    })
+                    self._checkpoint(conn, event)
                     self._prefetch(event)
         # Promotions after the facts are committed: a crash in between redoes them on redelivery.
         for event in events:
             if isinstance(event, ev.EarlyStopped):
                 settings = self._settings(event.run_id)
                 if settings.get("on_early_stop", True):
-                    self._promote(event.run_id, settings, best_epoch=event.best_epoch, metric=event.monitor, mode=event.mode)
+                    self._promote(event, settings)
             elif isinstance(event, ev.RunFinished) and event.status == "completed":
                 settings = self._settings(event.run_id)
                 if settings.get("on_complete"):
-                    self._promote(event.run_id, settings, best_epoch=event.best_epoch, metric=event.monitor, mode=None)
+                    self._promote(event, settings)
+
+    @staticmethod
+    def _checkpoint(conn: Connection, event: ev.CheckpointSaved) -> None:
+        """Remember a checkpoint; a later save of the same file in the same epoch (batch-level) replaces it."""
+        table = SqlPromoterCheckpoint.__table__
+        insert = upsert_insert(conn, table)
+        replaced = ("monitor", "value", "sha256", "mode", "source", "batch", "seq")
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["run_id", "epoch", "path"], set_={c: insert.excluded[c] for c in replaced},
+                where=sa.or_(table.c.seq.is_(None), table.c.seq < insert.excluded.seq),
+            ),
+            {
+                "run_id": event.run_id, "epoch": event.epoch, "path": event.path, "monitor": event.monitor,
+                "value": event.value, "sha256": event.sha256, "mode": event.mode, "source": event.source,
+                "batch": event.batch, "seq": event.seq,
+            },
+        )
 
     def _discard_stale_copies(self) -> None:
         """Remove what promoters killed mid-copy left behind (they are never visible, but take space)."""
@@ -340,11 +419,15 @@ class Promoter:
         if self.load_check is None:
             return
         if event.value is not None:
-            rule = Monitor(event.monitor or "val_loss")
-            best = self._best_seen.get(event.run_id)
-            if not rule.is_improvement(event.value, best):
+            try:
+                rule = Monitor.from_event(event)
+            except FitstreamError:
+                rule = None  # direction unknown here: load it anyway
+            key = f"{event.run_id}:{event.source}:{event.monitor}"
+            best = self._best_seen.get(key)
+            if rule is not None and not rule.is_improvement(event.value, best):
                 return
-            self._best_seen[event.run_id] = event.value
+            self._best_seen[key] = event.value
             if len(self._best_seen) > BEST_SEEN_RUNS:
                 self._best_seen.pop(next(iter(self._best_seen)))
         self.load_check.prefetch(event.path)
@@ -352,7 +435,7 @@ class Promoter:
     @staticmethod
     def _run(
         conn: Connection, run_id: str, name: str, settings: str | None, spec_hash: str | None = None,
-        data_fingerprint: str | None = None,
+        data_fingerprint: str | None = None, monitor_modes: str | None = None,
     ) -> None:
         table = SqlPromoterRun.__table__
         insert = upsert_insert(conn, table)
@@ -362,8 +445,10 @@ class Promoter:
                 "settings": sa.func.coalesce(insert.excluded.settings, table.c.settings),
                 "spec_hash": sa.func.coalesce(insert.excluded.spec_hash, table.c.spec_hash),
                 "data_fingerprint": sa.func.coalesce(insert.excluded.data_fingerprint, table.c.data_fingerprint),
+                "monitor_modes": sa.func.coalesce(insert.excluded.monitor_modes, table.c.monitor_modes),
             }),
-            {"run_id": run_id, "name": name, "settings": settings, "spec_hash": spec_hash, "data_fingerprint": data_fingerprint},
+            {"run_id": run_id, "name": name, "settings": settings, "spec_hash": spec_hash, "data_fingerprint": data_fingerprint,
+             "monitor_modes": monitor_modes},
         )
 
     def _settings(self, run_id: str) -> dict[str, Any]:
@@ -371,29 +456,34 @@ class Promoter:
             raw = conn.execute(sa.select(SqlPromoterRun.settings).where(SqlPromoterRun.run_id == run_id)).scalar()
         return json.loads(raw) if raw else {}
 
-    def _promote(self, run_id: str, settings: dict[str, Any], **kwargs: Any) -> None:
+    def _promote(self, trigger: ev.EarlyStopped | ev.RunFinished, settings: dict[str, Any]) -> None:
+        run_id = trigger.run_id
+
+        def announce(cls: type[ev._Event], outcome: str, **fields: Any) -> None:
+            # Announced again on redelivery (a crash may have come between the commit and the first
+            # announcement); the stable id and seq make consumers keep one.
+            seq = ev.promotion_seq(trigger.seq, outcome)
+            self._emit(ev.build(cls, run_id=run_id, seq=seq, event_id=ev.stable_event_id(run_id, seq), **fields))
+
         try:
             result = promote_run(
                 self.engine, self.store, run_id, force=bool(settings.get("force")), name=settings.get("name"),
-                load_check=self.load_check, locks=self.locks, **kwargs,
+                load_check=self.load_check, locks=self.locks, metric=trigger.monitor,
             )
         except PromotionRefused as exc:
             log.warning("run %s not promoted: %s", run_id, exc)
-            self._emit(ev.build(
-                ev.PromotionSkipped, run_id=run_id, seq=PROMOTION_SEQ, event_id=ev.stable_event_id(run_id, PROMOTION_SEQ),
-                reason=str(exc),
-            ))
+            announce(ev.PromotionSkipped, "promotion_skipped", name=settings.get("name"), reason=str(exc))
             return
         if result.created:
             log.info("run %s promoted as %s v%d%s", run_id, result.name, result.version, " (champion)" if result.champion else "")
-        # Announced again on redelivery (a crash may have come between the commit and the first
-        # announcement); the stable id and seq make consumers keep one.
-        self._emit(ev.build(
-            ev.ModelPromoted, run_id=run_id, seq=PROMOTION_SEQ + 1, event_id=ev.stable_event_id(run_id, PROMOTION_SEQ + 1),
-            name=result.name, version=result.version, champion=result.champion,
+        announce(
+            ev.ModelPromoted, "model_promoted", name=result.name, version=result.version, champion=result.champion,
             aliases=[LATEST] + ([CHAMPION] if result.champion else []), previous_champion_version=result.previous_champion,
-            previous_champion_value=result.previous_value, metric=result.metric, value=result.value,
-        ))
+            previous_champion_value=result.previous_value, metric=result.metric, value=result.value, mode=result.mode,
+            epoch=result.epoch, source=result.source, champion_reason=result.champion_reason,
+        )
+        if result.champion_reason is not None:
+            announce(ev.PromotionSkipped, "champion_kept", name=result.name, reason=f"champion not moved: {result.champion_reason}")
 
     def _emit(self, event: ev.Event) -> None:
         if self.publish is not None:
@@ -401,6 +491,14 @@ class Promoter:
                 self.publish([event])
             except Exception as exc:  # the promotion is committed; the announcement is best effort
                 log.warning("could not publish %s: %s", event.type, exc)
+
+
+def _monitor_modes(event: ev.RunStarted) -> str | None:
+    """{monitor: mode} as the run's callbacks decided them (for checkpoint events without a mode)."""
+    modes = {c.monitor: c.mode for c in event.callbacks if c.mode in ("min", "max")}
+    if event.monitor and event.mode:
+        modes.setdefault(event.monitor, event.mode)
+    return json.dumps(modes) if modes else None
 
 
 def _spec_hash(spec: dict[str, Any]) -> str | None:

@@ -32,7 +32,9 @@ GROUP = "recorder"
 EVENT_COLUMNS = ("event_id", "run_id", "seq", "type", "ts", "payload")
 METRIC_COLUMNS = ("run_id", "name", "epoch", "value")
 EPOCH_COLUMNS = ("run_id", "epoch", "learning_rate", "wall_time_s", "steps", "samples_per_second", "steps_per_second", "ended_at")
-CHECKPOINT_COLUMNS = ("run_id", "epoch", "path", "monitor", "value", "size_bytes", "sha256", "saved_at")
+CHECKPOINT_COLUMNS = (
+    "run_id", "epoch", "path", "monitor", "value", "size_bytes", "sha256", "saved_at", "mode", "source", "batch",
+)
 
 # How each runs column merges an incoming value with the stored one.
 STATUS_RANK = {"queued": 0, "running": 1}
@@ -115,7 +117,8 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
             )
         elif isinstance(event, ev.CheckpointSaved):
             checkpoint_rows.append(
-                (event.run_id, event.epoch, event.path, event.monitor, event.value, event.size_bytes, event.sha256, at)
+                (event.run_id, event.epoch, event.path, event.monitor, event.value, event.size_bytes, event.sha256, at,
+                 event.mode, event.source, event.batch)
             )
         elif isinstance(event, ev.EarlyStopped):
             run.set(
@@ -126,7 +129,7 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
             run.promote(event.status)
             run.set(
                 finished_at=at, wall_time_s=event.wall_time_s, best_epoch=event.best_epoch,
-                best_value=event.best_value, monitor=event.monitor,
+                best_value=event.best_value, monitor=event.monitor, mode=event.mode,
                 restored_best_weights=int(event.restored_best_weights),
             )
             run.bump("epochs_completed", event.epochs_completed)

@@ -109,6 +109,9 @@ class SqlCheckpoint(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
     saved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    mode: Mapped[str | None] = mapped_column(String(8))
+    source: Mapped[str | None] = mapped_column(String(32))
+    batch: Mapped[int | None] = mapped_column(Integer)
 
 
 class SqlEvent(Base):
@@ -116,7 +119,7 @@ class SqlEvent(Base):
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     run_id: Mapped[str] = mapped_column(String(64))
-    seq: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)
     type: Mapped[str] = mapped_column(String(32))
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     payload: Mapped[str] = mapped_column(Text)
@@ -197,6 +200,8 @@ class SqlModelVersion(Base):
     spec_hash: Mapped[str | None] = mapped_column(String(64))
     data_fingerprint: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: model_checkpoint (a ModelCheckpoint file) or early_stopping_restore (the restored best weights).
+    source: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (UniqueConstraint("name", "run_id", name="uq_model_versions_name_run_id"),)
 
@@ -221,6 +226,8 @@ class SqlPromoterRun(Base):
     spec_hash: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str | None] = mapped_column(String(32))
     data_fingerprint: Mapped[str | None] = mapped_column(String(80))
+    #: JSON {monitor: mode} from run_started: directions for checkpoint events that carry none.
+    monitor_modes: Mapped[str | None] = mapped_column(Text)
 
 
 class SqlPromoterCheckpoint(Base):
@@ -234,3 +241,7 @@ class SqlPromoterCheckpoint(Base):
     monitor: Mapped[str | None] = mapped_column(String(255))
     value: Mapped[float | None] = mapped_column(Float)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    mode: Mapped[str | None] = mapped_column(String(8))
+    source: Mapped[str | None] = mapped_column(String(32))
+    batch: Mapped[int | None] = mapped_column(Integer)
+    seq: Mapped[int | None] = mapped_column(BigInteger)

@@ -25,6 +25,10 @@ class StoreError(FitstreamError):
     a version that exists with other content, a checksum that does not match)."""
 
 
+class ChecksumMismatchError(StoreError):
+    """The file's sha256 is not the one its checkpoint event recorded: it changed after it was written."""
+
+
 class VersionTakenError(StoreError):
     """The version number is already taken by other content (another promotion got there first)."""
 

@@ -33,7 +33,9 @@ from typing import IO, Any, Callable
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.store.base import METADATA_FILE, MODEL_FILE, NAME, ModelStore, StoredVersion, StoreError, VersionTakenError, check_name
+from pipeline.store.base import (
+    METADATA_FILE, MODEL_FILE, NAME, ChecksumMismatchError, ModelStore, StoredVersion, StoreError, VersionTakenError, check_name,
+)
 from pipeline.store.copying import copy_hashing, fsync_directory, start_writeback
 
 STAGING_PREFIX = ".staging-"
@@ -256,7 +258,7 @@ class _Incoming:
     def accept(self, sha256: str, size: int) -> dict[str, Any]:
         """Run the checks on the complete copy; returns the version's metadata."""
         if self.expected_sha256 is not None and sha256 != self.expected_sha256:
-            raise StoreError(
+            raise ChecksumMismatchError(
                 f"checksum mismatch for {self.source}: the file has sha256 {sha256[:12]}…, the checkpoint event "
                 f"recorded {self.expected_sha256[:12]}… (the file changed after it was written)"
             )
