@@ -31,3 +31,50 @@ class SlowDown:
                 time.sleep(seconds)
 
         return _Sleep()
+
+
+class KillOnce:
+    """A callback factory that SIGKILLs its own training process once (an OOM kill, a lost host):
+    at batch ``batch`` of epoch ``epoch``, on the first attempt only (the marker file remembers)."""
+
+    def __new__(cls, epoch: int, marker: str, batch: int = 2):
+        import os
+        import signal
+
+        import keras
+
+        class _Kill(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.current = None
+
+            def on_epoch_begin(self, current, logs=None):
+                self.current = current
+
+            def on_train_batch_end(self, index, logs=None):
+                if self.current == epoch and index == batch and not os.path.exists(marker):
+                    with open(marker, "w") as handle:
+                        handle.write(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        return _Kill()
+
+
+def f1(y_true, y_pred):
+    """Binary F1 of sigmoid outputs at 0.5: a custom metric whose name says nothing of its direction."""
+    from keras import ops
+
+    predicted = ops.cast(y_pred > 0.5, "float32")
+    actual = ops.cast(ops.reshape(y_true, ops.shape(predicted)), "float32")
+    true_positives = ops.sum(predicted * actual)
+    return 2 * true_positives / (ops.sum(predicted) + ops.sum(actual) + 1e-7)
+
+
+def f1_model(hidden: int = 8, learning_rate: float = 0.003):
+    """Breast-cancer classifier that logs ``f1`` (so ``val_f1``), a metric Keras cannot give a direction."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", metrics=[f1])
+    return model

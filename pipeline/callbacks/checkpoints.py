@@ -23,6 +23,8 @@ class CheckpointWatcher:
         ModelCheckpoint) since ``since_ns``, else None."""
         if (callback.save_freq == "epoch") != (batch is None):
             return None
+        if batch is None and callback.save_best_only and not _improved_now(callback, logs):
+            return None  # the file changed, but not by this callback: it keeps its best
         try:
             path = os.path.abspath(callback._get_file_path(epoch, batch, dict(logs or {})))
             stat = os.stat(path)
@@ -33,6 +35,13 @@ class CheckpointWatcher:
             return None
         self._seen[path] = signature
         return path
+
+
+def _improved_now(callback: Any, logs: dict[str, Any] | None) -> bool:
+    """Whether a save_best_only ModelCheckpoint took this epoch's value as its best (so it saved)."""
+    current = ev.to_float((logs or {}).get(callback.monitor))
+    best = ev.to_float(getattr(callback, "best", None))
+    return current is None or best is None or current == best
 
 
 def checkpoint_event_maker(

@@ -67,23 +67,41 @@ def _wait_promoted(engine, run_id: str, timeout: float) -> dict | None:  # type:
     return None
 
 
-def _evaluate_champion(promoted: dict) -> None:
-    """Load the champion back from the model store and evaluate it on the validation split."""
-    from examples import digits
+def _validation_data(spec_path: str | None) -> tuple:
+    """The job's validation data (as its data function returns it), to evaluate the champion on."""
+    if spec_path is None:
+        from examples import digits
+
+        return digits.load_data()[1]
+    from pipeline.jobs import load_spec
+    from pipeline.training import _call, _split_data
+
+    spec = load_spec(spec_path)
+    x, y, validation = _split_data(_call(spec.data, ()))
+    if validation is not None:
+        return validation if isinstance(validation, tuple) else (validation,)
+    if spec.fit.validation_split:  # Keras takes the last fraction, before shuffling
+        first = int(len(x) * (1 - spec.fit.validation_split))
+        return x[first:], y[first:]
+    return (x, y) if y is not None else (x,)
+
+
+def _evaluate_champion(promoted: dict, spec_path: str | None) -> None:
+    """Load the champion back from the model store and evaluate it on the job's validation data."""
     from pipeline.model_registry import describe, load_model
 
     engine = make_engine(get_settings().database_url, read_only=True)
     champion = describe(engine, f"{promoted['name']}@champion")
     engine.dispose()
     model = load_model(f"{promoted['name']}@champion")
-    _train, (x_val, y_val) = digits.load_data()
-    results = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+    results = model.evaluate(*_validation_data(spec_path), verbose=0, return_dict=True)
     click.echo(
         f"model store: {promoted['name']} v{promoted['version']} registered; champion is v{champion['version']} "
-        f"(run {champion['run_id'][:12]}, epoch {champion['epoch']}, {champion['metric']}={champion['value']:.4f})"
+        f"(run {champion['run_id'][:12]}, epoch {champion['epoch']}, {champion['metric']}={champion['value']:.4f}, "
+        f"{champion['source']})"
     )
     click.echo(
-        "champion loaded back from the store and evaluated on the validation split: "
+        "champion loaded back from the store and evaluated on the validation data: "
         + ", ".join(f"{k}={v:.4f}" for k, v in results.items())
     )
 
@@ -151,8 +169,9 @@ def demo(spec: str, in_process: bool, epochs: int) -> None:
     finally:
         processes.stop()
     _print_run(detail)
-    if promoted is not None:
-        _evaluate_champion(promoted)
+    if promoted is None:
+        raise FitstreamError(f"the promoter registered no model for run {run_id}; see {logs / 'promoter.log'}")
+    _evaluate_champion(promoted, None if in_process else spec)
 
 
 def _print_run(detail: RunDetail) -> None:
