@@ -1,0 +1,47 @@
+"""Every bundled example job, run through the README's `./dev demo --spec …` path (a real worker,
+recorder and promoter started by the demo), promotes its best model and evaluates it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline.jobs import load_spec
+from tests.conftest import REPO, settings_env
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml") if p.name != "alerts.yaml")
+
+
+def test_the_examples_are_found():
+    assert {p.name for p in EXAMPLES} >= {"digits_mlp.yaml", "digits_all_callbacks.yaml", "breast_cancer_auc.yaml"}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_demo_promotes_the_best_model_of_every_example(example, settings, engine, database_url):
+    if database_url.startswith("postgresql"):
+        pytest.skip("the demo runs on its embedded defaults (SQLite); checked once")
+    env = {**os.environ, **settings_env(settings), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "demo", "--spec", str(example)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=420,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "registered; champion is" in done.stdout and "champion loaded back from the store and evaluated" in done.stdout
+    spec = load_spec(example)
+    with engine.connect() as conn:
+        version = conn.execute(sa.text("SELECT v.metric, v.mode, v.source, v.epoch, v.run_id FROM model_versions v")).one()
+        kept = conn.execute(
+            sa.text("SELECT epoch, value FROM epoch_metrics WHERE run_id = :r AND name = :m ORDER BY epoch"),
+            {"r": version.run_id, "m": spec.checkpoint.monitor},
+        ).all()
+    # The file ModelCheckpoint kept, by its own monitor and direction.
+    assert (version.metric, version.source) == (spec.checkpoint.monitor, "model_checkpoint")
+    values = [value for _epoch, value in kept]
+    best = max(values) if version.mode == "max" else min(values)
+    assert version.epoch == values.index(best)
