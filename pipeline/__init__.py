@@ -1,7 +1,7 @@
 """Fitstream's core: settings, event schema, stream, callbacks, SQL history, consumers, CLI.
 
-``from pipeline import EventPublisher`` is the entry point for users' own
-training scripts. It is imported lazily so that the CLI and the consumers
+``from pipeline import EventPublisher, ResumableBackup`` is the entry point for users'
+own training scripts. Both are imported lazily so that the CLI and the consumers
 never import TensorFlow.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["EventPublisher", "__version__"]
+__all__ = ["EventPublisher", "ResumableBackup", "__version__"]
 
 if TYPE_CHECKING:
     from pipeline.callbacks.publisher import EventPublisher
+    from pipeline.callbacks.resume import ResumableBackup
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from pipeline.callbacks.publisher import EventPublisher
 
         return EventPublisher
+    if name == "ResumableBackup":
+        from pipeline.callbacks.resume import ResumableBackup
+
+        return ResumableBackup
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

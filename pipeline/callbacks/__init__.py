@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["EventPublisher"]
+__all__ = ["EventPublisher", "ResumableBackup"]
 
 
 def __getattr__(name: str) -> Any:
@@ -13,4 +13,8 @@ def __getattr__(name: str) -> Any:
         from pipeline.callbacks.publisher import EventPublisher
 
         return EventPublisher
+    if name == "ResumableBackup":
+        from pipeline.callbacks.resume import ResumableBackup
+
+        return ResumableBackup
     raise AttributeError(f"module 'pipeline.callbacks' has no attribute {name!r}")
