@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline import events as ev
 from pipeline.errors import ConfigurationError
-from pipeline.monitor import Monitor
+from pipeline.monitor import Monitor, infer_mode
 
 LIFECYCLE_EVENTS = ("run_started", "early_stopped", "run_failed", "run_finished", "model_promoted", "promotion_skipped")
 
@@ -123,8 +123,14 @@ class Rule(_Strict):
             raise ValueError(f"a {kinds[0]} rule needs metric")
         if self.above is not None and self.below is not None:
             raise ValueError("use either above or below, not both")
-        if kinds[0] == "no_improvement":
-            Monitor(self.metric or "", mode=self.mode, min_delta=self.min_delta)  # raises on unknown direction
+        if kinds[0] == "no_improvement" and self.mode == "auto":
+            try:
+                infer_mode(self.metric or "")
+            except ConfigurationError:
+                raise ValueError(
+                    f"rule {self.name!r}: cannot tell whether {self.metric!r} should be minimised or maximised; "
+                    "add mode: min or mode: max to the rule"
+                ) from None
         return self
 
     @property

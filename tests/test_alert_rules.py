@@ -82,6 +82,12 @@ def test_lifecycle_rules_fire_for_every_origin_whatever_the_sequence_watermark()
     assert promoted.seq > ev.attempt_first_seq(ev.MAX_ATTEMPTS) + ev.ATTEMPT_BLOCK > stopped.seq
 
 
+def test_a_rule_without_mode_on_a_metric_whose_name_says_nothing_is_refused_by_name():
+    with pytest.raises(RulesError, match=r"rule 'f1-plateau': cannot tell whether 'val_f1' .* add mode: min or mode: max"):
+        _rules({"name": "f1-plateau", "metric": "val_f1", "no_improvement_epochs": 3, "channels": ["team"]})
+    assert _rules({"name": "f1-plateau", "metric": "val_f1", "mode": "max", "no_improvement_epochs": 3, "channels": ["team"]}).rules[0].mode == "max"
+
+
 def test_promotion_outcomes_can_be_alerted_on():
     rule = _rules({"name": "models", "on": ["model_promoted", "promotion_skipped"], "channels": ["team"]}).rules[0]
     promoted = ev.build(ev.ModelPromoted, run_id="a", seq=999_001, name="digits", version=4, champion=False,
@@ -100,7 +106,7 @@ def test_promotion_outcomes_can_be_alerted_on():
         ({"name": "x", "stalled_seconds": -5, "channels": ["team"]}, "greater than 0"),
         ({"name": "x", "metric": "val_loss", "above": 1, "below": 0, "channels": ["team"]}, "either above or below"),
         ({"name": "x", "above": 1, "channels": ["team"]}, "needs metric"),
-        ({"name": "x", "metric": "val_weird", "no_improvement_epochs": 3, "channels": ["team"]}, "pass mode='min' or mode='max'"),
+        ({"name": "x", "metric": "val_weird", "no_improvement_epochs": 3, "channels": ["team"]}, "rule 'x': cannot tell whether 'val_weird'"),
         ({"name": "x", "metric": "val_loss", "above": 1, "channels": ["team"], "colour": "red"}, "Extra inputs are not permitted"),
         ({"name": "x", "on": ["exploded"], "channels": ["team"]}, "on.0"),
     ],

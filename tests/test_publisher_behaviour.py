@@ -78,9 +78,8 @@ def test_bad_arguments_are_refused_with_what_was_received(settings):
         EventPublisher(name="x", batch_events_every=0, settings=settings)
     with pytest.raises(ValueError, match="got TerminateOnNaN"):
         EventPublisher(name="x", watch=[keras.callbacks.TerminateOnNaN()], settings=settings)
-    batch_level = keras.callbacks.ModelCheckpoint("ckpt-{epoch}-{batch}.keras", save_freq=50)
-    with pytest.warns(UserWarning, match="saves every 50 batches; Fitstream reports epoch checkpoints only"):
-        EventPublisher(name="x", watch=[batch_level], settings=settings)
+    with pytest.raises(ValueError, match="must be a .keras path; got 'restored.h5'"):
+        EventPublisher(name="x", save_restored_model="restored.h5", settings=settings)
 
 
 def test_only_the_chief_of_a_distributed_cluster_publishes(settings, engine, monkeypatch):

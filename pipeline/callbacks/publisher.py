@@ -502,11 +502,14 @@ class EventPublisher(keras.callbacks.Callback):
         self._finish("cancelled" if cancelled else "failed", timeout=timeout)
 
     # -- resume (see pipeline.callbacks.resume.ResumableBackup) --------------------------------
-    def flush_epoch(self, timeout: float = 5.0) -> bool:
-        """Publish the finished epoch now (it is otherwise published when the next one begins) and
-        wait until its events are in Redis or in the disk spool: a resume backup written after
-        this never claims an epoch whose events a SIGKILL could still lose."""
+    def finish_epoch(self) -> None:
+        """Publish the finished epoch now (otherwise published when the next one begins), so that a
+        resume snapshot taken next holds this publisher's state after it."""
         self._finalize_pending()
+
+    def persist_events(self, timeout: float = 5.0) -> bool:
+        """Wait until the events published so far are in Redis or in the disk spool (a SIGKILL then
+        loses none of them). True when they got there within ``timeout`` seconds."""
         if self._sender is None:
             return True
         return self._sender.persist(timeout)

@@ -35,6 +35,7 @@ import numpy as np
 
 from pipeline.callbacks.keras_state import EARLY_STOPPING, MODEL_CHECKPOINT, REDUCE_LR
 from pipeline.errors import ConfigurationError
+from pipeline.store.copying import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +78,6 @@ def _unplain(value: Any) -> Any:
     if isinstance(value, dict) and "float" in value:
         return float(value["float"])
     return value
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -186,10 +174,17 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         log.info("fitstream: resuming at epoch %d from %s", epoch, snapshot)
 
     def _save_snapshot(self, epochs_done: int) -> None:
+        """Write the snapshot of ``epochs_done`` finished epochs, then make it the one to resume from.
+
+        Order matters for a SIGKILL at any point: the kept publisher publishes the epoch first (its
+        state in the snapshot includes it); the snapshot is written complete under its final name;
+        the epoch's events are made safe (in Redis or the spool); only then does ``CURRENT`` switch.
+        Killed before the switch, the run resumes at the previous snapshot and trains the epoch again
+        (its events then come twice only if the kill fell inside the last moments of the wait).
+        """
         for callback in self.keep:
-            flush = getattr(callback, "flush_epoch", None)
-            if callable(flush) and not flush(EVENTS_PERSIST_TIMEOUT_S):
-                log.warning("fitstream: the epoch's events were spooled to disk before the backup (Redis is slow or away)")
+            if callable(getattr(callback, "finish_epoch", None)):
+                callback.finish_epoch()
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{SNAPSHOT_PREFIX}{epochs_done:06d}"
         staging = self.root / f".{name}.partial"
@@ -201,15 +196,19 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         (staging / METADATA).write_text(json.dumps({"epoch": epochs_done, "batch": 0}))
         for path in staging.iterdir():
             _fsync_file(path)
-        _fsync_dir(staging)
+        fsync_directory(str(staging))
         final = self.root / name
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
+        for callback in self.keep:
+            persist = getattr(callback, "persist_events", None)
+            if callable(persist) and not persist(EVENTS_PERSIST_TIMEOUT_S):
+                log.warning("fitstream: the epoch's events were spooled to disk before the backup (Redis is slow or away)")
         pointer = self.root / f".{CURRENT}.partial"
         pointer.write_text(name)
         _fsync_file(pointer)
         os.replace(pointer, self.root / CURRENT)  # the switch: weights and callback state together
-        _fsync_dir(self.root)
+        fsync_directory(str(self.root))
         for old in self.root.iterdir():
             if old.name.startswith(SNAPSHOT_PREFIX) and old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

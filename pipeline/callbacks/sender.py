@@ -179,7 +179,8 @@ class EventSender:
                 try:
                     self._publish(fields)
                     self.sent += len(fields)
-                    self._settled += len(fields)
+                    with self._lock:  # _move_queue_to_spool counts too, from the training thread
+                        self._settled += len(fields)
                 except StreamUnavailableError as exc:
                     self._begin_outage(fields, exc)
             except Exception:
