@@ -204,7 +204,7 @@ def test_promoter_killed_mid_copy_then_restarted_leaves_exactly_one_version(sett
 
 
 def test_failed_runs_are_not_promoted_unless_forced(settings, engine, tmp_path):
-    from pipeline.consumers.promoter import PromotionRefused, promote_run
+    from pipeline.promotion import PromotionRefused, promote_run
 
     stream = EventStream(settings=settings)
     stream.ensure_group("promoter")
@@ -291,7 +291,7 @@ def test_a_promoter_sigkilled_in_the_middle_of_a_real_copy_leaves_nothing_visibl
 
 def test_versions_left_unregistered_in_the_store_are_reused_by_their_run_or_skipped(settings, engine, tmp_path):
     # A promoter that died between copying a version and registering it leaves it in the store only.
-    from pipeline.consumers.promoter import promote_run
+    from pipeline.promotion import promote_run
 
     stream = EventStream(settings=settings)
     stream.ensure_group("promoter")
@@ -333,7 +333,7 @@ def test_promotions_of_one_model_take_turns_across_processes(settings, engine, t
     # once: each picks and takes its version number under the model's lock, so they take turns.
     import time
 
-    from pipeline.consumers.promoter import promote_run
+    from pipeline.promotion import promote_run
     from pipeline.store.fs import FsspecModelStore
 
     class WatchedStore(FsspecModelStore):

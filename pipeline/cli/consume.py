@@ -51,7 +51,8 @@ def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: i
 def promoter(consumer_name: str | None, exit_when_idle: float | None) -> None:
     """Copy best checkpoints into the model store when EarlyStopping fires; move `champion` if better."""
     from pipeline.consumers.load_check import configured_load_check
-    from pipeline.consumers.promoter import Promoter, PromotionLocks
+    from pipeline.consumers.promoter import Promoter
+    from pipeline.promotion import PromotionLocks
     from pipeline.store import open_store
 
     settings = get_settings()

@@ -55,7 +55,7 @@ def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
     """Promote RUN's best checkpoint by hand (the promoter's own code path)."""
     from pipeline.consumers.load_check import configured_load_check
     from pipeline.bus import EventStream
-    from pipeline.consumers.promoter import PromotionLocks, promote_run
+    from pipeline.promotion import PromotionLocks, promote_run
     from pipeline.store import open_store
 
     settings = get_settings()
