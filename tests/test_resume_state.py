@@ -103,3 +103,17 @@ def test_without_the_callbacks_state_the_resumed_fit_goes_wrong(tmp_path):
 def test_resumable_backup_refuses_what_it_cannot_keep(tmp_path):
     with pytest.raises(ConfigurationError, match="got TerminateOnNaN"):
         ResumableBackup(tmp_path, keep=[keras.callbacks.TerminateOnNaN()])
+
+
+def test_a_backup_in_keras_own_layout_still_resumes(tmp_path):
+    """A run interrupted under Keras' BackupAndRestore (an older Fitstream) resumes its weights and epoch."""
+    keras.utils.set_random_seed(3)
+    (x, y), _validation = small_digits(n_train=200)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(Interrupt):
+        model.fit(x, y, epochs=5, verbose=0, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path)), InterruptAt(3)])
+    history = keras.callbacks.History()
+    backup = ResumableBackup(tmp_path)
+    model.fit(x, y, epochs=5, verbose=0, callbacks=[history, backup])
+    assert backup.resumed_from_epoch == 3 and history.epoch == [3, 4]

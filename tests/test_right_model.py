@@ -3,6 +3,7 @@ Keras callback stacks, with real fits, the real promoter (and its Keras load che
 
 from __future__ import annotations
 
+import json
 import threading
 
 import keras
@@ -17,7 +18,7 @@ from pipeline import events as ev
 from pipeline.bus import EventStream
 from pipeline.consumers.base import ConsumerLoop
 from pipeline.model_registry import describe, list_versions, load_model
-from tests.conftest import wait_for
+from tests.conftest import run_cli, settings_env, wait_for
 from tests.job_fixtures import f1_model
 from tests.slack_server import SlackLikeServer
 from tests.test_promotion import PromoterThread, _keras_file, _stream_types
@@ -78,6 +79,10 @@ def test_standard_callback_stack_promotes_the_file_model_checkpoint_kept(setting
     assert (info["metric"], info["mode"], info["epoch"], info["source"]) == ("val_accuracy", "max", kept_epoch, "model_checkpoint")
     assert info["value"] == pytest.approx(history.history["val_accuracy"][kept_epoch])
     _assert_same_weights(load_model("standard-stack@champion", settings=settings).get_weights(), snapshots.weights[kept_epoch])
+    shown = json.loads(run_cli("models", "show", "standard-stack@champion", "--json", env_extra=settings_env(settings)).stdout)
+    assert {k: shown[k] for k in ("metric", "mode", "epoch", "source")} == {
+        "metric": "val_accuracy", "mode": "max", "epoch": kept_epoch, "source": "model_checkpoint"}
+    assert shown["value"] == pytest.approx(info["value"])
 
 
 def test_custom_metric_promotes_by_the_mode_keras_used(settings, engine, tmp_path):

@@ -122,9 +122,13 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self._epochs_done = None
         self.resumed_from_epoch = None
         snapshot = self._current_snapshot()
-        if snapshot is None:
-            return
-        self._load_snapshot(snapshot)
+        if snapshot is not None:
+            self._load_snapshot(snapshot)
+        elif os.path.exists(self._training_metadata_path):
+            # A backup in Keras' own layout (written before Fitstream kept callback state): weights
+            # and epoch come back, the callbacks start over as they did then.
+            super().on_train_begin(logs)
+            self.resumed_from_epoch = self.model._initial_epoch
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._restored_state is not None:
