@@ -71,6 +71,11 @@ class Settings(BaseSettings):
             TensorFlow. Turn off only where the promoter has no TensorFlow installed; the
             sha256 and the ``.keras`` structure are still checked. Default true.
         promoter_load_timeout_seconds: A checkpoint that takes longer to load is refused. Default 300.
+        reader_database_url: How read-only paths (``fitstream sql``, runs, show, models) connect to
+            PostgreSQL: as the ``fitstream_reader`` role, which may only SELECT. Default: the history
+            database's URL with the user ``fitstream_reader`` and no password (trust or peer auth).
+        sql_timeout_seconds: A read-only query running longer is cancelled. Default 30.
+        sql_max_rows: ``fitstream sql`` returns at most this many rows (and says it truncated). Default 10000.
     """
 
     model_config = SettingsConfigDict(env_prefix="FITSTREAM_", extra="ignore")
@@ -95,6 +100,9 @@ class Settings(BaseSettings):
     alert_retry_budget_seconds: float = Field(default=3600.0, gt=0)
     promoter_load_check: bool = True
     promoter_load_timeout_seconds: float = Field(default=300.0, gt=0)
+    reader_database_url: str | None = None
+    sql_timeout_seconds: float = Field(default=30.0, gt=0)
+    sql_max_rows: int = Field(default=10_000, ge=1)
 
     @property
     def allowed_module_prefixes(self) -> tuple[str, ...]:
@@ -115,7 +123,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("alert_rules", "broker_url", "model_store", mode="before")
+    @field_validator("alert_rules", "broker_url", "model_store", "reader_database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -41,6 +41,10 @@ class ReadOnlyViolationError(DatabaseError):
     """A read-only session was asked to write. Not retryable."""
 
 
+class QueryTimeoutError(DatabaseError, TimeoutError):
+    """A read-only query ran past its time limit and was cancelled. Narrow it, or raise the limit."""
+
+
 class StreamUnavailableError(FitstreamError, ConnectionError):
     """Redis could not be reached. Retryable once Redis answers."""
 

@@ -33,3 +33,32 @@ def current() -> None:
         click.echo(f"head:    {migrate.head_revision()}")
     finally:
         engine.dispose()
+
+
+@db.command("grant-reader")
+def grant_reader() -> None:
+    """Create the fitstream_reader role (PostgreSQL) and let it SELECT the history tables.
+
+    Read paths connect as it. Run this as a user who may create roles when the migrating user may
+    not; give the role a password (ALTER ROLE fitstream_reader PASSWORD '…') where the server asks
+    for one, and set FITSTREAM_READER_DATABASE_URL accordingly.
+    """
+    import sqlalchemy as sa
+
+    from pipeline.db.readonly import READER_ROLE, grant_reader_statements
+
+    url = get_settings().database_url
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            click.echo("SQLite needs no reader role: read paths open the file read-only", err=True)
+            return
+        with engine.begin() as conn:
+            for statement in grant_reader_statements():
+                conn.exec_driver_sql(statement)
+            exists = conn.execute(sa.text("SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = :r"), {"r": READER_ROLE}).scalar()
+    finally:
+        engine.dispose()
+    if not exists:
+        raise click.ClickException(f"could not create the role {READER_ROLE}: connect as a user who may create roles")
+    click.echo(f"{mask_url(url)}: {READER_ROLE} may SELECT the history tables", err=True)

@@ -7,7 +7,6 @@ import click
 from pipeline.cli.output import print_rows
 from pipeline.config import get_settings
 from pipeline.db.queries import run_sql
-from pipeline.db.session import make_engine
 
 
 @click.command()
@@ -15,17 +14,22 @@ from pipeline.db.session import make_engine
 @click.option("--json", "fmt", flag_value="json", help="One JSON array of objects.")
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")
 def sql(query: str, fmt: str | None) -> None:
-    """Run a read-only QUERY against the history database.
+    """Run one read-only QUERY against the history database.
 
-    The database session itself is read-only: writes are refused by the database.
+    The database itself refuses anything but reading: on PostgreSQL the query runs as the
+    fitstream_reader role, in a READ ONLY transaction, as exactly one SELECT, with a time limit
+    (FITSTREAM_SQL_TIMEOUT_SECONDS); on SQLite the file is opened read-only with an authorizer.
+    At most FITSTREAM_SQL_MAX_ROWS rows are returned (a notice on stderr says when there were more).
 
     \b
     Example:
       fitstream sql "SELECT epoch, value FROM epoch_metrics WHERE name = 'val_loss' ORDER BY epoch"
     """
-    engine = make_engine(get_settings().database_url, read_only=True)
-    try:
-        columns, rows = run_sql(engine, query)
-    finally:
-        engine.dispose()
-    print_rows(columns, rows, fmt=fmt or "table")
+    settings = get_settings()
+    result = run_sql(settings.database_url, query, settings=settings)
+    print_rows(result.columns, result.rows, fmt=fmt or "table")
+    if result.truncated:
+        click.echo(
+            f"truncated: only the first {len(result.rows)} rows are shown (FITSTREAM_SQL_MAX_ROWS); "
+            "narrow the query or add LIMIT", err=True,
+        )

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db.entities import EpochRecord, Run, RunDetail
 from pipeline.db.models import SqlRun
+from pipeline.db.readonly import QueryResult, run_query
 from pipeline.db.session import transaction
 from pipeline.errors import ConfigurationError, RunNotFoundError
 
@@ -104,21 +105,17 @@ def get_run(engine: Engine, run_ref: str) -> RunDetail:
     return RunDetail(run=run, epochs=epochs, checkpoints=checkpoints)
 
 
-def run_sql(engine: Engine, query: str, *, max_rows: int | None = None) -> tuple[list[str], list[tuple]]:
-    """Run ``query`` and return (column names, rows). Use a read-only engine for user queries."""
-    with transaction(engine) as conn:
-        # The DBAPI cursor directly, with no parameters: the text is the user's SQL,
-        # so '%' in it must not be taken for a placeholder.
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            try:
-                cursor.execute(query)
-            except Exception as exc:
-                raise sa.exc.DBAPIError.instance(query, None, exc, Exception) from exc
-            if cursor.description is None:
-                return [], []
-            columns = [d[0] for d in cursor.description]
-            rows = cursor.fetchmany(max_rows) if max_rows else cursor.fetchall()
-        finally:
-            cursor.close()
-    return columns, [tuple(r) for r in rows]
+def run_sql(database_url: str, query: str, *, max_rows: int | None = None, settings: Any = None) -> QueryResult:
+    """Run a user's ``query`` through the one read-only path (:func:`pipeline.db.readonly.run_query`).
+
+    Example:
+        >>> run_sql("sqlite:///:memory:", "SELECT 2 AS two").rows
+        [(2,)]
+    """
+    from pipeline.config import get_settings
+
+    settings = settings or get_settings()
+    return run_query(
+        database_url, query, max_rows=max_rows or settings.sql_max_rows, timeout_s=settings.sql_timeout_seconds,
+        reader_database_url=settings.reader_database_url,
+    )

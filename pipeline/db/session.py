@@ -38,10 +38,10 @@ def mask_url(url: str) -> str:
 
 
 def make_engine(url: str, *, read_only: bool = False) -> Engine:
-    """An engine for ``url``. With ``read_only`` the database itself refuses writes.
-
-    SQLite files are opened with ``PRAGMA query_only``; PostgreSQL sessions with
-    ``default_transaction_read_only=on``. No SQL text is parsed to decide.
+    """An engine for ``url``. With ``read_only`` the database itself refuses writes: connections
+    come from the one read-only path (:mod:`pipeline.db.readonly`) — on PostgreSQL as the
+    ``fitstream_reader`` role in read-only transactions, on SQLite a ``mode=ro`` file with an
+    authorizer that allows reading only. No SQL text is parsed to decide.
     """
     url = normalize_url(url)
     try:
@@ -49,6 +49,15 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
     except Exception as exc:
         raise ConfigurationError(f"FITSTREAM_DATABASE_URL is not a valid database URL: {exc}") from None
     backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigurationError(f"unsupported database {backend!r}: use a sqlite:/// or postgresql:// URL")
+    if read_only:
+        from pipeline.config import get_settings
+        from pipeline.db.readonly import engine_creator
+
+        settings = get_settings()
+        creator = engine_creator(url, reader_database_url=settings.reader_database_url, timeout_s=settings.sql_timeout_seconds)
+        return sa.create_engine(url, creator=creator, pool_pre_ping=backend == "postgresql")
     if backend == "sqlite":
         engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
@@ -60,15 +69,10 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-            if read_only:
-                cursor.execute("PRAGMA query_only=ON")
             cursor.close()
 
         return engine
-    if backend == "postgresql":
-        connect_args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
-        return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-    raise ConfigurationError(f"unsupported database {backend!r}: use a sqlite:/// or postgresql:// URL")
+    return sa.create_engine(url, pool_pre_ping=True)
 
 
 def _is_read_only_error(exc: BaseException) -> bool:

@@ -1,0 +1,104 @@
+"""Issue 10: `fitstream sql` really is read-only — on PostgreSQL connected as its superuser owner,
+and on SQLite — and runaway queries are bounded (time limit, row limit)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline.db.readonly import READER_ROLE, run_query
+from pipeline.errors import QueryTimeoutError, ReadOnlyViolationError
+from tests.conftest import run_cli, settings_env
+
+
+def _sql(settings, query, *args, **env):
+    return run_cli("sql", query, *args, env_extra={**settings_env(settings), **env}, check=False)
+
+
+def _stderr(result):
+    return " ".join(result.stderr.split())  # the console wraps long lines
+
+
+def _refused(result):
+    return result.returncode == 1 and result.stdout == "" and "refused: fitstream sql is read-only" in _stderr(result)
+
+
+@pytest.fixture
+def history(settings, engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO runs (run_id, name, status, epochs_completed) VALUES ('r1', :name, 'completed', 3)"), {"name": "x-50%"})
+    return settings
+
+
+def test_postgres_bypasses_found_in_review_are_refused(history, engine, database_url, tmp_path):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's own bypasses; SQLite's are below")
+    with engine.connect() as conn:  # the test connects as the cluster's superuser, as many installs do
+        assert conn.execute(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar() is True
+    pwned = tmp_path / "pwned"
+    for query in (
+        "BEGIN READ WRITE; CREATE TABLE t(x int); COMMIT",
+        f"COPY (SELECT 1) TO PROGRAM 'touch {pwned}'",
+        "SELECT pg_read_file('/etc/hostname')",
+        "SELECT pg_ls_dir('.')",
+        "SELECT pg_reload_conf()",
+        "SELECT set_config('role', 'postgres', false), pg_read_file('/etc/hostname')",
+        "WITH gone AS (DELETE FROM runs RETURNING 1) SELECT count(*) FROM gone",
+        "CREATE TABLE t2 (x int)",
+        "SET ROLE postgres",
+    ):
+        assert _refused(_sql(history, query)), (query, _sql(history, query).stderr)
+    assert not pwned.exists()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regclass('t'), to_regclass('t2')")).one() == (None, None)
+        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
+        privileges = conn.execute(sa.text("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = :r"), {"r": READER_ROLE}).one()
+    assert tuple(privileges) == (False, False, False)
+
+
+def test_sqlite_bypasses_found_in_review_are_refused(history, database_url, tmp_path):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's own bypasses; PostgreSQL's are above")
+    attached, vacuumed = tmp_path / "attached.db", tmp_path / "vacuumed.db"
+    for query in (
+        f"ATTACH DATABASE '{attached}' AS x",
+        "PRAGMA query_only=0",
+        f"VACUUM INTO '{vacuumed}'",
+        "SELECT load_extension('/tmp/nothing')",
+        "INSERT INTO runs (run_id, status, epochs_completed) VALUES ('r2', 'running', 0)",
+        "PRAGMA writable_schema=1",
+    ):
+        assert _refused(_sql(history, query)), (query, _sql(history, query).stderr)
+    assert not attached.exists() and not vacuumed.exists()
+    several = _sql(history, "SELECT 1; DELETE FROM runs")
+    assert several.returncode == 1 and "exactly one statement" in _stderr(several)
+
+
+def test_reading_works_and_percent_signs_are_plain_text(history):
+    rows = json.loads(_sql(history, "SELECT run_id, name FROM runs WHERE name LIKE 'x-50%'", "--json").stdout)
+    assert rows == [{"run_id": "r1", "name": "x-50%"}]
+
+
+def test_a_runaway_query_is_cancelled_at_its_time_limit(history, database_url):
+    slow = "SELECT pg_sleep(30)" if database_url.startswith("postgresql") else (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
+    result = _sql(history, slow, FITSTREAM_SQL_TIMEOUT_SECONDS="1")
+    assert result.returncode == 1 and "ran longer than 1s and was cancelled" in _stderr(result)
+    with pytest.raises(QueryTimeoutError):
+        run_query(history.database_url, slow, timeout_s=0.5)
+
+
+def test_row_limit_truncates_with_a_notice_and_json_stays_json(history):
+    query = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100) SELECT x FROM c"
+    result = _sql(history, query, "--json", FITSTREAM_SQL_MAX_ROWS="10")
+    assert result.returncode == 0 and [r["x"] for r in json.loads(result.stdout)] == list(range(1, 11))
+    assert "truncated: only the first 10 rows" in _stderr(result)
+    complete = run_query(history.database_url, query, max_rows=100)
+    assert len(complete.rows) == 100 and not complete.truncated
+
+
+def test_the_python_api_refuses_writes_too(history):
+    with pytest.raises(ReadOnlyViolationError):
+        run_query(history.database_url, "DELETE FROM runs")
