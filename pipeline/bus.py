@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -171,6 +172,22 @@ class EventStream:
         except redis.ResponseError:
             return []
         return [{_sid(k): (_sid(v) if isinstance(v, bytes) else v) for k, v in g.items()} for g in raw]
+
+    # -- consumer states (fitstream status) ------------------------------------
+    def _states_key(self, group: str) -> str:
+        return f"{self.stream}:{group}:states"
+
+    def set_consumer_state(self, group: str, consumer: str, state: dict[str, Any] | None) -> None:
+        """Record that ``consumer`` is paused (and why), or clear it (``state=None``)."""
+        key = self._states_key(group)
+        if state is None:
+            self.client.hdel(key, consumer)
+        else:
+            self.client.hset(key, consumer, json.dumps(state))
+
+    def consumer_states(self, group: str) -> dict[str, dict[str, Any]]:
+        raw = self.client.hgetall(self._states_key(group))
+        return {_sid(k): json.loads(v) for k, v in raw.items()}
 
     # -- retention ----------------------------------------------------------
     def safe_trim_id(self) -> str | None:

@@ -30,11 +30,13 @@ class SchemaNotAtHeadError(FitstreamError):
 
 
 class DatabaseError(FitstreamError):
-    """The database refused or failed an operation. Retryable when ``transient`` is true."""
+    """The database refused or failed an operation. Retryable when ``transient`` is true (the
+    database's state, not the data, caused it); ``code`` is its SQLSTATE or SQLite error name."""
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, code: str | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.code = code
 
 
 class ReadOnlyViolationError(DatabaseError):

@@ -99,7 +99,8 @@ def status(as_json: bool) -> None:
         replies = {}
     groups = [
         {"group": g["name"], "consumers": g.get("consumers"), "pending": g.get("pending"), "lag": g.get("lag"),
-         "leader": _text(stream.client.get(leader_key(stream.stream, g["name"])))}
+         "leader": _text(stream.client.get(leader_key(stream.stream, g["name"]))),
+         "paused": stream.consumer_states(g["name"])}
         for g in stream.groups()
     ]
     report = {
@@ -121,6 +122,9 @@ def status(as_json: bool) -> None:
         [(g["group"], g["consumers"], g["pending"], g["lag"], g["leader"] or "—") for g in groups],
         title=f"stream {stream.stream} ({report['stream']['length']} events)",
     )
+    for g in groups:
+        for consumer, state in g["paused"].items():
+            click.echo(f"WARNING: {g['group']} consumer {consumer} is paused since {_ago(state.get('since'))}: {state.get('reason')}", err=True)
     click.echo(f"dead letters: {report['dead_letters']}")
     alerts = report["alerts"]
     if alerts:
@@ -129,6 +133,12 @@ def status(as_json: bool) -> None:
             click.echo("WARNING: some alerts could not be delivered; see: fitstream alerts list --status undelivered", err=True)
     if report["forced_trims"]:
         click.echo(f"WARNING: the stream was force-trimmed: {report['forced_trims']}", err=True)
+
+
+def _ago(since: float | None) -> str:
+    import time
+
+    return f"{time.time() - since:.0f}s ago" if since else "(unknown)"
 
 
 def _text(raw: bytes | None) -> str | None:

@@ -27,6 +27,7 @@ from typing import Protocol, Sequence
 import redis
 
 from pipeline import events as ev
+from pipeline.backoff import Backoff
 from pipeline.bus import EventStream, StreamMessage
 from pipeline.errors import DatabaseError, InvalidEventError
 from pipeline.lease import LeaseKeeper, RedisLease
@@ -63,6 +64,8 @@ class ConsumerStats:
     reclaimed: int = 0
     batches: int = 0
     batch_fallbacks: int = 0
+    pauses: int = 0  # times the database made this consumer pause
+    groups_recreated: int = 0  # NOGROUP: Redis lost the stream or the group
     started_at: float = field(default_factory=time.time)
 
 
@@ -113,6 +116,7 @@ class ConsumerLoop:
         self._last_trim = 0.0
         self.ordered = bool(getattr(handler, "ordered", False))
         self._standing_by = False
+        self._paused_since: float | None = None
         self._keeper: LeaseKeeper | None = None
         self.leader = RedisLease(
             stream.client, leader_key(stream.stream, self.group), owner=self.consumer_name, ttl_s=settings.leader_ttl_seconds,
@@ -135,7 +139,7 @@ class ConsumerLoop:
         if not self.ordered:
             self._drain_own_pending()
         idle_since = time.monotonic()
-        delay = RETRY_INITIAL_S
+        backoff = Backoff(initial_s=RETRY_INITIAL_S, maximum_s=RETRY_MAX_S)
         leading = False
         try:
             while not self.stop_event.is_set():
@@ -145,11 +149,25 @@ class ConsumerLoop:
                         self.stop_event.wait(min(1.0, self.block_ms / 1000))
                     else:
                         count = self.run_once()
-                    delay = RETRY_INITIAL_S
+                    backoff.reset()
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    delay = backoff.next_delay()
                     log.warning("%s: Redis unavailable (%s); retrying in %.1fs", self.consumer_name, exc, delay)
                     self.stop_event.wait(delay)
-                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                except redis.ResponseError as exc:
+                    # Redis' own error codes: NOGROUP, and UNBLOCKED for a read waiting on a deleted stream.
+                    if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                        raise
+                    # Redis restarted without its data (no persistence): the stream and the group
+                    # are gone. Recreate the group from the start of whatever stream there is now.
+                    log.warning(
+                        "%s: consumer group %s is gone (%s) — did Redis restart without persistence? "
+                        "recreating it from the start of the stream", self.consumer_name, self.group, exc,
+                    )
+                    self.stats.groups_recreated += 1
+                    self.stream.ensure_group(self.group)
+                    leading = False
                     continue
                 if count:
                     idle_since = time.monotonic()
@@ -257,42 +275,82 @@ class ConsumerLoop:
         self.stats.dead_lettered += 1
 
     def _handle(self, batch: list[Received]) -> None:
-        """Commit the batch's effect; retry transient database errors; isolate poison events."""
+        """Commit the batch's effect. A database that is unwell pauses the consumer (retrying with
+        backoff, forever); only an event that fails on its own is dead-lettered, after the batch
+        is retried one event at a time to find it."""
         self._handled = False
-        delay = RETRY_INITIAL_S
-        while True:
-            try:
-                self.handler.handle(batch)
-                self._handled = True
-                return
-            except DatabaseError as exc:
-                if not exc.transient:
-                    break
-                if self.stop_event.is_set():
-                    return
-                log.warning("%s: database unavailable (%s); retrying in %.1fs", self.consumer_name, exc, delay)
-                self.stop_event.wait(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-            except Exception:
-                log.exception(
-                    "%s: handling a batch of %d failed; retrying its events one by one to isolate the bad one",
-                    self.consumer_name, len(batch),
-                )
-                self.stats.batch_fallbacks += 1
-                break
+        failure = self._commit(batch)
+        if failure is None:
+            self._handled = True
+            return
+        if failure is _STOPPED:
+            return  # stopped while the database was down: the batch stays pending
         if len(batch) > 1:
+            log.warning(
+                "%s: a batch of %d failed (%s); retrying its events one by one to isolate the bad one",
+                self.consumer_name, len(batch), _describe(failure),
+            )
+            self.stats.batch_fallbacks += 1
             for item in batch:
                 self._handle([item])
+                if not self._handled:
+                    return
             self._handled = True
             return
         item = batch[0]
-        try:
-            self.handler.handle(batch)
-            self._handled = True
-        except Exception as exc:  # a poison event: park it with the reason, keep going
-            log.exception("%s: handler failed on %s", self.consumer_name, item.message_id)
-            self._dead_letter(
-                StreamMessage(item.message_id, {ev.PAYLOAD_FIELD.encode(): item.payload.encode()}),
-                f"{self.group} handler failed: {type(exc).__name__}: {exc}",
+        log.error("%s: %s fails on its own: %s", self.consumer_name, item.message_id, _describe(failure))
+        self._dead_letter(
+            StreamMessage(item.message_id, {ev.PAYLOAD_FIELD.encode(): item.payload.encode()}),
+            f"{self.group} handler failed: {_describe(failure)}",
+        )
+        self._handled = True
+
+    def _commit(self, batch: list[Received]) -> BaseException | object | None:
+        """Run the handler until it succeeds (None), fails because of the data (the error), or the
+        consumer is stopped while the database is unwell (``_STOPPED``)."""
+        backoff = Backoff(initial_s=RETRY_INITIAL_S, maximum_s=RETRY_MAX_S)
+        while True:
+            try:
+                self.handler.handle(batch)
+            except DatabaseError as exc:
+                if not exc.transient:
+                    return exc
+                self._set_paused(exc)
+                if self.stop_event.is_set():
+                    return _STOPPED
+                self.stop_event.wait(backoff.next_delay())
+                continue
+            except Exception as exc:  # a bug or an event the handler cannot take: isolate it
+                return exc
+            self._set_paused(None)
+            return None
+
+    def _set_paused(self, error: DatabaseError | None) -> None:
+        """Log and publish the consumer's state once per change (``fitstream status`` shows it)."""
+        if (error is not None) == (self._paused_since is not None):
+            return
+        if error is not None:
+            self._paused_since = time.time()
+            self.stats.pauses += 1
+            log.warning(
+                "%s: the database is unavailable (%s); paused — nothing is dead-lettered, the batch is retried "
+                "with backoff until it succeeds", self.consumer_name, _describe(error),
             )
-            self._handled = True
+            state = {"state": "paused", "since": self._paused_since, "reason": _describe(error)[:500]}
+        else:
+            log.warning("%s: the database answers again after %.1fs; resumed", self.consumer_name, time.time() - (self._paused_since or 0))
+            self._paused_since = None
+            state = None
+        try:
+            self.stream.set_consumer_state(self.group, self.consumer_name, state)
+        except redis.RedisError as exc:
+            log.warning("%s: could not record the consumer's state in Redis: %s", self.consumer_name, exc)
+
+
+_STOPPED = object()
+
+
+def _describe(error: BaseException | object) -> str:
+    code = getattr(error, "code", None)
+    text = f"{type(error).__name__}: {error}"
+    return f"{text} [{code}]" if code else text

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from pipeline.errors import ConfigurationError, DatabaseError, ReadOnlyViolationError
+from pipeline.errors import ConfigurationError, DatabaseError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: SQLite page cache per connection (KiB): keeps the metrics index in memory as the file grows.
@@ -75,14 +75,37 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-def _is_read_only_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "read-only" in text or "readonly" in text or "read only" in text
+#: PostgreSQL SQLSTATEs (and classes) an event causes on its own: a value the column cannot hold,
+#: a constraint it breaks. Everything else is the database being unwell: pause and retry.
+_EVENT_CAUSED_SQLSTATE_CLASSES = ("22", "23")
+#: SQLite result codes an event causes on its own (too big, wrong type, a constraint).
+_EVENT_CAUSED_SQLITE = ("SQLITE_TOOBIG", "SQLITE_MISMATCH", "SQLITE_CONSTRAINT", "SQLITE_RANGE")
 
 
-def _is_transient(exc: sa.exc.DBAPIError) -> bool:
-    if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
-        return "locked" in str(exc).lower() or exc.connection_invalidated or "connection" in str(exc).lower()
+def _sqlstate(exc: BaseException) -> str | None:
+    return getattr(exc, "sqlstate", None) or getattr(getattr(exc, "diag", None), "sqlstate", None)
+
+
+def caused_by_the_data(exc: BaseException) -> bool:
+    """Whether a database error is one the written data causes by itself (so retrying the same
+    rows cannot help), decided by SQLSTATE class or SQLite result code, never by message words.
+
+    Connection loss, shutdowns, too many connections, a full disk, out of memory, permissions,
+    serialization failures, deadlocks, lock timeouts, a read-only standby after failover — and any
+    error not known to come from the data — are the database's state: the caller pauses and retries.
+
+    Example:
+        >>> import sqlite3
+        >>> error = sqlite3.IntegrityError("UNIQUE constraint failed"); error.sqlite_errorname = "SQLITE_CONSTRAINT_UNIQUE"
+        >>> caused_by_the_data(error)
+        True
+    """
+    state = _sqlstate(exc)
+    if state:
+        return state[:2] in _EVENT_CAUSED_SQLSTATE_CLASSES
+    name = getattr(exc, "sqlite_errorname", None)
+    if name:
+        return name.startswith(_EVENT_CAUSED_SQLITE)
     return False
 
 
@@ -90,14 +113,28 @@ def _is_transient(exc: sa.exc.DBAPIError) -> bool:
 def transaction(engine: Engine) -> Iterator[Connection]:
     """A connection in one transaction: committed on success, rolled back on error.
 
-    Database errors are raised as :class:`DatabaseError` (``transient`` tells
-    whether retrying may help) or :class:`ReadOnlyViolationError`.
+    Database errors are raised as :class:`DatabaseError`: ``transient`` unless the written data
+    caused it (:func:`caused_by_the_data`), with the SQLSTATE or SQLite code as ``code``.
     """
     try:
         with engine.begin() as conn:
             yield conn
     except sa.exc.DBAPIError as exc:
-        original = exc.orig if exc.orig is not None else exc
-        if _is_read_only_error(original):
-            raise ReadOnlyViolationError(f"refused: this session is read-only ({original})") from None
-        raise DatabaseError(f"database error on {mask_url(str(engine.url))}: {original}", transient=_is_transient(exc)) from exc
+        raise _database_error(engine, exc.orig if exc.orig is not None else exc) from exc
+    except Exception as exc:
+        if not _is_driver_error(exc):  # the bulk path (COPY) talks to the driver directly
+            raise
+        raise _database_error(engine, exc) from exc
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    import sqlite3
+
+    return isinstance(exc, sqlite3.Error) or type(exc).__module__.split(".")[0] == "psycopg"
+
+
+def _database_error(engine: Engine, original: BaseException) -> DatabaseError:
+    code = _sqlstate(original) or getattr(original, "sqlite_errorname", None)
+    return DatabaseError(
+        f"database error on {mask_url(str(engine.url))}: {original}", transient=not caused_by_the_data(original), code=code,
+    )
