@@ -30,6 +30,7 @@ from alerts.channels.slack import SlackChannel
 from alerts.channels.webhook import WebhookChannel
 from alerts.rules import Rule, RulesFile, RuleState, Transition, evaluate, parse_rules
 from pipeline import events as ev
+from pipeline.backoff import Backoff
 from pipeline.consumers.base import Received
 from pipeline.db.migrate import require_head
 from pipeline.db.bulk import greatest, upsert_insert
@@ -322,7 +323,7 @@ class Deliverer:
                 attempts = row.attempts + 1
                 age = now - row.created_at.replace(tzinfo=row.created_at.tzinfo or timezone.utc).timestamp()
                 give_up = age >= self.retry_budget_s
-                delay = min(self.retry_max_s, RETRY_INITIAL_S * 2 ** min(attempts - 1, 10))
+                delay = Backoff(initial_s=min(RETRY_INITIAL_S, self.retry_max_s), maximum_s=self.retry_max_s).delay_for(attempt=attempts)
                 with transaction(self.engine) as conn:
                     conn.execute(
                         table.update().where(table.c.id == row.id).values(

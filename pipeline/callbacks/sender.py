@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
+from pipeline.backoff import Backoff
 from pipeline.callbacks.spool import DiskSpool
 from pipeline.errors import StreamUnavailableError
 
@@ -157,17 +158,16 @@ class EventSender:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
     def _run(self) -> None:
-        delay = RETRY_INITIAL_S
+        backoff = Backoff(initial_s=RETRY_INITIAL_S, maximum_s=RETRY_MAX_S)
         while True:
             try:
                 if self._spooling:
                     if self._drain_spool():
-                        delay = RETRY_INITIAL_S
+                        backoff.reset()
                         continue
                     if self._closing.is_set() and self._past_deadline():
                         return
-                    time.sleep(min(delay, max(0.0, (self._deadline or float("inf")) - time.monotonic())))
-                    delay = min(delay * 2, RETRY_MAX_S)
+                    time.sleep(min(backoff.next_delay(), max(0.0, (self._deadline or float("inf")) - time.monotonic())))
                     continue
                 batch = self._take_batch()
                 if not batch:
