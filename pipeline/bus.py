@@ -91,6 +91,7 @@ class EventStream:
         self.dead_letter_stream = f"{self.stream}:dead"
         self.forced_trims_key = f"{self.stream}:forced_trims"
         self.dead_letter_counts_key = f"{self.stream}:dead:counts"
+        self.dead_letter_kinds_key = f"{self.stream}:dead:kinds"
 
     # -- publishing ---------------------------------------------------------
     def publish(self, batch: Iterable[Any]) -> list[str]:
@@ -149,15 +150,23 @@ class EventStream:
             return 0
         return int(self.client.xack(self.stream, group, *message_ids))
 
-    def dead_letter(self, group: str, message: StreamMessage, reason: str) -> None:
-        """Move an undecodable message aside with the reason; it is acknowledged by the caller."""
-        fields: dict[Any, Any] = {b"reason": reason.encode(), b"group": group.encode(), b"source_id": message.message_id.encode()}
+    def dead_letter(self, group: str, message: StreamMessage, reason: str, *, kind: str = "invalid_event") -> None:
+        """Move a message aside with the reason (``kind``: invalid_event or handler_failed); the
+        caller acknowledges it. ``fitstream dead-letters`` lists, shows, replays and purges them."""
+        fields: dict[Any, Any] = {
+            b"reason": reason.encode(), b"kind": kind.encode(), b"group": group.encode(), b"source_id": message.message_id.encode(),
+        }
         for key, value in message.fields.items():
             fields[b"orig." + (key if isinstance(key, bytes) else str(key).encode())] = value
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(self.dead_letter_stream, fields)
         pipe.hincrby(self.dead_letter_counts_key, group, 1)
+        pipe.hincrby(self.dead_letter_kinds_key, kind, 1)
         pipe.execute()
+
+    def dead_letter_kinds(self) -> dict[str, int]:
+        """Dead letters by reason kind (invalid_event, handler_failed), for ``fitstream status``."""
+        return {_sid(k): int(v) for k, v in self.client.hgetall(self.dead_letter_kinds_key).items() if int(v) > 0}
 
     def dead_letter_count(self, group: str | None = None) -> int:
         counts = self.client.hgetall(self.dead_letter_counts_key)

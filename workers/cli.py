@@ -110,6 +110,7 @@ def status(as_json: bool) -> None:
         "stream": {"name": stream.stream, "length": int(stream.client.xlen(stream.stream))},
         "consumer_groups": groups,
         "dead_letters": stream.dead_letter_count(),
+        "dead_letters_by_reason": stream.dead_letter_kinds(),
         "forced_trims": stream.forced_trims(),
     }
     if as_json:
@@ -125,7 +126,8 @@ def status(as_json: bool) -> None:
     for g in groups:
         for consumer, state in g["paused"].items():
             click.echo(f"WARNING: {g['group']} consumer {consumer} is paused since {_ago(state.get('since'))}: {state.get('reason')}", err=True)
-    click.echo(f"dead letters: {report['dead_letters']}")
+    by_reason = ", ".join(f"{kind} {count}" for kind, count in sorted(report["dead_letters_by_reason"].items()))
+    click.echo(f"dead letters: {report['dead_letters']}" + (f" ({by_reason}; see: fitstream dead-letters list)" if by_reason else ""))
     alerts = report["alerts"]
     if alerts:
         click.echo(f"alerts: {alerts.get('pending', 0)} pending, {alerts.get('undelivered', 0)} undelivered")

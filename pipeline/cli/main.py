@@ -8,7 +8,7 @@ import sys
 import click
 
 from pipeline import __version__
-from pipeline.cli import consume, db, demo, models, runs, spool, sql, watch
+from pipeline.cli import consume, db, dead_letters, demo, models, runs, spool, sql, watch
 from pipeline.cli.plugins import PluginGroup
 from pipeline.cli.output import stderr_console
 from pipeline.errors import FitstreamError
@@ -55,6 +55,7 @@ cli.add_command(watch.watch)
 cli.add_command(models.models)
 cli.add_command(models.promote)
 cli.add_command(models.alias)
+cli.add_command(dead_letters.dead_letters)
 
 
 def main() -> None:

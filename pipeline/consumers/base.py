@@ -269,9 +269,9 @@ class ConsumerLoop:
         self.stats.batches += 1
         return len(messages)
 
-    def _dead_letter(self, message: StreamMessage, reason: str) -> None:
+    def _dead_letter(self, message: StreamMessage, reason: str, *, kind: str = "invalid_event") -> None:
         log.warning("%s: dead-lettering %s: %s", self.consumer_name, message.message_id, reason)
-        self.stream.dead_letter(self.group, message, reason)
+        self.stream.dead_letter(self.group, message, reason, kind=kind)
         self.stats.dead_lettered += 1
 
     def _handle(self, batch: list[Received]) -> None:
@@ -301,7 +301,7 @@ class ConsumerLoop:
         log.error("%s: %s fails on its own: %s", self.consumer_name, item.message_id, _describe(failure))
         self._dead_letter(
             StreamMessage(item.message_id, {ev.PAYLOAD_FIELD.encode(): item.payload.encode()}),
-            f"{self.group} handler failed: {_describe(failure)}",
+            f"{self.group} handler failed: {_describe(failure)}", kind="handler_failed",
         )
         self._handled = True
 
