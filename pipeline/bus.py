@@ -182,6 +182,32 @@ class EventStream:
             return []
         return [{_sid(k): (_sid(v) if isinstance(v, bytes) else v) for k, v in g.items()} for g in raw]
 
+    # -- how safe the Redis is (fitstream status) --------------------------------
+    def safety_warnings(self) -> list[str]:
+        """What this Redis would lose or let in: no persistence, an evicting memory policy, no
+        password on a non-loopback address. Managed Redis that hides CONFIG is not second-guessed."""
+        warnings: list[str] = []
+        try:
+            config = {_sid(k): _sid(v) for k, v in self.client.config_get("*").items() if _sid(k) in ("appendonly", "save", "maxmemory-policy")}
+        except redis.RedisError:
+            config = {}
+        if config.get("appendonly") == "no" and not config.get("save", "x").strip():
+            warnings.append("Redis keeps no data across a restart (appendonly no, no save points): events not yet consumed "
+                            "are lost with it; set appendonly yes")
+        elif config.get("appendonly") == "no":
+            warnings.append("Redis persists by snapshots only (appendonly no): events since the last snapshot are lost "
+                            "in a crash; set appendonly yes")
+        policy = config.get("maxmemory-policy")
+        if policy and policy != "noeviction":
+            warnings.append(f"Redis may evict keys under memory pressure (maxmemory-policy {policy}): the stream itself "
+                            "could go; set maxmemory-policy noeviction")
+        kwargs = self.client.connection_pool.connection_kwargs
+        host = str(kwargs.get("host") or "localhost")
+        if not kwargs.get("password") and not kwargs.get("path") and host not in ("localhost", "::1") and not host.startswith("127."):
+            warnings.append(f"Redis at {host} is reached without a password: anyone who reaches it can read the events "
+                            "and queue jobs; require a password (requirepass or an ACL user) and put it in the URL")
+        return warnings
+
     # -- consumer states (fitstream status) ------------------------------------
     def _states_key(self, group: str) -> str:
         return f"{self.stream}:{group}:states"

@@ -112,6 +112,7 @@ def status(as_json: bool) -> None:
         "dead_letters": stream.dead_letter_count(),
         "dead_letters_by_reason": stream.dead_letter_kinds(),
         "forced_trims": stream.forced_trims(),
+        "redis_warnings": stream.safety_warnings(),
     }
     if as_json:
         print_json(report)
@@ -133,6 +134,8 @@ def status(as_json: bool) -> None:
         click.echo(f"alerts: {alerts.get('pending', 0)} pending, {alerts.get('undelivered', 0)} undelivered")
         if alerts.get("undelivered"):
             click.echo("WARNING: some alerts could not be delivered; see: fitstream alerts list --status undelivered", err=True)
+    for warning in report["redis_warnings"]:
+        click.echo(f"WARNING: {warning}", err=True)
     if report["forced_trims"]:
         click.echo(f"WARNING: the stream was force-trimmed: {report['forced_trims']}", err=True)
 
