@@ -1,13 +1,20 @@
-"""Noticing the checkpoint files ModelCheckpoint writes (every epoch or every N batches), and
-describing them off the training thread."""
+"""Noticing the checkpoint files a run produces — ModelCheckpoint's (every epoch or every N batches)
+and the model EarlyStopping restored, saved once at the end — and describing them off the
+training thread."""
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 from pipeline import events as ev
+from pipeline.callbacks.keras_state import MODEL_CHECKPOINT, resolved_mode
 from pipeline.store.copying import file_sha256
+
+log = logging.getLogger(__name__)
+#: The fields of one ``checkpoint_saved`` event but its run id and seq (the publisher adds those).
+Saved = dict[str, Any]
 
 
 class CheckpointWatcher:
@@ -35,6 +42,73 @@ class CheckpointWatcher:
             return None
         self._seen[path] = signature
         return path
+
+
+class CheckpointReporter:
+    """What checkpoint files the watched callbacks produced, as ``checkpoint_saved`` fields.
+
+    Args:
+        watch: The watched callbacks of the fit (ModelCheckpoints among them are reported).
+    """
+
+    def __init__(self, watch: Sequence[Any]) -> None:
+        self._watcher = CheckpointWatcher()
+        self._per_epoch = tuple(c for c in watch if isinstance(c, MODEL_CHECKPOINT) and c.save_freq == "epoch")
+        #: Batch-level ModelCheckpoints: empty for most fits, so the per-batch hook does nothing.
+        self.per_batch = tuple(c for c in watch if isinstance(c, MODEL_CHECKPOINT) and c.save_freq != "epoch")
+        self._previous_batch: tuple[int, dict[str, Any]] | None = None
+        self._restored: Saved | None = None
+
+    def epoch_files(self, epoch: int, logs: dict[str, Any], since_ns: int) -> Iterator[Saved]:
+        """The files epoch-level ModelCheckpoints wrote for ``epoch``."""
+        for callback in self._per_epoch:
+            path = self._watcher.written(callback, epoch, logs, since_ns)
+            if path is not None:
+                yield self._fields(callback, path, epoch, logs)
+
+    def batch_files(self, epoch: int, batch: int | None, logs: dict[str, Any] | None, since_ns: int) -> Iterator[Saved]:
+        """The files batch-level ModelCheckpoints wrote by ``batch`` (None: the epoch's last look)."""
+        # A ModelCheckpoint later in callbacks= saves after the publisher's hook: look at the
+        # previous batch's file too (and at the last batch's, at the end of the epoch).
+        looks = [self._previous_batch] if self._previous_batch is not None else []
+        if batch is not None:
+            looks.append((batch, dict(logs or {})))
+        self._previous_batch = looks[-1] if batch is not None else None
+        for callback in self.per_batch:
+            for seen_batch, seen_logs in looks:
+                path = self._watcher.written(callback, epoch, seen_logs, since_ns, batch=seen_batch)
+                if path is not None:
+                    yield self._fields(callback, path, epoch, seen_logs, batch=seen_batch)
+
+    @staticmethod
+    def _fields(callback: Any, path: str, epoch: int, logs: dict[str, Any], *, batch: int | None = None) -> Saved:
+        return {
+            "path": path, "epoch": epoch, "monitor": callback.monitor, "value": ev.to_float(logs.get(callback.monitor)),
+            "mode": resolved_mode(callback), "batch": batch,
+        }
+
+    def save_restored(self, model: Any, stopper: Any, path: str | os.PathLike[str]) -> None:
+        """Save the model EarlyStopping restores to its best weights (once, at the end of training);
+        :meth:`take_restored` then gives its fields."""
+        if not stopper.restore_best_weights or stopper.best_weights is None:
+            return
+        target = os.path.abspath(os.fspath(path))
+        try:
+            # EarlyStopping sets these same weights in its own on_train_end, before or after this one.
+            model.set_weights(stopper.best_weights)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            model.save(target, overwrite=True)
+        except Exception:
+            log.exception("fitstream: could not save the restored best model to %s (training is not affected)", target)
+            return
+        self._restored = {
+            "path": target, "epoch": int(stopper.best_epoch), "monitor": stopper.monitor,
+            "value": ev.to_float(stopper.best), "mode": resolved_mode(stopper), "source": "early_stopping_restore",
+        }
+
+    def take_restored(self) -> Saved | None:
+        restored, self._restored = self._restored, None
+        return restored
 
 
 def _improved_now(callback: Any, logs: dict[str, Any] | None) -> bool:

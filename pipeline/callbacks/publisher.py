@@ -39,17 +39,16 @@ import uuid
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import keras
 
 from pipeline import events as ev
 from pipeline.bus import EventStream
 from pipeline.callbacks.batch_events import BatchThrottle, batch_event_maker, check_batch_settings
-from pipeline.callbacks.checkpoints import CheckpointWatcher, checkpoint_event_maker
+from pipeline.callbacks.checkpoints import CheckpointReporter, checkpoint_event_maker
 from pipeline.callbacks.keras_state import (
     EARLY_STOPPING,
-    MODEL_CHECKPOINT,
     REDUCE_LR,
     check_watchable,
     describe_callbacks,
@@ -161,10 +160,8 @@ class EventPublisher(keras.callbacks.Callback):
         self._early_stopped_reported: set[int] = set()
         self._batch_throttle = BatchThrottle(self.batch_events_every, self.batch_events_seconds)
         self._current_epoch = 0
-        self._checkpoints = CheckpointWatcher()
+        self._checkpoints = CheckpointReporter(self.watch)
         self._last_train_logs: dict[str, Any] | None = None
-        self._previous_batch: tuple[int, dict[str, Any] | None] | None = None
-        self._restored_checkpoint: Any = None
 
     def _next_seq(self) -> int:
         seq = self._seq
@@ -268,30 +265,13 @@ class EventPublisher(keras.callbacks.Callback):
             self._epoch_lr = self._learning_rate()
         if self.cancel_requested:
             self.model.stop_training = True
-        if self._batch_checkpointers:
-            self._report_batch_checkpoints(batch, logs)
+        if self._checkpoints.per_batch:
+            self._emit_checkpoints(self._checkpoints.batch_files(self._current_epoch, batch, logs, self._epoch_start_ns))
         if self._batch_throttle.enabled and self._batch_throttle.due():
             # Only capture here; building and encoding happen on the sender thread.
             self._emit_deferred(batch_event_maker(
                 run_id=self.run_id, seq=self._next_seq(), epoch=self._current_epoch, batch=batch, logs=logs,
             ))
-
-    def _report_batch_checkpoints(self, batch: int | None, logs: dict[str, Any] | None) -> None:
-        # A ModelCheckpoint later in callbacks= saves after this hook: look at the previous
-        # batch's file too (and at the last batch's, at the end of the epoch).
-        looks = [self._previous_batch] if self._previous_batch is not None else []
-        if batch is not None:
-            looks.append((batch, logs))
-            self._previous_batch = (batch, dict(logs or {}))
-        for callback in self._batch_checkpointers:
-            for seen_batch, seen_logs in looks:
-                path = self._checkpoints.written(callback, self._current_epoch, seen_logs, self._epoch_start_ns, batch=seen_batch)
-                if path is not None:
-                    self._emit_deferred(checkpoint_event_maker(
-                        run_id=self.run_id, seq=self._next_seq(), path=path, epoch=self._current_epoch,
-                        monitor=callback.monitor, value=ev.to_float((seen_logs or {}).get(callback.monitor)),
-                        mode=resolved_mode(callback), batch=seen_batch,
-                    ))
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
         # During fit, validation ends before any callback's on_epoch_end: the first moment
@@ -303,9 +283,8 @@ class EventPublisher(keras.callbacks.Callback):
             self._check_monitors(names)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._batch_checkpointers:
-            self._report_batch_checkpoints(None, None)
-        self._previous_batch = None
+        if self._checkpoints.per_batch:
+            self._emit_checkpoints(self._checkpoints.batch_files(self._current_epoch, None, None, self._epoch_start_ns))
         logs = logs if logs is not None else {}
         if not self._checked_monitors:
             self._checked_monitors = True
@@ -362,9 +341,7 @@ class EventPublisher(keras.callbacks.Callback):
                 monitor=reducer.monitor if reducer is not None else None,
                 mode=resolved_mode(reducer) if reducer is not None else None,
             )
-        for callback in self.watch:
-            if isinstance(callback, MODEL_CHECKPOINT):
-                self._report_checkpoint(callback, epoch, logs)
+        self._emit_checkpoints(self._checkpoints.epoch_files(epoch, logs, self._epoch_start_ns))
         stopper = self._early_stopping()
         if (
             stopper is not None
@@ -376,52 +353,24 @@ class EventPublisher(keras.callbacks.Callback):
             self._early_stopped_reported.add(epoch)
             self._emit(ev.EarlyStopped, **early_stopping_decision(stopper))
 
-    def _report_checkpoint(self, callback: Any, epoch: int, logs: dict[str, Any]) -> None:
-        path = self._checkpoints.written(callback, epoch, logs, since_ns=self._epoch_start_ns)
-        if path is not None:
-            self._emit_deferred(checkpoint_event_maker(
-                run_id=self.run_id, seq=self._next_seq(), path=path, epoch=epoch,
-                monitor=callback.monitor, value=ev.to_float(logs.get(callback.monitor)), mode=resolved_mode(callback),
-            ))
-
-    @property
-    def _batch_checkpointers(self) -> tuple[Any, ...]:
-        return tuple(c for c in self.watch if isinstance(c, MODEL_CHECKPOINT) and c.save_freq != "epoch")
-
-    def _save_restored(self) -> None:
-        """Save the model EarlyStopping restores to its best weights (once, at the end of training)."""
-        stopper = self._early_stopping()
-        if (
-            self.save_restored_model is None or stopper is None or not stopper.restore_best_weights
-            or stopper.best_weights is None or self._sender is None
-        ):
-            return
-        path = os.path.abspath(os.fspath(self.save_restored_model))
-        try:
-            # EarlyStopping sets these same weights in its own on_train_end, before or after this one.
-            self.model.set_weights(stopper.best_weights)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self.model.save(path, overwrite=True)
-        except Exception:
-            log.exception("fitstream: could not save the restored best model to %s (training is not affected)", path)
-            return
-        self._restored_checkpoint = {
-            "path": path, "epoch": int(stopper.best_epoch), "monitor": stopper.monitor,
-            "value": ev.to_float(stopper.best), "mode": resolved_mode(stopper), "source": "early_stopping_restore",
-        }
+    def _emit_checkpoints(self, saved: Iterable[dict[str, Any]]) -> None:
+        for fields in saved:
+            # Hashing happens on the sender thread: a large checkpoint must not hold up training.
+            self._emit_deferred(checkpoint_event_maker(run_id=self.run_id, seq=self._next_seq(), **fields))
 
     def _emit_restored_checkpoint(self) -> None:
-        if self._restored_checkpoint is not None:
-            fields, self._restored_checkpoint = self._restored_checkpoint, None
-            self._emit_deferred(checkpoint_event_maker(run_id=self.run_id, seq=self._next_seq(), **fields))
+        restored = self._checkpoints.take_restored()
+        if restored is not None:
+            self._emit_checkpoints([restored])
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self._state != "running":
             return
-        self._save_restored()
+        stopper = self._early_stopping()
+        if self.save_restored_model is not None and stopper is not None and self._sender is not None:
+            self._checkpoints.save_restored(self.model, stopper, self.save_restored_model)
         self._finalize_pending()
         self._emit_restored_checkpoint()  # a run that completed without early stopping
-        stopper = self._early_stopping()
         if self.cancel_requested:
             status = "cancelled"
         elif stopper is not None and stopper.stopped_epoch > 0:
