@@ -139,10 +139,15 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """A redis-server of the test's own (so the test can stop and restart it)."""
+    """A redis-server of the test's own (so the test can stop and restart it).
 
-    def __init__(self, directory: Path) -> None:
+    ``persistent`` (the default) keeps an append-only file fsynced on every write; without it the
+    server keeps nothing, and a restart starts from an empty database.
+    """
+
+    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
         self.port = free_port()
+        self.persistent = persistent
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
@@ -153,8 +158,8 @@ class PrivateRedis:
         if binary is None:
             pytest.fail("redis-server is not installed; ./dev test installs it")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.dir)],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir),
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"])],
             stdout=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
@@ -163,6 +168,13 @@ class PrivateRedis:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: only what the append-only file holds survives."""
+        if self.proc is not None:
+            self.proc.kill()
             self.proc.wait(timeout=10)
             self.proc = None
 
