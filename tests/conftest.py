@@ -27,6 +27,7 @@ from pipeline.consumers.base import ConsumerLoop
 from pipeline.consumers.recorder import Recorder
 from pipeline.db import migrate
 from pipeline.db.session import make_engine
+from tests.slack_server import SlackLikeServer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
@@ -189,6 +190,24 @@ def _pings(client: redis.Redis) -> bool:
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackLikeServer]:
+    """A local HTTP server that answers like Slack's incoming webhooks."""
+    server = SlackLikeServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hook() -> Iterator[SlackLikeServer]:
+    """A second such server, for the generic signed webhook channel."""
+    server = SlackLikeServer()
+    server.start()
     yield server
     server.stop()
 

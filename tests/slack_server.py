@@ -1,7 +1,9 @@
 """A real local HTTP server that behaves like Slack's incoming webhooks, for delivery tests.
 
 Answers 200 "ok" by default; a test can queue other answers (429 with Retry-After, 500,
-a slow answer) or stop it entirely (connection refused) and start it again on the same port.
+a slow answer), change the answer to every request from now on (``answer_all``; ``hang=True``
+reads the request and closes the connection unanswered after ``delay``, as a receiver that times
+out does), or stop it entirely (connection refused) and start it again on the same port.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ class SlackLikeServer:
         self.requests: list[dict[str, Any]] = []
         self.accepted: list[dict[str, Any]] = []
         self.script: list[tuple[int, dict[str, str], float]] = []  # (status, headers, delay)
+        self.default: tuple[int, dict[str, str], float] = (200, {}, 0.0)
+        self.hang = False
         self.lock = threading.Lock()
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
@@ -30,6 +34,12 @@ class SlackLikeServer:
         with self.lock:
             self.script += [(status, headers or {}, delay)] * times
 
+    def answer_all(self, status: int, headers: dict[str, str] | None = None, *, delay: float = 0.0, hang: bool = False) -> None:
+        """Answer every request that the script does not cover this way (or hang), from now on."""
+        with self.lock:
+            self.default = (status, headers or {}, delay)
+            self.hang = hang
+
     def start(self) -> None:
         outer = self
 
@@ -40,11 +50,16 @@ class SlackLikeServer:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with outer.lock:
-                    status, headers, delay = outer.script.pop(0) if outer.script else (200, {}, 0.0)
-                    record = {"path": self.path, "headers": dict(self.headers), "body": body, "json": json.loads(body), "status": status, "at": time.time()}
+                    hang = outer.hang and not outer.script
+                    status, headers, delay = outer.script.pop(0) if outer.script else outer.default
+                    record = {"path": self.path, "headers": dict(self.headers), "body": body, "json": json.loads(body),
+                              "status": "hung" if hang else status, "at": time.time()}
                     outer.requests.append(record)
                 if delay:
                     time.sleep(delay)
+                if hang:
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)

@@ -55,11 +55,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
     if not LEDGER:
         return
     terminalreporter.section("fault suite: what each fault cost")
-    header = f"{'scenario':<58} {'published':>9} {'recorded':>9} {'lost':>5} {'dup':>4} {'dead':>5}  note"
+    header = f"{'scenario':<56} {'published':>9} {'recorded':>9} {'lost':>5} {'dup':>4} {'dead':>5}  note"
     terminalreporter.write_line(header)
     for row in LEDGER:
         terminalreporter.write_line(
-            f"{row.scenario[:58]:<58} {row.published:>9} {row.recorded:>9} {row.lost:>5} {row.duplicated:>4} {row.dead_lettered:>5}  {row.note}"
+            f"{row.scenario[:56]:<56} {row.published:>9} {row.recorded:>9} {row.lost:>5} {row.duplicated:>4} {row.dead_lettered:>5}  {row.note}"
         )
     report = os.environ.get("FITSTREAM_FAULT_REPORT")
     if report:

@@ -1,6 +1,6 @@
-"""Issue 9, case 3, on a real worker: a queued run whose training process is SIGKILLed after its
-best epoch (the worker stays alive) resumes into its uninterrupted twin — same history, same stop,
-same best checkpoint, same champion."""
+"""Fault 7 (and issue 9, case 3), on a real worker: a queued run whose training process is
+SIGKILLed after its best epoch (the worker stays alive) resumes into its uninterrupted twin — one
+run, no epoch twice, same history, same stop, same best checkpoint, same champion."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import redis
 import sqlalchemy as sa
 
 from pipeline import events as ev
+from pipeline.bus import EventStream
 from pipeline.model_registry import describe, load_model
 from tests.conftest import RecorderThread, run_cli, wait_for
+from tests.faults.conftest import count_recorded
 from tests.test_promotion import PromoterThread
 
 pytestmark = pytest.mark.slow
@@ -51,11 +53,16 @@ def _history(engine, run_id):
     return {(epoch, name): value for epoch, name, value in rows}
 
 
+def _recorded_ids(engine):
+    with engine.connect() as conn:
+        return set(conn.execute(sa.text("SELECT event_id FROM events")).scalars())
+
+
 def _submit(path, queue, env):
     return json.loads(run_cli("submit", path, "--queue", queue, "--json", env_extra=env).stdout)["run_id"]
 
 
-def test_a_killed_training_process_resumes_into_its_uninterrupted_twin(settings, engine, job_env, queue_name, start_worker, tmp_path, database_url):
+def test_a_killed_training_process_resumes_into_its_uninterrupted_twin(settings, engine, job_env, queue_name, start_worker, tmp_path, database_url, ledger):
     if database_url.startswith("postgresql"):
         pytest.skip("the twin's decisions do not depend on the database; checked once, on SQLite")
     never = tmp_path / "never-kill"
@@ -72,6 +79,7 @@ def test_a_killed_training_process_resumes_into_its_uninterrupted_twin(settings,
         finished = _finished(settings, resumed)
         wait_for(lambda: describe_or_none(engine, "twin-straight") and describe_or_none(engine, "twin-resumed"), timeout=120, message="both promoted")
         wait_for(lambda: _history(engine, resumed).keys() == _history(engine, straight).keys(), timeout=60, message="the resumed history recorded")
+        wait_for(lambda: {e.id for e in _events(settings, resumed)} <= _recorded_ids(engine), timeout=60, message="every event recorded")
     killed_pid = int(marker.read_text())
     events = _events(settings, resumed)
     starts = [e for e in events if e.type == "run_started"]
@@ -88,6 +96,12 @@ def test_a_killed_training_process_resumes_into_its_uninterrupted_twin(settings,
         assert mine[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     epochs = sorted(e.epoch for e in events if e.type == "epoch_end")
     assert epochs == sorted(set(epochs)), "no epoch published twice"
+    row = count_recorded(engine, EventStream(settings=settings), "7. training process SIGKILLed, worker alive",
+                         (e.id for e in events), note=f"resumed at epoch {kill_epoch}, 2 attempts, 1 run")
+    ledger.append(row)
+    assert (row.recorded, row.lost, row.duplicated, row.dead_lettered) == (len(events), 0, 0, 0)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM runs WHERE name = 'twin-resumed'")).scalar() == 1
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT run_id, status, best_epoch, stopped_epoch, epochs_completed FROM runs WHERE run_id IN (:a, :b)"),
                             {"a": straight, "b": resumed}).all()
