@@ -146,20 +146,24 @@ class PrivateRedis:
     server keeps nothing, and a restart starts from an empty database.
     """
 
-    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = True, password: str | None = None) -> None:
         self.port = free_port()
         self.persistent = persistent
+        self.password = password
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; ./dev test installs it")
+        config = self.dir / "redis.conf"  # the password in a file, so that `ps` never shows it
+        config.write_text(f"requirepass {self.password}\n" if self.password else "")
+        config.chmod(0o600)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir),
+            [binary, str(config), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir),
              *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"])],
             stdout=subprocess.DEVNULL,
         )

@@ -117,15 +117,21 @@ for _name in _MASKED_LOGGERS:
 
 
 def register_secret(*values: str | None) -> None:
-    """Never log these: every channel registers its URL (and path) and secret."""
+    """Never log these: every channel registers its URL and secret. Of a URL, its request target
+    (path and query, which urllib3 logs when it retries), path and query are registered too: a
+    Slack webhook's token is in its path, other receivers take theirs in the query string."""
     from urllib.parse import urlsplit
 
     for value in values:
         if value:
             SECRET_MASKER.secrets.add(value)
-            path = urlsplit(value).path if "://" in value else ""
-            if len(path) > 8:
-                SECRET_MASKER.secrets.add(path)
+            if "://" not in value:
+                continue
+            parts = urlsplit(value)
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
+            for piece in (target, parts.path, parts.query):
+                if len(piece) > 8:
+                    SECRET_MASKER.secrets.add(piece)
 
 
 def mask(text: str, secrets: list[str]) -> str:

@@ -141,7 +141,7 @@ def demo(spec: str, in_process: bool, epochs: int) -> None:
     """Queue an example job, run it on a worker started here, watch it live, print it from SQL."""
     console = Console(stderr=True)
     settings = get_settings()
-    console.print(f"database: {mask_url(settings.database_url)}   redis: {settings.redis_url}   stream: {settings.stream}")
+    console.print(f"database: {mask_url(settings.database_url)}   redis: {mask_url(settings.redis_url)}   stream: {settings.stream}")
     migrate.upgrade(settings.database_url)
     logs = settings.home / "demo-logs"
     processes = _Processes()
