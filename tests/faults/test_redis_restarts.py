@@ -23,7 +23,7 @@ from pipeline.bus import EventStream
 from pipeline.config import Settings
 from pipeline.db import migrate
 from pipeline.db.session import make_engine
-from tests.conftest import PrivateRedis, RecorderThread, run_cli, wait_for
+from tests.conftest import REPO, PrivateRedis, RecorderThread, run_cli, wait_for
 from tests.faults.conftest import count_recorded, wait_recorded
 from tests.training_helpers import small_digits, small_model
 
@@ -168,3 +168,36 @@ def test_redis_down_for_the_whole_fit_spools_everything_for_later(tmp_path, stre
     ledger.append(row)
     assert (row.published, row.recorded, row.lost, row.duplicated, row.dead_lettered) == (5, 5, 0, 0, 0)
     assert recorded_epochs(history_engine, received[0].run_id) == [0, 1, 2]
+
+
+def test_a_worker_takes_jobs_again_after_redis_restarts_empty(tmp_path, stream_name, database_url, history_engine, queue_name, ledger):
+    if database_url.startswith("postgresql"):
+        pytest.skip("the broker's reconnection does not depend on the database; checked once, on SQLite")
+    from tests.conftest import WorkerProcess, settings_env
+    from tests.test_workers import _spec, _submit
+
+    server = PrivateRedis(tmp_path / "redis", persistent=False)
+    server.start()
+    settings = fault_settings(server, database_url, stream_name, tmp_path)
+    env = {**settings_env(settings), "FITSTREAM_ALLOWED_MODULES": "tests", "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    worker = WorkerProcess(env, queue_name, "w1", tmp_path / "worker.log").start()
+    try:
+        with RecorderThread(settings, history_engine) as recorder:
+            before = _submit(_spec(tmp_path, "before-restart", epochs=2), queue_name, env, "--wait", "--timeout", "180")
+            assert before["status"] == "completed"
+            wait_for(lambda: recorded_epochs(history_engine, before["run_id"]) == [0, 1], timeout=60, message="the first run recorded")
+            server.kill()
+            server.start()  # empty: no queue, no stream, no consumer group, no job records
+            after = _submit(_spec(tmp_path, "after-restart", epochs=3), queue_name, env, "--wait", "--timeout", "180")
+            assert after["status"] == "completed", worker.output()[-3000:]
+            published = [e.id for e in events_in_stream(server.url, stream_name)]
+            wait_for(lambda: set(published) <= set(event_ids(history_engine)), timeout=60, message="the second run recorded")
+        assert recorded_epochs(history_engine, after["run_id"]) == [0, 1, 2]
+        assert recorder.loop.stats.groups_recreated >= 1
+        row = count_recorded(history_engine, EventStream(settings=settings), "5b. Redis restarted empty between two queued jobs",
+                             published, note="worker reconnected to the broker; next job ran and was recorded")
+        ledger.append(row)
+        assert (row.recorded, row.lost, row.duplicated, row.dead_lettered) == (len(published), 0, 0, 0)
+    finally:
+        worker.stop()
+        server.stop()
