@@ -200,12 +200,17 @@ class ConsumerLoop:
         self._standing_by = False
         self._keeper = LeaseKeeper(self.leader)
         log.info("%s: leading group %s", self.consumer_name, self.group)
+        taken_over = 0
         while not self.stop_event.is_set() and not self._keeper.lost.is_set():
             pending = self.stream.claim_stale(self.group, self.consumer_name, min_idle_ms=0, count=self.batch_size)
             if not pending:
                 break
             self.stats.reclaimed += len(pending)
+            taken_over += len(pending)
             self.process(pending)
+        if taken_over:
+            log.warning("%s: took the lead of group %s and handled %d messages left pending before anything newer",
+                        self.consumer_name, self.group, taken_over)
         return True
 
     def _stop_keeping(self) -> None:
