@@ -299,3 +299,49 @@ def start_worker(job_env: dict[str, str], queue_name: str, tmp_path: Path) -> It
     yield _start
     for worker in workers:
         worker.stop()
+
+
+# -- CI: a skip must be by design ----------------------------------------------------------------
+# Under CI (CI=true, as `.ci/run` runs), a skipped test fails the run unless its other database
+# variant ran: a test that does not depend on the database runs once (on SQLite or PostgreSQL) and
+# skips the other variant. Any other skip (a missing tool, a missing privilege) means the suite did
+# not test what it promises, and CI says which and fails.
+_skipped: dict[str, str] = {}
+_passed: set[str] = set()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped[report.nodeid] = reason.removeprefix("Skipped: ")
+    elif report.when == "call" and report.passed:
+        _passed.add(report.nodeid)
+
+
+def _other_variant(nodeid: str) -> str | None:
+    head, bracket, params = nodeid.partition("[")
+    if not bracket:
+        return None
+    for this, other in (("sqlite", "postgresql"), ("postgresql", "sqlite")):
+        parts = params.rstrip("]").split("-")
+        if this in parts:
+            return f"{head}[{'-'.join(other if p == this else p for p in parts)}]"
+    return None
+
+
+def unexpected_skips() -> dict[str, str]:
+    return {nodeid: reason for nodeid, reason in _skipped.items() if _other_variant(nodeid) not in _passed}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        return
+    unexpected = unexpected_skips()
+    if not unexpected:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.section("skips that are not by design (CI fails on these)", red=True)
+        for nodeid, reason in sorted(unexpected.items()):
+            reporter.write_line(f"{nodeid}: {reason}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
