@@ -1,7 +1,13 @@
 """Reading the model registry, and ``load_model("name@champion")``.
 
-Example:
-    >>> from pipeline.model_registry import load_model
+A reference names a model, and optionally a version or an alias:
+
+    >>> parse_ref("digits-mlp@champion")
+    ('digits-mlp', 'champion')
+    >>> parse_ref("digits-mlp@7")
+    ('digits-mlp', '7')
+    >>> parse_ref("digits-mlp")      # the champion
+    ('digits-mlp', None)
     >>> model = load_model("digits-mlp@champion")      # doctest: +SKIP
 """
 

@@ -9,7 +9,9 @@ so the answer is usually ready when EarlyStopping fires ``patience`` epochs late
 holds for the file as it was (device, inode, size, modification time): a checkpoint overwritten
 since is loaded again.
 
-Example:
+Example (an answer is kept per file identity; a file that is not there has none):
+    >>> file_identity("/no/such/checkpoint.keras") is None
+    True
     >>> checker = KerasLoadCheck(timeout_s=300)
     >>> checker.prefetch("/runs/r1/best.keras")                # on checkpoint_saved  # doctest: +SKIP
     >>> checker.result(checker.submit("/runs/r1/best.keras"))  # None: it loads        # doctest: +SKIP
