@@ -9,7 +9,8 @@ from pipeline.config import get_settings
 from pipeline.db.queries import run_sql
 
 
-@click.command()
+# A query may begin with an SQL comment ("-- best runs …"): not an option.
+@click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("query")
 @click.option("--json", "fmt", flag_value="json", help="One JSON array of objects.")
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")
@@ -24,7 +25,10 @@ def sql(query: str, fmt: str | None) -> None:
     \b
     Example:
       fitstream sql "SELECT epoch, value FROM epoch_metrics WHERE name = 'val_loss' ORDER BY epoch"
+      fitstream sql - --csv < query.sql      # the query from standard input
     """
+    if query == "-":
+        query = click.get_text_stream("stdin").read()
     settings = get_settings()
     result = run_sql(settings.database_url, query, settings=settings)
     print_rows(result.columns, result.rows, fmt=fmt or "table")
