@@ -8,20 +8,32 @@ Example:
 Defaults are embedded so that a laptop with a local Redis needs no configuration:
 a SQLite file ``fitstream.db`` in the working directory, run directories and
 the publisher's disk spool under ``.fitstream/`` in the working directory.
+
+Passwords can come from files (Docker or Kubernetes secrets) instead of the URLs:
+``FITSTREAM_REDIS_PASSWORD_FILE``, ``FITSTREAM_DATABASE_PASSWORD_FILE`` and
+``FITSTREAM_READER_DATABASE_PASSWORD_FILE``; each is read once and put into the URL it belongs to.
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigurationError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_STREAM = "fitstream:events"
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 DEFAULT_STREAM_MAX_EVENTS = 10_000_000
+#: The settings that name password files (each message about one names it).
+REDIS_PASSWORD_FILE = "FITSTREAM_REDIS_PASSWORD_FILE"
+DATABASE_PASSWORD_FILE = "FITSTREAM_DATABASE_PASSWORD_FILE"
+READER_PASSWORD_FILE = "FITSTREAM_READER_DATABASE_PASSWORD_FILE"
 
 
 def _default_database_url() -> str:
@@ -30,6 +42,62 @@ def _default_database_url() -> str:
 
 def _default_home() -> Path:
     return Path.cwd() / ".fitstream"
+
+
+def read_secret_file(path: Path, variable: str) -> str:
+    """The secret held in ``path`` (named by the setting ``variable``): the file's text without its
+    trailing line break, so that ``openssl rand -hex 32 > file`` makes a valid one.
+
+    Raises:
+        ConfigurationError: the file is missing, unreadable, not UTF-8 text, empty or more than one
+            line. The message names ``variable`` and the path, never the file's content. Not retryable.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"{variable} is {str(path)!r}, which does not exist: point it at the file that holds the password, "
+            "or unset it"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{variable}: cannot read {str(path)!r} ({exc.strerror or exc}); let the user this process runs as read it"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{variable}: {str(path)!r} is not UTF-8 text") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigurationError(f"{variable}: {str(path)!r} is empty; put the password in it")
+    if "\n" in secret or "\r" in secret:
+        # The containers' entrypoints drop every line break; one line keeps everyone reading the same password.
+        raise ConfigurationError(f"{variable}: {str(path)!r} holds more than one line; a password is one line")
+    return secret
+
+
+def url_with_password(url: str, password: str, *, url_variable: str, password_variable: str) -> str:
+    """``url`` (redis://, rediss://, unix://, postgresql+psycopg://…) with ``password`` in it,
+    percent-encoded; a user name already in the URL is kept.
+
+    Example:
+        >>> url_with_password("redis://redis:6379/0", "a/b", url_variable="U", password_variable="P")
+        'redis://:a%2Fb@redis:6379/0'
+
+    Raises:
+        ConfigurationError: the URL already holds a password (two sources would be ambiguous).
+    """
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ConfigurationError(
+            f"{url_variable} already holds a password and {password_variable} gives another; keep one of them"
+        )
+    username, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{username}:{quote(password, safe='')}@{host}"))
+
+
+def _redis_server(url: str) -> tuple[object, ...]:
+    """What tells two Redis URLs' servers apart: the socket path, or the host and port."""
+    parts = urlsplit(url)
+    return (parts.path,) if parts.scheme == "unix" else (parts.hostname, parts.port or 6379)
 
 
 class Settings(BaseSettings):
@@ -76,12 +144,25 @@ class Settings(BaseSettings):
             database's URL with the user ``fitstream_reader`` and no password (trust or peer auth).
         sql_timeout_seconds: A read-only query running longer is cancelled. Default 30.
         sql_max_rows: ``fitstream sql`` returns at most this many rows (and says it truncated). Default 10000.
+        redis_password_file: A file holding the Redis password (``requirepass`` or the ACL user's),
+            put into ``redis_url``, and into ``broker_url`` when that is unset or names the same
+            server without a password of its own. Default: none.
+        database_password_file: A file holding the password of ``database_url``'s user (PostgreSQL).
+            Default: none.
+        reader_database_password_file: A file holding the ``fitstream_reader`` role's password, put
+            into ``reader_database_url`` (or into its default, the database URL as ``fitstream_reader``).
+            Default: none.
+
+    Raises:
+        ConfigurationError: a password file is missing, unreadable or empty, or its URL already holds
+            a password. Passwords never appear in the message, nor in the object's ``repr``.
     """
 
     model_config = SettingsConfigDict(env_prefix="FITSTREAM_", extra="ignore")
 
-    redis_url: str = DEFAULT_REDIS_URL
-    database_url: str = Field(default_factory=_default_database_url)
+    # repr=False: with a password file, these URLs hold the password.
+    redis_url: str = Field(default=DEFAULT_REDIS_URL, repr=False)
+    database_url: str = Field(default_factory=_default_database_url, repr=False)
     home: Path = Field(default_factory=_default_home)
     stream: str = DEFAULT_STREAM
     stream_retention_seconds: int = Field(default=DEFAULT_RETENTION_SECONDS, ge=0)
@@ -93,16 +174,66 @@ class Settings(BaseSettings):
     allowed_modules: str = "examples"
     max_job_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
-    broker_url: str | None = None
+    broker_url: str | None = Field(default=None, repr=False)
     worker_preload: bool = True
     alert_rules: Path | None = None
     model_store: str | None = None
     alert_retry_budget_seconds: float = Field(default=3600.0, gt=0)
     promoter_load_check: bool = True
     promoter_load_timeout_seconds: float = Field(default=300.0, gt=0)
-    reader_database_url: str | None = None
+    reader_database_url: str | None = Field(default=None, repr=False)
     sql_timeout_seconds: float = Field(default=30.0, gt=0)
     sql_max_rows: int = Field(default=10_000, ge=1)
+    redis_password_file: Path | None = None
+    database_password_file: Path | None = None
+    reader_database_password_file: Path | None = None
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        # After validation, not in a validator: pydantic would wrap the ConfigurationError into a
+        # ValidationError, and the CLI shows Fitstream's errors as one line.
+        self._apply_password_files()
+
+    def _apply_password_files(self) -> None:
+        if self.redis_password_file is not None:
+            self._apply_redis_password(read_secret_file(self.redis_password_file, REDIS_PASSWORD_FILE))
+        if self.database_password_file is not None:
+            self._refuse_sqlite(DATABASE_PASSWORD_FILE)
+            password = read_secret_file(self.database_password_file, DATABASE_PASSWORD_FILE)
+            self.database_url = url_with_password(
+                self.database_url, password,
+                url_variable="FITSTREAM_DATABASE_URL", password_variable=DATABASE_PASSWORD_FILE,
+            )
+        if self.reader_database_password_file is not None:
+            self._refuse_sqlite(READER_PASSWORD_FILE)
+            self._apply_reader_password(read_secret_file(self.reader_database_password_file, READER_PASSWORD_FILE))
+
+    def _apply_redis_password(self, password: str) -> None:
+        # The Celery broker is usually the same Redis: same server, same password.
+        broker = self.broker_url
+        if broker and _redis_server(broker) == _redis_server(self.redis_url) and urlsplit(broker).password is None:
+            self.broker_url = url_with_password(
+                broker, password, url_variable="FITSTREAM_BROKER_URL", password_variable=REDIS_PASSWORD_FILE
+            )
+        self.redis_url = url_with_password(
+            self.redis_url, password, url_variable="FITSTREAM_REDIS_URL", password_variable=REDIS_PASSWORD_FILE
+        )
+
+    def _apply_reader_password(self, password: str) -> None:
+        from pipeline.db.readonly import reader_url  # the one rule for the reader's default URL
+
+        explicit = self.reader_database_url
+        self.reader_database_url = url_with_password(
+            reader_url(self.database_url, explicit), password,
+            url_variable="FITSTREAM_READER_DATABASE_URL" if explicit else "FITSTREAM_DATABASE_URL",
+            password_variable=READER_PASSWORD_FILE,
+        )
+
+    def _refuse_sqlite(self, password_variable: str) -> None:
+        if self.database_url.startswith("sqlite"):
+            raise ConfigurationError(
+                f"{password_variable} is set, but FITSTREAM_DATABASE_URL is a SQLite file, which takes no password"
+            )
 
     @property
     def allowed_module_prefixes(self) -> tuple[str, ...]:
@@ -123,7 +254,10 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("alert_rules", "broker_url", "model_store", "reader_database_url", mode="before")
+    @field_validator(
+        "alert_rules", "broker_url", "model_store", "reader_database_url",
+        "redis_password_file", "database_password_file", "reader_database_password_file", mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -4,6 +4,7 @@ no TensorFlow where it does not belong, a valid compose file."""
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -62,13 +63,21 @@ def test_cli_and_consumers_start_without_tensorflow(module):
     assert result.returncode == 0, f"{module} imported {result.stdout.strip()}"
 
 
-def test_docker_compose_file_is_valid():
+def test_docker_compose_file_is_valid(tmp_path):
     compose = shutil.which("docker-compose")
     if compose is None:
         pytest.skip("docker-compose is not installed (./dev test installs it on Debian)")
-    result = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=REPO)
+    # The stack refuses to start without its secrets (tests/test_compose_security.py): give it some.
+    import yaml
+
+    for name in yaml.safe_load((REPO / "docker-compose.yml").read_text())["secrets"]:
+        (tmp_path / name).write_text("not-a-real-secret\n")
+    env = {**os.environ, "FITSTREAM_SECRETS_DIR": str(tmp_path)}
+    result = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr
-    services = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config", "--services"], capture_output=True, text=True, cwd=REPO).stdout.split()
+    services = subprocess.run(
+        [compose, "-f", str(REPO / "docker-compose.yml"), "config", "--services"], capture_output=True, text=True, cwd=REPO, env=env,
+    ).stdout.split()
     assert {"redis", "postgres", "migrate", "recorder", "worker-gpu0", "flower"} <= set(services)
 
 

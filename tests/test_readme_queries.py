@@ -76,6 +76,12 @@ def test_every_readme_query_answers_from_a_real_history(settings, engine):
             assert rows[0]["run_id"] in runs and rows[0]["version"] >= 1
         if "early_stopped" in query:
             assert {row["stopped_epoch"] for row in rows} == {2}
+    # The README's `fitstream runs [--status S]`, and --name.
+    listed = json.loads(run_cli("runs", "--status", "early_stopped", "--json", env_extra=env).stdout)
+    assert sorted(r["run_id"] for r in listed) == sorted(runs)
+    assert json.loads(run_cli("runs", "--status", "failed", "--json", env_extra=env).stdout) == []
+    assert sorted(r["run_id"] for r in json.loads(run_cli("runs", "--name", "digits-mlp", "--json", env_extra=env).stdout)) == sorted(runs)
+    assert json.loads(run_cli("runs", "--name", "someone-else", "--json", env_extra=env).stdout) == []
 
 
 def test_a_query_may_start_with_a_comment_or_come_from_standard_input(settings, engine, database_url):
@@ -91,3 +97,18 @@ def test_a_query_may_start_with_a_comment_or_come_from_standard_input(settings, 
     piped = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "sql", "-", "--csv"], input="SELECT 41 + 1 AS answer\n",
                            capture_output=True, text=True, env={**os.environ, **env}, cwd=REPO, timeout=60)
     assert piped.returncode == 0 and piped.stdout.split() == ["answer", "42"], piped.stderr
+
+
+def test_db_upgrade_and_current_as_commands_on_an_empty_database(tmp_path, database_url):
+    from pipeline.db.migrate import head_revision
+
+    env = {"FITSTREAM_DATABASE_URL": database_url, "FITSTREAM_HOME": str(tmp_path / "home")}
+    before = run_cli("db", "current", env_extra=env)
+    assert before.stdout.split() == ["current:", "(none)", "head:", head_revision()], before.stdout
+    run_cli("db", "upgrade", env_extra=env)
+    again = run_cli("db", "upgrade", env_extra=env)  # a second upgrade changes nothing and says so calmly
+    assert again.returncode == 0
+    current = run_cli("db", "current", env_extra=env)
+    assert current.stdout.split() == ["current:", head_revision(), "head:", head_revision()], current.stdout
+    tables = json.loads(run_cli("sql", "SELECT count(*) AS n FROM runs", "--json", env_extra=env).stdout)
+    assert tables == [{"n": 0}]

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from pipeline.errors import ConfigurationError, DatabaseError, QueryTimeoutError, ReadOnlyViolationError
 
@@ -106,8 +106,8 @@ def reader_url(database_url: str, explicit: str | None = None) -> str:
     """The libpq URL read-only paths connect with: ``explicit`` (FITSTREAM_READER_DATABASE_URL), else
     the history database's URL as ``fitstream_reader`` without a password."""
     url = make_url(explicit or database_url)
-    if not explicit:
-        url = url.set(username=READER_ROLE, password=None)
+    if not explicit:  # URL.create, not URL.set: set() ignores None and would keep the owner's password
+        url = URL.create("postgresql", username=READER_ROLE, host=url.host, port=url.port, database=url.database, query=url.query)
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
