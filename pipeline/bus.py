@@ -205,7 +205,7 @@ class EventStream:
         host = str(kwargs.get("host") or "localhost")
         if not kwargs.get("password") and not kwargs.get("path") and host not in ("localhost", "::1") and not host.startswith("127."):
             warnings.append(f"Redis at {host} is reached without a password: anyone who reaches it can read the events "
-                            "and queue jobs; require a password (requirepass or an ACL user) and put it in the URL")
+                            "and queue jobs; require a password (requirepass or an ACL user) and give it to Fitstream with FITSTREAM_REDIS_PASSWORD_FILE")
         return warnings
 
     # -- consumer states (fitstream status) ------------------------------------
