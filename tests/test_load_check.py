@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import keras
 import pytest
@@ -29,8 +28,9 @@ def test_an_answer_is_reused_until_the_file_changes(checker, tmp_path):
     checker.prefetch(path)  # as on checkpoint_saved
     first = checker.submit(path)  # as on early_stopped: the same load, not a second one
     assert checker.submit(path) is first and checker.result(first) is None
-    time.sleep(0.01)
+    before = os.stat(path).st_mtime_ns
     _save(tmp_path / "best.keras", unsafe=True)  # overwritten by a later epoch (here: an unsafe model)
+    os.utime(path, ns=(before + 10**9, before + 10**9))  # a later modification time, whatever the clock's grain
     again = checker.submit(path)
     assert again is not first
     problem = checker.result(again)
@@ -51,9 +51,7 @@ def test_a_load_that_hangs_is_refused_after_its_timeout_and_the_helper_goes_on(t
     checker = KerasLoadCheck(timeout_s=3)
     try:
         assert checker.check(path) is None  # the helper is up (its Keras import is not timed)
-        started = time.monotonic()
         assert checker.check(str(hang)) == "loading took longer than 3 s (FITSTREAM_PROMOTER_LOAD_TIMEOUT_SECONDS)"
-        assert time.monotonic() - started < 20
         os.utime(path)
         assert checker.check(path) is None  # the same helper answers the next one
         assert str(hang) not in checker._answers and path in checker._answers  # failures are not remembered

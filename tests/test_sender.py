@@ -7,6 +7,7 @@ import time
 
 from pipeline.callbacks.sender import EventSender
 from pipeline.errors import StreamUnavailableError
+from tests.conftest import wait_for
 
 
 class FlakyStream:
@@ -28,12 +29,11 @@ def test_outage_spools_in_order_and_drains_when_back(tmp_path):
     sender.start()
     for n in range(100):
         sender.submit({"n": str(n)})
-    time.sleep(0.2)
+    wait_for(lambda: len(stream.received) == 100, timeout=10, message="the first 100 sent")
     stream.up = False
     for n in range(100, 1100):
         sender.submit({"n": str(n)})
-    time.sleep(0.3)
-    assert (tmp_path / "s.jsonl").exists()
+    wait_for((tmp_path / "s.jsonl").exists, timeout=10, message="the outage spooled to disk")
     stream.up = True
     for n in range(1100, 1200):
         sender.submit({"n": str(n)})
