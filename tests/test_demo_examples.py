@@ -45,3 +45,19 @@ def test_demo_promotes_the_best_model_of_every_example(example, settings, engine
     values = [value for _epoch, value in kept]
     best = max(values) if version.mode == "max" else min(values)
     assert version.epoch == values.index(best)
+
+
+def test_demo_in_process_trains_here_promotes_and_evaluates_the_champion(settings, engine, database_url):
+    if database_url.startswith("postgresql"):
+        pytest.skip("the demo runs on its embedded defaults (SQLite); checked once")
+    env = {**os.environ, **settings_env(settings), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "demo", "--in-process"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=420)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "champion loaded back from the store and evaluated" in done.stdout
+    with engine.connect() as conn:
+        run = conn.execute(sa.text("SELECT run_id, name, status, best_epoch, epochs_completed FROM runs")).one()
+        version = conn.execute(sa.text("SELECT run_id, epoch, metric FROM model_versions")).one()
+    assert run.name == "demo-digits-mlp" and run.status == "early_stopped"
+    assert (version.run_id, version.epoch, version.metric) == (run.run_id, run.best_epoch, "val_loss")
+    assert f"status=early_stopped epochs_completed={run.epochs_completed}" in done.stdout
