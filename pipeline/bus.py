@@ -269,8 +269,11 @@ class EventStream:
             pipe.execute()
         return removed
 
-    def forced_trims(self) -> dict[str, str]:
-        return {_sid(k): _sid(v) for k, v in self.client.hgetall(self.forced_trims_key).items()}
+    def forced_trims(self) -> dict[str, int | float]:
+        """How often the length cap dropped unacknowledged events: ``times``, ``events_dropped``
+        and ``last_at`` (Unix time); empty when it never did."""
+        raw = {_sid(k): _sid(v) for k, v in self.client.hgetall(self.forced_trims_key).items()}
+        return {key: (float(value) if key == "last_at" else int(value)) for key, value in raw.items()}
 
     def _safe_url(self) -> str:
         """The Redis URL with any password masked."""

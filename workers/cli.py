@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 import click
 
@@ -137,7 +138,13 @@ def status(as_json: bool) -> None:
     for warning in report["redis_warnings"]:
         click.echo(f"WARNING: {warning}", err=True)
     if report["forced_trims"]:
-        click.echo(f"WARNING: the stream was force-trimmed: {report['forced_trims']}", err=True)
+        trims = report["forced_trims"]
+        last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(trims["last_at"])) if "last_at" in trims else "?"
+        click.echo(
+            f"WARNING: the stream was force-trimmed {trims.get('times', 0)} time(s), dropping {trims.get('events_dropped', 0)} "
+            f"events some consumer group had not acknowledged (last at {last}); start more consumers or raise "
+            "FITSTREAM_STREAM_MAX_EVENTS", err=True,
+        )
 
 
 def _ago(since: float | None) -> str:
