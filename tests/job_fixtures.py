@@ -78,3 +78,34 @@ def f1_model(hidden: int = 8, learning_rate: float = 0.003):
     model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", metrics=[f1])
     return model
+
+
+def xy_only(n_train: int = 400):
+    """Data as ``(x, y)`` only: the job's ``fit.validation_split`` makes the validation set."""
+    (x, y), _ = digits.load_data()
+    return x[:n_train], y[:n_train]
+
+
+def datasets(n_train: int = 400, batch_size: int = 32):
+    """``(train_dataset, validation_dataset)``: the training set repeats (give steps_per_epoch)."""
+    import tensorflow as tf
+
+    (x, y), (x_val, y_val) = digits.load_data()
+    train = tf.data.Dataset.from_tensor_slices((x[:n_train], y[:n_train])).batch(batch_size).repeat()
+    return train, tf.data.Dataset.from_tensor_slices((x_val[:200], y_val[:200])).batch(batch_size)
+
+
+def diverging_model(learning_rate: float = 1.0):
+    """A linear regression under plain SGD with a far too large step: its loss overflows to
+    infinity, then NaN, within the first epoch."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(1)], name="diverging")
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=learning_rate), loss="mse")
+    return model
+
+
+def halve_after_one(epoch: int, lr: float) -> float:
+    """A `lr_schedule: {kind: function}` schedule: from epoch 2 on, the rate halves every epoch."""
+    return lr / 2 if epoch >= 2 else lr

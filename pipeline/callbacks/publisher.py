@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import socket
 import time
@@ -162,6 +163,7 @@ class EventPublisher(keras.callbacks.Callback):
         self._current_epoch = 0
         self._checkpoints = CheckpointReporter(self.watch)
         self._last_train_logs: dict[str, Any] | None = None
+        self._last_batch = 0
 
     def _next_seq(self) -> int:
         seq = self._seq
@@ -261,6 +263,7 @@ class EventPublisher(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._last_train_logs = logs
+        self._last_batch = batch
         if self._epoch_lr is None:
             self._epoch_lr = self._learning_rate()
         if self.cancel_requested:
@@ -371,13 +374,31 @@ class EventPublisher(keras.callbacks.Callback):
             self._checkpoints.save_restored(self.model, stopper, self.save_restored_model)
         self._finalize_pending()
         self._emit_restored_checkpoint()  # a run that completed without early stopping
+        diverged = self._stopped_on_non_finite_loss()
         if self.cancel_requested:
             status = "cancelled"
+        elif diverged is not None:
+            # TerminateOnNaN (or a callback like it) stopped a run whose loss is no longer a number:
+            # not a completed run, whatever epochs it finished before.
+            self._emit(ev.RunFailed, error_type="TerminateOnNaN", message=diverged)
+            status = "failed"
         elif stopper is not None and stopper.stopped_epoch > 0:
             status = "early_stopped"
         else:
             status = "completed"
         self._finish(status)
+
+    def _stopped_on_non_finite_loss(self) -> str | None:
+        """Why training stopped, when it was stopped at a batch whose loss was NaN or infinite."""
+        loss = (self._last_train_logs or {}).get("loss")
+        try:
+            value = float(loss) if loss is not None else None
+        except (TypeError, ValueError):
+            return None
+        if value is None or math.isfinite(value) or not getattr(self.model, "stop_training", False):
+            return None
+        return (f"training stopped: the loss became {value} at epoch {self._current_epoch}, batch {self._last_batch} "
+                "(TerminateOnNaN); lower the learning rate, clip gradients or look for NaN in the data")
 
     # -- outcome ------------------------------------------------------------------
     def _best(self) -> tuple[int | None, float | None, str | None, str | None]:
