@@ -61,3 +61,19 @@ def test_demo_in_process_trains_here_promotes_and_evaluates_the_champion(setting
     assert run.name == "demo-digits-mlp" and run.status == "early_stopped"
     assert (version.run_id, version.epoch, version.metric) == (run.run_id, run.best_epoch, "val_loss")
     assert f"status=early_stopped epochs_completed={run.epochs_completed}" in done.stdout
+    assert processes_with(f"FITSTREAM_STREAM={settings.stream}") == [], "the demo stops what it started"
+
+
+def processes_with(variable: str) -> list[int]:
+    """Live processes whose environment holds ``variable`` (NAME=value)."""
+    import pathlib
+
+    found = []
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and variable.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                if (proc / "stat").read_text().split()[2] != "Z":
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

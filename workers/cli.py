@@ -93,7 +93,14 @@ def status(as_json: bool) -> None:
     settings = get_settings()
     broker = connect(settings.celery_broker_url)
     stream = EventStream(settings=settings)
-    queues = [{"queue": q.value, "waiting": int(broker.llen(q.value))} for q in Queue]
+    from workers.submit import QUEUES_USED_KEY
+
+    builtin = [q.value for q in Queue]
+    queues = [{"queue": name, "waiting": int(broker.llen(name))} for name in builtin]
+    for name in sorted({_text(raw) for raw in broker.smembers(QUEUES_USED_KEY)} - set(builtin)):
+        waiting = int(broker.llen(name))
+        if waiting:  # other queues jobs were submitted to, while jobs wait there
+            queues.append({"queue": name, "waiting": waiting})
     try:
         replies = app.control.inspect(timeout=1.0).ping() or {}
     except Exception:

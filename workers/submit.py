@@ -25,6 +25,10 @@ class Submitted:
     stream_id: str
 
 
+#: The broker's set of every queue a job was ever submitted to (the built-in ones are always shown).
+QUEUES_USED_KEY = "fitstream:queues"
+
+
 def submit_job(spec: JobSpec, *, queue: str | None = None, settings: Settings | None = None) -> Submitted:
     """Validate ``spec`` against the deployment, record it, announce it, and queue it."""
     settings = settings or get_settings()
@@ -43,6 +47,7 @@ def submit_job(spec: JobSpec, *, queue: str | None = None, settings: Settings | 
         spec=spec.model_dump(mode="json", by_alias=True), tags=spec.tags,
     )
     stream_id = stream.publish([event])[0]
+    connect(settings.celery_broker_url).sadd(QUEUES_USED_KEY, queue)  # so that `fitstream status` lists it
     make_app(settings).send_task(TRAIN_TASK, args=[run_id], task_id=run_id, queue=queue)
     return Submitted(run_id, queue, stream_id)
 
