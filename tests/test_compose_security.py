@@ -409,3 +409,23 @@ def test_flower_gets_basic_auth_and_its_brokers_password_from_files(tmp_path):
     missing = run_flower_entrypoint(tmp_path, {"FITSTREAM_REDIS_PASSWORD_FILE": str(redis_file),
                                                "FITSTREAM_FLOWER_PASSWORD_FILE": str(tmp_path / "nowhere")})
     assert missing.returncode != 0 and "FITSTREAM_FLOWER_PASSWORD_FILE" in missing.stderr
+
+
+def test_the_readmes_secrets_snippet_creates_every_secret_the_default_stack_mounts():
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("## Production shape", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    created = set(re.search(r"for s in (.*?); do", snippet, re.S).group(1).replace("\\", " ").split())
+    compose = raw_compose()
+    default_stack = {name: service for name, service in compose["services"].items() if not service.get("profiles")}
+    needed = set().union(*(mounted_secrets(service) for service in default_stack.values()))
+    assert created == needed, f"README creates {sorted(created)}; `docker compose up` needs {sorted(needed)}"
+
+
+def test_git_ignores_the_env_file_and_the_secret_files():
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(["git", "check-ignore", ".env", "secrets/redis_password", "secrets/flower_password"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.split() == [".env", "secrets/redis_password", "secrets/flower_password"]
+    kept = subprocess.run(["git", "check-ignore", "secrets/README.md", "secrets/.gitignore"], capture_output=True, text=True, cwd=REPO)
+    assert kept.stdout == "", "the secrets folder's README and .gitignore are committed"
