@@ -159,8 +159,16 @@ class Alerter:
     def _update_runs(self, conn: Connection, events: list[ev.Event]) -> dict[str, tuple[str | None, dict[str, str]]]:
         facts: dict[str, dict[str, Any]] = {}
         for event in events:
-            row = facts.setdefault(event.run_id, {"run_id": event.run_id, "name": None, "tags": None, "rules": None, "status": "running", "last_event_at": event.ts})
+            row = facts.setdefault(
+                event.run_id,
+                {"run_id": event.run_id, "name": None, "tags": None, "rules": None, "status": None, "last_event_at": event.ts},
+            )
             row["last_event_at"] = max(row["last_event_at"], event.ts)
+            # A queued job waits for a worker: it is not running, so it cannot stall.
+            if isinstance(event, ev.RunQueued):
+                row["status"] = row["status"] or "queued"
+            elif row["status"] in (None, "queued"):
+                row["status"] = "running"
             if isinstance(event, (ev.RunQueued, ev.RunStarted)):
                 row["name"] = event.name
                 if event.tags:
@@ -177,9 +185,11 @@ class Alerter:
                 "name": sa.func.coalesce(insert.excluded.name, table.c.name),
                 "tags": sa.func.coalesce(insert.excluded.tags, table.c.tags),
                 "rules": sa.func.coalesce(insert.excluded.rules, table.c.rules),
-                # A terminal status sticks (literal SQL: no expanding IN inside an executemany).
+                # A terminal status sticks, and a late or replayed run_queued does not make a running
+                # run "queued" again (literal SQL: no expanding IN inside an executemany).
                 "status": sa.case(
                     (sa.or_(*(table.c.status == sa.literal_column(f"'{s}'") for s in TERMINAL_STATUSES)), table.c.status),
+                    (insert.excluded.status == sa.literal_column("'queued'"), table.c.status),
                     else_=insert.excluded.status,
                 ),
                 "last_event_at": greatest(conn, table.c.last_event_at, insert.excluded.last_event_at),
@@ -239,22 +249,25 @@ class Alerter:
 
     # -- time-based rules -------------------------------------------------------------------------
     def check_stalled(self, now: float | None = None) -> int:
-        """Fire "stalled" rules for running runs silent for longer than their threshold."""
+        """Fire "stalled" rules (the rules file's and each job's own) for running runs silent for
+        longer than their threshold."""
         now = time.time() if now is None else now
-        stalled_rules = [r for r in self.rules.rules if r.kind == "stalled"]
-        if not stalled_rules:
-            return 0
+        file_rules = [r for r in self.rules.rules if r.kind == "stalled"]
         fired = 0
         runs_table, state_table = SqlAlertRun.__table__, SqlAlertState.__table__
         with transaction(self.engine) as conn:
-            shortest = min(r.stalled_seconds or 0 for r in stalled_rules)
+            # Runs silent past the file's shortest threshold, and runs with rules of their own.
+            candidates = [runs_table.c.rules.is_not(None)]
+            if file_rules:
+                candidates.append(runs_table.c.last_event_at < now - min(r.stalled_seconds or 0 for r in file_rules))
             silent = conn.execute(
-                sa.select(runs_table).where(runs_table.c.status == "running", runs_table.c.last_event_at < now - shortest)
+                sa.select(runs_table).where(runs_table.c.status == "running", sa.or_(*candidates))
             ).all()
             outbox, changed = [], {}
             for run in silent:
                 tags = json.loads(run.tags) if run.tags else {}
-                for rule in stalled_rules:
+                job_rules = [r for r in self._job_rules(run.run_id, run.rules) if r.kind == "stalled"]
+                for rule in (*file_rules, *job_rules):
                     if not rule.matches(run.name, tags) or run.last_event_at >= now - (rule.stalled_seconds or 0):
                         continue
                     row = conn.execute(
@@ -324,6 +337,8 @@ class Deliverer:
                 age = now - row.created_at.replace(tzinfo=row.created_at.tzinfo or timezone.utc).timestamp()
                 give_up = age >= self.retry_budget_s
                 delay = Backoff(initial_s=min(RETRY_INITIAL_S, self.retry_max_s), maximum_s=self.retry_max_s).delay_for(attempt=attempts)
+                # The receiver's Retry-After holds past urllib3's own retries: the next attempt waits for it too.
+                delay = max(delay, exc.retry_after_s or 0.0)
                 with transaction(self.engine) as conn:
                     conn.execute(
                         table.update().where(table.c.id == row.id).values(

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 #: (connect, read) timeouts for one HTTP attempt.
@@ -39,7 +40,12 @@ class AlertMessage:
 
 
 class DeliveryError(Exception):
-    """A channel could not deliver a message (after its HTTP retries). Retryable later."""
+    """A channel could not deliver a message (after its HTTP retries). Retryable later, but not
+    before ``retry_after_s`` seconds when the receiver said so (``Retry-After`` on 429/503)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Channel(Protocol):
@@ -72,25 +78,31 @@ def http_session(*, total: int = 4, backoff_factor: float = 0.5) -> requests.Ses
 
 
 class RateLimiter:
-    """At most ``per_minute`` sends per channel (a token bucket); waits, never drops."""
+    """At most ``per_minute`` sends per channel: one every ``60 / per_minute`` seconds, without a
+    burst (a burst would put more than ``per_minute`` into the first minute, and Slack answers a
+    webhook's burst with 429s). Waits, never drops.
+
+    Example:
+        >>> limit = RateLimiter(per_minute=600)  # one send every 0.1 s
+        >>> start = time.monotonic(); limit.acquire(); limit.acquire()
+        >>> time.monotonic() - start >= 0.1
+        True
+    """
 
     def __init__(self, per_minute: int) -> None:
+        if per_minute < 1:
+            raise ValueError(f"per_minute must be at least 1; got {per_minute!r}")
         self.interval = 60.0 / per_minute
-        self.capacity = max(1.0, per_minute / 6)
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
+        self.next_at = 0.0  # time.monotonic() of the earliest next send
         self.lock = threading.Lock()
 
     def acquire(self) -> None:
         with self.lock:
             now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) / self.interval)
-            self.updated = now
-            if self.tokens < 1:
-                time.sleep((1 - self.tokens) * self.interval)
-                self.tokens = 1
-                self.updated = time.monotonic()
-            self.tokens -= 1
+            if now < self.next_at:
+                time.sleep(self.next_at - now)
+                now = self.next_at
+            self.next_at = now + self.interval
 
 
 class SecretMasker(logging.Filter):
@@ -149,4 +161,18 @@ def post_json(session: requests.Session, url: str, body: bytes, headers: dict[st
     except requests.RequestException as exc:
         raise DeliveryError(mask(f"{type(exc).__name__}: {exc}", secrets)) from None
     if not 200 <= response.status_code < 300:
-        raise DeliveryError(mask(f"HTTP {response.status_code}: {response.text[:200]}", secrets))
+        raise DeliveryError(
+            mask(f"HTTP {response.status_code}: {response.text[:200]}", secrets), retry_after_s=_retry_after(response)
+        )
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds the receiver asked us to wait (``Retry-After``: seconds or an HTTP date), read as
+    urllib3 reads it between its own retries; None when it did not ask, or asked unreadably."""
+    value = response.headers.get("Retry-After")
+    if value is None or response.status_code not in Retry.RETRY_AFTER_STATUS_CODES:
+        return None
+    try:
+        return Retry().parse_retry_after(value)
+    except InvalidHeader:
+        return None
