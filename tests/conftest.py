@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import hypothesis  # noqa: F401  imported now, not by its pytest plugin at the end of a run (see below)
 import pytest
 import redis
 import sqlalchemy as sa
@@ -30,6 +31,11 @@ from pipeline.db.session import make_engine
 from tests.slack_server import SlackLikeServer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Hypothesis' pytest plugin imports hypothesis lazily, in its end-of-run summary, and pytest then
+# parses its modules (to rewrite asserts). On CPython 3.11.7 that parse failed with "SystemError:
+# AST constructor recursion depth mismatch" after a test leaked PostgreSQL connections (their
+# finalizers ran mid-parse), turning a green run into an internal error; importing it above, at
+# collection, leaves nothing to parse late.
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("FITSTREAM_REDIS_URL", "redis://localhost:6379/0")
 POSTGRES_URL = os.environ.get("FITSTREAM_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test")

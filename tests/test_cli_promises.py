@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 import re
 
+import keras  # at import time, not inside a test: TensorFlow's import recurses deeply (see tests/conftest.py)
 import pytest
+import sqlalchemy as sa
 
-from tests.conftest import run_cli
+from pipeline import EventPublisher
+from tests.conftest import run_cli, settings_env, wait_for
+from tests.training_helpers import small_digits, small_model
 from tests.test_workers import _spec
 
 pytestmark = pytest.mark.slow
@@ -37,3 +41,33 @@ def test_the_alerter_refuses_to_start_without_its_rules(settings, engine, job_en
     refused = run_cli("consume", "alerter", env_extra={**job_env, "FITSTREAM_ALERT_RULES": ""}, check=False)
     assert refused.returncode in (1, 2) and "FITSTREAM_ALERT_RULES" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_runs_and_show_report_the_recorded_values(settings, engine, recorder):
+    (x, y), (x_val, y_val) = small_digits(300)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=5.0)
+    publisher = EventPublisher(name="shown", watch=[stop], settings=settings)
+    small_model().fit(x, y, validation_data=(x_val, y_val), epochs=6, batch_size=64, verbose=0, callbacks=[stop, publisher])
+    run_id = publisher.run_id
+    def status() -> str | None:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT status FROM runs WHERE run_id = :r"), {"r": run_id}).scalar()
+
+    wait_for(lambda: status() == "early_stopped", message="the run recorded")
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT * FROM runs WHERE run_id = :r"), {"r": run_id}).mappings().one()
+    env = settings_env(settings)
+    listed = {r["run_id"]: r for r in json.loads(run_cli("runs", "--json", env_extra=env).stdout)}[run_id]
+    for key in ("name", "status", "epochs_completed", "best_epoch", "stopped_epoch", "monitor"):
+        assert listed[key] == row[key], key
+    assert listed["best_value"] == pytest.approx(row["best_value"]) and (row["status"], row["stopped_epoch"]) == ("early_stopped", 1)
+    table = run_cli("runs", env_extra=env).stdout
+    assert run_id[:8] in table and "early_stopped" in table and "shown" in table
+    shown = json.loads(run_cli("show", run_id[:10], "--json", env_extra=env).stdout)
+    assert shown["run_id"] == run_id and [e["epoch"] for e in shown["epochs"]] == [0, 1]
+    with engine.connect() as conn:
+        val_loss = dict(conn.execute(sa.text("SELECT epoch, value FROM epoch_metrics WHERE run_id = :r AND name = 'val_loss'"),
+                                     {"r": run_id}).all())
+    assert [e["metrics"]["val_loss"] for e in shown["epochs"]] == [val_loss[0], val_loss[1]]
+    human = run_cli("show", run_id[:10], env_extra=env).stdout
+    assert run_id in human and "early_stopped" in human and "val_loss" in human

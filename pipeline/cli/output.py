@@ -20,9 +20,9 @@ stderr_console = Console(stderr=True)
 
 
 def make_console(*, stderr: bool = False) -> Console:
-    """A console that does not wrap at 80 columns when output goes to a file or a pipe."""
+    """A console that neither wraps nor cuts values when output goes to a file or a pipe."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+    return Console(stderr=stderr, width=None if stream.isatty() else 100_000)  # tables keep their natural width
 
 
 def jsonable(value: Any) -> Any:
