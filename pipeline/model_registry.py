@@ -6,7 +6,7 @@ A reference names a model, and optionally a version or an alias:
     ('digits-mlp', 'champion')
     >>> parse_ref("digits-mlp@7")
     ('digits-mlp', '7')
-    >>> parse_ref("digits-mlp")      # the champion
+    >>> parse_ref("digits-mlp")      # no selector: the latest version (NAME@latest)
     ('digits-mlp', None)
     >>> model = load_model("digits-mlp@champion")      # doctest: +SKIP
 """
@@ -23,7 +23,7 @@ from pipeline.config import get_settings
 from pipeline.db.models import SqlModelAlias, SqlModelVersion
 from pipeline.db.session import make_engine, transaction
 from pipeline.errors import ConfigurationError, RunNotFoundError
-from pipeline.store import open_store
+from pipeline.store import ChecksumMismatchError, open_store
 from pipeline.store.copying import file_sha256
 
 FIELDS = (
@@ -75,9 +75,13 @@ def list_versions(engine: Engine, name: str | None = None) -> list[dict[str, Any
 
 
 def load_model(ref: str, *, settings=None, compile: bool = True):  # type: ignore[no-untyped-def]
-    """The Keras model ``ref`` (``name@champion``, ``name@3``, ``name``) from the model store.
+    """The Keras model ``ref`` (``name@champion``, ``name@3``, ``name`` = ``name@latest``) from the model store.
 
     Loaded with ``safe_mode=True``; the file's sha256 is checked against the registry first.
+
+    Raises:
+        RunNotFoundError: no such model, version or alias.
+        ChecksumMismatchError: the stored file is not the one that was registered (it changed since).
     """
     import keras
 
@@ -90,6 +94,12 @@ def load_model(ref: str, *, settings=None, compile: bool = True):  # type: ignor
     store = open_store(settings.model_store_url)
     with tempfile.TemporaryDirectory(prefix="fitstream-model-") as directory:
         path = store.local_copy(info["name"], info["version"], directory)
-        if file_sha256(path) != info["sha256"]:
-            raise ConfigurationError(f"{ref}: the stored file does not match its registered sha256; refusing to load it")
+        found = file_sha256(path)
+        if found != info["sha256"]:
+            raise ChecksumMismatchError(
+                f"{ref}: {info['path']} has sha256 {found[:12]}…, but {info['name']} v{info['version']} was "
+                f"registered with {info['sha256'][:12]}… (the stored file changed after it was promoted); refusing "
+                "to load it. Put the registered file back, or point the alias at another version: "
+                f"fitstream alias {info['name']} VERSION ALIAS"
+            )
         return keras.saving.load_model(path, safe_mode=True, compile=compile)

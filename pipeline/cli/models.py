@@ -10,9 +10,25 @@ import sqlalchemy as sa
 from pipeline.cli.output import print_json, print_rows
 from pipeline.config import get_settings
 from pipeline.db.session import make_engine, transaction
+from pipeline.errors import ConfigurationError
 from pipeline.model_registry import describe, list_versions
 
 LIST_COLUMNS = ("name", "version", "aliases", "run_id", "epoch", "metric", "value", "size_bytes", "created_at")
+#: Version numbers are SQL integers: 1 to 2³¹ - 1.
+MAX_VERSION = 2**31 - 1
+
+
+def _checked_ref(ref: str) -> str:
+    """``ref`` when its version, if it names one, is a version number the registry can hold.
+
+    A selector of digits is a version (``describe`` reads it with ``int``), so "NAME@99999999999"
+    or "NAME@²" (a digit to ``str.isdigit``, not to ``int``) would fail in the database or in
+    ``int`` instead of saying what is wrong.
+    """
+    _name, _, selector = ref.partition("@")
+    if selector.isdigit() and not (selector.isascii() and 1 <= int(selector) <= MAX_VERSION):
+        raise ConfigurationError(f"a model version is a number from 1 to {MAX_VERSION}; got {selector!r} in {ref!r}")
+    return ref
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -31,7 +47,7 @@ def models(args: tuple[str, ...], as_json: bool) -> None:
         if args and args[0] == "show":
             if len(args) != 2:
                 raise click.UsageError("usage: fitstream models show NAME[@VERSION|@ALIAS]")
-            info = describe(engine, args[1])
+            info = describe(engine, _checked_ref(args[1]))
             if as_json:
                 print_json(info)
             else:
@@ -43,8 +59,11 @@ def models(args: tuple[str, ...], as_json: bool) -> None:
         rows = list_versions(engine, args[0] if args else None)
     finally:
         engine.dispose()
+    if as_json:  # aliases stay a list, as `models show --json` gives them
+        print_rows(LIST_COLUMNS, [tuple(r[c] for c in LIST_COLUMNS) for r in rows], fmt="json")
+        return
     print_rows(LIST_COLUMNS, [tuple(", ".join(r[c]) if c == "aliases" else r[c] for c in LIST_COLUMNS) for r in rows],
-               fmt="json" if as_json else "table", title="models")
+               title="models")
 
 
 @click.command()
@@ -77,7 +96,7 @@ def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
 
 @click.command()
 @click.argument("name")
-@click.argument("version", type=int)
+@click.argument("version", type=click.IntRange(1, MAX_VERSION))
 @click.argument("alias")
 def alias(name: str, version: int, alias: str) -> None:
     """Point ALIAS of model NAME at VERSION."""

@@ -8,6 +8,9 @@ A version becomes visible in one step, so no reader ever sees a partial copy:
 - on object stores, the model file is uploaded first and ``metadata.json`` last: a version
   exists only once its metadata does.
 
+Other processes add versions behind this one's back, so on object stores every read asks the
+store itself, never a listing the filesystem cached earlier (s3fs and gcsfs keep them forever).
+
 Example:
     >>> store = open_store("memory://doc-store")
     >>> import tempfile, os
@@ -61,6 +64,14 @@ class FsspecModelStore(ModelStore):
 
     def _dir(self, name: str, version: int) -> str:
         return f"{self.root}/{check_name(name)}/v{int(version)}"
+
+    def _forget(self, path: str) -> str:
+        """``path``, with what the filesystem cached about it (and the folders above it) forgotten:
+        on an object store, the listing a reader made a minute ago does not hold the versions
+        other promoters wrote since (a local disk caches nothing)."""
+        if not self.local:
+            self.fs.invalidate_cache(path)
+        return path
 
     def put(
         self, name: str, version: int, source: str, metadata: dict[str, Any], *,
@@ -120,7 +131,7 @@ class FsspecModelStore(ModelStore):
             with self.fs.open(f"{staging}/{MODEL_FILE}", "wb") as writer:
                 sha256, copied = copy_hashing(incoming.reader, writer)
             metadata = incoming.accept(sha256, copied)
-            if self.fs.exists(f"{final}/{METADATA_FILE}"):
+            if self.fs.exists(self._forget(f"{final}/{METADATA_FILE}")):
                 return self._same_or_refuse(incoming, sha256)
             self.fs.makedirs(final, exist_ok=True)
             self.fs.mv(f"{staging}/{MODEL_FILE}", f"{final}/{MODEL_FILE}")
@@ -157,7 +168,7 @@ class FsspecModelStore(ModelStore):
     def get(self, name: str, version: int) -> StoredVersion | None:
         folder = self._dir(name, version)
         try:
-            with self.fs.open(f"{folder}/{METADATA_FILE}", "r") as handle:
+            with self.fs.open(self._forget(f"{folder}/{METADATA_FILE}"), "r") as handle:
                 metadata = json.loads(handle.read())
         except (FileNotFoundError, NotADirectoryError):
             return None
@@ -169,13 +180,15 @@ class FsspecModelStore(ModelStore):
     def versions(self, name: str) -> list[int]:
         base = f"{self.root}/{check_name(name)}"
         try:
-            entries = self.fs.ls(base, detail=False)
+            entries = self.fs.ls(self._forget(base), detail=False)
         except (FileNotFoundError, NotADirectoryError):
             return []
         found = []
         for entry in entries:
             leaf = entry.rstrip("/").rsplit("/", 1)[-1]
-            if leaf.startswith("v") and leaf[1:].isdigit() and self.fs.exists(f"{entry}/{METADATA_FILE}"):
+            if not (leaf.startswith("v") and leaf[1:].isdigit()):
+                continue
+            if self.fs.exists(self._forget(f"{entry}/{METADATA_FILE}")):
                 found.append(int(leaf[1:]))
         return sorted(found)
 
@@ -190,7 +203,7 @@ class FsspecModelStore(ModelStore):
     def discard_staging(self, name: str, *, older_than_s: float = 0.0) -> int:
         base = f"{self.root}/{check_name(name)}"
         try:
-            entries = self.fs.ls(base, detail=True)
+            entries = self.fs.ls(self._forget(base), detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return 0
         cutoff = time.time() - older_than_s
@@ -198,15 +211,27 @@ class FsspecModelStore(ModelStore):
         for entry in entries:
             if not entry["name"].rstrip("/").rsplit("/", 1)[-1].startswith(STAGING_PREFIX):
                 continue
-            if older_than_s > 0 and not _modified_before(entry, cutoff):
+            if older_than_s > 0 and not self._modified_before(entry, cutoff):
                 continue  # maybe a copy in progress (or of unknown age): left alone
             self.fs.rm(entry["name"], recursive=True)
             removed += 1
         return removed
 
+    def _modified_before(self, entry: dict[str, Any], cutoff: float) -> bool:
+        """Whether an ``fs.ls(detail=True)`` entry was last changed before ``cutoff`` (False if unknown).
+
+        An object store has no folders, only keys: a staging "folder" has no time of its own, so
+        the newest object under it tells its age (else no leftover on S3 would ever be old enough).
+        """
+        stamp = _stamp(entry)
+        if stamp is None and entry.get("type") == "directory" and not self.local:
+            stamps = [_stamp(found) for found in self.fs.find(self._forget(entry["name"]), detail=True).values()]
+            return bool(stamps) and all(s is not None and s < cutoff for s in stamps)
+        return stamp is not None and stamp < cutoff
+
     def names(self) -> list[str]:
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            entries = self.fs.ls(self._forget(self.root), detail=False)
         except (FileNotFoundError, NotADirectoryError):
             return []
         leaves = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
@@ -267,12 +292,12 @@ class _Incoming:
         return {**self.metadata, "name": self.name, "version": self.version, "sha256": sha256, "size_bytes": size, "file": MODEL_FILE}
 
 
-def _modified_before(entry: dict[str, Any], cutoff: float) -> bool:
-    """Whether an ``fs.ls(detail=True)`` entry was last changed before ``cutoff`` (False if unknown)."""
+def _stamp(entry: dict[str, Any]) -> float | None:
+    """When an ``fs.ls``/``fs.find`` entry was last changed (POSIX seconds), or None if unknown."""
     stamp = entry.get("mtime") or entry.get("created") or entry.get("LastModified")
     if isinstance(stamp, datetime):
         stamp = stamp.timestamp()
-    return isinstance(stamp, (int, float)) and stamp < cutoff
+    return float(stamp) if isinstance(stamp, (int, float)) else None
 
 
 def _mb(size: int) -> str:
