@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from pipeline import events as ev
 from tests.conftest import RecorderThread, run_cli, wait_for
+from tests.test_promotion import PromoterThread
 
 pytestmark = pytest.mark.slow
 LR = 0.01  # tests.job_fixtures:small_model's learning rate
@@ -37,6 +38,20 @@ JOBS = {
         "lr_schedule: {kind: function, fn: 'tests.job_fixtures:halve_after_one'}\n"
     ),
     "nan": "data: tests.job_fixtures:slow_data\nfit: {epochs: 5, batch_size: 32}\n",
+    # min_delta above any improvement: EarlyStopping stops after epoch 1 (patience 1).
+    "epoch-files-no-restore": (
+        "data: tests.job_fixtures:slow_data\nfit: {epochs: 5, batch_size: 64}\n"
+        "early_stopping: {monitor: val_loss, patience: 1, min_delta: 10.0, restore_best_weights: false}\n"
+        "checkpoint: {monitor: val_loss, save_best_only: false, filename: 'ckpt-{epoch:02d}.keras'}\n"
+    ),
+    "batch-files": (
+        "data: tests.job_fixtures:slow_data\nfit: {epochs: 2, batch_size: 64}\n"  # 400 samples: 7 batches per epoch
+        "checkpoint: {monitor: val_loss, save_best_only: false, save_freq: 5, filename: 'batch.keras'}\n"
+    ),
+    "restored-only": (
+        "data: tests.job_fixtures:slow_data\nfit: {epochs: 5, batch_size: 64}\n"
+        "early_stopping: {monitor: val_loss, patience: 1, min_delta: 10.0}\ncheckpoint: false\n"
+    ),
 }
 EXPECTED_LR = {
     "reduce-split-tags": [LR, LR, LR / 2],
@@ -50,7 +65,8 @@ EXPECTED_LR = {
 def spec_file(tmp_path, name: str, body: str) -> str:
     path = tmp_path / f"{name}.yaml"
     model = "tests.job_fixtures:diverging_model" if name == "nan" else "tests.job_fixtures:small_model"
-    path.write_text(f"name: {name}\nmodel: {model}\ncheckpoint: {{monitor: val_loss}}\n{body}")
+    default_checkpoint = "" if "checkpoint:" in body else "checkpoint: {monitor: val_loss}\n"
+    path.write_text(f"name: {name}\nmodel: {model}\n{default_checkpoint}{body}")
     return str(path)
 
 
@@ -68,7 +84,7 @@ def test_every_job_spec_feature_through_a_real_worker(settings, engine, job_env,
     if database_url.startswith("postgresql"):
         pytest.skip("what a spec makes Keras do does not depend on the database; checked once, on SQLite")
     start_worker()
-    with RecorderThread(settings, engine):
+    with RecorderThread(settings, engine), PromoterThread(settings, engine):
         runs = {name: json.loads(run_cli("submit", spec_file(tmp_path, name, body), "--queue", queue_name, "--json",
                                          env_extra=job_env).stdout)["run_id"] for name, body in JOBS.items()}
         for name, run_id in runs.items():
@@ -76,6 +92,8 @@ def test_every_job_spec_feature_through_a_real_worker(settings, engine, job_env,
                      timeout=240, message=f"{name} finished and recorded")
             wait_for(lambda: any(e.type in ("run_finished", "run_failed") for e in stream_events(settings, run_id)), timeout=60,
                      message=f"{name}'s last event")
+        wait_for(lambda: any(e.type == "model_promoted" for e in stream_events(settings, runs["restored-only"])), timeout=90,
+                 message="the restored model promoted")
 
     for name, expected in EXPECTED_LR.items():
         trained_with = [lr for (lr,) in rows(engine, "SELECT learning_rate FROM epochs WHERE run_id = :r ORDER BY epoch", runs[name])]
@@ -103,3 +121,22 @@ def test_every_job_spec_feature_through_a_real_worker(settings, engine, job_env,
     assert epochs_completed == 2  # as Keras' History: epoch 0, and epoch 1 cut short at its first NaN batch
     assert (status, error_type) == ("failed", "TerminateOnNaN"), (status, error_type, error_message)
     assert error_message.startswith("training stopped: the loss became inf at epoch 1, batch "), error_message
+
+    # Datasets: no fingerprint (the arrays are not at hand), as the README says.
+    assert rows(engine, "SELECT data_fingerprint FROM runs WHERE run_id = :r", runs["exponential-datasets"]) == [(None,)]
+
+    # restore_best_weights: false, and a ModelCheckpoint filename with Keras' {epoch:02d}.
+    files = runs["epoch-files-no-restore"]
+    assert rows(engine, "SELECT status, stopped_epoch, restored_best_weights FROM runs WHERE run_id = :r", files) == [("early_stopped", 1, False)]
+    saved = sorted(path.rsplit("/", 1)[1] for (path,) in rows(engine, "SELECT path FROM checkpoints WHERE run_id = :r", files))
+    assert saved == ["ckpt-01.keras", "ckpt-02.keras"]
+
+    # save_freq: N batches — the checkpoints carry the batch they were saved at (7 batches per epoch).
+    # Keras counts batches across epochs: the 5th batch (epoch 0, index 4), then the 10th (epoch 1, index 2).
+    batch_saves = rows(engine, "SELECT epoch, batch FROM checkpoints WHERE run_id = :r AND source = 'model_checkpoint' "
+                               "ORDER BY epoch, batch", runs["batch-files"])
+    assert batch_saves == [(0, 4), (1, 2)]
+
+    # checkpoint: false — the model EarlyStopping restored is saved and promoted (the default for queued jobs).
+    (source, epoch) = rows(engine, "SELECT source, epoch FROM model_versions WHERE run_id = :r", runs["restored-only"])[0]
+    assert (source, epoch) == ("early_stopping_restore", 0)

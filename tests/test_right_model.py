@@ -166,6 +166,9 @@ def test_every_epoch_file_is_a_candidate_and_batch_checkpoints_are_reported(sett
     steps = -(-len(x) // 32)
     assert len(batch_level) == (steps * len(history.history["loss"])) // 7  # one per 7 batches, none missed
     assert all(e.path.endswith("batch.keras") and e.monitor == "loss" for e in batch_level)
+    # Keras counts batches across epochs: every 7th batch overall, credited to its epoch and index.
+    saves = [divmod(n - 1, steps) for n in range(7, steps * len(history.history["loss"]) + 1, 7)]
+    assert [(e.epoch, e.batch) for e in batch_level] == saves
 
 
 def test_events_without_a_mode_take_it_from_run_started_or_are_skipped_with_the_reason(settings, engine, tmp_path):

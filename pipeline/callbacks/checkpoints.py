@@ -44,6 +44,20 @@ class CheckpointWatcher:
         return path
 
 
+def _batch_of_last_save(callback: Any) -> int | None:
+    """The batch at which a batch-level ModelCheckpoint last saved, from Keras' own counters (its
+    count since the last save is 0 right after one); None where this Keras keeps no such counters.
+
+    Without it, a file found while looking at both the previous and the current batch (the
+    ModelCheckpoint may come before or after the publisher in ``callbacks=``) could be credited to
+    the wrong one of the two.
+    """
+    if getattr(callback, "_batches_seen_since_last_saving", None) != 0:
+        return None
+    last = getattr(callback, "_last_batch_seen", None)
+    return last if isinstance(last, int) else None
+
+
 class CheckpointReporter:
     """What checkpoint files the watched callbacks produced, as ``checkpoint_saved`` fields.
 
@@ -75,7 +89,10 @@ class CheckpointReporter:
             looks.append((batch, dict(logs or {})))
         self._previous_batch = looks[-1] if batch is not None else None
         for callback in self.per_batch:
+            saved_at = _batch_of_last_save(callback)
             for seen_batch, seen_logs in looks:
+                if saved_at is not None and seen_batch != saved_at:
+                    continue  # a file found now was written at the batch Keras says it saved at
                 path = self._watcher.written(callback, epoch, seen_logs, since_ns, batch=seen_batch)
                 if path is not None:
                     yield self._fields(callback, path, epoch, seen_logs, batch=seen_batch)
