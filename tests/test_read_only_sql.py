@@ -102,3 +102,22 @@ def test_row_limit_truncates_with_a_notice_and_json_stays_json(history):
 def test_the_python_api_refuses_writes_too(history):
     with pytest.raises(ReadOnlyViolationError):
         run_query(history.database_url, "DELETE FROM runs")
+
+
+def test_grant_reader_gives_the_reader_role_back_what_read_paths_need(settings, engine, database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("roles and grants are PostgreSQL's; checked there")
+    import json as _json
+
+    from pipeline.db.readonly import READER_ROLE
+    from tests.conftest import run_cli, settings_env
+
+    env = settings_env(settings)
+    with engine.begin() as conn:  # a database whose grants were never made (or were revoked)
+        conn.exec_driver_sql(f"REVOKE SELECT ON ALL TABLES IN SCHEMA public FROM {READER_ROLE}")
+    refused = run_cli("sql", "SELECT count(*) AS n FROM runs", "--json", env_extra=env, check=False)
+    assert refused.returncode == 1 and "permission denied" in refused.stderr, refused.stderr
+    run_cli("db", "grant-reader", env_extra=env)
+    assert _json.loads(run_cli("sql", "SELECT count(*) AS n FROM runs", "--json", env_extra=env).stdout) == [{"n": 0}]
+    again = run_cli("db", "grant-reader", env_extra=env)  # idempotent
+    assert again.returncode == 0

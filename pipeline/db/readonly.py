@@ -192,7 +192,9 @@ def _postgres_query(database_url: str, query: str, *, max_rows: int, timeout_s: 
 def grant_reader_statements() -> list[str]:
     """SQL that creates the ``fitstream_reader`` login (no password: set one for password auth) and
     lets it SELECT the current schema's tables, now and later. Idempotent; a user who may not create
-    roles gets a WARNING from the server, not an error (then run ``fitstream db grant-reader`` as one)."""
+    roles gets a WARNING from the server, not an error (then run ``fitstream db grant-reader`` as one).
+    No ``%`` in it: the same text runs through Alembic and through the driver, which reads ``%`` as a
+    placeholder."""
     return [
         f"""DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{READER_ROLE}') THEN
@@ -203,10 +205,10 @@ EXCEPTION WHEN insufficient_privilege THEN
 END $$""",
         f"""DO $$ BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{READER_ROLE}') THEN
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO {READER_ROLE}', current_database());
-    EXECUTE format('GRANT USAGE ON SCHEMA %I TO {READER_ROLE}', current_schema());
-    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {READER_ROLE}', current_schema());
-    EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO {READER_ROLE}', current_schema());
+    EXECUTE 'GRANT CONNECT ON DATABASE ' || quote_ident(current_database()) || ' TO {READER_ROLE}';
+    EXECUTE 'GRANT USAGE ON SCHEMA ' || quote_ident(current_schema()) || ' TO {READER_ROLE}';
+    EXECUTE 'GRANT SELECT ON ALL TABLES IN SCHEMA ' || quote_ident(current_schema()) || ' TO {READER_ROLE}';
+    EXECUTE 'ALTER DEFAULT PRIVILEGES IN SCHEMA ' || quote_ident(current_schema()) || ' GRANT SELECT ON TABLES TO {READER_ROLE}';
   END IF;
 EXCEPTION WHEN insufficient_privilege THEN
   RAISE WARNING 'fitstream: this user may not grant SELECT to {READER_ROLE}; run fitstream db grant-reader as one who may';
