@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline import events as ev
 from pipeline.errors import ConfigurationError
+from pipeline.jobs import config_problem, parse_config_text, yaml_problem
 from pipeline.monitor import Monitor, infer_mode
 
 LIFECYCLE_EVENTS = ("run_started", "early_stopped", "run_failed", "run_finished", "model_promoted", "promotion_skipped")
@@ -45,6 +46,15 @@ LIFECYCLE_EVENTS = ("run_started", "early_stopped", "run_failed", "run_finished"
 
 class RulesError(ConfigurationError):
     """The rules file is invalid. Not retryable: fix what the message lists."""
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """``text`` as an error quotes it: at most ``limit`` characters (a name may be megabytes)."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def _shown(value: Any) -> str:
+    return _clip(repr(value))
 
 
 class _Strict(BaseModel):
@@ -82,7 +92,13 @@ class Match(_Strict):
 class Gap(_Strict):
     metric: str
     minus: str
-    above: float
+    above: float = Field(allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _two_metrics(self) -> "Gap":
+        if self.metric == self.minus:  # their gap is always 0: the rule could never change state
+            raise ValueError(f"metric and minus are both {_shown(self.metric)}; a gap is between two metrics")
+        return self
 
 
 class Rule(_Strict):
@@ -90,18 +106,18 @@ class Rule(_Strict):
     match: Match = Field(default_factory=Match)
     channels: list[str] = Field(min_length=1)
     severity: Literal["info", "warning", "critical"] = "warning"
-    repeat_seconds: float | None = Field(default=None, gt=0)
-    # conditions (exactly one kind)
+    repeat_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # conditions (exactly one kind); thresholds are finite: NaN or an infinity could never be crossed
     metric: str | None = None
-    above: float | None = None
-    below: float | None = None
+    above: float | None = Field(default=None, allow_inf_nan=False)
+    below: float | None = Field(default=None, allow_inf_nan=False)
     for_epochs: int = Field(default=1, ge=1)
     nan: str | None = None
     no_improvement_epochs: int | None = Field(default=None, ge=1)
     mode: Literal["auto", "min", "max"] = "auto"
-    min_delta: float = Field(default=0.0, ge=0)
+    min_delta: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     gap: Gap | None = None
-    stalled_seconds: float | None = Field(default=None, gt=0)
+    stalled_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     on: list[Literal["run_started", "early_stopped", "run_failed", "run_finished", "model_promoted", "promotion_skipped"]] | None = None
 
     @model_validator(mode="after")
@@ -128,8 +144,8 @@ class Rule(_Strict):
                 infer_mode(self.metric or "")
             except ConfigurationError:
                 raise ValueError(
-                    f"rule {self.name!r}: cannot tell whether {self.metric!r} should be minimised or maximised; "
-                    "add mode: min or mode: max to the rule"
+                    f"rule {_shown(self.name)}: cannot tell whether {_shown(self.metric)} should be minimised or "
+                    "maximised; add mode: min or mode: max to the rule"
                 ) from None
         return self
 
@@ -162,13 +178,13 @@ class RulesFile(_Strict):
         names = [r.name for r in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+            raise ValueError(f"rule names must be unique; repeated: {_clip(', '.join(duplicates), 200)}")
         for rule in self.rules:
             unknown = [c for c in rule.channels if c not in self.channels]
             if unknown:
                 raise ValueError(
-                    f"rule {rule.name!r} uses unknown channel(s) {', '.join(unknown)}; "
-                    f"defined channels: {', '.join(self.channels) or '(none)'}"
+                    f"rule {_shown(rule.name)} uses unknown channel(s) {_clip(', '.join(unknown), 200)}; "
+                    f"defined channels: {_clip(', '.join(self.channels), 200) or '(none)'}"
                 )
         return self
 
@@ -180,29 +196,67 @@ def _yaml_on_key(rule: Any) -> Any:
     return rule
 
 
+#: A rules file is read like a job spec (see :func:`pipeline.jobs.config_problem`), with room for many rules.
+MAX_RULES_FILE_VALUES = 1_000_000
+#: Problems listed in one error at most (a file of a thousand bad rules says how many more).
+MAX_PROBLEMS_SHOWN = 20
+
+
+def _key(part: Any, limit: int = 80) -> str:
+    """A key as an error names it: as written, or quoted when it is empty, holds a dot (the separator
+    of a key path), something unprintable (a line break would split the error) or blanks at an end,
+    or is long."""
+    text = str(part)
+    plain = text and text.isprintable() and "." not in text and text.strip() == text and len(text) <= limit
+    return text if plain else _clip(repr(text), limit)
+
+
+def _where(loc: tuple[Any, ...], data: Any) -> str:
+    """An error's location, naming the rule when the rule has a name: ``rules.3 (val-loss-high).above``."""
+    parts = [_key(p) for p in loc]
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int) and isinstance(data, dict):
+        rule = data["rules"][loc[1]] if isinstance(data.get("rules"), list) and loc[1] < len(data["rules"]) else None
+        if isinstance(rule, dict) and isinstance(rule.get("name"), str) and rule["name"]:
+            name = rule["name"]
+            parts[1] = f"{loc[1]} ({name if name.isprintable() and len(name) <= 60 else _clip(repr(name), 60)})"
+    return ".".join(parts) or "(top level)"
+
+
 def parse_rules(data: Any, *, source: str = "rules file") -> RulesFile:
     if data is None:
         data = {}
+    problem = config_problem(data, max_values=MAX_RULES_FILE_VALUES)
+    if problem is not None:
+        raise RulesError(f"{source} is invalid:\n  - {problem}")
     if isinstance(data, dict) and isinstance(data.get("rules"), list):
         data = {**data, "rules": [_yaml_on_key(r) for r in data["rules"]]}
     try:
         return RulesFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"  - {where}: {err['msg'].removeprefix('Value error, ')}")
+        errors = exc.errors()
+        problems = [
+            f"  - {_where(err['loc'], data)}: {err['msg'].removeprefix('Value error, ')}"
+            for err in errors[:MAX_PROBLEMS_SHOWN]
+        ]
+        if len(errors) > MAX_PROBLEMS_SHOWN:
+            problems.append(f"  - … and {len(errors) - MAX_PROBLEMS_SHOWN} more")
         raise RulesError(f"{source} is invalid:\n" + "\n".join(problems)) from None
 
 
 def load_rules(path: str | Path) -> RulesFile:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_config_text(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RulesError(f"cannot read the rules file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise RulesError(f"{path} is not valid YAML: {exc}") from None
+        raise RulesError(f"{path} is not valid YAML: {yaml_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:  # a NUL in the path: no file has that name
+        raise RulesError(f"cannot read the rules file {_clip(repr(str(path)))}: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise RulesError(f"{path} is nested too deeply to be a rules file") from None
     return parse_rules(data, source=str(path))
 
 

@@ -43,7 +43,11 @@ return new_id
 """
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DEAD_ID = re.compile(r"^\d+-\d+$")
+#: Longer ago than any stream entry can be (10,000 years).
+MAX_DURATION_S = 10_000 * 365.25 * 86400
+_DEAD_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+#: Both halves of a stream id are unsigned 64-bit integers.
+_MAX_ID_PART = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,12 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text or "")
     if not match:
         raise ConfigurationError(f"not a duration: {text!r}; use a number and a unit, e.g. 30m, 12h, 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not seconds <= MAX_DURATION_S:  # also infinity, from a number with hundreds of digits
+        raise ConfigurationError(
+            f"duration {text!r} is longer than 10,000 years; use a number and a unit, e.g. 30m, 12h, 7d"
+        )
+    return seconds
 
 
 def _text(value: Any) -> str | None:
@@ -113,7 +122,7 @@ def list_dead_letters(stream: EventStream, *, group: str | None = None, limit: i
 
 
 def get_dead_letter(stream: EventStream, letter_id: str) -> DeadLetter:
-    if not _DEAD_ID.match(letter_id or ""):
+    if not _DEAD_ID.match(letter_id or "") or any(int(part) > _MAX_ID_PART for part in letter_id.split("-")):
         raise ConfigurationError(f"not a dead-letter id: {letter_id!r} (ids look like 1795664000000-0; list them with: fitstream dead-letters list)")
     entries = stream.client.xrange(stream.dead_letter_stream, letter_id, letter_id)
     if not entries:
@@ -142,6 +151,8 @@ def replay(stream: EventStream, letter_ids: Iterable[str]) -> list[str]:
 def purge(stream: EventStream, *, older_than_s: float, now: float | None = None) -> int:
     """Delete dead letters older than ``older_than_s`` seconds; returns how many."""
     cutoff_ms = int(((time.time() if now is None else now) - older_than_s) * 1000)
+    if cutoff_ms <= 0:
+        return 0  # before 1970: no stream entry is that old
     removed = 0
     while True:
         entries = stream.client.xrange(stream.dead_letter_stream, "-", f"({cutoff_ms}-0", count=500)

@@ -13,7 +13,12 @@ Example:
     0.5
 
 Unknown versions and malformed payloads raise :class:`InvalidEventError`
-with a reason; consumers dead-letter them, they never guess.
+with a reason; consumers dead-letter them, they never guess. Decoding takes a payload as it is
+or refuses it: it must be UTF-8 JSON, name version ``1`` (the integer), give every value its own
+type (no ``"3"`` for 3, no ``true`` for 1), nest at most :data:`MAX_NESTING` levels deep, hold
+no text SQL cannot store (U+0000, an unpaired surrogate), and happen at a finite time between
+1970 and the year 9999 (:data:`MAX_TS`). NaN and infinities are values like any other
+(Keras logs them).
 
 Sequence numbers are allocated here, for every origin, so that a run's events from
 all of them sort in the order they happened (see :func:`attempt_first_seq` and
@@ -32,6 +37,7 @@ guess it from a metric's name (:meth:`pipeline.monitor.Monitor.from_event`).
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal, Mapping, TypeVar, Union
@@ -44,6 +50,10 @@ SCHEMA_VERSION = 1
 #: Name of the single field that carries the JSON payload in a stream entry.
 PAYLOAD_FIELD = "event"
 VERSION_FIELD = "v"
+#: Deepest nesting of objects and arrays a payload may have (a job spec needs a handful of levels).
+MAX_NESTING = 64
+#: 9999-12-31 23:59:59 UTC: the last second a timestamp column (and a Python datetime) can hold.
+MAX_TS = 253_402_300_799.0
 
 RunStatus = Literal["completed", "early_stopped", "failed", "cancelled"]
 Mode = Literal["min", "max"]
@@ -90,11 +100,14 @@ def promotion_seq(trigger_seq: int, outcome: str) -> int:
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = SCHEMA_VERSION
+    #: The integer 1: not 1.0, not true (``Literal[1]`` would take both, as equal to 1).
+    v: int = Field(default=SCHEMA_VERSION, ge=SCHEMA_VERSION, le=SCHEMA_VERSION, strict=True)
     id: str = Field(min_length=1, max_length=64)
     run_id: str = Field(min_length=1, max_length=64)
     seq: int = Field(ge=0)
-    ts: float = Field(description="Unix time (seconds) at which the event happened.")
+    ts: float = Field(
+        ge=0, le=MAX_TS, allow_inf_nan=False, description="Unix time (seconds) at which the event happened: 1970 to 9999."
+    )
 
 
 class MonitoringCallback(BaseModel):
@@ -307,51 +320,137 @@ def encode(event: _Event) -> dict[str, str]:
     return {VERSION_FIELD: str(event.v), PAYLOAD_FIELD: payload}
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return str(value)
+def _clip(text: str, limit: int = 120) -> str:
+    """``text`` as a reason shows it: NUL and unpaired surrogates escaped (a reason is stored and
+    logged as UTF-8), at most ``limit`` characters of it (a payload may hold megabytes)."""
+    shown = text[: limit + 1].replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    return shown if len(shown) <= limit and len(text) <= limit else f"{shown[:limit]}… ({len(text):,} characters)"
+
+
+def _shown(value: Any) -> str:
+    return _clip(repr(value)) if not isinstance(value, (list, dict)) else _clip(json.dumps(value, default=repr)[:1000])
+
+
+#: Escapes that can spell text SQL cannot store (``\u0000``, surrogates). Where none appears, no
+#: string in the payload holds such text, and the fast path need not look at each one.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_SUSPECT_ESCAPE_BYTES = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
 def decode(fields: Mapping[Any, Any]) -> Event:
     """Parse and validate one stream entry's fields.
 
     Raises:
-        InvalidEventError: with the reason, for a missing payload, invalid JSON,
-            an unknown schema version or event type, or a field that fails validation.
+        InvalidEventError: with the reason, for a missing payload, one that is not UTF-8 JSON or
+            nests too deeply, an unknown schema version or event type, or a field that fails
+            validation.
     """
     raw = fields.get(PAYLOAD_FIELD, fields.get(PAYLOAD_FIELD.encode()))
     if raw is None:
-        present = sorted(_text(k) for k in fields)
-        raise InvalidEventError(f"no {PAYLOAD_FIELD!r} field in stream entry (fields: {present})")
+        present = sorted(
+            _clip(k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k), 40) for k in fields
+        )
+        raise InvalidEventError(f"no {PAYLOAD_FIELD!r} field in stream entry (fields: {present[:20]})")
+    if isinstance(raw, (bytes, bytearray)):
+        brackets, suspect = raw.count(b"{") + raw.count(b"["), _SUSPECT_ESCAPE_BYTES.search(raw)
+    else:
+        raw = str(raw)
+        brackets, suspect = raw.count("{") + raw.count("["), _SUSPECT_ESCAPE.search(raw)
+    if brackets <= MAX_NESTING and suspect is None:
+        try:
+            # Fast path: pydantic-core checks the UTF-8, parses and validates the JSON in one pass.
+            event = _ADAPTER.validate_json(raw, strict=True)
+        except (ValidationError, ValueError):
+            pass  # parse again the slow way, to say exactly what is wrong
+        else:
+            if VERSION_FIELD in event.model_fields_set:  # no default stands in for a missing version
+                return event
     try:
-        # Fast path: pydantic-core parses and validates the JSON in one pass.
-        return _ADAPTER.validate_json(raw)
-    except (ValidationError, ValueError):
-        pass  # parse again the slow way, to say exactly what is wrong
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError as exc:
+        raise InvalidEventError(f"payload is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except RecursionError:
+        raise InvalidEventError(f"payload is nested more than {MAX_NESTING} levels deep") from None
+    except ValueError as exc:
         raise InvalidEventError(f"payload is not valid JSON: {exc}") from None
     return decode_dict(data)
 
 
 def decode_dict(data: Any) -> Event:
     """Validate an already-parsed event object (see :func:`decode`)."""
+    if _nesting(data) > MAX_NESTING:
+        raise InvalidEventError(f"payload is nested more than {MAX_NESTING} levels deep")
     if not isinstance(data, dict):
         raise InvalidEventError(f"payload must be a JSON object, got {type(data).__name__}")
     version = data.get("v")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise InvalidEventError(
-            f"unknown schema version {version!r}; this Fitstream understands version {SCHEMA_VERSION}"
+            f"unknown schema version {_shown(version)}; this Fitstream understands version {SCHEMA_VERSION}"
         )
     kind = data.get("type")
-    if kind not in EVENT_TYPES:
-        raise InvalidEventError(f"unknown event type {kind!r}; known types: {', '.join(EVENT_TYPES)}")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        raise InvalidEventError(f"unknown event type {_shown(kind)}; known types: {', '.join(EVENT_TYPES)}")
+    problem = unstorable_text(data)
+    if problem is not None:
+        raise InvalidEventError(problem)
     try:
-        return _ADAPTER.validate_python(data)
+        return _ADAPTER.validate_python(data, strict=True)
     except ValidationError as exc:
+        errors = exc.errors()
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or '<event>'}: {err['msg']}" for err in exc.errors()
+            f"{_clip('.'.join(str(p) for p in err['loc'][1:]) or '<event>')}: {err['msg']}" for err in errors[:10]
         )
-        raise InvalidEventError(f"invalid {kind} event: {problems}") from None
+        more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+        raise InvalidEventError(f"invalid {kind} event: {problems}{more}") from None
+
+
+def _nesting(data: Any) -> int:
+    """How many objects and arrays deep ``data`` goes (walked without recursion; stops past the limit)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_NESTING:
+                return deepest
+            stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def unstorable_text(data: Any) -> str | None:
+    """Where ``data`` (parsed JSON or YAML, or a string) holds text no SQL database stores, and what:
+    U+0000 (PostgreSQL refuses it) or an unpaired surrogate (not Unicode; no UTF-8 encoder takes it).
+    None when there is none. Job specs and alert rules, which end up in events and tables, use it too.
+
+    Example:
+        >>> unstorable_text({"tags": {"team": "a\\x00b"}})
+        'tags.team: text holds U+0000 (NUL), which SQL text cannot store'
+    """
+    stack: list[tuple[str, Any, Any]] = [("", None, data)]
+    while stack:
+        path, key, value = stack.pop()
+        for what, text in (("a key", key), ("text", value)):
+            if not isinstance(text, str):
+                continue
+            where = _clip(path) or "(top level)"
+            if "\x00" in text:
+                return f"{where}: {what} holds U+0000 (NUL), which SQL text cannot store"
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                code = ord(text[exc.start])
+                return f"{where}: {what} holds an unpaired surrogate (U+{code:04X}), which is not Unicode text"
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{_key(k)}" if path else _key(k), k, v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), None, v) for i, v in enumerate(value))
+    return None
+
+
+def _key(key: Any) -> str:
+    """A key in a path as a reason shows it: as written, or quoted (escaped) when it is empty, holds
+    a dot, anything unprintable or blanks at an end."""
+    text = str(key)
+    return text if text and text.isprintable() and "." not in text and text.strip() == text else repr(text)

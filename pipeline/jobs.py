@@ -31,10 +31,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigurationError
+from pipeline.events import unstorable_text
 from pipeline.monitor import MAXIMISED_METRICS, infer_mode
 
 DEFAULT_ALLOWED_MODULES = ("examples",)
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+#: A spec is a page of settings. YAML aliases nested in one another can make a few lines stand for
+#: billions of values (which queueing the job would then write out), and deep nesting exhausts the
+#: parser: both are refused, with these limits, before anything else reads the spec.
+MAX_SPEC_VALUES = 100_000
+MAX_SPEC_DEPTH = 32  # the run_queued event carries the spec one level down (events.MAX_NESTING)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` as an error quotes it: at most ``limit`` characters (a value may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 class JobSpecError(ConfigurationError):
@@ -55,7 +69,7 @@ REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 def _reference(value: str, what: str) -> str:
     """Check the shape of a ``module:attribute`` reference (existence is checked by check_importable)."""
     if not REFERENCE.fullmatch(value or ""):
-        raise ValueError(f"must look like 'package.module:{what}'; got {value!r}")
+        raise ValueError(f"must look like 'package.module:{what}'; got {_shown(value)}")
     return value
 
 
@@ -104,12 +118,13 @@ class _Monitored(_Strict):
         except ConfigurationError:
             if self.mode == "auto" and base not in MAXIMISED_METRICS:
                 raise ValueError(
-                    f"cannot tell whether {self.monitor!r} should be minimised or maximised; set mode: min or mode: max"
+                    f"cannot tell whether {_shown(self.monitor)} should be minimised or maximised; "
+                    "set mode: min or mode: max"
                 ) from None
             return self
         if self.mode != "auto" and self.mode != natural:
             raise ValueError(
-                f"monitor {self.monitor!r} is a metric to {'maximise' if natural == 'max' else 'minimise'}, "
+                f"monitor {_shown(self.monitor)} is a metric to {'maximise' if natural == 'max' else 'minimise'}, "
                 f"but mode is {self.mode!r}; use mode: {natural} (or auto)"
             )
         return self
@@ -139,16 +154,16 @@ class CheckpointSettings(_Monitored):
     def _save_freq(cls, value: Any) -> Any:
         if value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
-        raise ValueError(f"must be 'epoch' or a number of batches (1 or more); got {value!r}")
+        raise ValueError(f"must be 'epoch' or a number of batches (1 or more); got {_shown(value)}")
 
     @field_validator("filename")
     @classmethod
     def _inside_run_dir(cls, value: str) -> str:
         path = PurePosixPath(value)
         if path.is_absolute() or ".." in path.parts or not value.strip():
-            raise ValueError(f"must be a relative path inside the run's directory; got {value!r}")
+            raise ValueError(f"must be a relative path inside the run's directory; got {_shown(value)}")
         if not (value.endswith(".keras") or value.endswith(".weights.h5") or value.endswith(".h5")):
-            raise ValueError(f"must end in .keras (or .weights.h5 with save_weights_only); got {value!r}")
+            raise ValueError(f"must end in .keras (or .weights.h5 with save_weights_only); got {_shown(value)}")
         return value
 
 
@@ -177,6 +192,33 @@ class LRSchedule(_Strict):
         if missing:
             raise ValueError(f"lr_schedule kind {self.kind!r} needs {', '.join(missing)}")
         return self
+
+
+class TensorBoardSettings(_Strict):
+    """``keras.callbacks.TensorBoard``'s keyword arguments (passed through by name); the logs go to
+    the run's ``tensorboard/`` folder. ``tensorboard: true`` means these defaults."""
+
+    histogram_freq: int = Field(default=0, ge=0)
+    write_graph: bool = True
+    write_images: bool = False
+    write_steps_per_second: bool = False
+    update_freq: Literal["epoch", "batch"] | int = "epoch"
+    profile_batch: int | list[int] = 0
+    embeddings_freq: int = Field(default=0, ge=0)
+
+    @field_validator("update_freq")
+    @classmethod
+    def _update_freq(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError(f"must be 'epoch', 'batch' or a number of batches (1 or more); got {value!r}")
+        return value
+
+    @field_validator("profile_batch")
+    @classmethod
+    def _profile_batch(cls, value: Any) -> Any:
+        if isinstance(value, list) and (len(value) != 2 or value[0] < 1 or value[1] < value[0]):
+            raise ValueError(f"must be 0 (off), a batch number, or [first, last] batches; got {value!r}")
+        return value
 
 
 class ExtraCallback(_Strict):
@@ -214,7 +256,7 @@ class JobSpec(_Strict):
     lr_schedule: LRSchedule | None = None
     terminate_on_nan: bool = True
     csv_log: bool = True
-    tensorboard: bool = False
+    tensorboard: TensorBoardSettings | None = None
     callbacks: list[ExtraCallback] = Field(default_factory=list)
     batch_events_every: int | None = Field(default=None, ge=1)
     queue: str = "gpu"
@@ -244,17 +286,17 @@ class JobSpec(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if not re.fullmatch(r"[\w.:-]+( [\w.:-]+)*", value):
-            raise ValueError(f"use letters, digits, '_', '-', '.', ':' and single spaces; got {value!r}")
+            raise ValueError(f"use letters, digits, '_', '-', '.', ':' and single spaces; got {_shown(value)}")
         return value
 
     @field_validator("queue")
     @classmethod
     def _queue(cls, value: str) -> str:
         if not QUEUE_NAME.match(value):
-            raise ValueError(f"not a valid queue name: {value!r}")
+            raise ValueError(f"not a valid queue name: {_shown(value)}")
         return value
 
-    @field_validator("early_stopping", "checkpoint", "reduce_lr", mode="before")
+    @field_validator("early_stopping", "checkpoint", "reduce_lr", "tensorboard", mode="before")
     @classmethod
     def _switch(cls, value: Any) -> Any:
         # `early_stopping: true` means the defaults; `false` turns it off.
@@ -281,13 +323,20 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "fit": FitSettings, "early_stopping": EarlyStoppingSettings, "checkpoint": CheckpointSettings,
     "reduce_lr": ReduceLRSettings, "lr_schedule": LRSchedule, "model": CallableRef, "data": CallableRef,
-    "promote": PromoteSettings,
+    "promote": PromoteSettings, "tensorboard": TensorBoardSettings,
 }
+
+
+def _key(part: str) -> str:
+    """A key as an error names it: as written, or quoted when it is empty, holds a dot (the
+    separator of a key path), something unprintable or blanks at an end, or is long."""
+    plain = part and part.isprintable() and "." not in part and part.strip() == part and len(part) <= 80
+    return part if plain else _shown(part)
 
 
 def _describe(error: dict[str, Any]) -> str:
     loc = [str(p) for p in error["loc"]]
-    where = ".".join(loc) or "(top level)"
+    where = ".".join(_key(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         parent = _SECTION_MODELS.get(loc[0], JobSpec) if len(loc) > 1 else JobSpec
         if len(loc) > 2 and loc[0] == "callbacks":
@@ -302,7 +351,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{where}: required"
     received = error.get("input")
     message = error["msg"].removeprefix("Value error, ")
-    shown = "" if isinstance(received, (dict, list)) or "got " in message else f" (got {received!r})"
+    shown = "" if isinstance(received, (dict, list)) or "got " in message else f" (got {_shown(received)})"
     return f"{where}: {message}{shown}"
 
 
@@ -310,6 +359,9 @@ def parse_spec(data: Any, *, source: str = "job spec") -> JobSpec:
     """Validate a parsed spec (a mapping). Raises :class:`JobSpecError` listing every problem."""
     if not isinstance(data, dict):
         raise JobSpecError([f"must be a mapping of keys to values, got {type(data).__name__}"], source)
+    problem = config_problem(data)
+    if problem is not None:
+        raise JobSpecError([problem], source)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -318,19 +370,101 @@ def parse_spec(data: Any, *, source: str = "job spec") -> JobSpec:
 
 def load_spec_text(text: str, *, source: str = "job spec") -> JobSpec:
     try:
-        data = yaml.safe_load(text)
+        data = parse_config_text(text)
     except yaml.YAMLError as exc:
-        raise JobSpecError([f"not valid YAML/JSON: {exc}"], source) from None
+        raise JobSpecError([f"not valid YAML/JSON: {yaml_problem(exc)}"], source) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise JobSpecError([f"nested more than {MAX_SPEC_DEPTH} levels deep"], source) from None
     return parse_spec(data, source=source)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error in one line, with where it is (its own message spans lines and quotes the text).
+
+    Example:
+        >>> try:
+        ...     yaml.safe_load("name: [1, 2")
+        ... except yaml.YAMLError as exc:
+        ...     print(yaml_problem(exc))
+        while parsing a flow sequence: expected ',' or ']', but got '<stream end>' (line 1, column 12)
+    """
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{context}: {problem}{where}".split()) if context else " ".join(f"{problem}{where}".split())
+
+
+def parse_config_text(text: str) -> Any:
+    """A JSON object as JSON, anything else as YAML (job specs, alert rules files). PyYAML reads the
+    escapes of a character beyond U+FFFF — "\\ud83d\\ude80", as json.dumps writes it — as two
+    unpaired surrogates.
+
+    Raises:
+        yaml.YAMLError: not YAML (nor JSON).
+        RecursionError: nested too deeply for the parser.
+    """
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass  # YAML's flow style: {name: x, …}
+    return yaml.safe_load(text)
+
+
+def config_problem(data: Any, *, max_values: int = MAX_SPEC_VALUES, max_depth: int = MAX_SPEC_DEPTH) -> str | None:
+    """What makes parsed YAML or JSON ``data`` unfit to read as settings, or None: more than
+    ``max_values`` values or deeper than ``max_depth`` — counting each YAML alias as what it
+    expands to, without expanding anything (a shared collection is measured once) — a collection
+    that contains itself, or text no SQL database stores (see :func:`pipeline.events.unstorable_text`).
+    Alert rules files are read with it too.
+
+    Example:
+        >>> config_problem({"name": "x", "tags": {"a": "b"}}) is None
+        True
+    """
+    measured: dict[int, tuple[int, int]] = {}  # id → (values, depth)
+    open_ids: set[int] = set()  # collections being measured: the path from the top to here
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        node, finished = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        children = [c for c in (node.values() if isinstance(node, dict) else node) if isinstance(c, (dict, list))]
+        if finished:
+            open_ids.discard(id(node))
+            values = len(node) + sum(measured[id(c)][0] for c in children)
+            depth = 1 + max((measured[id(c)][1] for c in children), default=0)
+            measured[id(node)] = (values, depth)
+            if values > max_values:
+                return f"stands for more than {max_values:,} values (YAML aliases repeated inside one another?)"
+            if depth > max_depth:
+                return f"nested more than {max_depth} levels deep"
+            continue
+        if id(node) in measured:
+            continue
+        open_ids.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_ids:
+                return "contains itself (a YAML alias inside its own anchor)"
+            if id(child) not in measured:
+                stack.append((child, False))
+    return unstorable_text(data)  # bounded now: at most max_values values to look at
 
 
 def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a YAML or JSON job file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise JobSpecError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
+    except UnicodeDecodeError as exc:
+        problem = f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise JobSpecError([problem], str(path)) from None
+    except ValueError as exc:  # a NUL in the path: no file can have that name
+        raise JobSpecError([f"cannot read {_shown(str(path))}: {exc}"], _shown(str(path))) from None
     return load_spec_text(text, source=str(path))
 
 

@@ -140,8 +140,8 @@ def build_callbacks(spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]) ->
         callbacks.append(_schedule(spec.lr_schedule, allowed))
     if spec.csv_log:
         callbacks.append(keras.callbacks.CSVLogger(str(paths.csv_log), append=True))
-    if spec.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard)))
+    if spec.tensorboard is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), **spec.tensorboard.model_dump()))
     for extra in spec.callbacks:
         callbacks.append(_resolve(extra.cls, allowed)(**extra.kwargs))
     return callbacks, watched

@@ -7,6 +7,7 @@ import click
 from pipeline.config import get_settings
 from pipeline.db import migrate
 from pipeline.db.session import make_engine, mask_url
+from pipeline.errors import ConfigurationError
 
 
 @click.group()
@@ -18,8 +19,13 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def upgrade(revision: str) -> None:
     """Create or upgrade the schema at FITSTREAM_DATABASE_URL."""
+    from alembic.util import CommandError
+
     url = get_settings().database_url
-    reached = migrate.upgrade(url, revision)
+    try:
+        reached = migrate.upgrade(url, revision)
+    except CommandError as exc:  # an unknown or ambiguous revision: say so, in one line
+        raise ConfigurationError(f"--revision {revision!r}: {exc}; see: fitstream db current") from None
     click.echo(f"{mask_url(url)}: schema at revision {reached}", err=True)
 
 

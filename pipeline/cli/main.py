@@ -6,6 +6,7 @@ import logging
 import sys
 
 import click
+from rich.markup import escape
 
 from pipeline import __version__
 from pipeline.cli import consume, db, dead_letters, demo, models, runs, spool, sql, watch
@@ -24,12 +25,35 @@ class FitstreamGroup(PluginGroup):
 
     plugin_group = "fitstream.cli"
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Run ids, names and paths go to Redis, SQL and file names as UTF-8: an argument that is not
+        # UTF-8 (bytes a non-UTF-8 terminal or file system gave Python, which it keeps as lone
+        # surrogates) or holds a NUL is refused here, once, rather than failing deep inside a command.
+        for arg in args:
+            problem = _argument_problem(arg)
+            if problem is not None:
+                raise click.UsageError(problem, ctx)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except FitstreamError as exc:
-            stderr_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            # The message quotes what the user typed: escaped, so that "[red]" in a run id is shown
+            # and not taken for markup; not wrapped, so that it stays one line in logs and pipes.
+            stderr_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(1)
+
+
+def _argument_problem(arg: str) -> str | None:
+    if "\x00" in arg:
+        return f"argument {arg!r} holds a NUL character, which no run id, name or path can"
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = arg.encode("utf-8", "surrogateescape")
+        return f"argument {raw!r} is not UTF-8 text; check the encoding of the terminal (or of the file name)"
+    return None
 
 
 @click.group(cls=FitstreamGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,6 +5,14 @@ idempotent (inserts skip existing keys; the run row is merged with rules
 that give the same result in any order), so redelivered, reclaimed or
 out-of-order events never create duplicates.
 
+How the ``runs`` row merges a run's events, whether they come in one batch or many: the status
+only moves forward (``run_queued`` says queued, every other event running, ``run_finished`` its
+terminal status, and the first terminal status stays); ``queued_at`` and ``started_at`` keep the
+first value; ``epochs_completed`` and ``last_event_at`` the largest; every other column the latest
+value that is neither null nor NaN (SQLite cannot store NaN, so a NaN would replace a value on
+PostgreSQL and leave it on SQLite; in ``epoch_metrics``, ``epochs`` and ``checkpoints`` NaN is
+kept: NULL on SQLite).
+
 Example:
     >>> recorder = Recorder(make_engine("sqlite:///fitstream.db"))   # doctest: +SKIP
     >>> ConsumerLoop(recorder, EventStream()).run()                  # doctest: +SKIP
@@ -13,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -68,9 +77,14 @@ class _RunUpdate:
             self.status, self._status_rank = status, rank
 
     def set(self, **values: Any) -> None:
+        """The latest value of each column that is neither None nor NaN."""
         for key, value in values.items():
-            if value is not None:
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 self.values[key] = value
+
+    def set_first(self, key: str, value: Any) -> None:
+        """A column whose first value stays (as ``coalesce(stored, new)`` keeps it across batches)."""
+        self.values.setdefault(key, value)
 
     def bump(self, key: str, value: Any) -> None:
         current = self.values.get(key)
@@ -94,6 +108,8 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
             run = runs[event.run_id] = _RunUpdate()
         if event.ts > run.last_ts:
             run.last_ts = event.ts
+        if not isinstance(event, (ev.RunQueued, ev.RunFinished)):
+            run.promote("running")  # an event from training (or after it) says the run left the queue
         if isinstance(event, ev.EpochEnd):
             run_id, epoch = event.run_id, event.epoch
             metric_rows += [(run_id, name, epoch, value) for name, value in event.metrics.items()]
@@ -105,11 +121,12 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
                 run.epochs = epoch + 1
         elif isinstance(event, ev.RunQueued):
             run.promote("queued")
-            run.set(name=event.name, queued_at=at, queue=event.queue, tags=json.dumps(event.tags) if event.tags else None)
+            run.set_first("queued_at", at)
+            run.set(name=event.name, queue=event.queue, tags=json.dumps(event.tags) if event.tags else None)
         elif isinstance(event, ev.RunStarted):
-            run.promote("running")
+            run.set_first("started_at", at)
             run.set(
-                name=event.name, started_at=at, epochs_planned=event.epochs, monitor=event.monitor, mode=event.mode,
+                name=event.name, epochs_planned=event.epochs, monitor=event.monitor, mode=event.mode,
                 model_name=event.model_name, params_count=event.params_count,
                 optimizer=json.dumps(event.optimizer) if event.optimizer is not None else None,
                 batch_size=event.batch_size, host=event.host,
