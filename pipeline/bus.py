@@ -154,7 +154,9 @@ class EventStream:
         """Move a message aside with the reason (``kind``: invalid_event or handler_failed); the
         caller acknowledges it. ``fitstream dead-letters`` lists, shows, replays and purges them."""
         fields: dict[Any, Any] = {
-            b"reason": reason.encode(), b"kind": kind.encode(), b"group": group.encode(), b"source_id": message.message_id.encode(),
+            # A reason may quote an exception's text, surrogates and all: never let it crash the consumer.
+            b"reason": reason.encode("utf-8", "backslashreplace"), b"kind": kind.encode(), b"group": group.encode(),
+            b"source_id": message.message_id.encode(),
         }
         for key, value in message.fields.items():
             fields[b"orig." + (key if isinstance(key, bytes) else str(key).encode())] = value

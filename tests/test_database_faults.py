@@ -43,6 +43,9 @@ def test_errors_are_classified_by_sqlstate_and_sqlite_code_not_by_words():
     too_big = sqlite3.DataError("string or blob too big")
     too_big.sqlite_errorname = "SQLITE_TOOBIG"
     assert not caused_by_the_data(full) and caused_by_the_data(too_big)
+    # psycopg refuses a NUL in text before sending it: no SQLSTATE, but the data's fault all the same.
+    assert caused_by_the_data(psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"))
+    assert not caused_by_the_data(psycopg.OperationalError("connection lost"))
 
 
 @pytest.fixture

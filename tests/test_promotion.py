@@ -316,3 +316,15 @@ def test_promotions_of_one_model_take_turns_across_processes(settings, engine, t
     spans = sorted(store.spans)
     assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), f"puts overlapped: {spans}"
     assert sorted((v["version"], v["run_id"]) for v in list_versions(engine, "turns")) == sorted((r.version, k) for k, r in results.items())
+
+
+def test_promote_settings_of_the_wrong_shape_in_a_forged_run_queued_fall_back_to_the_defaults():
+    from pipeline.consumers.promoter import _promote_settings
+    from pipeline.jobs import PromoteSettings
+
+    defaults = PromoteSettings().model_dump()
+    for forged in (["not", "a", "mapping"], {"name": 7}, {"on_early_stop": "sometimes"}, "promote me"):
+        event = ev.build(ev.RunQueued, run_id="forged", seq=0, name="forged", queue="gpu", spec={"promote": forged})
+        assert _promote_settings(event) == defaults, forged
+    kept = ev.build(ev.RunQueued, run_id="ok", seq=0, name="ok", queue="gpu", spec={"promote": {"on_complete": True, "name": "m"}})
+    assert _promote_settings(kept) == {**defaults, "on_complete": True, "name": "m"}

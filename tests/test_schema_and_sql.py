@@ -94,3 +94,18 @@ def test_sql_reports_bad_queries_on_stderr(settings, engine):
     result = run_cli("sql", "SELECT nope FROM nowhere", env_extra=settings_env(settings), check=False)
     assert result.returncode == 1 and result.stdout == ""
     assert "nowhere" in result.stderr
+
+
+def test_a_run_id_prefix_is_matched_literally(engine):
+    import sqlalchemy as sa
+
+    from pipeline.db.queries import resolve_run_id
+    from pipeline.errors import RunNotFoundError
+
+    with engine.begin() as conn:
+        for run_id in ("a_b1", "axb2", "c%d3", "cxd4"):
+            conn.execute(sa.text("INSERT INTO runs (run_id, name, status, epochs_completed) VALUES (:r, 'n', 'completed', 0)"), {"r": run_id})
+    assert resolve_run_id(engine, "a_b") == "a_b1"  # '_' is a character, not LIKE's "any one"
+    assert resolve_run_id(engine, "c%d") == "c%d3"  # '%' too
+    with pytest.raises(RunNotFoundError):
+        resolve_run_id(engine, "a%")  # no run id starts with "a%"

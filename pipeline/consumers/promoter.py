@@ -32,6 +32,22 @@ __all__ = ["GROUP", "Promoter", "Promotion", "PromotionLocks", "PromotionRefused
 
 log = logging.getLogger(__name__)
 
+
+def _promote_settings(event: ev.RunQueued) -> dict[str, Any]:
+    """The job's ``promote:`` settings as ``fitstream submit`` validated them. A ``run_queued`` that
+    did not come from it (settings of the wrong shape) gets the defaults, and a warning."""
+    from pydantic import ValidationError
+
+    from pipeline.jobs import PromoteSettings
+
+    raw = event.spec.get("promote") if isinstance(event.spec, dict) else None
+    try:
+        return PromoteSettings.model_validate(raw or {}).model_dump()
+    except ValidationError as exc:
+        log.warning("run %s: its promote settings are not valid (%s); using the defaults", event.run_id,
+                    "; ".join(error["msg"] for error in exc.errors())[:500])
+        return PromoteSettings().model_dump()
+
 GROUP = "promoter"
 #: A staging copy this old is a leftover of an interrupted promotion, not a copy in progress.
 STALE_STAGING_S = 6 * 3600
@@ -66,7 +82,7 @@ class Promoter:
         with transaction(self.engine) as conn:
             for event in events:
                 if isinstance(event, ev.RunQueued):
-                    promote = event.spec.get("promote") or {}
+                    promote = _promote_settings(event)
                     self._run(conn, event.run_id, event.name, json.dumps(promote), spec_hash=_spec_hash(event.spec))
                 elif isinstance(event, ev.RunStarted):
                     self._run(

@@ -50,8 +50,9 @@ def resolve_run_id(engine: Engine, run_ref: str) -> str:
         raise ConfigurationError("a run id (or the start of one) is required")
     with transaction(engine) as conn:
         rows = conn.execute(
-            sa.text("SELECT run_id FROM runs WHERE run_id = :ref OR run_id LIKE :prefix ORDER BY run_id LIMIT 6"),
-            {"ref": run_ref, "prefix": run_ref.replace("%", "").replace("_", "\\_") + "%"},
+            # A prefix is matched literally: '\\' escapes LIKE's wildcards on both databases.
+            sa.text("SELECT run_id FROM runs WHERE run_id = :ref OR run_id LIKE :prefix ESCAPE '\\' ORDER BY run_id LIMIT 6"),
+            {"ref": run_ref, "prefix": run_ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"},
         ).scalars().all()
     if run_ref in rows:
         return run_ref

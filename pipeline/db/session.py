@@ -106,7 +106,14 @@ def caused_by_the_data(exc: BaseException) -> bool:
     name = getattr(exc, "sqlite_errorname", None)
     if name:
         return name.startswith(_EVENT_CAUSED_SQLITE)
-    return False
+    return _refused_by_the_driver(exc)
+
+
+def _refused_by_the_driver(exc: BaseException) -> bool:
+    """psycopg refuses some values before sending them (a NUL in a text field): a ``DataError``
+    with no SQLSTATE, raised on the client. Retrying the same rows cannot help."""
+    original = getattr(exc, "orig", None) or exc
+    return any(f"{cls.__module__}.{cls.__qualname__}" == "psycopg.DataError" for cls in type(original).__mro__)
 
 
 @contextlib.contextmanager
