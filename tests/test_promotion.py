@@ -328,3 +328,26 @@ def test_promote_settings_of_the_wrong_shape_in_a_forged_run_queued_fall_back_to
         assert _promote_settings(event) == defaults, forged
     kept = ev.build(ev.RunQueued, run_id="ok", seq=0, name="ok", queue="gpu", spec={"promote": {"on_complete": True, "name": "m"}})
     assert _promote_settings(kept) == {**defaults, "on_complete": True, "name": "m"}
+
+
+def test_load_model_loads_with_safe_mode_even_what_was_promoted_without_the_load_check(settings, engine, tmp_path):
+    from pipeline.consumers.promoter import Promoter
+
+    stream = EventStream(settings=settings)
+    stream.ensure_group("promoter")
+    unsafe = tmp_path / "lambda.keras"
+    _publish_run(stream, "lambda-run", "lenient", unsafe, _unsafe_keras_file(unsafe), 0.1)
+    store = open_store(settings.model_store_url)
+    # A promoter run without its Keras load check (FITSTREAM_PROMOTER_LOAD_CHECK=false) registers it…
+    promoter = Promoter(engine, store, publish=stream.publish, load_check=None, locks=PromotionLocks(stream.client, stream.stream))
+    loop = ConsumerLoop(promoter, stream, consumer_name="lenient")
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: list_versions(engine, "lenient"), timeout=60, message="the unchecked version registered")
+    finally:
+        loop.stop_event.set()
+        thread.join(timeout=30)
+    # …but loading it never runs its Lambda: safe_mode refuses.
+    with pytest.raises(ValueError, match="arbitrary code execution"):
+        load_model("lenient@champion", settings=settings)

@@ -29,6 +29,7 @@ from tests.conftest import REPO, settings_env, wait_for
 from tests.faults.conftest import FaultRow
 from tests.test_alerts_delivery import _alert_rows, _environ, _rules_data, _run_events
 from tests.test_promotion import _keras_file, _publish_run
+from tests.test_worker_promises import tensorflow_mapped
 
 pytestmark = pytest.mark.slow
 LEADER_TTL_S = 2.0
@@ -174,6 +175,7 @@ def test_a_sigkilled_promoter_leader_is_replaced_and_every_run_promoted_once(set
             stream, "promoter", pair, engine, ("promoter_runs", "promoter_checkpoints", "model_versions", "model_aliases"), publish_rest)
         wait_for(lambda: len(list_versions(engine, "takeover")) == 8, timeout=120, message="every run promoted")
         wait_for(lambda: (g := stream.groups()[0])["lag"] == 0 and g["pending"] == 0, timeout=60, message="everything handled")
+        assert not tensorflow_mapped(pair.procs[survivor].pid), "the promoter process never imports TensorFlow"
     finally:
         pair.stop()
     assert "took the lead of group promoter and handled" in pair.log(survivor), pair.log(survivor)[-2000:]
