@@ -71,3 +71,33 @@ def test_runs_and_show_report_the_recorded_values(settings, engine, recorder):
     assert [e["metrics"]["val_loss"] for e in shown["epochs"]] == [val_loss[0], val_loss[1]]
     human = run_cli("show", run_id[:10], env_extra=env).stdout
     assert run_id in human and "early_stopped" in human and "val_loss" in human
+
+
+def test_watch_shows_a_live_run_epoch_by_epoch_to_its_outcome(settings, engine, job_env, queue_name, start_worker, tmp_path, database_url):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    if database_url.startswith("postgresql"):
+        pytest.skip("watch reads Redis only; checked once, on SQLite")
+    spec = tmp_path / "live.yaml"
+    spec.write_text(
+        "name: live\nmodel: tests.job_fixtures:small_model\ndata: tests.job_fixtures:slow_data\n"
+        "fit: {epochs: 6, batch_size: 64}\n"
+        "early_stopping: {monitor: val_loss, patience: 1, min_delta: 10.0}\ncheckpoint: {monitor: val_loss}\n"
+    )
+    run_id = json.loads(run_cli("submit", str(spec), "--queue", queue_name, "--json", env_extra=job_env).stdout)["run_id"]
+    watching = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "watch", run_id, "--timeout", "180"],
+                                env={**os.environ, **job_env}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start_worker()  # the run starts while watch is already following it
+    out, err = watching.communicate(timeout=240)
+    assert watching.returncode == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith("queued on") for line in lines) and any(line.startswith("started on") for line in lines)
+    epochs = [line for line in lines if re.match(r"epoch +\d+ ", line)]
+    assert [int(line.split()[1]) for line in epochs] == [0, 1] and all("val_loss=" in line for line in epochs)
+    assert any("checkpoint saved:" in line and "best.keras (val_loss=" in line for line in lines)
+    assert any(re.match(r"early stopping at epoch 1: best val_loss=[\d.]+ at epoch 0", line) for line in lines), out
+    assert "finished: early_stopped after 2 epochs" in out
