@@ -25,16 +25,17 @@ from tests.training_helpers import small_digits, small_model
 
 
 class PromoterThread:
-    """The real Promoter, with its Keras load-check helper process, consuming in a thread."""
+    """The real Promoter consuming in a thread: on the settings' store (or ``store``), with its Keras
+    load-check helper process unless ``load_check`` is false."""
 
-    def __init__(self, settings, engine):
+    def __init__(self, settings, engine, store=None, *, load_check: bool = True, name: str = "promoter-test"):
         stream = EventStream(settings=settings)
-        self.load_check = KerasLoadCheck()
+        self.load_check = KerasLoadCheck() if load_check else None
         promoter = Promoter(
-            engine, open_store(settings.model_store_url), publish=stream.publish, load_check=self.load_check,
+            engine, store or open_store(settings.model_store_url), publish=stream.publish, load_check=self.load_check,
             locks=PromotionLocks(stream.client, stream.stream),
         )
-        self.loop = ConsumerLoop(promoter, stream, consumer_name="promoter-test")
+        self.loop = ConsumerLoop(promoter, stream, consumer_name=name)
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
 
     def __enter__(self):
@@ -44,7 +45,8 @@ class PromoterThread:
     def __exit__(self, *exc):
         self.loop.stop_event.set()
         self.thread.join(timeout=30)
-        self.load_check.close()
+        if self.load_check is not None:
+            self.load_check.close()
 
 
 def _keras_file(path, seed: int) -> str:

@@ -17,7 +17,6 @@ import csv
 import hashlib
 import json
 import subprocess
-import threading
 from datetime import datetime, timezone
 
 import keras
@@ -27,9 +26,6 @@ import redis
 
 from pipeline import events as ev
 from pipeline.bus import EventStream
-from pipeline.consumers.base import ConsumerLoop
-from pipeline.consumers.load_check import KerasLoadCheck
-from pipeline.consumers.promoter import Promoter, PromotionLocks
 from pipeline.jobs import load_spec, load_spec_text
 from pipeline.model_registry import describe, list_versions, load_model
 from pipeline.store import ChecksumMismatchError, open_store
@@ -39,27 +35,9 @@ from tests.test_promotion import PromoterThread, _keras_file
 SQLITE_ONLY = "the database plays no part in this promise; checked once, on SQLite"
 
 
-class RunningPromoter:
-    """The real Promoter on a store of the test's choosing, consuming in a thread (with the Keras
-    load-check helper when ``load_check``)."""
-
-    def __init__(self, settings, engine, store, *, load_check: bool = False):
-        stream = EventStream(settings=settings)
-        self.load_check = KerasLoadCheck() if load_check else None
-        promoter = Promoter(engine, store, publish=stream.publish, load_check=self.load_check,
-                            locks=PromotionLocks(stream.client, stream.stream))
-        self.loop = ConsumerLoop(promoter, stream, consumer_name="promises-promoter")
-        self.thread = threading.Thread(target=self.loop.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.loop.stop_event.set()
-        self.thread.join(timeout=30)
-        if self.load_check is not None:
-            self.load_check.close()
+def RunningPromoter(settings, engine, store, *, load_check: bool = False) -> PromoterThread:  # noqa: N802
+    """The real Promoter on a store of the test's choosing (the load check off unless asked)."""
+    return PromoterThread(settings, engine, store, load_check=load_check, name="promises-promoter")
 
 
 def _outcomes(settings, run_id):
