@@ -123,7 +123,7 @@ def test_429_with_retry_after_is_honoured_and_delivers_once(settings, engine, sl
     assert [r.status for r in _alert_rows(engine)] == ["delivered"]
 
 
-OUTAGE_S = 60.0
+OUTAGE_S = 20.0
 
 
 @pytest.mark.slow
@@ -146,7 +146,7 @@ def test_receiver_outage_ends_with_every_alert_delivered_once_in_order(settings,
         assert failed and all("s3cr3t" not in (r.last_error or "") for r in rows)
         assert any("ConnectionError" in (r.last_error or "") for r in failed), [r.last_error for r in failed]
         _time.sleep(max(0.0, OUTAGE_S - (_time.monotonic() - down_at)))
-        assert all(r.status == "pending" for r in _alert_rows(engine)), "nothing is given up during a 60 s outage"
+        assert all(r.status == "pending" for r in _alert_rows(engine)), "nothing is given up during the outage"
         slack.start()  # back on the same port
         wait_for(lambda: all(r.status == "delivered" for r in _alert_rows(engine)), timeout=90, message="all delivered after the outage")
     texts = slack.texts()

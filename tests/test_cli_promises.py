@@ -9,6 +9,7 @@ import re
 
 import keras  # at import time, not inside a test: TensorFlow's import recurses deeply (see tests/conftest.py)
 import pytest
+import redis
 import sqlalchemy as sa
 
 from pipeline import EventPublisher
@@ -33,6 +34,7 @@ def test_submit_prints_the_run_id_and_status_counts_the_jobs_waiting_in_its_queu
     assert {"gpu", "cpu"} <= set(waiting)
     human = run_cli("status", env_extra=job_env)
     assert re.search(rf"{re.escape(queue_name)}\D+2\b", human.stdout + human.stderr), human.stdout
+    redis.Redis.from_url(job_env["FITSTREAM_REDIS_URL"]).delete(queue_name)  # leave no waiting job behind
 
 
 def test_the_alerter_refuses_to_start_without_its_rules(settings, engine, job_env, database_url):

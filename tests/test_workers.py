@@ -172,7 +172,7 @@ def test_watch_follows_a_queued_run_to_the_end_and_status_reports(settings, engi
     with RecorderThread(settings, engine):
         wait_for(lambda: (r := _run_row(engine, run_id)) is not None and r["status"] == "completed", message="recorded")
         report = json.loads(run_cli("status", "--json", env_extra=job_env).stdout)
-    assert {q["queue"] for q in report["queues"]} == {"gpu", "cpu"}
+    assert {"gpu", "cpu"} <= {q["queue"] for q in report["queues"]}
     assert any(w.startswith("watched@") for w in report["workers"])
     assert report["stream"]["name"] == settings.stream and report["stream"]["length"] >= 5
     recorder_group = next(g for g in report["consumer_groups"] if g["group"] == "recorder")

@@ -396,8 +396,8 @@ def _breakage_details(draw: st.DrawFn, how: str, cls: type) -> tuple[Any, ...]:
                 elif isinstance(bound, annotated_types.MaxLen):
                     choices.append((name, "x" * (bound.max_length + 1)))
         return draw(st.sampled_from(choices))
-    if how == "extra_field":
-        key = draw(text(10, 1))
+    if how == "extra_field":  # a name the event does not have (drawing "id" would only retype a field)
+        key = draw(text(10, 1).filter(lambda k: k not in cls.model_fields))
         key = megabyte_of(key) if draw(one_in_40) else key
         return (key, draw(json_values))
     if how in ("nul_text", "surrogate_text"):  # in a text field, a metric's name, or deep in free-form JSON
