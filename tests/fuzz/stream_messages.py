@@ -65,6 +65,14 @@ def megabyte_of(char: str) -> str:
     return char * (MEGABYTE // len(json.dumps(char)))
 
 
+#: Longer than any name may be; now and then a megabyte (YAML takes a second to write and read one).
+long_texts = st.builds(
+    lambda char, huge: megabyte_of(char) if huge else char * 300,
+    text(1, 1),
+    st.sampled_from([False] * 10 + [True] + [False] * 10),
+)
+
+
 def optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.none() | strategy
 

@@ -35,7 +35,7 @@ from alerts.rules import (
 from pipeline import events as ev
 from pipeline.errors import ConfigurationError
 from tests.fuzz.fuzzing import examples, fuzz_settings
-from tests.fuzz.stream_messages import megabyte_of, text
+from tests.fuzz.stream_messages import long_texts, text
 
 MONITORS = {"val_loss": "min", "loss": "min", "val_accuracy": "max", "accuracy": "max"}
 METRICS = sorted(MONITORS) + ["lr", "val_f1"]
@@ -116,12 +116,6 @@ def valid_files(draw: st.DrawFn) -> dict[str, Any]:
     return {"channels": named, "rules": rules}
 
 
-#: Longer than any name may be; now and then a megabyte (YAML takes a second to write and read one).
-long_texts = st.builds(
-    lambda char, huge: megabyte_of(char) if huge else char * 300,
-    text(1, 1),
-    st.sampled_from([False] * 10 + [True] + [False] * 10),
-)
 values = (
     st.none()
     | st.booleans()

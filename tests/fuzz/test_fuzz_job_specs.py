@@ -37,7 +37,7 @@ from pipeline.jobs import (
 )
 from tests.conftest import run_cli, settings_env
 from tests.fuzz.fuzzing import examples, fuzz_settings
-from tests.fuzz.stream_messages import megabyte_of, text
+from tests.fuzz.stream_messages import long_texts, text
 from workers.submit import check_job_alerts
 
 ALLOWED = ("examples",)
@@ -194,12 +194,6 @@ keys = (
     st.sampled_from(KNOWN_KEYS)
     | st.builds(_misspelt, st.sampled_from(KNOWN_KEYS), st.integers(0, 30))
     | text(12, 1)
-)
-#: Longer than any name may be; now and then a megabyte (YAML takes a second to write and read one).
-long_texts = st.builds(
-    lambda char, huge: megabyte_of(char) if huge else char * 300,
-    text(1, 1),
-    st.sampled_from([False] * 10 + [True] + [False] * 10),
 )
 values = (
     st.none()
