@@ -41,7 +41,8 @@ from pipeline.errors import ConfigurationError
 from pipeline.jobs import config_problem, parse_config_text, yaml_problem
 from pipeline.monitor import Monitor, infer_mode
 
-LIFECYCLE_EVENTS = ("run_started", "early_stopped", "run_failed", "run_finished", "model_promoted", "promotion_skipped")
+#: Event types a lifecycle rule may name in ``on:``; ``run_pruned`` is a ``run_finished`` whose status is pruned.
+LIFECYCLE_EVENTS = ("run_started", "early_stopped", "run_failed", "run_finished", "run_pruned", "model_promoted", "promotion_skipped")
 
 
 class RulesError(ConfigurationError):
@@ -72,6 +73,29 @@ class Channel(_Strict):
     secret_env: str | None = Field(default=None, min_length=1, description="Webhook only: variable holding the HMAC secret.")
     secret_file: str | None = Field(default=None, min_length=1, description="Webhook only: file holding the HMAC secret.")
     rate_per_minute: int = Field(default=60, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_in_the_file(cls, data: Any) -> Any:
+        """A URL or secret written in the file is refused with what to write instead, never quoted
+        (the error is logged): an unknown ``url:`` key alone would only say "Extra inputs", and a URL
+        given as ``url_env`` would reach the alerter's start-up error, and so its log, in full."""
+        if not isinstance(data, dict):
+            return data
+        written = (("url", "URL", "url_env or url_file"), ("secret", "secret", "secret_env or secret_file"))
+        for key, what, sources in written:
+            if key in data:
+                raise ValueError(
+                    f"{key}: a channel's {what} is never written in the rules file; name the environment variable "
+                    f"or the secrets file that holds it with {sources}"
+                )
+        for key in ("url_env", "url_file", "secret_env", "secret_file"):
+            if isinstance(data.get(key), str) and "://" in data[key]:
+                raise ValueError(
+                    f"{key} holds a URL; it names the environment variable or the secrets file that holds the "
+                    "value (e.g. url_env: SLACK_WEBHOOK_URL), never the value itself"
+                )
+        return data
 
     @model_validator(mode="after")
     def _one_source_each(self) -> "Channel":
@@ -118,7 +142,7 @@ class Rule(_Strict):
     min_delta: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     gap: Gap | None = None
     stalled_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    on: list[Literal["run_started", "early_stopped", "run_failed", "run_finished", "model_promoted", "promotion_skipped"]] | None = None
+    on: list[Literal["run_started", "early_stopped", "run_failed", "run_finished", "run_pruned", "model_promoted", "promotion_skipped"]] | None = None
 
     @model_validator(mode="after")
     def _one_condition(self) -> "Rule":
@@ -321,11 +345,13 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
         return state, None
     if kind == "lifecycle":
         assert rule.on is not None
-        if event.type in rule.on:
+        pruned = isinstance(event, ev.RunFinished) and event.status == "pruned"
+        if event.type in rule.on or (pruned and "run_pruned" in rule.on):
             detail = {
                 "early_stopped": lambda e: f"early stopping at epoch {e.stopped_epoch}: best {e.monitor}={e.best_value} at epoch {e.best_epoch}",
                 "run_failed": lambda e: f"run failed: {e.error_type}: {e.message}",
-                "run_finished": lambda e: f"run finished: {e.status} after {e.epochs_completed} epochs",
+                "run_finished": lambda e: f"run finished: {e.status} after {e.epochs_completed} epochs"
+                + (f" ({e.reason})" if e.reason else ""),
                 "run_started": lambda e: f"run started on {e.host}",
                 "model_promoted": lambda e: f"promoted as {e.name} v{e.version}" + (
                     " — the new champion" if e.champion else f" — champion stays v{e.previous_champion_version}"),

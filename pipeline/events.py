@@ -55,7 +55,13 @@ MAX_NESTING = 64
 #: 9999-12-31 23:59:59 UTC: the last second a timestamp column (and a Python datetime) can hold.
 MAX_TS = 253_402_300_799.0
 
-RunStatus = Literal["completed", "early_stopped", "failed", "cancelled"]
+RunStatus = Literal["completed", "early_stopped", "failed", "cancelled", "pruned"]
+#: Every status a run can have, in the order a run moves through them, and the terminal ones.
+#: ``pruned``: a sweep trial stopped early because it fell behind its sweep (see pipeline.pruning).
+RUN_STATUSES = ("queued", "running", "completed", "early_stopped", "failed", "cancelled", "pruned")
+TERMINAL_STATUSES = ("completed", "early_stopped", "failed", "cancelled", "pruned")
+#: Terminal statuses of a run that did not train to its own end: nothing of it is promoted.
+STOPPED_FROM_OUTSIDE = ("cancelled", "pruned")
 Mode = Literal["min", "max"]
 #: Where a checkpoint file came from: a ModelCheckpoint, or the model EarlyStopping restored
 #: to its best weights, saved once at the end of training.
@@ -121,6 +127,22 @@ class MonitoringCallback(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+ParamValue = Union[str, int, float, bool, None]
+
+
+class SweepTrial(BaseModel):
+    """Which sweep a queued run is a trial of (see pipeline.sweeps). The first trial's event
+    carries the sweep's own section too, so that the recorder can write the ``sweeps`` row."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64)
+    name: str
+    trial: int = Field(ge=0)
+    trials: int = Field(ge=1)
+    spec: dict[str, Any] | None = None
+
+
 class RunQueued(_Event):
     """A job was accepted and queued (published by ``fitstream submit``)."""
 
@@ -129,6 +151,8 @@ class RunQueued(_Event):
     queue: str
     spec: dict[str, Any] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, ParamValue] = Field(default_factory=dict, description="See pipeline.params.")
+    sweep: SweepTrial | None = None
 
 
 class RunStarted(_Event):
@@ -147,6 +171,7 @@ class RunStarted(_Event):
     host: str | None = None
     pid: int | None = None
     data_fingerprint: str | None = Field(default=None, max_length=80, description="See pipeline.fingerprint.")
+    params: dict[str, ParamValue] = Field(default_factory=dict, description="See pipeline.params.")
 
 
 class EpochEnd(_Event):
@@ -212,6 +237,7 @@ class RunFinished(_Event):
     monitor: str | None = None
     mode: Mode | None = None
     restored_best_weights: bool = False
+    reason: str | None = Field(default=None, max_length=2000, description="Why a run was cancelled or pruned.")
 
 
 class RunFailed(_Event):

@@ -39,6 +39,24 @@ class JobRecord:
     spec: JobSpec
     queue: str
     submitted_at: float
+    sweep_id: str | None = None  # the sweep this run is a trial of
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    status: str  # cancelled or pruned
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """What the queue side keeps of a sweep: its trials in order, and how many may be queued at once."""
+
+    name: str
+    run_ids: list[str]
+    queue: str
+    max_parallel: int | None
+    submitted_at: float
 
 
 class JobStore:
@@ -51,9 +69,10 @@ class JobStore:
     def _key(self, kind: str, run_id: str) -> str:
         return f"{self.prefix}:{kind}:{run_id}"
 
-    def save(self, run_id: str, spec: JobSpec, *, queue: str | None = None) -> JobRecord:
-        record = JobRecord(run_id, spec, queue or spec.queue, time.time())
-        payload = json.dumps({"spec": json.loads(spec_to_json(spec)), "queue": record.queue, "submitted_at": record.submitted_at})
+    def save(self, run_id: str, spec: JobSpec, *, queue: str | None = None, sweep_id: str | None = None) -> JobRecord:
+        record = JobRecord(run_id, spec, queue or spec.queue, time.time(), sweep_id)
+        payload = json.dumps({"spec": json.loads(spec_to_json(spec)), "queue": record.queue,
+                              "submitted_at": record.submitted_at, "sweep_id": sweep_id})
         self.client.set(self._key("job", run_id), payload, ex=JOB_TTL_S)
         return record
 
@@ -62,7 +81,12 @@ class JobStore:
         if raw is None:
             return None
         data = json.loads(raw)
-        return JobRecord(run_id, parse_spec(data["spec"]), data["queue"], data["submitted_at"])
+        return JobRecord(run_id, parse_spec(data["spec"]), data["queue"], data["submitted_at"], data.get("sweep_id"))
+
+    def sweep_of(self, run_id: str) -> str | None:
+        """The sweep whose trial ``run_id`` is (None for a lone run, or one whose record expired)."""
+        raw = self.client.get(self._key("job", run_id))
+        return json.loads(raw).get("sweep_id") if raw is not None else None
 
     def next_attempt(self, run_id: str) -> int:
         key = self._key("attempts", run_id)
@@ -71,11 +95,35 @@ class JobStore:
         pipe.expire(key, JOB_TTL_S)
         return int(pipe.execute()[0])
 
-    def request_cancel(self, run_id: str) -> None:
-        self.client.set(self._key("cancel", run_id), "1", ex=JOB_TTL_S)
+    def request_cancel(self, run_id: str, *, status: str = "cancelled", reason: str | None = None) -> None:
+        """Ask the run to stop at its next batch and end as ``status`` (cancelled, or pruned) because of ``reason``."""
+        self.client.set(self._key("cancel", run_id), json.dumps({"status": status, "reason": reason}), ex=JOB_TTL_S)
 
     def cancel_requested(self, run_id: str) -> bool:
         return bool(self.client.exists(self._key("cancel", run_id)))
+
+    def cancel_request(self, run_id: str) -> CancelRequest | None:
+        """The pending stop request of a run (its status and reason), or None."""
+        raw = self.client.get(self._key("cancel", run_id))
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return CancelRequest(str(data.get("status") or "cancelled"), data.get("reason"))
+        except (ValueError, AttributeError):  # written by an earlier Fitstream: "1"
+            return CancelRequest("cancelled", None)
+
+    # -- sweeps -----------------------------------------------------------------------------
+    def save_sweep(self, sweep_id: str, record: SweepRecord) -> None:
+        self.client.set(self._key("sweep", sweep_id), json.dumps(record.__dict__), ex=JOB_TTL_S)
+
+    def load_sweep(self, sweep_id: str) -> SweepRecord | None:
+        raw = self.client.get(self._key("sweep", sweep_id))
+        return SweepRecord(**json.loads(raw)) if raw is not None else None
+
+    def sweep_lock(self, sweep_id: str, *, timeout_s: float = 30.0) -> "redis.lock.Lock":
+        """The lock under which a sweep's waiting trials are queued (redis-py's own lock)."""
+        return self.client.lock(self._key("sweep-lock", sweep_id), timeout=timeout_s, blocking_timeout=timeout_s)
 
     def set_task_id(self, run_id: str, task_id: str) -> None:
         self.client.set(self._key("task", run_id), task_id, ex=JOB_TTL_S)

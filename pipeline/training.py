@@ -159,8 +159,9 @@ class _Heartbeat(threading.Thread):
         last_renew = time.monotonic()
         while not self.stopped.wait(CANCEL_POLL_S):
             try:
-                if self.store.cancel_requested(self.run_id):
-                    self.publisher.request_cancel()
+                request = self.store.cancel_request(self.run_id)
+                if request is not None and not self.publisher.cancel_requested:
+                    self.publisher.request_cancel(request.status, request.reason)
                 if time.monotonic() - last_renew >= self.interval:
                     last_renew = time.monotonic()
                     if not self.lease.renew():
@@ -188,6 +189,9 @@ def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str |
         log.warning("run %s is being trained by %s; this delivery does not train it", run_id, lease.holder())
         return DUPLICATE
     try:
+        if store.state(run_id) == "finished":  # a second delivery of a run that already ended
+            log.warning("run %s has already finished; this delivery does not train it", run_id)
+            return DUPLICATE
         if store.cancel_requested(run_id):
             store.set_state(run_id, "finished")
             return "cancelled"
@@ -251,7 +255,7 @@ def _seed_everything(seed: int) -> None:
 
 def _final_status(publisher: EventPublisher) -> str:
     if publisher.cancel_requested:
-        return "cancelled"
+        return publisher.cancel_status
     stopper = publisher._early_stopping()
     if stopper is not None and stopper.stopped_epoch > 0:
         return "early_stopped"

@@ -15,51 +15,85 @@ from pipeline.bus import EventStream, connect
 from pipeline.cli.output import print_json, print_rows
 from pipeline.config import get_settings
 from pipeline.consumers.base import leader_key
-from pipeline.jobs import load_spec
 from pipeline.run_events import follow_run
 
 
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--queue", default=None, help="Queue to use instead of the spec's (default gpu).")
-@click.option("--wait", is_flag=True, help="Wait until the run ends and report its status.")
+@click.option("--wait", is_flag=True, help="Wait until the run (every trial of a sweep) ends and report its status.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
-@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"run_id": …, "status": …}.')
+@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"run_id": …} or, for a sweep, {"sweep_id": …, "run_ids": [...]}.')
 def submit(spec: str, queue: str | None, wait: bool, timeout: float | None, as_json: bool) -> None:
-    """Validate the job file SPEC and queue it. Prints the run id."""
-    from workers.submit import submit_job
+    """Validate the job file SPEC and queue it. Prints the run id.
+
+    A job file with a `sweep:` section queues every trial (all are validated first) and prints
+    the sweep id; see: fitstream sweep show SWEEP_ID.
+    """
+    from pipeline.sweeps import Sweep, load_job_file
+    from workers.submit import submit_job, submit_sweep
 
     settings = get_settings()
-    job = load_spec(spec)
-    submitted = submit_job(job, queue=queue, settings=settings)
-    result: dict[str, object] = {"run_id": submitted.run_id, "queue": submitted.queue}
-    if not as_json:
-        click.echo(submitted.run_id)
-        click.echo(f"queued {job.name!r} on '{submitted.queue}'; follow it with: fitstream watch {submitted.run_id}", err=True)
-    if wait:
-        final = None
-        for event in follow_run(EventStream(settings=settings), submitted.run_id, start_id=submitted.stream_id, timeout=timeout):
-            final = event
-        result["status"] = final.status if final is not None and final.type == "run_finished" else "unknown"
+    job = load_job_file(spec)
+    if isinstance(job, Sweep):
+        submitted_sweep = submit_sweep(job, queue=queue, settings=settings)
+        result: dict[str, object] = {"sweep_id": submitted_sweep.sweep_id, "run_ids": list(submitted_sweep.run_ids),
+                                     "queue": submitted_sweep.queue}
         if not as_json:
-            click.echo(f"status: {result['status']}", err=True)
+            click.echo(submitted_sweep.sweep_id)
+            waiting = len(submitted_sweep.run_ids) - submitted_sweep.queued_now
+            click.echo(
+                f"queued sweep {job.name!r}: {len(submitted_sweep.run_ids)} trials on '{submitted_sweep.queue}'"
+                + (f" ({submitted_sweep.queued_now} now, {waiting} waiting for max_parallel)" if waiting else "")
+                + f"; follow it with: fitstream sweep show {submitted_sweep.sweep_id}", err=True,
+            )
+        run_ids, start_id = list(submitted_sweep.run_ids), submitted_sweep.stream_id
+    else:
+        submitted = submit_job(job, queue=queue, settings=settings)
+        result = {"run_id": submitted.run_id, "queue": submitted.queue}
+        if not as_json:
+            click.echo(submitted.run_id)
+            click.echo(f"queued {job.name!r} on '{submitted.queue}'; follow it with: fitstream watch {submitted.run_id}", err=True)
+        run_ids, start_id = [submitted.run_id], submitted.stream_id
+    ok = True
+    if wait:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        statuses = {}
+        for run_id in run_ids:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            final = None
+            for event in follow_run(EventStream(settings=settings), run_id, start_id=start_id, timeout=left):
+                final = event
+            statuses[run_id] = final.status if final is not None and final.type == "run_finished" else "unknown"
+        fine = ("completed", "early_stopped") if len(run_ids) == 1 and "run_id" in result else ("completed", "early_stopped", "pruned")
+        ok = all(status in fine for status in statuses.values())
+        if "run_id" in result:
+            result["status"] = statuses[run_ids[0]]
+        else:
+            result["statuses"] = statuses
+        if not as_json:
+            for run_id, status in statuses.items():
+                click.echo(f"status: {status}" if len(statuses) == 1 else f"{run_id}: {status}", err=True)
     if as_json:
         print_json(result)
-    if wait and result["status"] not in ("completed", "early_stopped"):
+    if not ok:
         sys.exit(1)
 
 
 @click.command()
 @click.argument("run")
 def cancel(run: str) -> None:
-    """Cancel RUN: a queued job is revoked; a running one stops at the next batch as `cancelled`."""
+    """Cancel RUN: a queued job is revoked; a running one stops at the next batch as `cancelled`.
+    RUN may be a sweep id: every trial of the sweep that has not ended is cancelled."""
     from workers.submit import cancel_job
 
     outcome = cancel_job(run)
     if outcome == "revoked":
         click.echo(f"run {run}: revoked before it started (cancelled)", err=True)
-    else:
+    elif outcome == "stopping":
         click.echo(f"run {run}: cancel requested; it stops at the next batch boundary", err=True)
+    else:
+        click.echo(f"sweep {run}: {outcome} (running trials stop at their next batch boundary)", err=True)
 
 
 @click.command()

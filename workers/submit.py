@@ -6,6 +6,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -13,9 +15,14 @@ from pipeline import events as ev
 from pipeline.bus import EventStream, connect
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigurationError, RunNotFoundError
-from pipeline.job_store import JobStore
+from pipeline.job_store import JobStore, SweepRecord
 from pipeline.jobs import JobSpec, JobSpecError, check_importable
+from pipeline.params import spec_params
+from pipeline.sweeps import SWEEP_CANCELLED_REASON, Sweep
 from workers.celery_app import TRAIN_TASK, make_app
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,52 +32,175 @@ class Submitted:
     stream_id: str
 
 
+@dataclass(frozen=True)
+class SubmittedSweep:
+    sweep_id: str
+    run_ids: tuple[str, ...]
+    queue: str
+    queued_now: int  # trials sent to the queue at once; the rest wait for max_parallel
+    stream_id: str  # the first trial's run_queued event
+
+
 #: The broker's set of every queue a job was ever submitted to (the built-in ones are always shown).
 QUEUES_USED_KEY = "fitstream:queues"
+
+
+def _run_queued(spec: JobSpec, run_id: str, queue: str, sweep: ev.SweepTrial | None = None) -> ev.RunQueued:
+    dump = spec.model_dump(mode="json", by_alias=True)
+    return ev.build(
+        ev.RunQueued, run_id=run_id, seq=ev.QUEUED_SEQ, name=spec.name, queue=queue, spec=dump, tags=spec.tags,
+        params=spec_params(dump), sweep=sweep,
+    )
 
 
 def submit_job(spec: JobSpec, *, queue: str | None = None, settings: Settings | None = None) -> Submitted:
     """Validate ``spec`` against the deployment, record it, announce it, and queue it."""
     settings = settings or get_settings()
-    check_importable(spec, settings.allowed_module_prefixes)
-    if spec.alerts:
-        check_job_alerts(spec, settings)
+    _check(spec, settings)
     queue = queue or spec.queue
     run_id = uuid.uuid4().hex
     client = connect(settings.redis_url)
     store = JobStore(client)
     store.save(run_id, spec, queue=queue)
     store.set_state(run_id, "queued")
-    stream = EventStream(client=client, settings=settings)
-    event = ev.build(
-        ev.RunQueued, run_id=run_id, seq=ev.QUEUED_SEQ, name=spec.name, queue=queue,
-        spec=spec.model_dump(mode="json", by_alias=True), tags=spec.tags,
-    )
-    stream_id = stream.publish([event])[0]
+    stream_id = EventStream(client=client, settings=settings).publish([_run_queued(spec, run_id, queue)])[0]
     connect(settings.celery_broker_url).sadd(QUEUES_USED_KEY, queue)  # so that `fitstream status` lists it
     make_app(settings).send_task(TRAIN_TASK, args=[run_id], task_id=run_id, queue=queue)
     return Submitted(run_id, queue, stream_id)
 
 
+def _check(spec: JobSpec, settings: Settings) -> None:
+    check_importable(spec, settings.allowed_module_prefixes)
+    if spec.alerts:
+        check_job_alerts(spec, settings)
+
+
+def submit_sweep(sweep: Sweep, *, queue: str | None = None, settings: Settings | None = None) -> SubmittedSweep:
+    """Queue every trial of ``sweep`` as an ordinary run sharing one ``sweep_id``: all are announced
+    (``run_queued``, so the history lists them at once), ``max_parallel`` of them go to the queue and
+    the rest wait in Redis until :func:`release_trials` gives them a free place. Every trial is checked
+    against the deployment before anything is queued."""
+    settings = settings or get_settings()
+    checked: set[str] = set()
+    for trial in sweep.trials:  # trials differ in values, rarely in code: check each code reference once
+        refs = trial.spec.model_dump_json(include={"model": {"fn"}, "data": {"fn"}, "callbacks": True, "lr_schedule": True, "alerts": True})
+        if refs not in checked:
+            checked.add(refs)
+            try:
+                _check(trial.spec, settings)
+            except JobSpecError as exc:
+                raise JobSpecError([f"trial {trial.index + 1}: {p}" for p in exc.problems]) from None
+    queue = queue or sweep.trials[0].spec.queue
+    sweep_id = uuid.uuid4().hex
+    run_ids = tuple(uuid.uuid4().hex for _ in sweep.trials)
+    client = connect(settings.redis_url)
+    store = JobStore(client)
+    for run_id, trial in zip(run_ids, sweep.trials):
+        store.save(run_id, trial.spec, queue=queue, sweep_id=sweep_id)
+        store.set_state(run_id, "waiting")
+    store.save_sweep(sweep_id, SweepRecord(sweep.name, list(run_ids), queue, sweep.settings.max_parallel, time.time()))
+    section = sweep.settings.as_json()
+    events = [
+        _run_queued(trial.spec, run_id, queue, ev.SweepTrial(id=sweep_id, name=sweep.name, trial=trial.index, trials=len(run_ids), spec=section))
+        for run_id, trial in zip(run_ids, sweep.trials)
+    ]
+    stream_ids = EventStream(client=client, settings=settings).publish(events)
+    connect(settings.celery_broker_url).sadd(QUEUES_USED_KEY, queue)
+    queued_now = release_trials(sweep_id, settings=settings)
+    return SubmittedSweep(sweep_id, run_ids, queue, queued_now, stream_ids[0])
+
+
+def release_trials(sweep_id: str, *, settings: Settings | None = None) -> int:
+    """Queue a sweep's waiting trials, in order, while fewer than ``max_parallel`` of its trials are
+    queued or running. Called when the sweep is submitted and whenever one of its trials ends (by the
+    worker's task, and by ``fitstream cancel``); safe to call at any time, from any process: it works
+    under the sweep's lock in Redis, from the trials' states there. Returns how many it queued."""
+    settings = settings or get_settings()
+    store = JobStore(connect(settings.redis_url))
+    record = store.load_sweep(sweep_id)
+    if record is None:
+        return 0
+    app = make_app(settings)
+    released = 0
+    with store.sweep_lock(sweep_id):
+        states = [(run_id, store.state(run_id)) for run_id in record.run_ids]
+        active = sum(1 for _, state in states if state in ("queued", "running"))
+        limit = record.max_parallel or len(record.run_ids)
+        for run_id, state in states:
+            if active >= limit:
+                break
+            if state != "waiting":
+                continue
+            # Sent first, then marked: a crash in between sends it again on the next call, and the
+            # second delivery of a run that is training or has ended does not train (run_job).
+            app.send_task(TRAIN_TASK, args=[run_id], task_id=run_id, queue=record.queue)
+            store.set_state(run_id, "queued")
+            active += 1
+            released += 1
+    return released
+
+
+def release_waiting_trials(run_id: str, *, settings: Settings | None = None) -> int:
+    """After run ``run_id`` ended: queue the next waiting trials of its sweep, if it is a trial.
+    Never raises (the run's own outcome is what the task reports); a failure is logged, and the
+    next trial to end, or ``fitstream sweep release``, queues them."""
+    settings = settings or get_settings()
+    try:
+        sweep_id = JobStore(connect(settings.redis_url)).sweep_of(run_id)
+        return release_trials(sweep_id, settings=settings) if sweep_id is not None else 0
+    except Exception as exc:
+        log.error("run %s: could not queue the next trials of its sweep: %s", run_id, exc)
+        return 0
+
+
 def cancel_job(run_id: str, *, settings: Settings | None = None) -> str:
-    """Cancel a queued or running job. Returns what happened: ``revoked`` or ``stopping``."""
+    """Cancel a queued or running job, or every unfinished trial of a sweep (``run_id`` a sweep id).
+
+    Returns what happened: ``revoked`` or ``stopping`` for a run; for a sweep, e.g. ``3 revoked, 2 stopping``.
+    """
     settings = settings or get_settings()
     client = connect(settings.redis_url)
     store = JobStore(client)
+    sweep = store.load_sweep(run_id)
+    if sweep is not None:
+        return _cancel_sweep(run_id, sweep, store, settings)
+    outcome = _cancel_run(run_id, store, settings)
+    trial_of = store.sweep_of(run_id)
+    if trial_of is not None:
+        release_trials(trial_of, settings=settings)
+    return outcome
+
+
+def _cancel_run(run_id: str, store: JobStore, settings: Settings, *, reason: str | None = None) -> str:
     state = store.state(run_id)
     if state is None:
-        raise RunNotFoundError(f"no queued or running job with run id {run_id!r}; list runs with: fitstream runs")
+        raise RunNotFoundError(f"no queued or running job (or sweep) with id {run_id!r}; list runs with: fitstream runs")
     if state == "finished":
         raise ConfigurationError(f"run {run_id} has already finished; nothing to cancel")
-    store.request_cancel(run_id)
-    if state == "queued":
-        make_app(settings).control.revoke(run_id)
+    store.request_cancel(run_id, reason=reason)
+    if state in ("queued", "waiting"):
+        if state == "queued":
+            make_app(settings).control.revoke(run_id)
         store.set_state(run_id, "finished")
-        EventStream(client=client, settings=settings).publish(
-            [ev.build(ev.RunFinished, run_id=run_id, seq=ev.CANCELLED_BEFORE_START_SEQ, status="cancelled", epochs_completed=0)]
+        EventStream(client=store.client, settings=settings).publish(
+            [ev.build(ev.RunFinished, run_id=run_id, seq=ev.CANCELLED_BEFORE_START_SEQ, status="cancelled",
+                      epochs_completed=0, reason=reason)]
         )
         return "revoked"
     return "stopping"
+
+
+def _cancel_sweep(sweep_id: str, sweep: SweepRecord, store: JobStore, settings: Settings) -> str:
+    outcomes: dict[str, int] = {}
+    with store.sweep_lock(sweep_id):  # no trial is released while its sweep is being cancelled
+        for run_id in sweep.run_ids:
+            if store.state(run_id) in (None, "finished"):
+                continue
+            outcome = _cancel_run(run_id, store, settings, reason=SWEEP_CANCELLED_REASON)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if not outcomes:
+        raise ConfigurationError(f"every trial of sweep {sweep_id} has already finished; nothing to cancel")
+    return ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
 
 
 def check_job_alerts(spec: JobSpec, settings: Settings) -> None:

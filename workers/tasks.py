@@ -13,5 +13,9 @@ from workers.celery_app import TRAIN_TASK, app
 def train(run_id: str) -> str:
     """Train the queued run ``run_id`` (see ``pipeline.training.run_job``)."""
     from pipeline.training import run_job
+    from workers.submit import release_waiting_trials
 
-    return run_job(run_id)
+    try:
+        return run_job(run_id)
+    finally:
+        release_waiting_trials(run_id)  # a sweep trial's end frees a place for the next one

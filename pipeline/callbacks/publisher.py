@@ -40,7 +40,7 @@ import uuid
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import keras
 
@@ -65,6 +65,7 @@ from pipeline.callbacks.sender import EventSender, FlushReport
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigurationError, MonitorNotFoundError
 from pipeline.monitor import Monitor
+from pipeline.params import MAX_PARAMS, ParamsError, flatten_params
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class EventPublisher(keras.callbacks.Callback):
         save_restored_model: Where to save the model EarlyStopping restored to its best weights at the
             end of training (a ``.keras`` path), reported as a checkpoint. Default None (not saved);
             queued jobs save it in the run's directory unless the job says ``promote: {save_restored_model: false}``.
+        params: What this run tries, e.g. ``{"hidden": 64, "optimizer": {"learning_rate": 1e-3}}``: nested
+            mappings are flattened with dots into the ``params`` table (see :mod:`pipeline.params`),
+            beside the optimizer's own Keras config (``optimizer.learning_rate`` …).
 
     Example:
         >>> publisher = EventPublisher(name="digits", watch=[early_stopping])  # doctest: +SKIP
@@ -116,8 +120,12 @@ class EventPublisher(keras.callbacks.Callback):
         seq_start: int = 0,
         data_fingerprint: str | None = None,
         save_restored_model: str | os.PathLike[str] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        #: What this run tries (nested mappings flattened with dots); checked against the bounds now,
+        #: so a bad value fails before training, not in the middle of it.
+        self.run_params = flatten_params(params or {})
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(f"EventPublisher needs a non-empty name; got {name!r}")
         check_batch_settings(batch_events_every, batch_events_seconds)
@@ -145,6 +153,7 @@ class EventPublisher(keras.callbacks.Callback):
         self._state = "idle"  # idle -> running -> finished
         self.last_report: FlushReport | None = None
         self.cancel_requested = False
+        self.cancel_status, self._cancel_reason = "cancelled", None
         self._reset_run_state()
 
     # -- lifecycle helpers -----------------------------------------------------
@@ -233,10 +242,12 @@ class EventPublisher(keras.callbacks.Callback):
             return
         try:
             monitor, mode = self._primary_monitor()
+            model_facts = describe_model(self.model)
             self._emit(
                 ev.RunStarted,
                 name=self.name,
-                **describe_model(self.model),
+                **model_facts,
+                params=run_params(model_facts.get("optimizer"), self.run_params),
                 epochs=self.params.get("epochs") if self.params else None,
                 steps_per_epoch=self.params.get("steps") if self.params else None,
                 batch_size=self.batch_size,
@@ -376,7 +387,7 @@ class EventPublisher(keras.callbacks.Callback):
         self._emit_restored_checkpoint()  # a run that completed without early stopping
         diverged = self._stopped_on_non_finite_loss()
         if self.cancel_requested:
-            status = "cancelled"
+            status = self.cancel_status
         elif diverged is not None:
             # TerminateOnNaN (or a callback like it) stopped a run whose loss is no longer a number:
             # not a completed run, whatever epochs it finished before.
@@ -419,6 +430,7 @@ class EventPublisher(keras.callbacks.Callback):
         return self._monitor_history[best[0]][0], best[1], monitor, rule.mode
 
     def _finish(self, status: str, *, timeout: float | None = None) -> None:
+        reason = self._cancel_reason if self.cancel_requested and status == self.cancel_status else None
         best_epoch, best_value, monitor, mode = self._best()
         stopper = self._early_stopping()
         self._emit(
@@ -431,6 +443,7 @@ class EventPublisher(keras.callbacks.Callback):
             monitor=monitor,
             mode=mode,
             restored_best_weights=bool(stopper is not None and stopper.restore_best_weights and stopper.best_weights is not None),
+            reason=reason,
         )
         self._state = "finished"
         _LIVE_PUBLISHERS.discard(self)
@@ -497,8 +510,10 @@ class EventPublisher(keras.callbacks.Callback):
         self._epochs_completed = max(self._epochs_completed, int(state.get("epochs_completed", 0)))
         self._early_stopped_reported = set(state.get("early_stopped_reported", []))
 
-    def request_cancel(self) -> None:
-        """Stop training at the next batch boundary; the run ends as ``cancelled``."""
+    def request_cancel(self, status: str = "cancelled", reason: str | None = None) -> None:
+        """Stop training at the next batch boundary; the run ends as ``status`` (``cancelled``, or
+        ``pruned`` for a sweep trial that fell behind), with ``reason`` in its row."""
+        self.cancel_status, self._cancel_reason = status, reason
         self.cancel_requested = True
 
     def __enter__(self) -> "EventPublisher":
@@ -507,6 +522,21 @@ class EventPublisher(keras.callbacks.Callback):
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is not None:
             self.fail(exc)
+
+
+def run_params(optimizer: dict[str, Any] | None, given: dict[str, Any]) -> dict[str, Any]:
+    """``run_started``'s parameters: the optimizer's class and Keras config under ``optimizer.``,
+    then what the caller gave (which wins on a clash)."""
+    found: dict[str, Any] = {}
+    if optimizer:
+        try:
+            found = flatten_params({"optimizer": {"class_name": optimizer.get("class_name"), **(optimizer.get("config") or {})}})
+        except ParamsError as exc:
+            log.warning("fitstream: the optimizer's config is not recorded as parameters: %s", exc)
+    merged = {**found, **given}
+    if len(merged) > len(given) and len(merged) > MAX_PARAMS:
+        merged = dict(given)  # the caller's own come first
+    return merged
 
 
 _LIVE_PUBLISHERS: "weakref.WeakSet[EventPublisher]" = weakref.WeakSet()

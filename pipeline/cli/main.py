@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.cli import consume, db, dead_letters, demo, models, runs, spool, sql, watch
+from pipeline.cli import consume, db, dead_letters, demo, experiments, models, runs, spool, sql, watch
 from pipeline.cli.plugins import PluginGroup
 from pipeline.cli.output import stderr_console
 from pipeline.errors import FitstreamError
@@ -80,6 +80,9 @@ cli.add_command(models.models)
 cli.add_command(models.promote)
 cli.add_command(models.alias)
 cli.add_command(dead_letters.dead_letters)
+cli.add_command(experiments.sweeps)
+cli.add_command(experiments.sweep)
+cli.add_command(experiments.compare)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import json
 import sys
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline import events as ev
@@ -73,5 +74,8 @@ def _watch_rich(stream: EventStream, run: str, start: str, timeout: float | None
             elif isinstance(event, ev.RunFailed):
                 progress.console.print(f"[red]failed: {event.error_type}: {event.message}[/red]")
             elif isinstance(event, ev.RunFinished):
-                progress.console.print(f"[bold]finished: {event.status}[/bold] after {event.epochs_completed} epochs")
+                progress.console.print(
+                    f"[bold]finished: {event.status}[/bold] after {event.epochs_completed} epochs"
+                    + (f" — {escape(event.reason)}" if event.reason else "")
+                )
     return final

@@ -33,8 +33,10 @@ from pipeline import events as ev
 from pipeline.consumers.base import Received
 from pipeline.db import bulk
 from pipeline.db.migrate import require_head
-from pipeline.db.models import SqlRun
+from pipeline.db.models import SqlRun, SqlSweep
 from pipeline.db.session import transaction
+from pipeline.params import param_row
+from pipeline.sweeps import SWEEP_CANCELLED_REASON
 
 GROUP = "recorder"
 
@@ -52,12 +54,28 @@ _MAXIMUM = ("epochs_completed", "last_event_at")
 _LATEST_NON_NULL = (
     "name", "finished_at", "epochs_planned", "best_epoch", "stopped_epoch", "monitor", "mode", "best_value",
     "restored_best_weights", "model_name", "params_count", "optimizer", "batch_size", "host", "tags",
-    "wall_time_s", "error_type", "error_message", "queue", "data_fingerprint",
+    "wall_time_s", "error_type", "error_message", "queue", "data_fingerprint", "sweep_id", "status_reason",
 )
+PARAM_COLUMNS = ("run_id", "key", "value", "value_num")
 
 
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+@dataclass
+class BatchRows:
+    """The rows one batch of events becomes, table by table."""
+
+    events: list[tuple] = field(default_factory=list)
+    metrics: list[tuple] = field(default_factory=list)
+    epochs: list[tuple] = field(default_factory=list)
+    checkpoints: list[tuple] = field(default_factory=list)
+    params: list[tuple] = field(default_factory=list)
+    sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, "_RunUpdate"] = field(default_factory=dict)
+    #: Runs whose queue/start/finish was in the batch: their sweep's state may have moved.
+    sweep_state_moves: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -92,17 +110,14 @@ class _RunUpdate:
             self.values[key] = value
 
 
-def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple], dict[str, _RunUpdate]]:
-    """Turn a batch of events into rows for events, epoch_metrics, epochs, checkpoints, and run updates."""
-    event_rows: list[tuple] = []
-    metric_rows: list[tuple] = []
-    epoch_rows: list[tuple] = []
-    checkpoint_rows: list[tuple] = []
-    runs: dict[str, _RunUpdate] = {}
+def rows_for(batch: Sequence[Received]) -> BatchRows:
+    """Turn a batch of events into rows for each table, and one update per run."""
+    rows = BatchRows()
+    runs = rows.runs
     for item in batch:
         event = item.event
         at = _utc(event.ts)
-        event_rows.append((event.id, event.run_id, event.seq, event.type, at, item.payload))
+        rows.events.append((event.id, event.run_id, event.seq, event.type, at, item.payload))
         run = runs.get(event.run_id)
         if run is None:
             run = runs[event.run_id] = _RunUpdate()
@@ -110,10 +125,12 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
             run.last_ts = event.ts
         if not isinstance(event, (ev.RunQueued, ev.RunFinished)):
             run.promote("running")  # an event from training (or after it) says the run left the queue
+        if isinstance(event, (ev.RunQueued, ev.RunStarted, ev.RunFinished)):
+            rows.sweep_state_moves.add(event.run_id)
         if isinstance(event, ev.EpochEnd):
             run_id, epoch = event.run_id, event.epoch
-            metric_rows += [(run_id, name, epoch, value) for name, value in event.metrics.items()]
-            epoch_rows.append(
+            rows.metrics += [(run_id, name, epoch, value) for name, value in event.metrics.items()]
+            rows.epochs.append(
                 (run_id, epoch, event.learning_rate, event.wall_time_s, event.steps,
                  event.samples_per_second, event.steps_per_second, at)
             )
@@ -123,6 +140,10 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
             run.promote("queued")
             run.set_first("queued_at", at)
             run.set(name=event.name, queue=event.queue, tags=json.dumps(event.tags) if event.tags else None)
+            rows.params += [(event.run_id, *param_row(k, v)) for k, v in event.params.items()]
+            if event.sweep is not None:
+                run.set(sweep_id=event.sweep.id)
+                _sweep_row(rows.sweeps, event.sweep, at)
         elif isinstance(event, ev.RunStarted):
             run.set_first("started_at", at)
             run.set(
@@ -132,8 +153,9 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
                 batch_size=event.batch_size, host=event.host,
                 tags=json.dumps(event.tags) if event.tags else None, data_fingerprint=event.data_fingerprint,
             )
+            rows.params += [(event.run_id, *param_row(k, v)) for k, v in event.params.items()]
         elif isinstance(event, ev.CheckpointSaved):
-            checkpoint_rows.append(
+            rows.checkpoints.append(
                 (event.run_id, event.epoch, event.path, event.monitor, event.value, event.size_bytes, event.sha256, at,
                  event.mode, event.source, event.batch)
             )
@@ -147,7 +169,7 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
             run.set(
                 finished_at=at, wall_time_s=event.wall_time_s, best_epoch=event.best_epoch,
                 best_value=event.best_value, monitor=event.monitor, mode=event.mode,
-                restored_best_weights=int(event.restored_best_weights),
+                restored_best_weights=int(event.restored_best_weights), status_reason=event.reason,
             )
             run.bump("epochs_completed", event.epochs_completed)
         elif isinstance(event, ev.RunFailed):
@@ -156,7 +178,46 @@ def rows_for(batch: Sequence[Received]) -> tuple[list[tuple], list[tuple], list[
         run.bump("last_event_at", _utc(run.last_ts))
         if run.epochs:
             run.bump("epochs_completed", run.epochs)
-    return event_rows, metric_rows, epoch_rows, checkpoint_rows, runs
+    return rows
+
+
+def _sweep_row(sweeps: dict[str, dict[str, Any]], sweep: ev.SweepTrial, at: datetime) -> None:
+    row = sweeps.setdefault(sweep.id, {"id": sweep.id, "name": sweep.name, "spec": None, "created_at": at,
+                                       "trials": sweep.trials, "state": "queued"})
+    row["created_at"] = min(row["created_at"], at)
+    if sweep.spec is not None:
+        row["spec"] = json.dumps(sweep.spec)
+
+
+def _upsert_sweeps(conn: Connection, sweeps: dict[str, dict[str, Any]]) -> None:
+    if not sweeps:
+        return
+    table = SqlSweep.__table__
+    insert = bulk.upsert_insert(conn, table)
+    current, excluded = table.c, insert.excluded
+    statement = insert.on_conflict_do_update(
+        index_elements=[current.id],
+        set_={"spec": sa.func.coalesce(current.spec, excluded.spec), "created_at": sa.func.coalesce(current.created_at, excluded.created_at)},
+    )
+    conn.execute(statement, [sweeps[k] for k in sorted(sweeps)])
+
+
+#: A sweep's state from its trials' rows: cancelled once `fitstream cancel SWEEP` cancelled a trial
+#: and every trial ended, finished once every trial ended, running once one left the queue.
+_SWEEP_STATE = sa.text(f"""
+UPDATE sweeps SET state = CASE
+  WHEN (SELECT count(*) FROM runs WHERE runs.sweep_id = sweeps.id AND runs.status IN ({", ".join(f"'{s}'" for s in ev.TERMINAL_STATUSES)})) >= sweeps.trials
+    THEN CASE WHEN EXISTS (SELECT 1 FROM runs WHERE runs.sweep_id = sweeps.id AND runs.status = 'cancelled'
+                           AND runs.status_reason = :cancelled_reason) THEN 'cancelled' ELSE 'finished' END
+  WHEN EXISTS (SELECT 1 FROM runs WHERE runs.sweep_id = sweeps.id AND runs.status <> 'queued') THEN 'running'
+  ELSE 'queued' END
+WHERE sweeps.id IN (SELECT DISTINCT sweep_id FROM runs WHERE sweep_id IS NOT NULL AND run_id IN :run_ids)
+""").bindparams(sa.bindparam("run_ids", expanding=True))
+
+
+def _update_sweep_states(conn: Connection, run_ids: Sequence[str]) -> None:
+    if run_ids:
+        conn.execute(_SWEEP_STATE, {"run_ids": list(run_ids), "cancelled_reason": SWEEP_CANCELLED_REASON})
 
 
 def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
@@ -191,12 +252,15 @@ def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
 
 def write_batch(conn: Connection, batch: Sequence[Received]) -> None:
     """All of a batch's rows, in the caller's transaction."""
-    event_rows, metric_rows, epoch_rows, checkpoint_rows, runs = rows_for(batch)
-    _upsert_runs(conn, runs)
-    bulk.insert_ignore(conn, "events", EVENT_COLUMNS, event_rows)
-    bulk.insert_ignore(conn, "epoch_metrics", METRIC_COLUMNS, metric_rows)
-    bulk.insert_ignore(conn, "epochs", EPOCH_COLUMNS, epoch_rows)
-    bulk.insert_ignore(conn, "checkpoints", CHECKPOINT_COLUMNS, checkpoint_rows)
+    rows = rows_for(batch)
+    _upsert_sweeps(conn, rows.sweeps)
+    _upsert_runs(conn, rows.runs)
+    bulk.insert_ignore(conn, "events", EVENT_COLUMNS, rows.events)
+    bulk.insert_ignore(conn, "epoch_metrics", METRIC_COLUMNS, rows.metrics)
+    bulk.insert_ignore(conn, "epochs", EPOCH_COLUMNS, rows.epochs)
+    bulk.insert_ignore(conn, "checkpoints", CHECKPOINT_COLUMNS, rows.checkpoints)
+    bulk.insert_ignore(conn, "params", PARAM_COLUMNS, rows.params)
+    _update_sweep_states(conn, sorted(rows.sweep_state_moves))
 
 
 class Recorder:

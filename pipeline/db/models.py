@@ -19,6 +19,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from pipeline.events import RUN_STATUSES, TERMINAL_STATUSES  # noqa: F401  (decided in events.py)
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -27,8 +29,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-RUN_STATUSES = ("queued", "running", "completed", "early_stopped", "failed", "cancelled")
-TERMINAL_STATUSES = ("completed", "early_stopped", "failed", "cancelled")
 
 
 class Base(DeclarativeBase):
@@ -64,12 +64,44 @@ class SqlRun(Base):
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     queue: Mapped[str | None] = mapped_column(String(64))
     data_fingerprint: Mapped[str | None] = mapped_column(String(80))
+    #: The sweep this run is a trial of (``sweeps.id``), if any.
+    sweep_id: Mapped[str | None] = mapped_column(String(64))
+    #: Why a run was cancelled or pruned (e.g. the median it fell behind).
+    status_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
+        Index("ix_runs_sweep_id", "sweep_id"),
         Index("ix_runs_name_started_at", "name", "started_at"),
         Index("ix_runs_status", "status"),
         Index("ix_runs_monitor_best_value", "monitor", "best_value"),
     )
+
+
+class SqlParam(Base):
+    """One parameter of one run (``pipeline.params``): the text, and the number when it is one."""
+
+    __tablename__ = "params"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text)
+    value_num: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_params_key_value_num", "key", "value_num"),)
+
+
+class SqlSweep(Base):
+    """One sweep (``pipeline.sweeps``): its section of the job file, its trial count, and its state:
+    queued, running, finished (every trial ended) or cancelled (``fitstream cancel SWEEP``)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    spec: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    trials: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
 
 
 class SqlEpochMetric(Base):

@@ -32,6 +32,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from pipeline import events as ev
 from pipeline.consumers.base import default_consumer_name
 from pipeline.consumers.load_check import KerasLoadCheck, file_identity
 from pipeline.db.bulk import upsert_insert
@@ -143,7 +144,7 @@ def promote_run(
 
     Raises:
         PromotionRefused: no intact checkpoint, not loadable by Keras, the run failed or was
-            cancelled (without ``force``), or the store refused (full, not writable).
+            cancelled or pruned (without ``force``), or the store refused (full, not writable).
     """
     with transaction(engine) as conn:
         run = conn.execute(sa.select(SqlPromoterRun.__table__).where(SqlPromoterRun.run_id == run_id)).first()
@@ -154,7 +155,7 @@ def promote_run(
     model_name = name or (json.loads(run.settings or "{}").get("name") if run else None) or (run.name if run else None)
     if not model_name:
         raise PromotionRefused(f"run {run_id}: no model name known (no run_started/run_queued event seen)")
-    if run is not None and run.status in ("failed", "cancelled") and not force:
+    if run is not None and run.status in ("failed", *ev.STOPPED_FROM_OUTSIDE) and not force:
         raise PromotionRefused(f"run {run_id} ended {run.status}; promote it anyway with --force")
     if not rows:
         raise PromotionRefused(
