@@ -103,6 +103,9 @@ class PruneSettings(_Strict):
     kind: Literal["median"] = "median"
     warmup_epochs: int = Field(default=0, ge=0)
     min_trials: int = Field(default=1, ge=1)
+    #: The metric compared; default: the trial's own monitored metric (its EarlyStopping's), else val_loss.
+    monitor: str | None = None
+    mode: Literal["min", "max"] | None = None
 
 
 class SweepSettings(_Strict):
@@ -151,6 +154,9 @@ class SweepSettings(_Strict):
                 parsed[key] = Distribution.model_validate(raw)
             except ValidationError as exc:
                 problem = exc.errors()[0]
+                if problem["type"] == "extra_forbidden":
+                    raise ValueError(f"{key}: unknown distribution {problem['loc'][-1]!r}; give exactly one of "
+                                     "uniform: [low, high], loguniform: [low, high], int: [low, high], choice: [...]") from None
                 raise ValueError(f"{key}: {problem['msg'].removeprefix('Value error, ')}") from None
         if len(parsed) == 2:
             raise ValueError("random: names no parameter to draw (keys besides trials and seed)")

@@ -51,8 +51,8 @@ def train(name: str, settings, learning_rate: float) -> str:
     # min_delta far above any real improvement: EarlyStopping fires after `patience` epochs.
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, min_delta=5.0, restore_best_weights=True)
     checkpoint = keras.callbacks.ModelCheckpoint(str(settings.home / f"{name}-{learning_rate}.keras"), monitor="val_loss", save_best_only=True)
-    publisher = EventPublisher(name=name, watch=[stop, checkpoint], settings=settings)
-    model.fit(x, y, validation_data=(x_val, y_val), epochs=10, batch_size=64, verbose=0, callbacks=[stop, checkpoint, publisher])
+    publisher = EventPublisher(name=name, watch=[stop, checkpoint], settings=settings, batch_size=32)
+    model.fit(x, y, validation_data=(x_val, y_val), epochs=10, batch_size=32, verbose=0, callbacks=[stop, checkpoint, publisher])
     assert stop.stopped_epoch == 2
     return publisher.run_id
 

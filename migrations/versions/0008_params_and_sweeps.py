@@ -1,5 +1,5 @@
 """Experiments: each run's parameters (``params``), sweeps (``sweeps``, ``runs.sweep_id``), why a run
-was cancelled or pruned (``runs.status_reason``), and the ``run_summary`` view.
+was cancelled or pruned (``runs.status_reason``), the pruner's own tables, and the ``run_summary`` view.
 
 ``run_summary`` is one row per run with its parameters as one JSON object. A later migration that
 rebuilds ``runs`` or ``params`` drops the view first and creates it again after.
@@ -60,11 +60,34 @@ def upgrade() -> None:
         sa.Column("state", sa.String(16), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_sweeps"),
     )
+    op.create_table(
+        "pruner_trials",
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("sweep_id", sa.String(64), nullable=False),
+        sa.Column("status", sa.String(32), nullable=False),
+        sa.Column("warmup_epochs", sa.Integer(), nullable=False),
+        sa.Column("min_trials", sa.Integer(), nullable=False),
+        sa.Column("monitor", sa.String(255)),
+        sa.Column("mode", sa.String(8)),
+        sa.PrimaryKeyConstraint("run_id", name="pk_pruner_trials"),
+    )
+    op.create_index("ix_pruner_trials_sweep_id_status", "pruner_trials", ["sweep_id", "status"])
+    op.create_table(
+        "pruner_values",
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("epoch", sa.Integer(), nullable=False),
+        sa.Column("sweep_id", sa.String(64), nullable=False),
+        sa.Column("value", sa.Float()),
+        sa.PrimaryKeyConstraint("run_id", "epoch", name="pk_pruner_values"),
+    )
+    op.create_index("ix_pruner_values_sweep_id_epoch", "pruner_values", ["sweep_id", "epoch"])
     op.execute(run_summary_sql(op.get_bind().dialect.name))
 
 
 def downgrade() -> None:
     op.execute("DROP VIEW run_summary")
+    op.drop_table("pruner_values")
+    op.drop_table("pruner_trials")
     op.drop_table("sweeps")
     op.drop_index("ix_params_key_value_num", table_name="params")
     op.drop_table("params")

@@ -247,7 +247,8 @@ class EventPublisher(keras.callbacks.Callback):
                 ev.RunStarted,
                 name=self.name,
                 **model_facts,
-                params=run_params(model_facts.get("optimizer"), self.run_params),
+                params=run_params(model_facts.get("optimizer"), self.run_params,
+                                  fit={"epochs": self.params.get("epochs") if self.params else None, "batch_size": self.batch_size}),
                 epochs=self.params.get("epochs") if self.params else None,
                 steps_per_epoch=self.params.get("steps") if self.params else None,
                 batch_size=self.batch_size,
@@ -524,13 +525,14 @@ class EventPublisher(keras.callbacks.Callback):
             self.fail(exc)
 
 
-def run_params(optimizer: dict[str, Any] | None, given: dict[str, Any]) -> dict[str, Any]:
-    """``run_started``'s parameters: the optimizer's class and Keras config under ``optimizer.``,
-    then what the caller gave (which wins on a clash)."""
-    found: dict[str, Any] = {}
+def run_params(optimizer: dict[str, Any] | None, given: dict[str, Any], *, fit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``run_started``'s parameters: ``fit.epochs`` and ``fit.batch_size`` (as a queued job's spec
+    names them), the optimizer's class and Keras config under ``optimizer.``, then what the caller
+    gave (which wins on a clash)."""
+    found: dict[str, Any] = {f"fit.{k}": v for k, v in (fit or {}).items() if v is not None}
     if optimizer:
         try:
-            found = flatten_params({"optimizer": {"class_name": optimizer.get("class_name"), **(optimizer.get("config") or {})}})
+            found.update(flatten_params({"optimizer": {"class_name": optimizer.get("class_name"), **(optimizer.get("config") or {})}}))
         except ParamsError as exc:
             log.warning("fitstream: the optimizer's config is not recorded as parameters: %s", exc)
     merged = {**found, **given}

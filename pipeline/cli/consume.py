@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from pipeline.bus import EventStream
+from pipeline.bus import EventStream, connect
 from pipeline.cli.plugins import ConsumeGroup
 from pipeline.config import get_settings
 from pipeline.consumers.base import ConsumerLoop
@@ -70,6 +70,24 @@ def promoter(consumer_name: str | None, exit_when_idle: float | None) -> None:
         if handler.load_check is not None:
             handler.load_check.close()
     click.echo(f"promoter {loop.consumer_name} stopped: {stats.processed} events", err=True)
+
+
+@consume.command()
+@click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
+@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
+def pruner(consumer_name: str | None, exit_when_idle: float | None) -> None:
+    """Stop sweep trials that fall behind their sweep (sweeps with `prune:`); they end `pruned`."""
+    from pipeline.consumers.pruner import Pruner
+    from pipeline.job_store import JobStore
+
+    settings = get_settings()
+    stream = EventStream(settings=settings)
+    loop = ConsumerLoop(Pruner(make_engine(settings.database_url), JobStore(connect(settings.redis_url))), stream,
+                        consumer_name=consumer_name)
+    loop.install_signal_handlers()
+    click.echo(f"pruner {loop.consumer_name} consuming {settings.stream} (group {loop.group})", err=True)
+    stats = loop.run(idle_exit_after=exit_when_idle)
+    click.echo(f"pruner {loop.consumer_name} stopped: {stats.processed} events", err=True)
 
 
 @consume.command("all")

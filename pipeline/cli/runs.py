@@ -63,6 +63,10 @@ def show(run: str, as_json: bool) -> None:
     )
     if r.error_type:
         console.print(f"[red]{r.error_type}: {r.error_message}[/red]")
+    if r.status_reason:
+        console.print(f"{r.status}: {r.status_reason}", markup=False)
+    if r.sweep_id:
+        console.print(f"trial of sweep {r.sweep_id} (fitstream sweep show {r.sweep_id})", markup=False)
     names = sorted({n for e in detail.epochs for n in e.metrics})
     columns = ["epoch", *names, "lr", "time_s"]
     rows = [(e.epoch, *(e.metrics.get(n) for n in names), e.learning_rate, e.wall_time_s) for e in detail.epochs]

@@ -26,6 +26,8 @@ class Run:
     error_type: str | None = None
     error_message: str | None = None
     data_fingerprint: str | None = None
+    status_reason: str | None = None
+    sweep_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -72,6 +72,7 @@ def list_sweeps(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
         out = []
         for sweep in sweeps:
             trials = _compared(conn, _sweep_run_ids(conn, sweep.id), None)
+            _ranked(trials, next((t.mode for t in trials if t.mode), None))  # marks the best
             ended = sum(1 for t in trials if t.status in _terminal())
             best = next((t for t in trials if t.best), None)
             out.append({
@@ -195,14 +196,15 @@ def _compared(conn: Connection, run_ids: Sequence[str], metric: str | None) -> l
             params=params.get(run_id, {}), status_reason=row.status_reason,
         )
         if metric is not None and (metric != row.monitor or row.best_value is None):
-            _best_from_epochs(conn, compared, metric)
+            _best_from_epochs(conn, compared, metric, run_monitor=row.monitor)
         out.append(compared)
     return out
 
 
-def _best_from_epochs(conn: Connection, compared: Compared, metric: str) -> None:
-    """The best value of ``metric`` over the run's recorded epochs, in its direction."""
-    mode = compared.mode if metric == compared.metric and compared.mode else None
+def _best_from_epochs(conn: Connection, compared: Compared, metric: str, *, run_monitor: str | None) -> None:
+    """The best value of ``metric`` over the run's recorded epochs, in its direction (the run's own
+    when ``metric`` is what its callbacks monitored, else the name's)."""
+    mode = compared.mode if metric == run_monitor else None
     try:
         rule = Monitor(metric, mode=mode or "auto")
     except ConfigurationError:

@@ -104,6 +104,35 @@ class SqlSweep(Base):
     state: Mapped[str] = mapped_column(String(16))
 
 
+class SqlPrunerTrial(Base):
+    """What the pruner knows about a sweep trial it may prune (see pipeline.consumers.pruner)."""
+
+    __tablename__ = "pruner_trials"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sweep_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    warmup_epochs: Mapped[int] = mapped_column(Integer)
+    min_trials: Mapped[int] = mapped_column(Integer)
+    monitor: Mapped[str | None] = mapped_column(String(255))
+    mode: Mapped[str | None] = mapped_column(String(8))
+
+    __table_args__ = (Index("ix_pruner_trials_sweep_id_status", "sweep_id", "status"),)
+
+
+class SqlPrunerValue(Base):
+    """A trial's monitored value at one epoch, the pruner's own copy."""
+
+    __tablename__ = "pruner_values"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_pruner_values_sweep_id_epoch", "sweep_id", "epoch"),)
+
+
 class SqlEpochMetric(Base):
     __tablename__ = "epoch_metrics"
 

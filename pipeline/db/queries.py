@@ -22,7 +22,7 @@ from pipeline.errors import ConfigurationError, RunNotFoundError
 RUN_FIELDS = (
     "run_id", "name", "status", "started_at", "finished_at", "epochs_completed", "best_epoch",
     "stopped_epoch", "monitor", "best_value", "mode", "model_name", "params_count", "wall_time_s",
-    "error_type", "error_message", "data_fingerprint",
+    "error_type", "error_message", "data_fingerprint", "status_reason", "sweep_id",
 )
 _RUNS = SqlRun.__table__
 _RUN_SELECT = sa.select(*(_RUNS.c[f] for f in RUN_FIELDS))
