@@ -60,6 +60,8 @@ RunStatus = Literal["completed", "early_stopped", "failed", "cancelled", "pruned
 #: ``pruned``: a sweep trial stopped early because it fell behind its sweep (see pipeline.pruning).
 RUN_STATUSES = ("queued", "running", "completed", "early_stopped", "failed", "cancelled", "pruned")
 TERMINAL_STATUSES = ("completed", "early_stopped", "failed", "cancelled", "pruned")
+#: A run that trained to its own end: what `submit --wait` and `watch` exit 0 for.
+SUCCESSFUL_STATUSES = ("completed", "early_stopped")
 #: Terminal statuses of a run that did not train to its own end: nothing of it is promoted.
 STOPPED_FROM_OUTSIDE = ("cancelled", "pruned")
 Mode = Literal["min", "max"]

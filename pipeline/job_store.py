@@ -42,6 +42,15 @@ class JobRecord:
     sweep_id: str | None = None  # the sweep this run is a trial of
 
 
+_COMPARE_AND_SET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class CancelRequest:
     status: str  # cancelled or pruned
@@ -65,6 +74,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, *, prefix: str = KEY_PREFIX) -> None:
         self.client = client
         self.prefix = prefix
+        self._compare_and_set = client.register_script(_COMPARE_AND_SET)
 
     def _key(self, kind: str, run_id: str) -> str:
         return f"{self.prefix}:{kind}:{run_id}"
@@ -115,7 +125,18 @@ class JobStore:
 
     # -- sweeps -----------------------------------------------------------------------------
     def save_sweep(self, sweep_id: str, record: SweepRecord) -> None:
-        self.client.set(self._key("sweep", sweep_id), json.dumps(record.__dict__), ex=JOB_TTL_S)
+        pipe = self.client.pipeline()
+        pipe.set(self._key("sweep", sweep_id), json.dumps(record.__dict__), ex=JOB_TTL_S)
+        pipe.sadd(self._key("sweeps", "open"), sweep_id)
+        pipe.execute()
+
+    def open_sweeps(self) -> list[str]:
+        """Sweeps that may still have trials waiting (a worker starting up releases them)."""
+        return sorted(raw.decode() for raw in self.client.smembers(self._key("sweeps", "open")))
+
+    def close_sweep(self, sweep_id: str) -> None:
+        """No trial of the sweep waits any more."""
+        self.client.srem(self._key("sweeps", "open"), sweep_id)
 
     def load_sweep(self, sweep_id: str) -> SweepRecord | None:
         raw = self.client.get(self._key("sweep", sweep_id))
@@ -135,6 +156,26 @@ class JobStore:
     def set_state(self, run_id: str, state: str) -> None:
         """The queue-side state (queued / running / finished) that `fitstream cancel` and `watch` read."""
         self.client.set(self._key("state", run_id), state, ex=JOB_TTL_S)
+
+    def move_state(self, run_id: str, expected: str, new: str) -> bool:
+        """Set the state to ``new`` only if it is still ``expected`` (one atomic step in Redis)."""
+        return bool(self._compare_and_set(keys=[self._key("state", run_id)], args=[expected, new, JOB_TTL_S]))
+
+    def attempts(self, run_id: str) -> int:
+        """How many training attempts of the run have started."""
+        raw = self.client.get(self._key("attempts", run_id))
+        return int(raw) if raw is not None else 0
+
+    def keep_alive(self, run_ids: list[str], sweep_id: str | None = None) -> None:
+        """Push back the expiry of these runs' records (and of their sweep's): a long sweep keeps
+        its waiting trials for as long as it runs, not a week from its submission."""
+        pipe = self.client.pipeline()
+        for run_id in run_ids:
+            for kind in ("job", "state", "attempts", "cancel"):
+                pipe.expire(self._key(kind, run_id), JOB_TTL_S)
+        if sweep_id is not None:
+            pipe.expire(self._key("sweep", sweep_id), JOB_TTL_S)
+        pipe.execute()
 
     def state(self, run_id: str) -> str | None:
         raw = self.client.get(self._key("state", run_id))

@@ -41,50 +41,53 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Par
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, checked against the bounds.
 
     Raises:
-        ParamsError: more than :data:`MAX_PARAMS` keys, a key or value too long, or a value that
-            is not JSON (a set, an object, …), each named.
+        ParamsError: more than :data:`MAX_PARAMS` keys, a key or value too long, two keys that
+            flatten to the same name, or a value that is not JSON (a set, an object, …), each named.
     """
-    flat: dict[str, ParamValue] = {}
-    _flatten(params, prefix, flat)
+    flat = _flatten_all(params, prefix)
     if len(flat) > MAX_PARAMS:
         raise ParamsError(f"{len(flat):,} parameters; a run may carry at most {MAX_PARAMS:,} (flatten less, or drop some)")
+    for key, value in flat.items():
+        if len(key) > MAX_KEY_LENGTH:
+            raise ParamsError(f"parameter name {key[:60]!r}… is {len(key)} characters; at most {MAX_KEY_LENGTH}")
+        if isinstance(value, str) and len(value) > MAX_VALUE_LENGTH:
+            raise ParamsError(f"parameter {key!r} is {len(value):,} characters long; at most {MAX_VALUE_LENGTH:,}")
     return flat
 
 
-def _flatten(node: Mapping[str, Any], prefix: str, flat: dict[str, ParamValue]) -> None:
+def _flatten_all(node: Mapping[str, Any], prefix: str, flat: dict[str, ParamValue] | None = None) -> dict[str, ParamValue]:
+    flat = {} if flat is None else flat
     if not isinstance(node, Mapping):
         raise ParamsError(f"parameters must be a mapping of names to values; got {type(node).__name__}")
     for raw_key, value in node.items():
         if not isinstance(raw_key, str) or not raw_key:
             raise ParamsError(f"parameter names must be non-empty text; got {raw_key!r} under {prefix or 'the top level'!r}")
         key = f"{prefix}{raw_key}"
-        if len(key) > MAX_KEY_LENGTH:
-            raise ParamsError(f"parameter name {key[:60]!r}… is {len(key)} characters; at most {MAX_KEY_LENGTH}")
         if isinstance(value, Mapping):
             if value:
-                _flatten(value, key + ".", flat)
+                _flatten_all(value, key + ".", flat)
             continue
-        if len(flat) > MAX_PARAMS:  # stop early on a huge mapping; the caller words the error
-            return
+        if key in flat:
+            raise ParamsError(f"parameter {key!r} is given twice (once as a dotted name, once nested)")
+        if len(flat) > 10 * MAX_PARAMS:  # enough to word the error; stop walking a huge mapping
+            break
         flat[key] = _scalar(key, value)
+    return flat
 
 
 def _scalar(key: str, value: Any) -> ParamValue:
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # a NumPy array or scalar
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         try:
-            value = json.dumps(list(value))
+            return json.dumps(list(value), allow_nan=False)
         except (TypeError, ValueError):
-            raise ParamsError(f"parameter {key!r}: a list of JSON values is allowed; got {value!r:.80}") from None
-    elif isinstance(value, float) and not math.isfinite(value):
-        value = repr(value)  # 'nan', 'inf': text, as JSON cannot carry them
-    elif not (value is None or isinstance(value, (str, int, float, bool))):
-        if hasattr(value, "item"):  # a NumPy scalar
-            value = value.item()
-        else:
-            raise ParamsError(f"parameter {key!r}: must be text, a number, true/false, null or a list; got {type(value).__name__}")
-    if isinstance(value, str) and len(value) > MAX_VALUE_LENGTH:
-        raise ParamsError(f"parameter {key!r} is {len(value):,} characters long; at most {MAX_VALUE_LENGTH:,}")
-    return value
+            raise ParamsError(f"parameter {key!r}: a list of JSON values (finite numbers) is allowed; got {value!r:.80}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")  # text: JSON cannot carry them
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise ParamsError(f"parameter {key!r}: must be text, a number, true/false, null or a list; got {type(value).__name__}")
 
 
 def param_row(key: str, value: ParamValue) -> tuple[str, str | None, float | None]:
@@ -95,7 +98,10 @@ def param_row(key: str, value: ParamValue) -> tuple[str, str | None, float | Non
     if isinstance(value, str):
         return key, value, None
     text = json.dumps(value)
-    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    except OverflowError:  # an integer beyond any float: text only
+        number = None
     return key, text, number if number is not None and math.isfinite(number) else None
 
 
@@ -104,8 +110,19 @@ def spec_params(spec_dump: Mapping[str, Any]) -> dict[str, ParamValue]:
     section but :data:`NOT_PARAMETERS`, flattened; a section that is off (``null``) is one
     ``null`` parameter, so that "runs without early stopping" is a query too.
 
+    A valid job is never refused for its parameters: past the bounds, a long value is cut (and says
+    so), a long name and the parameters after the first :data:`MAX_PARAMS` are left out.
+
     Example:
         >>> spec_params({"name": "x", "fit": {"epochs": 3}, "reduce_lr": None, "tags": {"a": "b"}})
         {'fit.epochs': 3, 'reduce_lr': None}
     """
-    return flatten_params({k: v for k, v in spec_dump.items() if k not in NOT_PARAMETERS})
+    flat = _flatten_all({k: v for k, v in spec_dump.items() if k not in NOT_PARAMETERS}, "")
+    kept: dict[str, ParamValue] = {}
+    for key, value in flat.items():
+        if len(kept) >= MAX_PARAMS or len(key) > MAX_KEY_LENGTH:
+            continue
+        if isinstance(value, str) and len(value) > MAX_VALUE_LENGTH:
+            value = value[: MAX_VALUE_LENGTH - 40] + f"… ({len(value):,} characters)"
+        kept[key] = value
+    return kept

@@ -18,6 +18,8 @@ import math
 import statistics
 from typing import Sequence
 
+from pipeline.monitor import Monitor
+
 
 def prune_reason(
     monitor: str, mode: str, *, epoch: int, value: float | None, finished: Sequence[float | None],
@@ -34,10 +36,8 @@ def prune_reason(
     if len(peers) < max(1, min_trials):
         return None
     median = statistics.median(peers)
-    if math.isnan(value):
-        worse = True
-    else:
-        worse = value < median if mode == "max" else value > median
+    # Worse: the median beats the trial's value by the one "better" rule (NaN is worse than any number).
+    worse = math.isnan(value) or Monitor(monitor, mode=mode).is_improvement(median, value)
     if not worse:
         return None
     trials = "trial" if len(peers) == 1 else "trials"

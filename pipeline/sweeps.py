@@ -73,6 +73,10 @@ class Distribution(_Strict):
         given = [k for k in ("uniform", "loguniform", "int_", "choice") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of uniform: [low, high], loguniform: [low, high], int: [low, high], choice: [...]")
+        for name in ("uniform", "loguniform"):
+            bounds = getattr(self, name)
+            if bounds is not None and not all(math.isfinite(b) for b in bounds):
+                raise ValueError(f"{name}: both ends must be finite numbers; got {list(bounds)}")
         for name in ("uniform", "loguniform", "int_"):
             bounds = getattr(self, name)
             if bounds is not None and not bounds[0] <= bounds[1]:
@@ -121,6 +125,9 @@ class SweepSettings(_Strict):
             _check_path(key)
             if not values:
                 raise ValueError(f"{key}: needs at least one value")
+            odd = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+            if odd:
+                raise ValueError(f"{key}: {odd[0]!r} is not a finite number (a job spec cannot carry it)")
         return value
 
     @model_validator(mode="after")
@@ -249,9 +256,10 @@ def parse_sweep(data: dict[str, Any], *, source: str = "job spec", allowed: tupl
         problems = [f"sweep.{'.'.join(str(p) for p in e['loc'][:1])}: {e['msg'].removeprefix('Value error, ')}"
                     if e["loc"] else f"sweep: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
         raise JobSpecError(problems, source) from None
+    count = math.prod(len(v) for v in settings.grid.values()) * (settings.random["trials"] if settings.random else 1)
+    if count > MAX_TRIALS:  # counted before any trial is made: a few lines may stand for billions
+        raise JobSpecError([f"sweep: makes {count:,} trials; at most {MAX_TRIALS:,} per sweep"], source)
     values = assignments(settings)
-    if len(values) > MAX_TRIALS:
-        raise JobSpecError([f"sweep: makes {len(values):,} trials; at most {MAX_TRIALS:,} per sweep"], source)
     trials, problems = [], []
     for index, assignment in enumerate(values):
         label = f"trial {index + 1} of {len(values)} ({', '.join(f'{k}={v!r}' for k, v in assignment.items())})"

@@ -192,9 +192,12 @@ def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str |
         if store.state(run_id) == "finished":  # a second delivery of a run that already ended
             log.warning("run %s has already finished; this delivery does not train it", run_id)
             return DUPLICATE
-        if store.cancel_requested(run_id):
+        request = store.cancel_request(run_id)
+        if request is not None:
             store.set_state(run_id, "finished")
-            return "cancelled"
+            if store.attempts(run_id) > 0:  # it trained before (the stop was asked while it ran, then it died)
+                _announce_stopped(run_id, request, settings=settings, attempt=store.next_attempt(run_id))
+            return request.status
         store.set_state(run_id, "running")
         attempt = store.next_attempt(run_id)
         return _train(spec, run_id, settings=settings, store=store, lease=lease, attempt=attempt)
@@ -242,6 +245,18 @@ def _train(spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, l
     finally:
         heartbeat.stopped.set()
     return status
+
+
+def _announce_stopped(run_id: str, request: Any, *, settings: Settings, attempt: int) -> None:
+    """``run_finished`` for a run whose stop was asked while it trained and whose process died before
+    it could stop: published by the delivery that finds the request, as the first (and only) event
+    of its attempt, so the run still ends ``cancelled`` or ``pruned`` with the reason."""
+    from pipeline.bus import EventStream
+
+    EventStream(settings=settings).publish([ev.build(
+        ev.RunFinished, run_id=run_id, seq=ev.attempt_first_seq(attempt), status=request.status,
+        epochs_completed=0, reason=request.reason,
+    )])
 
 
 def _seed_everything(seed: int) -> None:

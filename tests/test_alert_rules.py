@@ -66,6 +66,16 @@ def test_lifecycle_events():
     assert evaluate(rule, state, stopped)[1].event_id == transition.event_id == stopped.id
 
 
+def test_run_pruned_fires_for_a_pruned_trial_only():
+    rule = _rules({"name": "pruned", "on": ["run_pruned"], "channels": ["team"]}).rules[0]
+    reason = "pruned: val_loss 1.4 at epoch 3 is worse than the median 0.2 of 3 finished trials at that epoch"
+    pruned = ev.build(ev.RunFinished, run_id="r", seq=1_000_009, status="pruned", epochs_completed=4, reason=reason)
+    completed = ev.build(ev.RunFinished, run_id="q", seq=1_000_009, status="completed", epochs_completed=4)
+    _state, transition = evaluate(rule, RuleState(), pruned)
+    assert transition.state == "firing" and transition.summary == f"run finished: pruned after 4 epochs ({reason})"
+    assert evaluate(rule, RuleState(), completed)[1] is None
+
+
 def test_lifecycle_rules_fire_for_every_origin_whatever_the_sequence_watermark():
     """Issue 9, case 4: the promoter's events were numbered below the run's own and dropped as old."""
     rule = _rules({"name": "life", "on": ["early_stopped", "model_promoted"], "channels": ["team"]}).rules[0]

@@ -222,3 +222,54 @@ def test_a_spec_path_is_set_whatever_shape_the_job_file_gave_its_section():
     assert base["model"] == "examples.digits:build_model"  # the base is not changed
     with pytest.raises(ValueError, match="cannot set checkpoint.monitor: checkpoint is False in the job file, not a section"):
         apply(base, "checkpoint.monitor", "val_accuracy")
+
+
+def test_two_recorders_ending_the_last_two_trials_at_once_finish_the_sweep(engine, database_url):
+    """Review finding: on PostgreSQL a second recorder's sweep-state UPDATE, blocked by the first's,
+    counted trials from before the first committed, and the sweep stayed `running` for ever."""
+    import threading
+
+    sweep_id, a, b = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    record(engine, queued(a, sweep_id, 0, 8), queued(b, sweep_id, 1, 32), started(a), started(b))
+    first = engine.connect()
+    first_tx = first.begin()
+    write_batch(first, [received(finished(a, "completed", 0.5))])  # holds its locks, not committed yet
+    second_done = threading.Event()
+
+    def second() -> None:
+        with transaction(engine) as conn:
+            write_batch(conn, [received(finished(b, "completed", 0.4))])
+        second_done.set()
+
+    thread = threading.Thread(target=second, daemon=True)
+    thread.start()
+    if database_url.startswith("postgresql"):
+        assert not second_done.wait(1.0), "the second recorder should wait for the first's sweep row"
+    first_tx.commit()
+    first.close()
+    thread.join(timeout=30)
+    assert second_done.is_set()
+    assert state(engine, sweep_id) == "finished"
+
+
+def test_numbers_past_a_float_and_long_spec_values_are_kept_not_refused():
+    assert param_row("seed", 10**400) == ("seed", str(10**400), None)
+    params = spec_params({"name": "x", "model": {"fn": "m:f", "kwargs": {"classes": list(range(1000))}}})
+    assert params["model.kwargs.classes"].endswith("… (4,890 characters)") and len(params["model.kwargs.classes"]) <= 2000
+    with pytest.raises(ParamsError, match="'a.b' is given twice"):
+        flatten_params({"a.b": 1, "a": {"b": 2}})
+    import numpy as np
+
+    assert flatten_params({"w": np.array([1, 2]), "lr": np.float32(0.5), "bad": np.float64("nan")}) == {"w": "[1, 2]", "lr": 0.5, "bad": "NaN"}
+
+
+def test_grids_are_counted_before_they_are_made_and_hold_finite_numbers_only():
+    huge = "sweep:\n  grid: {" + ", ".join(f"model.kwargs.k{i}: [{', '.join(map(str, range(30)))}]" for i in range(8)) + "}\n"
+    with pytest.raises(JobSpecError, match="makes 656,100,000,000 trials; at most 1,000"):
+        parse_sweep_text(SWEEP + huge)  # eight keys of thirty values: refused without making one trial
+    with pytest.raises(JobSpecError, match="makes 3,000,000 trials"):
+        parse_sweep_text(SWEEP + "sweep:\n  random: {trials: 3000000, model.kwargs.x: {uniform: [0, 1]}}\n")
+    with pytest.raises(JobSpecError, match="nan is not a finite number"):
+        parse_sweep_text(SWEEP + "sweep:\n  grid: {model.kwargs.dropout: [0.1, .nan]}\n")
+    with pytest.raises(JobSpecError, match="both ends must be finite numbers"):
+        parse_sweep_text(SWEEP + "sweep:\n  random: {trials: 2, model.kwargs.x: {uniform: [-.inf, .inf]}}\n")

@@ -55,7 +55,7 @@ def test_tensorflow_only_where_training_happens():
 @pytest.mark.parametrize(
     "module",
     ["pipeline", "pipeline.cli.main", "pipeline.consumers.recorder", "pipeline.callbacks.spool", "pipeline.bus",
-     "pipeline.jobs", "pipeline.store", "pipeline.consumers.promoter", "pipeline.consumers.load_check", "pipeline.model_registry", "workers.celery_app", "workers.tasks", "workers.cli", "alerts.engine", "alerts.cli"],
+     "pipeline.jobs", "pipeline.store", "pipeline.consumers.promoter", "pipeline.consumers.load_check", "pipeline.consumers.pruner", "pipeline.sweeps", "pipeline.db.experiments", "pipeline.cli.experiments", "pipeline.model_registry", "workers.celery_app", "workers.tasks", "workers.cli", "alerts.engine", "alerts.cli"],
 )
 def test_cli_and_consumers_start_without_tensorflow(module):
     code = f"import sys, {module}; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"

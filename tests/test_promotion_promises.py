@@ -199,13 +199,18 @@ def test_a_cancelled_run_is_skipped_by_the_promoter_unless_its_job_forces_it(set
         _run_events("cancelled", "cancelled-model", plain, _keras_file(plain, 1), 0.1, finished="cancelled")
         + _run_events("cancelled-forced", "cancelled-model", forced, _keras_file(forced, 2), 0.2,
                       finished="cancelled", spec=forcing_spec.model_dump(mode="json", by_alias=True))
+        # A sweep trial the pruner stopped is refused the same way (issue 12).
+        + _run_events("pruned", "cancelled-model", tmp_path / "pruned.keras", _keras_file(tmp_path / "pruned.keras", 3), 0.05,
+                      finished="pruned")
     )
     with RunningPromoter(settings, engine, open_store(settings.model_store_url)) as running:
         [skipped] = _outcome(settings, "cancelled")
         [promoted] = _outcome(settings, "cancelled-forced")
+        [pruned] = _outcome(settings, "pruned")
         wait_for(lambda: _drained(stream), message="the promoter to consume everything")
     assert skipped.type == "promotion_skipped"
     assert "run cancelled ended cancelled; promote it anyway with --force" in skipped.reason
+    assert pruned.type == "promotion_skipped" and "run pruned ended pruned; promote it anyway with --force" in pruned.reason
     # The job's `promote: {force: true}` is the "unless the job says otherwise".
     assert promoted.type == "model_promoted" and (promoted.name, promoted.version) == ("cancelled-model", 1)
     registered = [(v["version"], v["run_id"]) for v in list_versions(engine, "cancelled-model")]

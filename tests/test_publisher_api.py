@@ -43,7 +43,8 @@ def readme_signature(name: str) -> inspect.Signature:
     args = ast.parse(f"def {name}({' '.join(found.group(1).split())}): pass").body[0].args
     parameters = []
     positional = args.posonlyargs + args.args
-    defaults = [inspect.Parameter.empty] * (len(positional) - len(args.defaults)) + [ast.literal_eval(d) for d in args.defaults]
+    required = len(positional) - len(args.defaults)
+    defaults = [inspect.Parameter.empty] * required + [ast.literal_eval(d) for d in args.defaults]
     for arg, default in zip(positional, defaults):
         parameters.append(inspect.Parameter(arg.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
     for arg, default in zip(args.kwonlyargs, args.kw_defaults):

@@ -121,3 +121,46 @@ def test_grant_reader_gives_the_reader_role_back_what_read_paths_need(settings, 
     assert _json.loads(run_cli("sql", "SELECT count(*) AS n FROM runs", "--json", env_extra=env).stdout) == [{"n": 0}]
     again = run_cli("db", "grant-reader", env_extra=env)  # idempotent
     assert again.returncode == 0
+
+
+def test_every_read_command_reads_as_the_reader_role(settings, engine, database_url):
+    """`runs`, `show`, `models`, `sweeps`, `sweep show` and `compare` go through the one read-only path:
+    on PostgreSQL as `fitstream_reader`. Take the reader's SELECT on `runs` away and each is refused;
+    the owner (the test's superuser) could still read, so a command that bypassed the path would pass."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("roles and grants are PostgreSQL's; SQLite's read-only file is checked above")
+    import json as _json
+
+    from pipeline import events as ev
+    from pipeline.consumers.base import Received
+    from pipeline.consumers.recorder import write_batch
+    from pipeline.db.readonly import READER_ROLE
+    from pipeline.db.session import transaction
+    from tests.conftest import run_cli, settings_env
+
+    event = ev.build(ev.RunQueued, run_id="r-reader", seq=0, name="reader", queue="gpu", params={"fit.epochs": 3},
+                     sweep=ev.SweepTrial(id="s-reader", name="reader", trial=0, trials=1, spec={"grid": {"fit.epochs": [3]}}))
+    with transaction(engine) as conn:
+        write_batch(conn, [Received("1-0", event, ev.encode(event)[ev.PAYLOAD_FIELD])])
+    env = settings_env(settings)
+    commands = [("runs", "--json"), ("show", "r-reader", "--json"), ("models", "--json"), ("sweeps", "--json"),
+                ("sweep", "show", "s-reader", "--json"), ("compare", "r-reader", "--json")]
+    for command in commands:
+        assert run_cli(*command, env_extra=env).returncode == 0, command
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"REVOKE SELECT ON runs FROM {READER_ROLE}")
+    try:
+        for command in commands:
+            refused = run_cli(*command, env_extra=env, check=False)
+            if command[0] == "models":  # models reads model_versions and model_aliases, not runs
+                assert refused.returncode == 0, refused.stderr
+                continue
+            assert refused.returncode == 1 and "permission denied" in refused.stderr, (command, refused.stderr)
+            assert "Traceback" not in refused.stderr, refused.stderr  # one line a user can act on
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"REVOKE SELECT ON model_versions FROM {READER_ROLE}")
+        refused = run_cli("models", "--json", env_extra=env, check=False)
+        assert refused.returncode == 1 and "permission denied" in refused.stderr, refused.stderr
+    finally:
+        run_cli("db", "grant-reader", env_extra=env)
+    assert _json.loads(run_cli("show", "r-reader", "--json", env_extra=env).stdout)["sweep_id"] == "s-reader"

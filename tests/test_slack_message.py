@@ -177,7 +177,8 @@ def test_a_rule_without_severity_is_a_warning_and_only_info_warning_critical_are
     parsed = parse_rules(_readme_rule_file())
     assert parsed.rules[0].severity == default == Rule.model_fields["severity"].default == "warning"
     for severity in allowed:
-        assert parse_rules({**_readme_rule_file(), "rules": [{**rule, "severity": severity}]}).rules[0].severity == severity
+        given = parse_rules({**_readme_rule_file(), "rules": [{**rule, "severity": severity}]})
+        assert given.rules[0].severity == severity
     with pytest.raises(RulesError, match="severity"):
         parse_rules({**_readme_rule_file(), "rules": [{**rule, "severity": "fatal"}]})
     assert sorted(allowed) == ["critical", "info", "warning"]
@@ -191,7 +192,8 @@ def test_a_channel_without_rate_per_minute_sends_at_most_60_a_minute():
     assert {name: c.rate_per_minute for name, c in rules.channels.items()} == {"team-slack": 60, "ops": 60}
     channels = build_channels(rules, {"SLACK_WEBHOOK_URL": URL, "OPS_WEBHOOK_URL": URL, "OPS_WEBHOOK_SECRET": "s"})
     # What the deliverer waits between two sends of a channel: 60 s / rate.
-    assert {name: c._limit.interval for name, c in channels.items()} == {"team-slack": 60 / documented, "ops": 60 / documented}
+    intervals = {name: c._limit.interval for name, c in channels.items()}
+    assert intervals == {"team-slack": 60 / documented, "ops": 60 / documented}
     assert SlackChannel("a", url=URL)._limit.interval == WebhookChannel("b", url=URL)._limit.interval == 60 / documented
 
 
@@ -237,4 +239,5 @@ def test_delivered_at_is_set_when_the_alert_is_delivered_and_not_before(settings
     assert (delivered.status, delivered.attempts, delivered.last_error) == ("delivered", 2, None)
     assert delivered.delivered_at is not None
     assert _utc(decided.created_at) <= before <= _utc(delivered.delivered_at) <= after
-    assert len(slack.accepted) == 1 and slack.accepted[0]["json"]["blocks"][0]["text"]["text"] == "🚨 val-loss-high — firing"
+    [sent] = slack.accepted
+    assert sent["json"]["blocks"][0]["text"]["text"] == "🚨 val-loss-high — firing"

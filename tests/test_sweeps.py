@@ -214,3 +214,26 @@ def test_a_trial_that_falls_behind_is_pruned_while_the_good_ones_finish(settings
                 if e.run_id == run_ids[2] and e.type == "run_finished"]
     assert [(e.status, e.reason) for e in finished] == [("pruned", reason)]
     assert query(engine, "SELECT state FROM sweeps WHERE id = :s", s=sweep_id) == [("finished",)]
+
+
+def test_a_trial_whose_training_process_is_killed_still_hands_its_place_on(settings, engine, job_env, queue_name, start_worker, tmp_path, database_url):
+    """Nothing about a sweep lives in a process: the first trial's training process is SIGKILLed
+    mid-epoch (its task never returns); Celery delivers it again, it resumes, and its end queues
+    the next trial."""
+    _sqlite_only(database_url)
+    marker = tmp_path / "killed-once"
+    spec = write(tmp_path, "killed", f"fit: {{epochs: 3}}\ncallbacks: [{{class: 'tests.job_fixtures:KillOnce', "
+                                     f"kwargs: {{epoch: 1, marker: '{marker}'}}}}]\n"
+                                     "sweep:\n  grid:\n    model.kwargs.hidden: [8, 16]\n  max_parallel: 1\n")
+    submitted = json.loads(run_cli("submit", spec, "--queue", queue_name, "--json", env_extra=job_env).stdout)
+    run_ids = submitted["run_ids"]
+    assert states(settings, run_ids) == ["queued", "waiting"]
+    with RecorderThread(settings, engine):
+        start_worker()
+        wait_for(lambda: terminal(engine, run_ids), timeout=300, message="both trials ended")
+    assert marker.exists()  # the kill happened
+    rows = {r[0]: r[1:] for r in query(engine, "SELECT run_id, status, epochs_completed, tags FROM runs WHERE sweep_id = :s",
+                                       s=submitted["sweep_id"])}
+    assert [rows[r][:2] for r in run_ids] == [("completed", 3), ("completed", 3)]
+    assert json.loads(rows[run_ids[0]][2])["attempt"] == "2" and json.loads(rows[run_ids[1]][2])["attempt"] == "1"
+    assert states(settings, run_ids) == ["finished", "finished"]

@@ -131,8 +131,13 @@ def test_worker_killed_mid_run_is_resumed_by_another_worker(settings, engine, jo
     starts = [e for e in events if e.type == "run_started"]
     assert len(starts) == 2 and starts[1].tags["attempt"] == "2"
     epochs = [e.epoch for e in events if e.type == "epoch_end"]
-    assert sorted(epochs) == list(range(12)), "every epoch exactly once across both workers"
-    assert min(e.epoch for e in events if e.type == "epoch_end" and e.seq >= 2_000_000) == done_before  # resumed, not restarted
+    assert sorted(set(epochs)) == list(range(12)), "every epoch trained, across both workers"
+    # Resumed, not restarted: from the last snapshot — after the last epoch published before the kill,
+    # or, when the kill fell between publishing an epoch and snapshotting it, at that epoch again
+    # (then, and only then, one epoch was trained twice and is in the stream twice).
+    resumed_from = min(e.epoch for e in events if e.type == "epoch_end" and e.seq >= 2_000_000)
+    assert resumed_from in (done_before - 1, done_before)
+    assert len(epochs) == 12 + (done_before - resumed_from)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
         assert conn.execute(sa.text("SELECT count(*) FROM epochs WHERE run_id = :r"), {"r": run_id}).scalar() == 12

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from kombu import Queue as KombuQueue
 
 from pipeline.config import Settings, get_settings
@@ -79,6 +79,23 @@ def _warm_child(**_kwargs: object) -> None:
     """
     if get_settings().worker_preload:
         import pipeline.training  # noqa: F401
+
+
+@worker_ready.connect
+def _release_open_sweeps(**_kwargs: object) -> None:
+    """Queue the waiting trials of open sweeps that have room when a worker starts: a sweep whose
+    release was interrupted (its submit or a trial's process killed at the wrong moment) goes on."""
+    import logging
+
+    from workers.submit import release_open_sweeps
+
+    try:
+        released = release_open_sweeps()
+    except Exception as exc:  # Redis away: the next trial to end releases them
+        logging.getLogger(__name__).warning("could not release the waiting trials of open sweeps: %s", exc)
+        return
+    if released:
+        logging.getLogger(__name__).info("queued %d waiting sweep trial(s) at start-up", released)
 
 
 app = make_app()

@@ -11,6 +11,7 @@ import time
 
 import click
 
+from pipeline import events as ev
 from pipeline.bus import EventStream, connect
 from pipeline.cli.output import print_json, print_rows
 from pipeline.config import get_settings
@@ -65,7 +66,8 @@ def submit(spec: str, queue: str | None, wait: bool, timeout: float | None, as_j
             for event in follow_run(EventStream(settings=settings), run_id, start_id=start_id, timeout=left):
                 final = event
             statuses[run_id] = final.status if final is not None and final.type == "run_finished" else "unknown"
-        fine = ("completed", "early_stopped") if len(run_ids) == 1 and "run_id" in result else ("completed", "early_stopped", "pruned")
+        # A sweep's trial may end pruned: that is the sweep working, not a failure.
+        fine = ev.SUCCESSFUL_STATUSES if "run_id" in result else (*ev.SUCCESSFUL_STATUSES, "pruned")
         ok = all(status in fine for status in statuses.values())
         if "run_id" in result:
             result["status"] = statuses[run_ids[0]]

@@ -17,7 +17,7 @@ from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigurationError, RunNotFoundError
 from pipeline.job_store import JobStore, SweepRecord
 from pipeline.jobs import JobSpec, JobSpecError, check_importable
-from pipeline.params import spec_params
+from pipeline.params import ParamsError, spec_params
 from pipeline.sweeps import SWEEP_CANCELLED_REASON, Sweep
 from workers.celery_app import TRAIN_TASK, make_app
 
@@ -47,9 +47,14 @@ QUEUES_USED_KEY = "fitstream:queues"
 
 def _run_queued(spec: JobSpec, run_id: str, queue: str, sweep: ev.SweepTrial | None = None) -> ev.RunQueued:
     dump = spec.model_dump(mode="json", by_alias=True)
+    try:
+        params = spec_params(dump)
+    except ParamsError as exc:
+        where = f"trial {sweep.trial + 1}: " if sweep is not None else ""
+        raise JobSpecError([f"{where}{exc}"]) from None
     return ev.build(
         ev.RunQueued, run_id=run_id, seq=ev.QUEUED_SEQ, name=spec.name, queue=queue, spec=dump, tags=spec.tags,
-        params=spec_params(dump), sweep=sweep,
+        params=params, sweep=sweep,
     )
 
 
@@ -59,11 +64,12 @@ def submit_job(spec: JobSpec, *, queue: str | None = None, settings: Settings | 
     _check(spec, settings)
     queue = queue or spec.queue
     run_id = uuid.uuid4().hex
+    event = _run_queued(spec, run_id, queue)  # made (and its parameters checked) before anything is written
     client = connect(settings.redis_url)
     store = JobStore(client)
     store.save(run_id, spec, queue=queue)
     store.set_state(run_id, "queued")
-    stream_id = EventStream(client=client, settings=settings).publish([_run_queued(spec, run_id, queue)])[0]
+    stream_id = EventStream(client=client, settings=settings).publish([event])[0]
     connect(settings.celery_broker_url).sadd(QUEUES_USED_KEY, queue)  # so that `fitstream status` lists it
     make_app(settings).send_task(TRAIN_TASK, args=[run_id], task_id=run_id, queue=queue)
     return Submitted(run_id, queue, stream_id)
@@ -93,17 +99,19 @@ def submit_sweep(sweep: Sweep, *, queue: str | None = None, settings: Settings |
     queue = queue or sweep.trials[0].spec.queue
     sweep_id = uuid.uuid4().hex
     run_ids = tuple(uuid.uuid4().hex for _ in sweep.trials)
+    section = sweep.settings.as_json()
+    events = [  # made (and their parameters checked) before anything is written
+        _run_queued(trial.spec, run_id, queue, ev.SweepTrial(id=sweep_id, name=sweep.name, trial=trial.index, trials=len(run_ids), spec=section))
+        for run_id, trial in zip(run_ids, sweep.trials)
+    ]
     client = connect(settings.redis_url)
     store = JobStore(client)
     for run_id, trial in zip(run_ids, sweep.trials):
         store.save(run_id, trial.spec, queue=queue, sweep_id=sweep_id)
         store.set_state(run_id, "waiting")
+    # Open from here on: should this process die before it queues the first trials, the next worker
+    # to start queues them (release_open_sweeps).
     store.save_sweep(sweep_id, SweepRecord(sweep.name, list(run_ids), queue, sweep.settings.max_parallel, time.time()))
-    section = sweep.settings.as_json()
-    events = [
-        _run_queued(trial.spec, run_id, queue, ev.SweepTrial(id=sweep_id, name=sweep.name, trial=trial.index, trials=len(run_ids), spec=section))
-        for run_id, trial in zip(run_ids, sweep.trials)
-    ]
     stream_ids = EventStream(client=client, settings=settings).publish(events)
     connect(settings.celery_broker_url).sadd(QUEUES_USED_KEY, queue)
     queued_now = release_trials(sweep_id, settings=settings)
@@ -126,24 +134,39 @@ def release_trials(sweep_id: str, *, settings: Settings | None = None) -> int:
         states = [(run_id, store.state(run_id)) for run_id in record.run_ids]
         active = sum(1 for _, state in states if state in ("queued", "running"))
         limit = record.max_parallel or len(record.run_ids)
-        for run_id, state in states:
-            if active >= limit:
-                break
-            if state != "waiting":
-                continue
-            # Sent first, then marked: a crash in between sends it again on the next call, and the
-            # second delivery of a run that is training or has ended does not train (run_job).
+        waiting = [run_id for run_id, state in states if state == "waiting"]
+        for run_id in waiting[: max(0, limit - active)]:
+            # Sent first, then marked — only if still waiting (the worker may have taken it already):
+            # a crash in between sends it again on the next call, and the second delivery of a run
+            # that is training or has ended does not train (run_job).
             app.send_task(TRAIN_TASK, args=[run_id], task_id=run_id, queue=record.queue)
-            store.set_state(run_id, "queued")
-            active += 1
+            store.move_state(run_id, "waiting", "queued")
             released += 1
+        if released == len(waiting):
+            store.close_sweep(sweep_id)
+        store.keep_alive([run_id for run_id, state in states if state != "finished"], sweep_id)
+    return released
+
+
+def release_open_sweeps(*, settings: Settings | None = None) -> int:
+    """Queue the waiting trials of every open sweep that has room: what a worker does when it
+    starts, so that a sweep whose release was interrupted (a submit or a job killed at the wrong
+    moment, Redis away when a trial ended) goes on."""
+    settings = settings or get_settings()
+    store = JobStore(connect(settings.redis_url))
+    released = 0
+    for sweep_id in store.open_sweeps():
+        if store.load_sweep(sweep_id) is None:
+            store.close_sweep(sweep_id)  # expired
+            continue
+        released += release_trials(sweep_id, settings=settings)
     return released
 
 
 def release_waiting_trials(run_id: str, *, settings: Settings | None = None) -> int:
     """After run ``run_id`` ended: queue the next waiting trials of its sweep, if it is a trial.
     Never raises (the run's own outcome is what the task reports); a failure is logged, and the
-    next trial to end, or ``fitstream sweep release``, queues them."""
+    next trial to end, or the next worker to start, queues them."""
     settings = settings or get_settings()
     try:
         sweep_id = JobStore(connect(settings.redis_url)).sweep_of(run_id)
@@ -196,8 +219,12 @@ def _cancel_sweep(sweep_id: str, sweep: SweepRecord, store: JobStore, settings: 
         for run_id in sweep.run_ids:
             if store.state(run_id) in (None, "finished"):
                 continue
-            outcome = _cancel_run(run_id, store, settings, reason=SWEEP_CANCELLED_REASON)
+            try:
+                outcome = _cancel_run(run_id, store, settings, reason=SWEEP_CANCELLED_REASON)
+            except (ConfigurationError, RunNotFoundError):  # it ended (or expired) a moment ago
+                continue
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        store.close_sweep(sweep_id)
     if not outcomes:
         raise ConfigurationError(f"every trial of sweep {sweep_id} has already finished; nothing to cancel")
     return ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))

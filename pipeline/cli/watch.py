@@ -44,7 +44,7 @@ def watch(run: str, timeout: float | None, as_json: bool) -> None:
         final = _watch_rich(stream, run, start, timeout)
     if final is None or final.type != "run_finished":
         raise click.ClickException(f"run {run} did not finish within {timeout}s" if timeout else f"run {run} ended without run_finished")
-    sys.exit(0 if final.status in ("completed", "early_stopped") else 1)
+    sys.exit(0 if final.status in ev.SUCCESSFUL_STATUSES else 1)
 
 
 def _watch_rich(stream: EventStream, run: str, start: str, timeout: float | None) -> ev.Event | None:

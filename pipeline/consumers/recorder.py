@@ -215,9 +215,21 @@ WHERE sweeps.id IN (SELECT DISTINCT sweep_id FROM runs WHERE sweep_id IS NOT NUL
 """).bindparams(sa.bindparam("run_ids", expanding=True))
 
 
+_LOCK_SWEEPS = sa.text(
+    "SELECT id FROM sweeps WHERE id IN (SELECT DISTINCT sweep_id FROM runs WHERE sweep_id IS NOT NULL AND run_id IN :run_ids) "
+    "ORDER BY id FOR UPDATE"
+).bindparams(sa.bindparam("run_ids", expanding=True))
+
+
 def _update_sweep_states(conn: Connection, run_ids: Sequence[str]) -> None:
-    if run_ids:
-        conn.execute(_SWEEP_STATE, {"run_ids": list(run_ids), "cancelled_reason": SWEEP_CANCELLED_REASON})
+    if not run_ids:
+        return
+    if conn.dialect.name == "postgresql":
+        # Two recorders ending two trials of one sweep at once: the second waits here for the first
+        # to commit, so that its UPDATE (a new snapshot, under READ COMMITTED) counts both trials.
+        # SQLite needs nothing: one writer at a time.
+        conn.execute(_LOCK_SWEEPS, {"run_ids": list(run_ids)})
+    conn.execute(_SWEEP_STATE, {"run_ids": list(run_ids), "cancelled_reason": SWEEP_CANCELLED_REASON})
 
 
 def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
