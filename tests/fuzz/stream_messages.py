@@ -32,6 +32,7 @@ from types import UnionType
 from typing import Any
 
 import annotated_types
+import pydantic
 from hypothesis import strategies as st
 
 from pipeline import events as ev
@@ -370,6 +371,8 @@ def _shape(annotation: Any) -> str:
         return "dict"
     if origin is list:
         return "list"
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return "model"  # a nested object of its own schema (run_queued's sweep)
     return {int: "int", float: "float", bool: "bool", str: "str"}[annotation]
 
 
@@ -382,6 +385,7 @@ WRONG = {
     "dict": [[], "x", 3],
     "list": [{}, "x", 3],
     "literal": ["no-such-value", 3, []],
+    "model": [[], "x", 3, {}],  # {}: its required fields missing
 }
 
 
