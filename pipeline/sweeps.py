@@ -189,6 +189,8 @@ def _check_path(key: str) -> None:
     parts = key.split(".")
     if not key or any(not p for p in parts) or parts[0] == "sweep":
         raise ValueError(f"{key!r} is not a spec path; use dotted keys such as model.kwargs.hidden or fit.batch_size")
+    if parts[0] in ("name", "queue"):  # one sweep, one name (its trials are compared by it), one queue
+        raise ValueError(f"{key!r} cannot vary within a sweep: its trials share the job's name and queue")
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,7 @@ def test_sweep_expansion_grid_random_and_their_errors():
         "random: {trials: 2, model.kwargs.lr: {uniform: [1, 0]}}": "low must not be above high",
         "random: {trials: 2, model.kwargs.lr: {normal: [0, 1]}}": "give exactly one of uniform",
         "grid: {sweep.max_parallel: [1]}": "is not a spec path",
+        "grid: {queue: [gpu, cpu]}": "'queue' cannot vary within a sweep",
         "max_parallel: 2": "a sweep needs grid: and/or random: parameters",
         "grid: {fit.epochs: [1]}\n  max_parallel: 0": "max_parallel",
         "grid: {a.b: [1]}\n  prune: {kind: mean}": "prune",
