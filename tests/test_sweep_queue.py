@@ -5,6 +5,8 @@ trained, and whose process then died, still ends with that status and reason."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import redis
 
@@ -29,10 +31,11 @@ def _sweep(settings, queue_name):
 def test_the_release_marks_queued_only_a_trial_that_still_waits(settings, queue_name, database_url):
     _once(database_url)
     store = JobStore(redis.Redis.from_url(settings.redis_url))
-    store.set_state("cas-run", "waiting")
-    assert store.move_state("cas-run", "waiting", "queued") and store.state("cas-run") == "queued"
-    store.set_state("cas-run", "running")  # the worker took it between send_task and the mark
-    assert not store.move_state("cas-run", "waiting", "queued") and store.state("cas-run") == "running"
+    cas_run = uuid.uuid4().hex
+    store.set_state(cas_run, "waiting")
+    assert store.move_state(cas_run, "waiting", "queued") and store.state(cas_run) == "queued"
+    store.set_state(cas_run, "running")  # the worker took it between send_task and the mark
+    assert not store.move_state(cas_run, "waiting", "queued") and store.state(cas_run) == "running"
 
 
 def test_an_interrupted_release_is_finished_by_the_next_worker_to_start(settings, queue_name, database_url):
@@ -82,19 +85,20 @@ def test_a_run_stopped_while_it_trained_and_then_killed_still_ends_with_its_stat
     from pipeline.training import run_job
 
     store = JobStore(redis.Redis.from_url(settings.redis_url))
+    stopped, never = uuid.uuid4().hex, uuid.uuid4().hex  # fresh ids: attempt counters live in the shared Redis
     spec = load_spec_text("name: p\nmodel: examples.digits:build_model\ndata: examples.digits:load_data\n")
-    store.save("stopped-run", spec)
-    store.set_state("stopped-run", "running")  # attempt 1 trained, then its process was killed…
-    store.next_attempt("stopped-run")
-    store.request_cancel("stopped-run", status="pruned", reason="pruned: behind the median")  # …after the pruner asked
-    assert run_job("stopped-run", settings=settings) == "pruned"
+    store.save(stopped, spec)
+    store.set_state(stopped, "running")  # attempt 1 trained, then its process was killed…
+    store.next_attempt(stopped)
+    store.request_cancel(stopped, status="pruned", reason="pruned: behind the median")  # …after the pruner asked
+    assert run_job(stopped, settings=settings) == "pruned"
     events = [ev.decode(f) for _i, f in redis.Redis.from_url(settings.redis_url).xrange(settings.stream)]
     assert [(e.type, e.status, e.reason, e.seq) for e in events] == [
         ("run_finished", "pruned", "pruned: behind the median", ev.attempt_first_seq(2))]
-    assert store.state("stopped-run") == "finished"
+    assert store.state(stopped) == "finished"
     # A cancel asked before it ever started: `fitstream cancel` announced it; the delivery adds nothing.
-    store.save("never-ran", spec)
-    store.set_state("never-ran", "queued")
-    store.request_cancel("never-ran")
-    assert run_job("never-ran", settings=settings) == "cancelled"
+    store.save(never, spec)
+    store.set_state(never, "queued")
+    store.request_cancel(never)
+    assert run_job(never, settings=settings) == "cancelled"
     assert len(redis.Redis.from_url(settings.redis_url).xrange(settings.stream)) == 1
