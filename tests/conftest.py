@@ -107,20 +107,31 @@ def engine(settings: Settings) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-class RecorderThread:
-    """A real recorder (consumer group, real Redis, real database) running in a thread."""
+class ConsumerThread:
+    """A real consumer (its consumer group, real Redis, real database) running ``handler`` in a thread."""
 
-    def __init__(self, settings: Settings, engine: sa.Engine, name: str = "test-recorder") -> None:
-        self.loop = ConsumerLoop(Recorder(engine), EventStream(settings=settings), consumer_name=name)
+    def __init__(self, handler: object, settings: Settings, name: str) -> None:
+        self.loop = ConsumerLoop(handler, EventStream(settings=settings), consumer_name=name)
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
 
-    def __enter__(self) -> "RecorderThread":
+    def __enter__(self) -> "ConsumerThread":
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.loop.stop_event.set()
         self.thread.join(timeout=30)
+
+
+class RecorderThread(ConsumerThread):
+    """A real recorder (consumer group, real Redis, real database) running in a thread."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine, name: str = "test-recorder") -> None:
+        super().__init__(Recorder(engine), settings, name)
+
+    def __enter__(self) -> "RecorderThread":
+        self.thread.start()
+        return self
 
 
 @pytest.fixture

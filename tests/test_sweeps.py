@@ -6,18 +6,15 @@ the good ones finish."""
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import redis
 import sqlalchemy as sa
 
 from pipeline import events as ev
-from pipeline.bus import EventStream
-from pipeline.consumers.base import ConsumerLoop
 from pipeline.consumers.pruner import Pruner
 from pipeline.job_store import JobStore
-from tests.conftest import RecorderThread, run_cli, wait_for
+from tests.conftest import ConsumerThread, RecorderThread, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -53,19 +50,9 @@ def terminal(engine, run_ids) -> bool:
     return bool(found) and ended >= len(run_ids)
 
 
-class PrunerThread:
-    def __init__(self, settings, engine):
-        stream = EventStream(settings=settings)
-        self.loop = ConsumerLoop(Pruner(engine, JobStore(stream.client)), stream, consumer_name="pruner-test")
-        self.thread = threading.Thread(target=self.loop.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.loop.stop_event.set()
-        self.thread.join(timeout=30)
+def pruner(settings, engine) -> ConsumerThread:
+    """The real pruner consuming in a thread."""
+    return ConsumerThread(Pruner(engine, JobStore(redis.Redis.from_url(settings.redis_url))), settings, "pruner-test")
 
 
 def _sqlite_only(database_url: str) -> None:
@@ -195,7 +182,7 @@ def test_a_trial_that_falls_behind_is_pruned_while_the_good_ones_finish(settings
                                      "  max_parallel: 1\n  prune: {kind: median, warmup_epochs: 1, min_trials: 2}\n")
     submitted = json.loads(run_cli("submit", spec, "--queue", queue_name, "--json", env_extra=job_env).stdout)
     sweep_id, run_ids = submitted["sweep_id"], submitted["run_ids"]
-    with RecorderThread(settings, engine), PrunerThread(settings, engine):
+    with RecorderThread(settings, engine), pruner(settings, engine):
         start_worker()
         wait_for(lambda: terminal(engine, run_ids), timeout=300, message="every trial ended")
     rows = {r[0]: r[1:] for r in query(engine, "SELECT run_id, status, epochs_completed, status_reason FROM runs WHERE sweep_id = :s",
