@@ -16,10 +16,13 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any, Mapping, Union
 
 from pipeline.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 #: A parameter's value as events carry it: a scalar (a list is carried as its JSON text).
 ParamValue = Union[str, int, float, bool, None]
@@ -126,3 +129,19 @@ def spec_params(spec_dump: Mapping[str, Any]) -> dict[str, ParamValue]:
             value = value[: MAX_VALUE_LENGTH - 40] + f"… ({len(value):,} characters)"
         kept[key] = value
     return kept
+
+
+def run_params(optimizer: dict[str, Any] | None, given: dict[str, Any], *, fit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``run_started``'s parameters: ``fit.epochs`` and ``fit.batch_size`` (as a queued job's spec
+    names them), the optimizer's class and Keras config under ``optimizer.``, then what the caller
+    gave (which wins on a clash)."""
+    found: dict[str, Any] = {f"fit.{k}": v for k, v in (fit or {}).items() if v is not None}
+    if optimizer:
+        try:
+            found.update(flatten_params({"optimizer": {"class_name": optimizer.get("class_name"), **(optimizer.get("config") or {})}}))
+        except ParamsError as exc:
+            log.warning("fitstream: the optimizer's config is not recorded as parameters: %s", exc)
+    merged = {**found, **given}
+    if len(merged) > len(given) and len(merged) > MAX_PARAMS:
+        merged = dict(given)  # the caller's own come first
+    return merged

@@ -65,7 +65,7 @@ from pipeline.callbacks.sender import EventSender, FlushReport
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigurationError, MonitorNotFoundError
 from pipeline.monitor import Monitor
-from pipeline.params import MAX_PARAMS, ParamsError, flatten_params
+from pipeline.params import flatten_params, run_params
 
 log = logging.getLogger(__name__)
 
@@ -523,22 +523,6 @@ class EventPublisher(keras.callbacks.Callback):
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is not None:
             self.fail(exc)
-
-
-def run_params(optimizer: dict[str, Any] | None, given: dict[str, Any], *, fit: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``run_started``'s parameters: ``fit.epochs`` and ``fit.batch_size`` (as a queued job's spec
-    names them), the optimizer's class and Keras config under ``optimizer.``, then what the caller
-    gave (which wins on a clash)."""
-    found: dict[str, Any] = {f"fit.{k}": v for k, v in (fit or {}).items() if v is not None}
-    if optimizer:
-        try:
-            found.update(flatten_params({"optimizer": {"class_name": optimizer.get("class_name"), **(optimizer.get("config") or {})}}))
-        except ParamsError as exc:
-            log.warning("fitstream: the optimizer's config is not recorded as parameters: %s", exc)
-    merged = {**found, **given}
-    if len(merged) > len(given) and len(merged) > MAX_PARAMS:
-        merged = dict(given)  # the caller's own come first
-    return merged
 
 
 _LIVE_PUBLISHERS: "weakref.WeakSet[EventPublisher]" = weakref.WeakSet()
