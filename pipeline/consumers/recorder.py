@@ -211,25 +211,29 @@ UPDATE sweeps SET state = CASE
                            AND runs.status_reason = :cancelled_reason) THEN 'cancelled' ELSE 'finished' END
   WHEN EXISTS (SELECT 1 FROM runs WHERE runs.sweep_id = sweeps.id AND runs.status <> 'queued') THEN 'running'
   ELSE 'queued' END
-WHERE sweeps.id IN (SELECT DISTINCT sweep_id FROM runs WHERE sweep_id IS NOT NULL AND run_id IN :run_ids)
-""").bindparams(sa.bindparam("run_ids", expanding=True))
-
-
-_LOCK_SWEEPS = sa.text(
-    "SELECT id FROM sweeps WHERE id IN (SELECT DISTINCT sweep_id FROM runs WHERE sweep_id IS NOT NULL AND run_id IN :run_ids) "
-    "ORDER BY id FOR UPDATE"
+WHERE sweeps.id IN :sweep_ids
+""").bindparams(sa.bindparam("sweep_ids", expanding=True))
+_SWEEPS_OF = sa.text(
+    "SELECT DISTINCT sweep_id FROM runs WHERE sweep_id IS NOT NULL AND run_id IN :run_ids"
 ).bindparams(sa.bindparam("run_ids", expanding=True))
+_LOCK_SWEEPS = sa.text("SELECT id FROM sweeps WHERE id IN :sweep_ids ORDER BY id FOR UPDATE").bindparams(
+    sa.bindparam("sweep_ids", expanding=True))
 
 
 def _update_sweep_states(conn: Connection, run_ids: Sequence[str]) -> None:
+    """Move the state of the sweeps whose trials were queued, started or ended in this batch (most
+    batches touch no sweep: one indexed look-up, nothing more)."""
     if not run_ids:
+        return
+    sweep_ids = sorted(conn.execute(_SWEEPS_OF, {"run_ids": list(run_ids)}).scalars())
+    if not sweep_ids:
         return
     if conn.dialect.name == "postgresql":
         # Two recorders ending two trials of one sweep at once: the second waits here for the first
         # to commit, so that its UPDATE (a new snapshot, under READ COMMITTED) counts both trials.
         # SQLite needs nothing: one writer at a time.
-        conn.execute(_LOCK_SWEEPS, {"run_ids": list(run_ids)})
-    conn.execute(_SWEEP_STATE, {"run_ids": list(run_ids), "cancelled_reason": SWEEP_CANCELLED_REASON})
+        conn.execute(_LOCK_SWEEPS, {"sweep_ids": sweep_ids})
+    conn.execute(_SWEEP_STATE, {"sweep_ids": sweep_ids, "cancelled_reason": SWEEP_CANCELLED_REASON})
 
 
 def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
