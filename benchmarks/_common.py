@@ -116,3 +116,22 @@ def machine_line() -> str:
                     cpu = line.split(":", 1)[1].strip()
                     break
     return f"{platform.node()} | {os.cpu_count()} CPUs ({cpu}) | Python {platform.python_version()}"
+
+
+@contextlib.contextmanager
+def running_worker(queue: str, env: dict[str, str], log_path: Path) -> Iterator[None]:
+    """A real ``fitstream worker`` on ``queue`` (its own process group, output in ``log_path``),
+    stopped with SIGTERM when the block ends."""
+    import signal
+    import subprocess
+
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli.main", "worker", "-Q", queue, "-n", f"{queue}@bench", "--loglevel", "WARNING"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            yield
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)

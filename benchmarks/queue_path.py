@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 
-from _common import REDIS_URL, REPO, delete_stream_keys, temp_dir, unique_stream
+from _common import REDIS_URL, REPO, delete_stream_keys, running_worker, temp_dir, unique_stream
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -58,12 +56,7 @@ def main() -> None:
         base["fit"]["verbose"] = 0
         base["early_stopping"] = None
         spec = parse_spec(base)
-        log = open(home / "worker.log", "wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "worker", "-Q", queue, "-n", f"{queue}@bench", "--loglevel", "WARNING"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
+        with running_worker(queue, env, home / "worker.log"):
             time.sleep(3)  # worker boot, not part of any job
             stream = EventStream(settings=settings)
             rows = []
@@ -94,10 +87,6 @@ def main() -> None:
                 )
                 print(f"  job {index + 1}/{args.jobs}: submit→run_started {rows[-1]['to_started']:.2f}s, "
                       f"→first epoch {rows[-1]['to_first_epoch']:.2f}s, total {total:.2f}s, fit {finished.wall_time_s:.2f}s", flush=True)
-        finally:
-            os.killpg(worker.pid, 15)
-            worker.wait(timeout=30)
-            log.close()
 
         # Peer: the same fit in this (warm) process, with the same callbacks, no queue.
         import keras

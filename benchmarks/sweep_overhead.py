@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 import uuid
 
-from _common import REDIS_URL, REPO, delete_stream_keys, temp_dir, unique_stream
+from _common import REDIS_URL, REPO, delete_stream_keys, running_worker, temp_dir, unique_stream
 
 HIDDEN = [16, 32, 64]
 LEARNING_RATES = [0.001, 0.003, 0.01, 0.03]
@@ -60,12 +58,7 @@ def main() -> None:
         base["sweep"] = {"grid": {"model.kwargs.hidden": HIDDEN, "model.kwargs.learning_rate": LEARNING_RATES},
                          "max_parallel": args.max_parallel}
         sweep = parse_sweep(yaml.safe_load(yaml.safe_dump(base)))
-        log = open(home / "worker.log", "wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "worker", "-Q", queue, "-n", f"{queue}@bench", "--loglevel", "WARNING"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
+        with running_worker(queue, env, home / "worker.log"):
             time.sleep(8)  # worker boot and its first child's TensorFlow import: not part of the sweep
             stream = EventStream(settings=settings)
             t_submit = time.time()
@@ -80,10 +73,6 @@ def main() -> None:
                     raise SystemExit(f"trial {index + 1} did not finish; see {home / 'worker.log'}")
                 finished.append(last)
                 print(f"  trial {index + 1}/{len(submitted.run_ids)}: {last.status}, fit {last.wall_time_s:.2f}s", flush=True)
-        finally:
-            os.killpg(worker.pid, 15)
-            worker.wait(timeout=30)
-            log.close()
         wall = max(e.ts for e in finished) - t_submit
         fits = sum(e.wall_time_s or 0.0 for e in finished)
 
