@@ -144,6 +144,10 @@ class Settings(BaseSettings):
             database's URL with the user ``fitstream_reader`` and no password (trust or peer auth).
         sql_timeout_seconds: A read-only query running longer is cancelled. Default 30.
         sql_max_rows: ``fitstream sql`` returns at most this many rows (and says it truncated). Default 10000.
+        batch_metrics_retention_days: The raw ``batch_metrics`` rows of a run whose last event is older
+            than this are replaced by their downsampled copy in ``batch_metric_buckets``. Default 30.
+        batch_metrics_bucket_steps: Steps per bucket of that copy (min, max, last value each). Default 100.
+        batch_metrics_compact_every_seconds: How often a recorder looks for runs to downsample. Default 3600.
         redis_password_file: A file holding the Redis password (``requirepass`` or the ACL user's),
             put into ``redis_url``, and into ``broker_url`` when that is unset or names the same
             server without a password of its own. Default: none.
@@ -184,6 +188,9 @@ class Settings(BaseSettings):
     reader_database_url: str | None = Field(default=None, repr=False)
     sql_timeout_seconds: float = Field(default=30.0, gt=0)
     sql_max_rows: int = Field(default=10_000, ge=1)
+    batch_metrics_retention_days: float = Field(default=30.0, ge=0)
+    batch_metrics_bucket_steps: int = Field(default=100, ge=1)
+    batch_metrics_compact_every_seconds: float = Field(default=3600.0, gt=0)
     redis_password_file: Path | None = None
     database_password_file: Path | None = None
     reader_database_password_file: Path | None = None

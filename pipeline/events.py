@@ -190,7 +190,8 @@ class EpochEnd(_Event):
 class BatchEnd(_Event):
     type: Literal["batch_end"] = "batch_end"
     epoch: int = Field(ge=0)
-    batch: int = Field(ge=0)
+    batch: int = Field(ge=0, description="Counted from 0 within the epoch.")
+    step: int | None = Field(default=None, ge=0, description="Counted from 0 across epochs (batch_metrics' step).")
     metrics: dict[str, float | None]
 
 

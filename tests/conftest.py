@@ -127,7 +127,7 @@ class RecorderThread(ConsumerThread):
     """A real recorder (consumer group, real Redis, real database) running in a thread."""
 
     def __init__(self, settings: Settings, engine: sa.Engine, name: str = "test-recorder") -> None:
-        super().__init__(Recorder(engine), settings, name)
+        super().__init__(Recorder(engine, settings), settings, name)
 
     def __enter__(self) -> "RecorderThread":
         self.thread.start()

@@ -26,3 +26,11 @@ def epoch_events(run_count: int, epochs: int, metrics: int = 4) -> list[ev.Event
 def publish_all(stream: EventStream, items: list, chunk: int = 1000) -> None:
     for start in range(0, len(items), chunk):
         stream.publish(items[start : start + chunk])
+
+
+#: Every event the recorder has recorded, by id: lifecycle events in ``events``, epoch_end events as
+#: their ``epochs`` row (``epochs.event_id``). A batch_end is recorded as batch_metrics rows only.
+RECORDED_EVENT_IDS = "SELECT event_id FROM events UNION ALL SELECT event_id FROM epochs WHERE event_id IS NOT NULL"
+RECORDED_EVENT_COUNT = (
+    "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM epochs WHERE event_id IS NOT NULL)"
+)

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from pipeline import events as ev
 from pipeline.bus import EventStream, StreamMessage
 from tests.conftest import run_cli, settings_env, wait_for
+from tests.stream_helpers import RECORDED_EVENT_IDS
 
 
 def _cli(settings, *args, check=True):
@@ -18,7 +19,7 @@ def _cli(settings, *args, check=True):
 
 def _events_in_sql(engine, event_id):
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT count(*) FROM events WHERE event_id = :e"), {"e": event_id}).scalar()
+        return conn.execute(sa.text(f"SELECT count(*) FROM ({RECORDED_EVENT_IDS}) AS recorded WHERE event_id = :e"), {"e": event_id}).scalar()
 
 
 def test_list_show_and_status_count_dead_letters_by_reason(settings, engine, recorder):

@@ -16,11 +16,14 @@ import sqlalchemy as sa
 from pipeline import events as ev
 from pipeline.bus import EventStream
 from tests.conftest import REPO, RecorderThread, settings_env, wait_for
-from tests.stream_helpers import epoch_events, publish_all
+from tests.stream_helpers import RECORDED_EVENT_COUNT, epoch_events, publish_all
 
 
 def _count(engine, table: str) -> int:
+    """Rows of ``table``; ``"events"`` counts every event recorded (lifecycle rows and epochs rows)."""
     with engine.connect() as conn:
+        if table == "events":
+            return conn.execute(sa.text(RECORDED_EVENT_COUNT)).scalar()
         return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
 
 

@@ -143,6 +143,14 @@ def learning_rate(model: Any) -> float | None:
         return None
 
 
+def optimizer_iterations(model: Any) -> int | None:
+    """How many steps the model's optimizer has taken (Keras' own counter), or None without one."""
+    try:
+        return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    except Exception:
+        return None
+
+
 def monitor_problems(watch: Iterable[Any], logged: set[str]) -> tuple[str | None, list[str]]:
     """(the error for a monitor the model does not log, warnings for training-metric monitors)."""
     available = ", ".join(sorted(logged)) or "(nothing)"

@@ -58,6 +58,7 @@ from pipeline.callbacks.keras_state import (
     is_chief,
     learning_rate,
     monitor_problems,
+    optimizer_iterations,
     primary_monitor,
     resolved_mode,
 )
@@ -131,11 +132,10 @@ class EventPublisher(keras.callbacks.Callback):
         check_batch_settings(batch_events_every, batch_events_seconds)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigurationError(f"batch_size must be a positive integer or None; got {batch_size!r}")
-        watch = check_watchable(watch)
         self.name = name
         self.run_id = run_id or uuid.uuid4().hex
         self._run_id_given = run_id is not None
-        self.watch = watch
+        self._watch = tuple(check_watchable(watch))
         self.batch_events_every = batch_events_every
         self.batch_events_seconds = batch_events_seconds
         self.batch_size = batch_size
@@ -155,6 +155,28 @@ class EventPublisher(keras.callbacks.Callback):
         self.cancel_requested = False
         self.cancel_status, self._cancel_reason = "cancelled", None
         self._reset_run_state()
+        self._hook_batches_when_needed()
+
+    @property
+    def watch(self) -> tuple[keras.callbacks.Callback, ...]:
+        """The watched callbacks (settable before ``fit``, as a worker does once it has built them)."""
+        return self._watch
+
+    @watch.setter
+    def watch(self, callbacks: Sequence[keras.callbacks.Callback]) -> None:
+        self._watch = tuple(check_watchable(callbacks))
+        self._hook_batches_when_needed()
+
+    def _hook_batches_when_needed(self) -> None:
+        """Hook every training batch only for batch events or a batch-level ModelCheckpoint. A callback
+        with a batch-end hook makes Keras dispatch every batch synchronously (and copy the logs off
+        the device); without one, Keras keeps its asynchronous batch dispatch."""
+        throttle = getattr(self, "_batch_throttle", None)
+        needed = (throttle is not None and throttle.enabled) or bool(CheckpointReporter(self._watch).per_batch)
+        if needed:
+            self.on_train_batch_end = self._on_train_batch_end
+        else:
+            self.__dict__.pop("on_train_batch_end", None)
 
     # -- lifecycle helpers -----------------------------------------------------
     def _reset_run_state(self) -> None:
@@ -172,7 +194,13 @@ class EventPublisher(keras.callbacks.Callback):
         self._current_epoch = 0
         self._checkpoints = CheckpointReporter(self.watch)
         self._last_train_logs: dict[str, Any] | None = None
-        self._last_batch = 0
+        self._last_epoch_logs: dict[str, Any] | None = None
+        self._last_batch: int | None = None
+        #: Optimizer steps taken before the current epoch (global batch steps, for batch events and
+        #: for where a run stopped) and the optimizer's own counter at the epoch's start.
+        self._steps_before_epoch = 0
+        self._iterations_at_epoch: int | None = None
+        self._epochs_seen = 0
 
     def _next_seq(self) -> int:
         seq = self._seq
@@ -234,6 +262,8 @@ class EventPublisher(keras.callbacks.Callback):
         self._reset_run_state()
         self._state = "running"
         self._t0 = time.monotonic()
+        if self.cancel_requested:
+            self.model.stop_training = True
         _LIVE_PUBLISHERS.add(self)
         try:
             self._start_sender()
@@ -265,19 +295,35 @@ class EventPublisher(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._finalize_pending()
+        if self._epochs_seen == 0:
+            # A resumed fit starts at its initial epoch: count the steps the epochs before it took.
+            steps = self.params.get("steps") if self.params else None
+            self._steps_before_epoch = epoch * steps if steps else 0
+        elif self._last_batch is not None:
+            self._steps_before_epoch += self._last_batch + 1
+        self._epochs_seen += 1
+        self._last_batch = None
         self._current_epoch = epoch
         self._epoch_t0 = time.monotonic()
         self._epoch_start_ns = time.time_ns()
-        # Read at the epoch's first batch, after every callback's on_epoch_begin
-        # (a LearningRateScheduler anywhere in the list has set it by then).
         self._epoch_lr = None
+        self._iterations_at_epoch = optimizer_iterations(self.model)
         self._batch_throttle.new_epoch()
+        if self.cancel_requested:
+            self.model.stop_training = True
+        # The learning rate is read at the epoch's first batch, after every callback's
+        # on_epoch_begin (a LearningRateScheduler anywhere in the list has set it by then), by a
+        # hook that removes itself: no per-batch work.
+        self.on_train_batch_begin = self._read_epoch_learning_rate
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def _read_epoch_learning_rate(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.__dict__.pop("on_train_batch_begin", None)
+        self._epoch_lr = self._learning_rate()
+
+    def _on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Installed as ``on_train_batch_end`` only when batch events or batch-level checkpoints are on."""
         self._last_train_logs = logs
         self._last_batch = batch
-        if self._epoch_lr is None:
-            self._epoch_lr = self._learning_rate()
         if self.cancel_requested:
             self.model.stop_training = True
         if self._checkpoints.per_batch:
@@ -286,21 +332,26 @@ class EventPublisher(keras.callbacks.Callback):
             # Only capture here; building and encoding happen on the sender thread.
             self._emit_deferred(batch_event_maker(
                 run_id=self.run_id, seq=self._next_seq(), epoch=self._current_epoch, batch=batch, logs=logs,
+                step=self._steps_before_epoch + batch,
             ))
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
         # During fit, validation ends before any callback's on_epoch_end: the first moment
         # every metric name of the epoch is known, and before EarlyStopping can raise its
         # own, vaguer error for an unknown metric in "auto" mode.
-        if self._state == "running" and not self._checked_monitors and self._last_train_logs is not None:
+        if self._state == "running" and not self._checked_monitors and logs:
             self._checked_monitors = True
-            names = set(self._last_train_logs) | {f"val_{k}" for k in (logs or {})}
+            # Validation logs the same names training does (loss and the compiled metrics).
+            names = set(self._last_train_logs or logs) | {f"val_{k}" for k in logs}
             self._check_monitors(names)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._checkpoints.per_batch:
             self._emit_checkpoints(self._checkpoints.batch_files(self._current_epoch, None, None, self._epoch_start_ns))
         logs = logs if logs is not None else {}
+        self._last_epoch_logs = logs
+        if self._last_batch is None:
+            self._last_batch = self._batches_this_epoch()
         if not self._checked_monitors:
             self._checked_monitors = True
             self._check_monitors(set(logs))
@@ -402,15 +453,25 @@ class EventPublisher(keras.callbacks.Callback):
 
     def _stopped_on_non_finite_loss(self) -> str | None:
         """Why training stopped, when it was stopped at a batch whose loss was NaN or infinite."""
-        loss = (self._last_train_logs or {}).get("loss")
+        # The epoch's logs hold the running mean of the loss: no longer finite once one batch's was not.
+        loss = (self._last_train_logs or self._last_epoch_logs or {}).get("loss")
         try:
             value = float(loss) if loss is not None else None
         except (TypeError, ValueError):
             return None
         if value is None or math.isfinite(value) or not getattr(self.model, "stop_training", False):
             return None
-        return (f"training stopped: the loss became {value} at epoch {self._current_epoch}, batch {self._last_batch} "
+        where = f"epoch {self._current_epoch}" + (f", batch {self._last_batch}" if self._last_batch is not None else "")
+        return (f"training stopped: the loss became {value} at {where} "
                 "(TerminateOnNaN); lower the learning rate, clip gradients or look for NaN in the data")
+
+    def _batches_this_epoch(self) -> int | None:
+        """The last batch index of the current epoch, from the optimizer's step counter (no batch hook
+        needed): None where the model has no Keras optimizer."""
+        now = optimizer_iterations(self.model)
+        if now is None or self._iterations_at_epoch is None or now <= self._iterations_at_epoch:
+            return None
+        return now - self._iterations_at_epoch - 1
 
     # -- outcome ------------------------------------------------------------------
     def _best(self) -> tuple[int | None, float | None, str | None, str | None]:
@@ -516,6 +577,8 @@ class EventPublisher(keras.callbacks.Callback):
         ``pruned`` for a sweep trial that fell behind), with ``reason`` in its row."""
         self.cancel_status, self._cancel_reason = status, reason
         self.cancel_requested = True
+        if self._state == "running" and self.model is not None:
+            self.model.stop_training = True  # Keras looks at it after every batch
 
     def __enter__(self) -> "EventPublisher":
         return self

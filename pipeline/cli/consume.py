@@ -30,7 +30,7 @@ def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: i
     from pipeline.consumers.recorder import Recorder
 
     settings = get_settings()
-    handler = Recorder(make_engine(settings.database_url))
+    handler = Recorder(make_engine(settings.database_url), settings)
     loop = ConsumerLoop(
         handler, EventStream(settings=settings), consumer_name=consumer_name,
         batch_size=batch_size, claim_idle_ms=claim_idle_ms,
@@ -103,7 +103,7 @@ def consume_all(batch_size: int | None) -> None:
 
     settings = get_settings()
     loops = [
-        ConsumerLoop(Recorder(make_engine(settings.database_url)), EventStream(settings=settings), batch_size=batch_size),
+        ConsumerLoop(Recorder(make_engine(settings.database_url), settings), EventStream(settings=settings), batch_size=batch_size),
     ]
     threads = [threading.Thread(target=loop.run, name=loop.group, daemon=True) for loop in loops]
     stop = threading.Event()

@@ -68,3 +68,38 @@ def grant_reader() -> None:
     if not exists:
         raise click.ClickException(f"could not create the role {READER_ROLE}: connect as a user who may create roles")
     click.echo(f"{mask_url(url)}: {READER_ROLE} may SELECT the history tables", err=True)
+
+
+@db.command("compact-batch-metrics")
+@click.option("--older-than-days", type=click.FloatRange(min=0), default=None,
+              help="Downsample runs quiet for this long. Default: FITSTREAM_BATCH_METRICS_RETENTION_DAYS (30).")
+@click.option("--bucket-steps", type=click.IntRange(min=1), default=None,
+              help="Steps per bucket. Default: FITSTREAM_BATCH_METRICS_BUCKET_STEPS (100).")
+@click.option("--json", "as_json", is_flag=True, help="Print {runs, raw_rows_removed, buckets_written}.")
+def compact_batch_metrics(older_than_days: float | None, bucket_steps: int | None, as_json: bool) -> None:
+    """Replace old runs' raw batch_metrics rows by their downsampled copy (batch_metric_buckets).
+
+    The recorder does this every hour; run it to apply a new retention now.
+    """
+    import json
+    from dataclasses import asdict
+
+    from pipeline.db.batch_retention import compact_batch_metrics as compact
+    from pipeline.db.migrate import require_head
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        require_head(engine)
+        report = compact(
+            engine,
+            retention_days=settings.batch_metrics_retention_days if older_than_days is None else older_than_days,
+            bucket_steps=bucket_steps or settings.batch_metrics_bucket_steps,
+        )
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(asdict(report)))
+    else:
+        click.echo(f"downsampled {report.runs} runs: {report.raw_rows_removed:,} raw batch rows replaced by "
+                   f"{report.buckets_written:,} buckets", err=True)

@@ -11,6 +11,10 @@ A handler whose effect depends on the order of a run's events (the alerter's rul
 machine) sets ``ordered = True``: then one consumer of the group leads (a lease in Redis) and
 the others stand by; a new leader first takes over every message still pending in the group,
 oldest first, before it reads new ones, so no run's events are ever handled out of order.
+
+An unordered group reads ahead: while one batch is written, a reader thread fetches and decodes the
+next (and, for a handler with ``prepare``, turns it into rows), so that Python and the database do
+not take turns. At most one batch is read ahead; a consumer that stops handles it before it exits.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import redis
 
@@ -50,11 +55,25 @@ class Received:
 
 class Handler(Protocol):
     """What a consumer does with events. ``handle`` commits its whole batch or raises.
-    An ``ordered`` handler (attribute, default False) gets its group's events in stream order."""
+    An ``ordered`` handler (attribute, default False) gets its group's events in stream order.
+    A handler may also have ``prepare(batch)``, pure work without side effects that the loop runs
+    ahead on its reader thread; its result comes back as ``handle(batch, prepared)``. And it may
+    have ``maintain()``, its periodic work, called between two rounds (about every ``block_ms``
+    when idle); it must not raise."""
 
     group: str
 
     def handle(self, batch: Sequence[Received]) -> None: ...
+
+
+@dataclass
+class _ReadBatch:
+    """Messages read and decoded, not yet handled."""
+
+    messages: Sequence[StreamMessage]
+    received: list[Received]
+    invalid: list[tuple[StreamMessage, str]]
+    prepared: Any = None
 
 
 @dataclass
@@ -100,6 +119,7 @@ class ConsumerLoop:
         block_ms: int | None = None,
         claim_idle_ms: int | None = None,
         trim_interval_s: float = TRIM_INTERVAL_S,
+        read_ahead: bool = True,
     ) -> None:
         settings = stream.settings
         self.handler = handler
@@ -121,6 +141,11 @@ class ConsumerLoop:
         self.leader = RedisLease(
             stream.client, leader_key(stream.stream, self.group), owner=self.consumer_name, ttl_s=settings.leader_ttl_seconds,
         ) if self.ordered else None
+        #: Read the next batch while this one is written (never for an ordered group).
+        self.read_ahead = read_ahead and not self.ordered
+        self._reader: ThreadPoolExecutor | None = None
+        self._handled = True  # whether the last batch's effect was committed
+        self._next_read: Future[_ReadBatch] | None = None
 
     # -- running ------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -148,7 +173,8 @@ class ConsumerLoop:
                         count = 0
                         self.stop_event.wait(min(1.0, self.block_ms / 1000))
                     else:
-                        count = self.run_once()
+                        count = self._read_ahead_round() if self.read_ahead else self.run_once()
+                    self._maintain()
                     backoff.reset()
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     delay = backoff.next_delay()
@@ -174,6 +200,7 @@ class ConsumerLoop:
                 elif idle_exit_after is not None and time.monotonic() - idle_since >= idle_exit_after:
                     break
         finally:
+            self._finish_read_ahead()
             self._stop_keeping()
             if leading and self.leader is not None:
                 try:
@@ -213,6 +240,12 @@ class ConsumerLoop:
                         self.consumer_name, self.group, taken_over)
         return True
 
+    def _maintain(self) -> None:
+        """The handler's own periodic work (``maintain()``, optional), between two rounds."""
+        maintain = getattr(self.handler, "maintain", None)
+        if maintain is not None and not self.stop_event.is_set():
+            maintain()
+
     def _stop_keeping(self) -> None:
         if self._keeper is not None:
             self._keeper.stop()
@@ -221,25 +254,32 @@ class ConsumerLoop:
     def run_once(self) -> int:
         """One round: reclaim stale messages when due, read new ones, process them."""
         now = time.monotonic()
-        count = 0
-        if now - self._last_claim >= self.claim_idle_ms / 2000:
-            self._last_claim = now
-            claimed = self.stream.claim_stale(
-                self.group, self.consumer_name, min_idle_ms=self.claim_idle_ms, count=self.batch_size
-            )
-            if claimed:
-                log.info("%s: reclaimed %d messages from a silent consumer", self.consumer_name, len(claimed))
-                self.stats.reclaimed += len(claimed)
-                count += self.process(claimed)
+        count = self._claim_when_due(now)
         messages = self.stream.read(self.group, self.consumer_name, count=self.batch_size, block_ms=self.block_ms)
         count += self.process(messages)
-        if now - self._last_trim >= self.trim_interval_s:
-            self._last_trim = now
-            try:
-                self.stream.trim()
-            except redis.RedisError as exc:
-                log.warning("%s: stream trim failed: %s", self.consumer_name, exc)
+        self._trim_when_due(now)
         return count
+
+    def _claim_when_due(self, now: float, skip: set[str] | frozenset[str] = frozenset()) -> int:
+        if now - self._last_claim < self.claim_idle_ms / 2000:
+            return 0
+        self._last_claim = now
+        claimed = self.stream.claim_stale(self.group, self.consumer_name, min_idle_ms=self.claim_idle_ms, count=self.batch_size)
+        claimed = [m for m in claimed if m.message_id not in skip]
+        if not claimed:
+            return 0
+        log.info("%s: reclaimed %d messages from a silent consumer", self.consumer_name, len(claimed))
+        self.stats.reclaimed += len(claimed)
+        return self.process(claimed)
+
+    def _trim_when_due(self, now: float) -> None:
+        if now - self._last_trim < self.trim_interval_s:
+            return
+        self._last_trim = now
+        try:
+            self.stream.trim()
+        except redis.RedisError as exc:
+            log.warning("%s: stream trim failed: %s", self.consumer_name, exc)
 
     def _drain_own_pending(self) -> None:
         """Messages delivered to this consumer name before a restart, not yet acknowledged."""
@@ -249,42 +289,105 @@ class ConsumerLoop:
                 return
             self.process(pending)
 
+    def _read_ahead_round(self) -> int:
+        """:meth:`run_once` with the next batch read (and prepared) on the reader thread while this
+        one is written."""
+        now = time.monotonic()
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.group}-reader")
+        if self._next_read is None:
+            self._next_read = self._reader.submit(self._read_new)
+        try:
+            read = self._next_read.result()  # Redis' errors are raised here, in the loop's thread
+        finally:
+            self._next_read = None
+        # Reclaim only now, with no read in flight: the batch just read waited, pending on this very
+        # consumer, while the previous one was written, and XAUTOCLAIM would hand it over a second time.
+        count = self._claim_when_due(now, skip={m.message_id for m in read.messages})
+        if not self.stop_event.is_set():
+            self._next_read = self._reader.submit(self._read_new)
+        count += self._process_read(read)
+        self._trim_when_due(now)
+        return count
+
+    def _read_new(self) -> _ReadBatch:
+        messages = self.stream.read(self.group, self.consumer_name, count=self.batch_size, block_ms=self.block_ms)
+        return self._decode(messages)
+
+    def _finish_read_ahead(self) -> None:
+        """A stopping consumer handles the batch it has read ahead (it is delivered to this consumer:
+        left alone, it would wait ``claim_idle_ms`` for another consumer to reclaim it)."""
+        pending, self._next_read = self._next_read, None
+        healthy = self._handled and self._paused_since is None
+        if pending is not None and not healthy:
+            # Stopped while the database is unwell: another attempt could only wait for it (SQLite's
+            # busy timeout). The batch stays pending, for this consumer's restart or a reclaim.
+            pending.cancel()
+        elif pending is not None:
+            try:
+                self._process_read(pending.result())
+            except Exception as exc:  # Redis or the handler failing on the way out: left pending
+                log.warning("%s: the batch read ahead stays pending (%s); it is handled after a restart", self.consumer_name, exc)
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
+
     # -- one batch ------------------------------------------------------------------
     def process(self, messages: Sequence[StreamMessage]) -> int:
         """Decode, dead-letter the invalid, handle the rest in one commit, then acknowledge all."""
         if not messages:
             return 0
-        if self._keeper is not None and self._keeper.lost.is_set():
-            return 0  # no longer the leader: the new one takes these over, in order
+        return self._process_read(self._decode(messages))
+
+    def _decode(self, messages: Sequence[StreamMessage]) -> _ReadBatch:
+        """Decode (no side effects: it may run on the reader thread)."""
         received: list[Received] = []
+        invalid: list[tuple[StreamMessage, str]] = []
         for message in messages:
             try:
                 event = ev.decode(message.fields)
             except InvalidEventError as exc:
-                self._dead_letter(message, str(exc))
+                invalid.append((message, str(exc)))
                 continue
             raw = message.fields.get(ev.PAYLOAD_FIELD.encode(), b"")
             received.append(Received(message.message_id, event, raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)))
+        read = _ReadBatch(messages, received, invalid)
+        prepare = getattr(self.handler, "prepare", None)
+        if prepare is not None and received:
+            try:
+                read.prepared = prepare(received)
+            except Exception:  # handle() meets the same problem again, and isolates the event
+                read.prepared = None
+        return read
+
+    def _process_read(self, read: _ReadBatch) -> int:
+        if not read.messages:
+            return 0
+        if self._keeper is not None and self._keeper.lost.is_set():
+            return 0  # no longer the leader: the new one takes these over, in order
+        for message, reason in read.invalid:
+            self._dead_letter(message, reason)
+        received = read.received
         if received:
-            self._handle(received)
+            self._handle(received, read.prepared)
         if self.stop_event.is_set() and received and not self._handled:
             return 0  # stopped while the database was down: leave the batch pending
-        self.stream.ack(self.group, [m.message_id for m in messages])
+        self.stream.ack(self.group, [m.message_id for m in read.messages])
         self.stats.processed += len(received)
         self.stats.batches += 1
-        return len(messages)
+        return len(read.messages)
 
     def _dead_letter(self, message: StreamMessage, reason: str, *, kind: str = "invalid_event") -> None:
         log.warning("%s: dead-lettering %s: %s", self.consumer_name, message.message_id, reason)
         self.stream.dead_letter(self.group, message, reason, kind=kind)
         self.stats.dead_lettered += 1
 
-    def _handle(self, batch: list[Received]) -> None:
+    def _handle(self, batch: list[Received], prepared: Any = None) -> None:
         """Commit the batch's effect. A database that is unwell pauses the consumer (retrying with
         backoff, forever); only an event that fails on its own is dead-lettered, after the batch
         is retried one event at a time to find it."""
         self._handled = False
-        failure = self._commit(batch)
+        failure = self._commit(batch, prepared)
         if failure is None:
             self._handled = True
             return
@@ -310,13 +413,16 @@ class ConsumerLoop:
         )
         self._handled = True
 
-    def _commit(self, batch: list[Received]) -> BaseException | object | None:
+    def _commit(self, batch: list[Received], prepared: Any = None) -> BaseException | object | None:
         """Run the handler until it succeeds (None), fails because of the data (the error), or the
         consumer is stopped while the database is unwell (``_STOPPED``)."""
         backoff = Backoff(initial_s=RETRY_INITIAL_S, maximum_s=RETRY_MAX_S)
         while True:
             try:
-                self.handler.handle(batch)
+                if prepared is not None:
+                    self.handler.handle(batch, prepared)  # type: ignore[call-arg]
+                else:
+                    self.handler.handle(batch)
             except DatabaseError as exc:
                 if not exc.transient:
                     return exc

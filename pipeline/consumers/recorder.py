@@ -1,6 +1,9 @@
-"""The recorder: persists runs, per-epoch metrics, checkpoints and raw events into SQL.
+"""The recorder: persists runs, per-epoch and per-batch metrics, checkpoints and raw events into SQL.
 
-One transaction per batch, acknowledged after commit. Every write is
+One transaction per batch, acknowledged after commit. Each event is written where it is the
+record: an ``epoch_end`` as one ``epochs`` row (with its event id) and its ``epoch_metrics`` rows,
+a ``batch_end`` as ``batch_metrics`` rows, every other (lifecycle) event as its raw JSON in
+``events``; the runs row merges them all. Every write is
 idempotent (inserts skip existing keys; the run row is merged with rules
 that give the same result in any order), so redelivered, reclaimed or
 out-of-order events never create duplicates.
@@ -21,7 +24,9 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -30,7 +35,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
+from pipeline.config import Settings, get_settings
 from pipeline.consumers.base import Received
+from pipeline.db.batch_retention import compact_batch_metrics
 from pipeline.db import bulk
 from pipeline.db.migrate import require_head
 from pipeline.db.models import SqlRun, SqlSweep
@@ -40,9 +47,24 @@ from pipeline.sweeps import SWEEP_CANCELLED_REASON
 
 GROUP = "recorder"
 
+#: The batch-curve retention runs this long after a recorder starts (or sooner, when
+#: ``batch_metrics_compact_every_seconds`` is shorter), then every ``batch_metrics_compact_every_seconds``,
+#: at most this many runs between two rounds of reading.
+COMPACTION_DELAY_S = 60.0
+COMPACTION_MAX_RUNS = 100
+
+log = logging.getLogger(__name__)
+
 EVENT_COLUMNS = ("event_id", "run_id", "seq", "type", "ts", "payload")
 METRIC_COLUMNS = ("run_id", "name", "epoch", "value")
-EPOCH_COLUMNS = ("run_id", "epoch", "learning_rate", "wall_time_s", "steps", "samples_per_second", "steps_per_second", "ended_at")
+EPOCH_COLUMNS = (
+    "run_id", "epoch", "learning_rate", "wall_time_s", "steps", "samples_per_second", "steps_per_second", "ended_at",
+    "event_id",
+)
+BATCH_METRIC_COLUMNS = ("run_id", "name", "step", "epoch", "value", "ts")
+#: Events whose rows are their record (``epochs`` + ``epoch_metrics``, ``batch_metrics``): their raw
+#: JSON is not kept in ``events`` as well (it would be most of the database's writes).
+ROW_RECORDED_TYPES = frozenset({"epoch_end", "batch_end"})
 CHECKPOINT_COLUMNS = (
     "run_id", "epoch", "path", "monitor", "value", "size_bytes", "sha256", "saved_at", "mode", "source", "batch",
 )
@@ -69,6 +91,7 @@ class BatchRows:
 
     events: list[tuple] = field(default_factory=list)
     metrics: list[tuple] = field(default_factory=list)
+    batch_metrics: list[tuple] = field(default_factory=list)
     epochs: list[tuple] = field(default_factory=list)
     checkpoints: list[tuple] = field(default_factory=list)
     params: list[tuple] = field(default_factory=list)
@@ -117,7 +140,8 @@ def rows_for(batch: Sequence[Received]) -> BatchRows:
     for item in batch:
         event = item.event
         at = _utc(event.ts)
-        rows.events.append((event.id, event.run_id, event.seq, event.type, at, item.payload))
+        if event.type not in ROW_RECORDED_TYPES or (isinstance(event, ev.BatchEnd) and event.step is None):
+            rows.events.append((event.id, event.run_id, event.seq, event.type, at, item.payload))
         run = runs.get(event.run_id)
         if run is None:
             run = runs[event.run_id] = _RunUpdate()
@@ -132,10 +156,14 @@ def rows_for(batch: Sequence[Received]) -> BatchRows:
             rows.metrics += [(run_id, name, epoch, value) for name, value in event.metrics.items()]
             rows.epochs.append(
                 (run_id, epoch, event.learning_rate, event.wall_time_s, event.steps,
-                 event.samples_per_second, event.steps_per_second, at)
+                 event.samples_per_second, event.steps_per_second, at, event.id)
             )
             if epoch + 1 > run.epochs:
                 run.epochs = epoch + 1
+        elif isinstance(event, ev.BatchEnd):
+            if event.step is not None:  # publishers before batch_metrics sent no step: kept in events
+                run_id, step, epoch = event.run_id, event.step, event.epoch
+                rows.batch_metrics += [(run_id, name, step, epoch, value, at) for name, value in event.metrics.items()]
         elif isinstance(event, ev.RunQueued):
             run.promote("queued")
             run.set_first("queued_at", at)
@@ -266,13 +294,14 @@ def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
     conn.execute(statement, params)
 
 
-def write_batch(conn: Connection, batch: Sequence[Received]) -> None:
-    """All of a batch's rows, in the caller's transaction."""
-    rows = rows_for(batch)
+def write_batch(conn: Connection, batch: Sequence[Received], rows: BatchRows | None = None) -> None:
+    """All of a batch's rows (``rows_for(batch)`` unless given), in the caller's transaction."""
+    rows = rows if rows is not None else rows_for(batch)
     _upsert_sweeps(conn, rows.sweeps)
     _upsert_runs(conn, rows.runs)
     bulk.insert_ignore(conn, "events", EVENT_COLUMNS, rows.events)
     bulk.insert_ignore(conn, "epoch_metrics", METRIC_COLUMNS, rows.metrics)
+    bulk.insert_ignore(conn, "batch_metrics", BATCH_METRIC_COLUMNS, rows.batch_metrics)
     bulk.insert_ignore(conn, "epochs", EPOCH_COLUMNS, rows.epochs)
     bulk.insert_ignore(conn, "checkpoints", CHECKPOINT_COLUMNS, rows.checkpoints)
     bulk.insert_ignore(conn, "params", PARAM_COLUMNS, rows.params)
@@ -288,10 +317,38 @@ class Recorder:
 
     group = GROUP
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
         require_head(engine)
         self.engine = engine
+        self.settings = settings or get_settings()
+        self._next_compaction = time.monotonic() + min(COMPACTION_DELAY_S, self.settings.batch_metrics_compact_every_seconds)
 
-    def handle(self, batch: Sequence[Received]) -> None:
+    def prepare(self, batch: Sequence[Received]) -> BatchRows:
+        """The batch's rows, built ahead on the consumer's reader thread (no database involved)."""
+        return rows_for(batch)
+
+    def handle(self, batch: Sequence[Received], prepared: BatchRows | None = None) -> None:
         with transaction(self.engine) as conn:
-            write_batch(conn, batch)
+            write_batch(conn, batch, prepared)
+
+    def maintain(self) -> None:
+        """Between two rounds of the consume loop: the batch-curve retention
+        (:mod:`pipeline.db.batch_retention`) when due, a bounded piece at a time. A failure is logged
+        and tried again next time, never a reason to stop recording."""
+        if time.monotonic() < self._next_compaction:
+            return
+        settings = self.settings
+        self._next_compaction = time.monotonic() + settings.batch_metrics_compact_every_seconds
+        try:
+            report = compact_batch_metrics(
+                self.engine, retention_days=settings.batch_metrics_retention_days,
+                bucket_steps=settings.batch_metrics_bucket_steps, max_runs=COMPACTION_MAX_RUNS,
+            )
+        except Exception as exc:
+            log.warning("recorder: downsampling old batch curves failed (%s); trying again later", exc)
+            return
+        if report.runs:
+            log.info("recorder: downsampled the batch curves of %d runs (%d raw rows into %d buckets)",
+                     report.runs, report.raw_rows_removed, report.buckets_written)
+        if report.runs >= COMPACTION_MAX_RUNS:
+            self._next_compaction = time.monotonic()  # more are due: go on after the next batch

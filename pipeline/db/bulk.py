@@ -1,8 +1,10 @@
 """Fast idempotent bulk inserts: ``INSERT … ON CONFLICT DO NOTHING`` for many rows at once.
 
-SQLite gets one ``executemany`` of ``INSERT OR IGNORE``. PostgreSQL gets
-``COPY`` into a per-connection temporary staging table, then one
-``INSERT … SELECT … ON CONFLICT DO NOTHING`` (COPY cannot skip conflicts itself).
+SQLite gets one ``executemany`` of ``INSERT OR IGNORE``. PostgreSQL gets ``COPY`` straight into
+the keyed table, each row written once, inside a savepoint: COPY cannot skip a conflict, so when a
+row is already there (a replayed or reclaimed event) the savepoint is rolled back and the rows go
+the slower way, ``COPY`` into a per-connection temporary staging table, then one
+``INSERT … SELECT … ON CONFLICT DO NOTHING``. Replays are rare; the common path writes each row once.
 """
 
 from __future__ import annotations
@@ -53,21 +55,35 @@ def insert_ignore(conn: Connection, table: str, columns: Sequence[str], rows: Se
         return
     if dialect != "postgresql":
         raise NotImplementedError(f"bulk insert is not implemented for {dialect}")
+    import psycopg  # the PostgreSQL driver: installed with the `postgres` extra
+
     raw = conn.connection.driver_connection
     with raw.cursor() as cursor:
         if len(rows) < COPY_THRESHOLD:
             marks = ", ".join("%s" for _ in columns)
             cursor.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows)
             return
+        cursor.execute("SAVEPOINT fitstream_copy")
+        try:
+            _copy(cursor, table, cols, rows)
+        except psycopg.errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT fitstream_copy")
+        else:
+            cursor.execute("RELEASE SAVEPOINT fitstream_copy")
+            return
         stage = f"_fitstream_stage_{table}"
         cursor.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        _copy(cursor, stage, cols, rows)
         cursor.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
         cursor.execute(f"TRUNCATE {stage}")
+
+
+def _copy(cursor: Any, table: str, cols: str, rows: Sequence[Sequence[Any]]) -> None:
+    with cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def upsert_insert(conn: Connection, table: sa.Table):  # type: ignore[no-untyped-def]

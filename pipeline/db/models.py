@@ -9,7 +9,9 @@ Tables users query with plain SQL:
 * ``epoch_metrics``: long format, one row per (run, metric, epoch); ``epoch`` counts from 0 as Keras does.
 * ``epochs``: one row per (run, epoch): learning rate, wall time, throughput.
 * ``checkpoints``: files written by ModelCheckpoint, with size and sha256.
-* ``events``: every raw event, as JSON.
+* ``batch_metrics``: one row per (run, metric, batch step) from ``batch_end`` events; downsampled
+  into ``batch_metric_buckets`` after the retention period.
+* ``events``: every lifecycle event's raw JSON (epoch and batch events are the rows above).
 """
 
 from __future__ import annotations
@@ -157,6 +159,42 @@ class SqlEpoch(Base):
     samples_per_second: Mapped[float | None] = mapped_column(Float)
     steps_per_second: Mapped[float | None] = mapped_column(Float)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The epoch_end event this row records (its raw JSON is not kept in ``events``).
+    event_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class SqlBatchMetric(Base):
+    """One metric at one training batch (``batch_end`` events); ``step`` counts batches across epochs.
+    Raw rows are kept ``FITSTREAM_BATCH_METRICS_RETENTION_DAYS``, then downsampled into buckets."""
+
+    __tablename__ = "batch_metrics"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+    ts: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+
+class SqlBatchMetricBucket(Base):
+    """The downsampled batch curve kept for good: per bucket of steps, the min, max and last value."""
+
+    __tablename__ = "batch_metric_buckets"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    first_step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    epoch: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    min_value: Mapped[float | None] = mapped_column(Float)
+    max_value: Mapped[float | None] = mapped_column(Float)
+    last_value: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
 
 class SqlCheckpoint(Base):

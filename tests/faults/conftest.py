@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from pipeline.bus import EventStream
 from tests.conftest import free_port, wait_for
+from tests.stream_helpers import RECORDED_EVENT_COUNT, RECORDED_EVENT_IDS
 
 LEDGER: list["FaultRow"] = []
 
@@ -76,7 +77,7 @@ def count_recorded(engine: sa.Engine, stream: EventStream, scenario: str, publis
     """
     wanted = set(published_ids)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT event_id FROM events")).scalars().all()
+        rows = conn.execute(sa.text(RECORDED_EVENT_IDS)).scalars().all()
         epoch_repeats = conn.execute(
             sa.text("SELECT count(*) - count(DISTINCT run_id || ':' || CAST(epoch AS VARCHAR)) FROM epochs")
         ).scalar()
@@ -161,7 +162,7 @@ def wait_recorded(engine: sa.Engine, count: int, timeout: float = 120.0) -> None
     def done() -> bool:
         try:
             with engine.connect() as conn:
-                return conn.execute(sa.text("SELECT count(*) FROM events")).scalar() >= count
+                return conn.execute(sa.text(RECORDED_EVENT_COUNT)).scalar() >= count
         except sa.exc.DBAPIError:
             return False
 

@@ -18,7 +18,7 @@ from pipeline.db.session import make_engine
 from tests.conftest import wait_for
 from tests.faults.conftest import count_recorded, wait_recorded
 from tests.faults.test_recorder_sigkills import interleaved, start_recorder
-from tests.stream_helpers import epoch_events
+from tests.stream_helpers import RECORDED_EVENT_COUNT, epoch_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -42,7 +42,7 @@ def runs_of(runs: int, epochs: int) -> list:
 def recorded(engine: sa.Engine) -> int:
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT count(*) FROM events")).scalar()
+            return conn.execute(sa.text(RECORDED_EVENT_COUNT)).scalar()
     except sa.exc.DBAPIError:
         return -1
 

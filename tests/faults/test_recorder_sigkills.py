@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from pipeline.bus import EventStream
 from tests.conftest import REPO, settings_env, wait_for
 from tests.faults.conftest import count_recorded
-from tests.stream_helpers import epoch_events
+from tests.stream_helpers import RECORDED_EVENT_COUNT, epoch_events
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def start_recorder(settings, name: str, *extra: str) -> subprocess.Popen:
 
 def recorded_count(engine) -> int:
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT count(*) FROM events")).scalar()
+        return conn.execute(sa.text(RECORDED_EVENT_COUNT)).scalar()
 
 
 def interleaved(items_by_run: list[list]) -> list:

@@ -26,6 +26,7 @@ from pipeline.db.session import make_engine
 from tests.conftest import REPO, PrivateRedis, RecorderThread, run_cli, wait_for
 from tests.faults.conftest import count_recorded, wait_recorded
 from tests.training_helpers import small_digits, small_model
+from tests.stream_helpers import RECORDED_EVENT_IDS
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def recorded_epochs(engine: sa.Engine, run_id: str) -> list[int]:
 
 def event_ids(engine: sa.Engine) -> list[str]:
     with engine.connect() as conn:
-        return list(conn.execute(sa.text("SELECT event_id FROM events")).scalars())
+        return list(conn.execute(sa.text(RECORDED_EVENT_IDS)).scalars())
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pipeline.model_registry import describe, load_model
 from tests.conftest import RecorderThread, run_cli, wait_for
 from tests.faults.conftest import count_recorded
 from tests.test_promotion import PromoterThread
+from tests.stream_helpers import RECORDED_EVENT_IDS
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def _history(engine, run_id):
 
 def _recorded_ids(engine):
     with engine.connect() as conn:
-        return set(conn.execute(sa.text("SELECT event_id FROM events")).scalars())
+        return set(conn.execute(sa.text(RECORDED_EVENT_IDS)).scalars())
 
 
 def _submit(path, queue, env):

@@ -173,7 +173,8 @@ FIELDS: dict[type, st.SearchStrategy[dict[str, Any]]] = {
         },
     ),
     ev.BatchEnd: st.fixed_dictionaries(
-        {"epoch": st.integers(0), "batch": st.integers(0), "metrics": metrics}
+        {"epoch": int32, "batch": st.integers(0), "metrics": metrics},
+        optional={"step": optional(int64)},  # without one (older publishers): kept in ``events`` only
     ),
     ev.CheckpointSaved: st.fixed_dictionaries(
         {"epoch": int32},
@@ -516,8 +517,9 @@ def _dumps(data: Any) -> bytes:
 
 
 def _field(name: str) -> str:
-    """A pattern for a reason that names ``name`` (not merely ends with it: ``id`` is not ``run_id``)."""
-    return rf"(?<![\w.]){re.escape(name)}: "
+    """A pattern for a reason that names ``name`` (not merely ends with it: ``id`` is not ``run_id``),
+    or a field inside it (``sweep.id: Field required`` for a nested object missing its fields)."""
+    return rf"(?<![\w.]){re.escape(name)}(?:\.[\w.]+)?: "
 
 
 def _invalid(payload: bytes, what: str, reason: str) -> Message:

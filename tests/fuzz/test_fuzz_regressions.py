@@ -62,6 +62,7 @@ from pipeline.jobs import (
     spec_to_json,
 )
 from tests.conftest import settings_env, wait_for
+from tests.stream_helpers import RECORDED_EVENT_IDS
 
 VALID = {
     "v": 1,
@@ -237,7 +238,7 @@ def test_poison_payloads_are_dead_lettered_and_the_recorder_goes_on(settings, en
         with engine.connect() as conn:
             return (
                 conn.execute(
-                    sa.text("SELECT count(*) FROM events WHERE event_id = :e"), {"e": good.id}
+                    sa.text(f"SELECT count(*) FROM ({RECORDED_EVENT_IDS}) AS recorded WHERE event_id = :e"), {"e": good.id}
                 ).scalar()
                 == 1
             )

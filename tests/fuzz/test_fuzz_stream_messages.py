@@ -7,9 +7,10 @@ What must come of them:
 * no consumer dies, and every group acknowledges every message;
 * every malformed message is in the dead-letter stream, once per group, kind ``invalid_event``,
   with a reason that says what is wrong and the original fields byte for byte;
-* every valid event is recorded exactly once with its exact values (``events``, ``epoch_metrics``,
-  ``epochs``, ``checkpoints``) and each ``runs`` row is what the recorder's merge rules make of the
-  run's events in stream order; nothing else is recorded;
+* every valid event is recorded exactly once with its exact values (``events`` for lifecycle
+  events, ``epochs`` with the epoch_end's id, ``epoch_metrics``, ``batch_metrics``, ``checkpoints``)
+  and each ``runs`` row is what the recorder's merge rules make of the run's events in stream order;
+  nothing else is recorded;
 * NaN and ±inf are values like any other (Keras logs them): stored as they are — except that
   SQLite has no NaN and stores NULL — and a NaN never replaces a known value in a ``runs`` row;
 * an event no column can hold is dead-lettered as ``handler_failed`` (the recorder retries its
@@ -43,6 +44,7 @@ from pipeline.consumers.promoter import Promoter
 from pipeline.consumers.recorder import Recorder
 from pipeline.db.models import (
     SqlAlert,
+    SqlBatchMetric,
     SqlCheckpoint,
     SqlEpoch,
     SqlEpochMetric,
@@ -349,16 +351,23 @@ def _expected_history(recorded: list[Message], sqlite: bool) -> dict[str, dict[A
     metrics: dict[Any, dict[str, Any]] = {}
     epochs: dict[Any, dict[str, Any]] = {}
     checkpoints: dict[Any, dict[str, Any]] = {}
+    batch_metrics: dict[Any, dict[str, Any]] = {}
     runs: dict[str, ExpectedRun] = defaultdict(ExpectedRun)
     for message in recorded:
         e = message.event
         assert e is not None
         at = _utc(e.ts)
-        events.setdefault(
-            e.id,
-            {"run_id": e.run_id, "seq": e.seq, "type": e.type, "ts": at, "payload": message.payload.decode()},
-        )
+        # An epoch_end is recorded as its epochs row (event id included), a batch_end with a step as
+        # batch_metrics rows: only the other (lifecycle) events keep their raw JSON in ``events``.
+        if not isinstance(e, ev.EpochEnd) and not (isinstance(e, ev.BatchEnd) and e.step is not None):
+            events.setdefault(
+                e.id,
+                {"run_id": e.run_id, "seq": e.seq, "type": e.type, "ts": at, "payload": message.payload.decode()},
+            )
         runs[e.run_id].see(e)
+        if isinstance(e, ev.BatchEnd) and e.step is not None:
+            for name, value in e.metrics.items():
+                batch_metrics.setdefault((e.run_id, name, e.step), {"epoch": e.epoch, "value": stored(value), "ts": at})
         if isinstance(e, ev.EpochEnd):
             for name, value in e.metrics.items():
                 metrics.setdefault((e.run_id, name, e.epoch), {"value": stored(value)})
@@ -371,6 +380,7 @@ def _expected_history(recorded: list[Message], sqlite: bool) -> dict[str, dict[A
                     "samples_per_second": stored(e.samples_per_second),
                     "steps_per_second": stored(e.steps_per_second),
                     "ended_at": at,
+                    "event_id": e.id,
                 },
             )
         elif isinstance(e, ev.CheckpointSaved):
@@ -392,6 +402,7 @@ def _expected_history(recorded: list[Message], sqlite: bool) -> dict[str, dict[A
         "epoch_metrics": metrics,
         "epochs": epochs,
         "checkpoints": checkpoints,
+        "batch_metrics": batch_metrics,
         "runs": {run_id: run.row for run_id, run in runs.items()},
     }
 
@@ -401,6 +412,7 @@ TABLES = {
     "epoch_metrics": (SqlEpochMetric, ("run_id", "name", "epoch")),
     "epochs": (SqlEpoch, ("run_id", "epoch")),
     "checkpoints": (SqlCheckpoint, ("run_id", "epoch", "path")),
+    "batch_metrics": (SqlBatchMetric, ("run_id", "name", "step")),
     "runs": (SqlRun, ("run_id",)),
 }
 JSON_COLUMNS = ("tags", "optimizer")
