@@ -327,7 +327,13 @@ _skipped: dict[str, str] = {}
 _passed: set[str] = set()
 
 
+#: The fault suite's ledger (``tests/faults``): one row per scenario, from the tests' reports.
+_fault_rows: list[dict] = []
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _fault_rows.extend(value for name, value in report.user_properties if name == "fault_row")
     if report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _skipped[report.nodeid] = reason.removeprefix("Skipped: ")
@@ -353,6 +359,8 @@ def unexpected_skips() -> dict[str, str]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
         return
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the controller, which gets every report, decides
     unexpected = unexpected_skips()
     if not unexpected:
         return
@@ -362,3 +370,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for nodeid, reason in sorted(unexpected.items()):
             reporter.write_line(f"{nodeid}: {reason}")
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    """The fault suite's table: what each fault cost (``FITSTREAM_FAULT_REPORT=path.json`` writes it)."""
+    if not _fault_rows:
+        return
+    terminalreporter.section("fault suite: what each fault cost")
+    header = f"{'scenario':<56} {'published':>9} {'recorded':>9} {'lost':>5} {'dup':>4} {'dead':>5}  note"
+    terminalreporter.write_line(header)
+    rows = sorted(_fault_rows, key=lambda row: row["scenario"])
+    for row in rows:
+        terminalreporter.write_line(
+            f"{row['scenario'][:56]:<56} {row['published']:>9} {row['recorded']:>9} {row['lost']:>5} "
+            f"{row['duplicated']:>4} {row['dead_lettered']:>5}  {row['note']}"
+        )
+    report = os.environ.get("FITSTREAM_FAULT_REPORT")
+    if report:
+        import json
+
+        Path(report).write_text(json.dumps(rows, indent=2))

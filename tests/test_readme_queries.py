@@ -51,7 +51,7 @@ def train(name: str, settings, learning_rate: float) -> str:
     # min_delta far above any real improvement: EarlyStopping fires after `patience` epochs.
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, min_delta=5.0, restore_best_weights=True)
     checkpoint = keras.callbacks.ModelCheckpoint(str(settings.home / f"{name}-{learning_rate}.keras"), monitor="val_loss", save_best_only=True)
-    publisher = EventPublisher(name=name, watch=[stop, checkpoint], settings=settings, batch_size=32)
+    publisher = EventPublisher(name=name, watch=[stop, checkpoint], settings=settings, batch_size=32, batch_events_every=5)
     model.fit(x, y, validation_data=(x_val, y_val), epochs=10, batch_size=32, verbose=0, callbacks=[stop, checkpoint, publisher])
     assert stop.stopped_epoch == 2
     return publisher.run_id
@@ -76,6 +76,8 @@ def test_every_readme_query_answers_from_a_real_history(settings, engine):
             assert rows[0]["run_id"] in runs and rows[0]["version"] >= 1
         if "early_stopped" in query:
             assert {row["stopped_epoch"] for row in rows} == {2}
+        if "batch_metrics" in query:  # 300 samples, 10 batches of 32 per epoch, every 5th: 4, 9, 14, …
+            assert [row["step"] for row in rows] == list(range(4, 30, 5))
     # The README's `fitstream runs [--status S]`, and --name.
     listed = json.loads(run_cli("runs", "--status", "early_stopped", "--json", env_extra=env).stdout)
     assert sorted(r["run_id"] for r in listed) == sorted(runs)

@@ -28,9 +28,6 @@ from pipeline.bus import EventStream
 from tests.conftest import free_port, wait_for
 from tests.stream_helpers import RECORDED_EVENT_COUNT, RECORDED_EVENT_IDS
 
-LEDGER: list["FaultRow"] = []
-
-
 @dataclass(frozen=True)
 class FaultRow:
     """One scenario's outcome, counted from the stream and the database after the fault."""
@@ -45,28 +42,13 @@ class FaultRow:
 
 
 @pytest.fixture
-def ledger() -> Iterator[list[FaultRow]]:
-    """Append the scenario's FaultRow; the table is printed at the end of the session."""
+def ledger(request: pytest.FixtureRequest) -> Iterator[list[FaultRow]]:
+    """Append the scenario's FaultRow; ``tests/conftest.py`` prints the table at the end of the session.
+    The rows travel in the test's report (``user_properties``), so that under pytest-xdist the
+    controller, which prints the table, gets the rows its workers counted."""
     rows: list[FaultRow] = []
     yield rows
-    LEDGER.extend(rows)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
-    if not LEDGER:
-        return
-    terminalreporter.section("fault suite: what each fault cost")
-    header = f"{'scenario':<56} {'published':>9} {'recorded':>9} {'lost':>5} {'dup':>4} {'dead':>5}  note"
-    terminalreporter.write_line(header)
-    for row in LEDGER:
-        terminalreporter.write_line(
-            f"{row.scenario[:56]:<56} {row.published:>9} {row.recorded:>9} {row.lost:>5} {row.duplicated:>4} {row.dead_lettered:>5}  {row.note}"
-        )
-    report = os.environ.get("FITSTREAM_FAULT_REPORT")
-    if report:
-        import json
-
-        Path(report).write_text(json.dumps([asdict(row) for row in LEDGER], indent=2))
+    request.node.user_properties.extend(("fault_row", asdict(row)) for row in rows)
 
 
 def count_recorded(engine: sa.Engine, stream: EventStream, scenario: str, published_ids: Iterable[str], note: str = "") -> FaultRow:
