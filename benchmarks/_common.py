@@ -14,7 +14,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # works without an editable install too
@@ -135,3 +135,31 @@ def running_worker(queue: str, env: dict[str, str], log_path: Path) -> Iterator[
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=30)
+
+
+#: Keras hooks (and the publisher's one-shot learning-rate read) that ``time_hooks`` times.
+TIMED_HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end", "on_batch_end",
+               "on_test_end", "on_epoch_end", "on_train_end", "_read_epoch_learning_rate")
+
+
+def time_hooks(callback: Any, spent: dict[str, float]) -> None:
+    """Wrap each Keras hook this callback instance is really called through (Keras' default no-ops
+    are skipped, so that timing changes nothing Keras decides about batch hooks) to add its time,
+    on the training thread, to ``spent``."""
+    import time
+
+    from keras.src.utils import is_default
+
+    for name in TIMED_HOOKS:
+        method = getattr(callback, name, None)
+        if method is None or is_default(method):
+            continue
+
+        def timed(*args: Any, _method: Callable = method, _name: str = name, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - t0
+
+        setattr(callback, name, timed)

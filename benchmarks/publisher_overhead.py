@@ -49,10 +49,11 @@ Figures, per mode:
   marked ``(noisy)`` when max(spread of mode, spread of baseline) / sqrt(fits)
   exceeds the target, i.e. the run cannot resolve it.
 * **hooks ms/epoch** -- time spent inside the publisher's Keras hooks
-  (``on_epoch_begin``, ``on_train_batch_end``, ``on_test_end``, ``on_epoch_end``) on the
+  (``on_epoch_begin``, the first batch's learning-rate read, ``on_train_batch_end`` when batch events
+  are on, ``on_test_end``, ``on_epoch_end``) on the
   training thread, per epoch, and as % of a baseline epoch: the publisher's
-  direct cost, nearly free of noise (measured by a subclass that wraps each
-  hook with two ``perf_counter`` calls). ``train_begin`` / ``train_end`` ms:
+  direct cost, nearly free of noise (``_common.time_hooks`` wraps each hook
+  the instance is really called through with two ``perf_counter`` calls). ``train_begin`` / ``train_end`` ms:
   the same for the once-per-fit hooks (``on_train_end`` flushes and joins the
   sender thread). The sender thread's own work is not in these; it shows in
   CPU/fit and in the wall-time overheads.
@@ -149,38 +150,11 @@ def make_timer():
     return EpochTimer()
 
 
-_TIMED_PUBLISHER = None
-HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_end", "on_test_end", "on_epoch_end", "on_train_end")
-
-
-def timed_publisher_class():  # type: ignore[no-untyped-def]
-    """EventPublisher, adding up the time its hooks take on the training thread (two perf_counter calls each)."""
-    global _TIMED_PUBLISHER
-    if _TIMED_PUBLISHER is None:
-        from pipeline.callbacks.publisher import EventPublisher
-
-        def timed(name: str):  # type: ignore[no-untyped-def]
-            base = getattr(EventPublisher, name)
-
-            def hook(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-                t0 = time.perf_counter()
-                try:
-                    return base(self, *args, **kwargs)
-                finally:
-                    self.hook_s[name] = self.hook_s.get(name, 0.0) + time.perf_counter() - t0
-
-            hook.__name__ = name
-            return hook
-
-        namespace = {name: timed(name) for name in HOOKS}
-        _TIMED_PUBLISHER = type("TimedEventPublisher", (EventPublisher,), namespace)
-    return _TIMED_PUBLISHER
-
-
 def one_fit(mode: str, data, epochs: int, settings) -> FitResult:  # type: ignore[no-untyped-def]
     import keras
 
     from examples import digits
+    from pipeline.callbacks.publisher import EventPublisher
 
     (x, y), (x_val, y_val) = data
     keras.backend.clear_session()
@@ -190,13 +164,14 @@ def one_fit(mode: str, data, epochs: int, settings) -> FitResult:  # type: ignor
     callbacks: list[keras.callbacks.Callback] = [timer]
     publisher = None
     if mode != "baseline":
-        publisher = timed_publisher_class()(
+        publisher = EventPublisher(
             name=f"bench-{mode}",
             batch_events_every=1 if mode == "every-batch" else None,
             batch_size=BATCH_SIZE,
             settings=settings,
         )
         publisher.hook_s = {}
+        _common.time_hooks(publisher, publisher.hook_s)
         callbacks.append(publisher)
     cpu0, t0 = time.process_time(), time.perf_counter()
     model.fit(
@@ -289,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{spread:.1f}%", f"{body * 1000:.2f}", "-" if is_base else pct(body, b_body),
             "-" if target is None else f"<= {target:g}%", result,
         ])
-        hooks_epoch = res.hook_ms("on_epoch_begin", "on_train_batch_end", "on_test_end", "on_epoch_end", per_epoch=True)
+        hooks_epoch = res.hook_ms("on_epoch_begin", "on_train_batch_begin", "_read_epoch_learning_rate", "on_train_batch_end",
+                                  "on_test_end", "on_epoch_end", per_epoch=True)
         fit_rows.append([
             mode, f"{fit:.3f}", "-" if is_base else pct(fit, b_fit), f"{cpu:.3f}", "-" if is_base else pct(cpu, b_cpu),
             "-" if is_base else f"{hooks_epoch:.3f}",
