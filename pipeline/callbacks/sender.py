@@ -189,25 +189,17 @@ class EventSender:
                 time.sleep(RETRY_INITIAL_S)
 
     def _take_batch(self) -> list[Item]:
-        """Up to ``send_batch`` items; after the first, wait up to LINGER_S for more,
-        so that a burst (an event every batch) costs one round trip, not one per event."""
+        """Up to ``send_batch`` items; after the first, linger LINGER_S and take what came meanwhile,
+        so that a burst (an event every batch) costs one round trip, not one per event — and one
+        wake-up of this thread, not one per event (each would take the GIL from the training thread)."""
         try:
             # Once closing, never block: the wake-up sentinel may already have been consumed.
             first = self._queue.get_nowait() if self._closing.is_set() else self._queue.get(timeout=IDLE_WAIT_S)
         except queue.Empty:
             return []
         batch = [] if first is _WAKE else [first]
-        deadline = time.monotonic() + LINGER_S
-        while len(batch) < self._send_batch and not self._closing.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                item = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if item is not _WAKE:
-                batch.append(item)
+        if batch and not self._closing.is_set():
+            self._closing.wait(LINGER_S)  # woken early only by close()
         while len(batch) < self._send_batch:  # whatever is already there, without waiting
             try:
                 item = self._queue.get_nowait()
