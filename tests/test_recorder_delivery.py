@@ -84,6 +84,40 @@ def test_replaying_events_creates_no_duplicates_and_order_does_not_matter(settin
     assert all(r.name.startswith("synthetic-") for r in rows)
 
 
+def test_a_large_replayed_batch_is_written_once_and_the_new_rows_beside_it_too(settings, engine, database_url, monkeypatch):
+    """Large batches go straight into the keyed tables (PostgreSQL: COPY). A batch that meets rows
+    already there — a replay, a reclaimed batch — takes the slower, conflict-skipping path for that
+    table, in the same transaction: every row once, the new ones included."""
+    from pipeline.db import bulk
+
+    copied: list[str] = []
+    real_copy = bulk._copy
+    monkeypatch.setattr(bulk, "_copy", lambda cursor, table, cols, rows: (copied.append(table), real_copy(cursor, table, cols, rows)))
+    first = epoch_events(30, 10, 4)          # 30 runs × 10 epochs × 4 metrics = 1,200 metric rows
+    later = epoch_events(40, 10, 4)[len(first):]  # 10 more runs
+    stream = EventStream(settings=settings)
+    with RecorderThread(settings, engine):
+        publish_all(stream, first)
+        wait_for(lambda: _count(engine, "epoch_metrics") == 1200, message="the first batch recorded")
+    # The same events again, with new ones mixed in, waiting in the stream: one read, one transaction.
+    mixed = [item for pair in zip(first, later) for item in pair] + first[len(later):]
+    publish_all(stream, mixed)
+    running = RecorderThread(settings, engine)
+    running.loop.batch_size = 10_000
+    with running:
+        wait_for(lambda: _count(engine, "epoch_metrics") == 1600, message="the new runs recorded beside the replay")
+        wait_for(lambda: stream.groups()[0]["pending"] == 0 and stream.groups()[0]["lag"] == 0, message="stream drained")
+    assert running.loop.stats.batches == 1
+    assert running.loop.stats.batch_fallbacks == 0 and running.loop.stats.dead_lettered == 0
+    assert _count(engine, "events") == len(first) + len(later)
+    assert _count(engine, "epochs") == 400
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(DISTINCT run_id) FROM runs WHERE status = 'completed'")).scalar() == 40
+    if database_url.startswith("postgresql"):
+        # The replayed batch did meet its rows in epoch_metrics, and went through the staging table.
+        assert "_fitstream_stage_epoch_metrics" in copied and copied.count("epoch_metrics") >= 2, copied
+
+
 def test_several_recorders_in_one_group_share_the_work(settings, engine):
     items = epoch_events(20, 50, 2)
     stream = EventStream(settings=settings)
