@@ -299,8 +299,9 @@ class EventPublisher(keras.callbacks.Callback):
             # A resumed fit starts at its initial epoch: count the steps the epochs before it took.
             steps = self.params.get("steps") if self.params else None
             self._steps_before_epoch = epoch * steps if steps else 0
-        elif self._last_batch is not None:
-            self._steps_before_epoch += self._last_batch + 1
+        else:  # the batch hook saw the last batch; without it (no batch events), Keras' steps per epoch
+            steps = self.params.get("steps") if self.params else None
+            self._steps_before_epoch += self._last_batch + 1 if self._last_batch is not None else steps or 0
         self._epochs_seen += 1
         self._last_batch = None
         self._current_epoch = epoch
@@ -350,8 +351,6 @@ class EventPublisher(keras.callbacks.Callback):
             self._emit_checkpoints(self._checkpoints.batch_files(self._current_epoch, None, None, self._epoch_start_ns))
         logs = logs if logs is not None else {}
         self._last_epoch_logs = logs
-        if self._last_batch is None:
-            self._last_batch = self._batches_this_epoch()
         if not self._checked_monitors:
             self._checked_monitors = True
             self._check_monitors(set(logs))
@@ -461,13 +460,15 @@ class EventPublisher(keras.callbacks.Callback):
             return None
         if value is None or math.isfinite(value) or not getattr(self.model, "stop_training", False):
             return None
-        where = f"epoch {self._current_epoch}" + (f", batch {self._last_batch}" if self._last_batch is not None else "")
+        batch = self._last_batch if self._last_batch is not None else self._batches_this_epoch()
+        where = f"epoch {self._current_epoch}" + (f", batch {batch}" if batch is not None else "")
         return (f"training stopped: the loss became {value} at {where} "
                 "(TerminateOnNaN); lower the learning rate, clip gradients or look for NaN in the data")
 
     def _batches_this_epoch(self) -> int | None:
         """The last batch index of the current epoch, from the optimizer's step counter (no batch hook
-        needed): None where the model has no Keras optimizer."""
+        needed; read only when asked: the first read of a variable after training steps waits for
+        them, ~0.5 ms): None where the model has no Keras optimizer."""
         now = optimizer_iterations(self.model)
         if now is None or self._iterations_at_epoch is None or now <= self._iterations_at_epoch:
             return None
