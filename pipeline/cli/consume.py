@@ -26,7 +26,7 @@ def consume() -> None:
 @click.option("--claim-idle-ms", type=click.IntRange(100), default=None, help="Reclaim messages idle this long on a dead consumer.")
 @click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
 def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: int | None, exit_when_idle: float | None) -> None:
-    """Persist runs, epoch metrics, checkpoints and events into SQL."""
+    """Persist runs, epoch and batch metrics, checkpoints and lifecycle events into SQL."""
     from pipeline.consumers.recorder import Recorder
 
     settings = get_settings()
