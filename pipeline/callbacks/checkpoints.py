@@ -58,6 +58,11 @@ def _batch_of_last_save(callback: Any) -> int | None:
     return last if isinstance(last, int) else None
 
 
+def batch_level_checkpoints(watch: Sequence[Any]) -> tuple[Any, ...]:
+    """The watched ModelCheckpoints that save every N batches (``save_freq`` an integer)."""
+    return tuple(c for c in watch if isinstance(c, MODEL_CHECKPOINT) and c.save_freq != "epoch")
+
+
 class CheckpointReporter:
     """What checkpoint files the watched callbacks produced, as ``checkpoint_saved`` fields.
 
@@ -69,7 +74,7 @@ class CheckpointReporter:
         self._watcher = CheckpointWatcher()
         self._per_epoch = tuple(c for c in watch if isinstance(c, MODEL_CHECKPOINT) and c.save_freq == "epoch")
         #: Batch-level ModelCheckpoints: empty for most fits, so the per-batch hook does nothing.
-        self.per_batch = tuple(c for c in watch if isinstance(c, MODEL_CHECKPOINT) and c.save_freq != "epoch")
+        self.per_batch = batch_level_checkpoints(watch)
         self._previous_batch: tuple[int, dict[str, Any]] | None = None
         self._restored: Saved | None = None
 

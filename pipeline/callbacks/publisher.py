@@ -47,7 +47,7 @@ import keras
 from pipeline import events as ev
 from pipeline.bus import EventStream
 from pipeline.callbacks.batch_events import BatchThrottle, batch_event_maker, check_batch_settings
-from pipeline.callbacks.checkpoints import CheckpointReporter, checkpoint_event_maker
+from pipeline.callbacks.checkpoints import CheckpointReporter, batch_level_checkpoints, checkpoint_event_maker
 from pipeline.callbacks.keras_state import (
     EARLY_STOPPING,
     REDUCE_LR,
@@ -172,7 +172,7 @@ class EventPublisher(keras.callbacks.Callback):
         with a batch-end hook makes Keras dispatch every batch synchronously (and copy the logs off
         the device); without one, Keras keeps its asynchronous batch dispatch."""
         throttle = getattr(self, "_batch_throttle", None)
-        needed = (throttle is not None and throttle.enabled) or bool(CheckpointReporter(self._watch).per_batch)
+        needed = (throttle is not None and throttle.enabled) or bool(batch_level_checkpoints(self._watch))
         if needed:
             self.on_train_batch_end = self._on_train_batch_end
         else:
@@ -295,13 +295,11 @@ class EventPublisher(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._finalize_pending()
-        if self._epochs_seen == 0:
-            # A resumed fit starts at its initial epoch: count the steps the epochs before it took.
-            steps = self.params.get("steps") if self.params else None
-            self._steps_before_epoch = epoch * steps if steps else 0
+        steps = (self.params.get("steps") if self.params else None) or 0
+        if self._epochs_seen == 0:  # a resumed fit starts at its initial epoch, after epoch × steps steps
+            self._steps_before_epoch = epoch * steps
         else:  # the batch hook saw the last batch; without it (no batch events), Keras' steps per epoch
-            steps = self.params.get("steps") if self.params else None
-            self._steps_before_epoch += self._last_batch + 1 if self._last_batch is not None else steps or 0
+            self._steps_before_epoch += self._last_batch + 1 if self._last_batch is not None else steps
         self._epochs_seen += 1
         self._last_batch = None
         self._current_epoch = epoch
