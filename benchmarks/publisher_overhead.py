@@ -61,9 +61,13 @@ Figures, per mode:
 
 Targets: per-epoch mode <= 1 % per-epoch overhead; every-batch mode <= 5 %.
 
+``--workload convnet`` fits a CNN big enough to keep a GPU busy instead
+(``benchmarks/_workloads.py``: synthetic 32×32×3 images, batch 128, 64
+batches per epoch); Keras' backend is whatever ``KERAS_BACKEND`` names.
+
 Run::
 
-    .venv/bin/python benchmarks/publisher_overhead.py [--repeats 5] [--epochs 10]
+    .venv/bin/python benchmarks/publisher_overhead.py [--repeats 5] [--epochs 10] [--workload digits|convnet]
 
 No timing is asserted; the script prints the figures and whether each target
 was met on this run.
@@ -81,10 +85,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
+import _workloads  # noqa: E402
 
 MODES = ("baseline", "per-epoch", "every-batch")
 TARGETS = {"baseline": None, "per-epoch": 1.0, "every-batch": 5.0}
-BATCH_SIZE = 32
 
 
 @dataclass
@@ -150,16 +154,15 @@ def make_timer():
     return EpochTimer()
 
 
-def one_fit(mode: str, data, epochs: int, settings) -> FitResult:  # type: ignore[no-untyped-def]
+def one_fit(mode: str, workload: _workloads.Workload, epochs: int, settings) -> FitResult:  # type: ignore[no-untyped-def]
     import keras
 
-    from examples import digits
     from pipeline.callbacks.publisher import EventPublisher
 
-    (x, y), (x_val, y_val) = data
+    (x, y), (x_val, y_val) = workload.data
     keras.backend.clear_session()
     gc.collect()
-    model = digits.build_model()  # seeded: identical weights and shuffling in every fit
+    model = workload.build_model()  # seeded: identical weights and shuffling in every fit
     timer = make_timer()
     callbacks: list[keras.callbacks.Callback] = [timer]
     publisher = None
@@ -167,7 +170,7 @@ def one_fit(mode: str, data, epochs: int, settings) -> FitResult:  # type: ignor
         publisher = EventPublisher(
             name=f"bench-{mode}",
             batch_events_every=1 if mode == "every-batch" else None,
-            batch_size=BATCH_SIZE,
+            batch_size=workload.batch_size,
             settings=settings,
         )
         publisher.hook_s = {}
@@ -175,7 +178,7 @@ def one_fit(mode: str, data, epochs: int, settings) -> FitResult:  # type: ignor
         callbacks.append(publisher)
     cpu0, t0 = time.process_time(), time.perf_counter()
     model.fit(
-        x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=BATCH_SIZE,
+        x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=workload.batch_size,
         verbose=0, callbacks=callbacks,
     )
     t1, cpu1 = time.perf_counter(), time.process_time()
@@ -197,24 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed fits per mode (default 5)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per fit (default 10)")
     parser.add_argument("--warmup-epochs", type=int, default=2, help="epochs of the warm-up fit per mode (default 2)")
+    parser.add_argument("--workload", choices=sorted(_workloads.WORKLOADS), default="digits",
+                        help="digits (the CPU default) or convnet (big enough to keep a GPU busy)")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (epoch 0 is excluded from the per-epoch figures)")
 
-    import keras
     import redis
 
-    from examples import digits
     from pipeline.config import Settings
 
-    data = digits.load_data()
-    steps = -(-len(data[0][0]) // BATCH_SIZE)
+    workload = _workloads.get(args.workload)
     stream = _common.unique_stream()
     results = {mode: ModeResults() for mode in MODES}
     print(f"publisher_overhead: {_common.machine_line()}")
+    print(_workloads.accelerator_line())
     print(
-        f"keras {keras.__version__} ({keras.backend.backend()}), digits MLP hidden=64, "
-        f"{len(data[0][0])} train / {len(data[1][0])} val samples, batch_size={BATCH_SIZE} -> {steps} batches/epoch, "
+        f"{workload.description}, batch_size={workload.batch_size} -> {workload.steps_per_epoch} batches/epoch, "
         f"epochs={args.epochs}, repeats={args.repeats}, stream={stream}"
     )
     t_start = time.perf_counter()
@@ -222,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(redis_url=_common.REDIS_URL, stream=stream, home=home)
         try:
             for mode in MODES:  # warm-up: tracing, imports, first Redis connection
-                one_fit(mode, data, args.warmup_epochs, settings)
+                one_fit(mode, workload, args.warmup_epochs, settings)
             for r in range(args.repeats):
                 order = MODES[r % 3:] + MODES[: r % 3]
                 for mode in order:
-                    results[mode].fits.append(one_fit(mode, data, args.epochs, settings))
+                    results[mode].fits.append(one_fit(mode, workload, args.epochs, settings))
                 print(f"  repeat {r + 1}/{args.repeats} done ({' -> '.join(order)})", flush=True)
             stream_len = redis.Redis.from_url(_common.REDIS_URL).xlen(stream)
         finally:

@@ -64,8 +64,8 @@ from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+import _workloads  # noqa: E402
 
-BATCH_SIZE = 32
 FIT_MODES = ("baseline", "fitstream epoch", "mlflow epoch", "fitstream batch", "mlflow batch")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -91,7 +91,8 @@ def stop(process: subprocess.Popen) -> None:
 
 def bench_env(database_url: str, stream: str, home: Path) -> dict[str, str]:
     return {**os.environ, "FITSTREAM_REDIS_URL": _common.REDIS_URL, "FITSTREAM_DATABASE_URL": database_url,
-            "FITSTREAM_STREAM": stream, "FITSTREAM_HOME": str(home), "PYTHONPATH": str(_common.REPO)}
+            "FITSTREAM_STREAM": stream, "FITSTREAM_HOME": str(home),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(_common.REPO), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 def databases(backends: list[str], scratch: Path) -> Iterator[tuple[str, str]]:
@@ -105,17 +106,18 @@ def databases(backends: list[str], scratch: Path) -> Iterator[tuple[str, str]]:
 
 
 # -- fit overhead ----------------------------------------------------------------------------------------
-def one_fit(mode: str, data: Any, epochs: int, settings: Any, mlflow_uri: str) -> dict[str, Any]:
+def one_fit(mode: str, workload: _workloads.Workload, epochs: int, settings: Any, mlflow_uri: str,
+            experiment_id: str) -> dict[str, Any]:
     import keras
     import mlflow
 
-    from examples import digits
     from pipeline import EventPublisher
 
-    (x, y), (x_val, y_val) = data
+    (x, y), (x_val, y_val) = workload.data
+    batch_size = workload.batch_size
     keras.backend.clear_session()
     gc.collect()
-    model = digits.build_model()
+    model = workload.build_model()
     stamps: list[float] = []
 
     class EpochClock(keras.callbacks.Callback):  # no batch hooks
@@ -129,20 +131,20 @@ def one_fit(mode: str, data: Any, epochs: int, settings: Any, mlflow_uri: str) -
     callbacks: list[Any] = [EpochClock()]
     run = None
     if mode.startswith("fitstream"):
-        tracker = EventPublisher(name="bench", settings=settings, batch_size=BATCH_SIZE,
+        tracker = EventPublisher(name="bench", settings=settings, batch_size=batch_size,
                                  batch_events_every=1 if mode.endswith("batch") else None)
         _common.time_hooks(tracker, spent)
         callbacks.append(tracker)
     elif mode.startswith("mlflow"):
         mlflow.set_tracking_uri(mlflow_uri)
-        run = mlflow.start_run()
+        run = mlflow.start_run(experiment_id=experiment_id)
         every_step = mode.endswith("batch")
         tracker = mlflow.keras.MlflowCallback(log_every_epoch=not every_step, log_every_n_steps=1 if every_step else None)
         _common.time_hooks(tracker, spent)
         callbacks.append(tracker)
     t0 = time.perf_counter()
     try:
-        model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=BATCH_SIZE, verbose=0, callbacks=callbacks)
+        model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, verbose=0, callbacks=callbacks)
     finally:
         if run is not None:
             mlflow.end_run()
@@ -153,10 +155,12 @@ def one_fit(mode: str, data: Any, epochs: int, settings: Any, mlflow_uri: str) -
 
 
 def fit_overhead(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    from examples import digits
+    import mlflow
+
     from pipeline.config import Settings
 
-    data = digits.load_data()
+    workload = _workloads.get(args.workload)
+    print(f"  fit: {workload.description}, batch {workload.batch_size}; {_workloads.accelerator_line()}", file=sys.stderr)
     stream = _common.unique_stream()
     database = f"sqlite:///{scratch / 'fit-history.db'}"
     from pipeline.db.migrate import upgrade
@@ -164,14 +168,17 @@ def fit_overhead(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     upgrade(database)
     settings = Settings(redis_url=_common.REDIS_URL, database_url=database, stream=stream, home=scratch / "home")
     mlflow_uri = f"sqlite:///{scratch / 'mlflow.db'}"
+    # MlflowCallback logs the model summary as an artifact: keep it in the scratch folder, not ./mlruns.
+    mlflow.set_tracking_uri(mlflow_uri)
+    experiment_id = mlflow.create_experiment("fit-overhead", artifact_location=(scratch / "mlartifacts").as_uri())
     recorder = start_recorder(bench_env(database, stream, scratch / "home"), scratch / "fit-recorder.log")
     rounds: list[dict[str, dict[str, Any]]] = []
     try:
         for mode in FIT_MODES:  # warm-up: graph tracing, MLflow's schema, Redis connections
-            one_fit(mode, data, 2, settings, mlflow_uri)
+            one_fit(mode, workload, 2, settings, mlflow_uri, experiment_id)
         for r in range(args.rounds):
             order = FIT_MODES[r % len(FIT_MODES):] + FIT_MODES[:r % len(FIT_MODES)]
-            rounds.append({mode: one_fit(mode, data, args.epochs, settings, mlflow_uri) for mode in order})
+            rounds.append({mode: one_fit(mode, workload, args.epochs, settings, mlflow_uri, experiment_id) for mode in order})
             print(f"  fit round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         stop(recorder)
@@ -184,7 +191,9 @@ def fit_overhead(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         base = _common.median([rnd["baseline"]["epoch_s"] for rnd in rounds])
         summary[mode] = {"epoch_ms": epoch * 1000, "overhead_pct": paired * 100, "hooks_ms_per_epoch": hooks * 1000,
                          "hooks_pct_of_baseline_epoch": hooks / base * 100}
-    return {"rounds": args.rounds, "epochs": args.epochs, "batches_per_epoch": 45, "modes": summary}
+    return {"rounds": args.rounds, "epochs": args.epochs, "batches_per_epoch": workload.steps_per_epoch,
+            "workload": workload.description, "batch_size": workload.batch_size,
+            "accelerator": _workloads.accelerator_line(), "modes": summary}
 
 
 # -- ingest -------------------------------------------------------------------------------------------------
@@ -339,6 +348,8 @@ def report(fit: dict[str, Any] | None, ing: dict[str, Any] | None) -> str:
     if fit is not None:
         lines += [f"## Fit overhead ({fit['epochs']} epochs × {fit['batches_per_epoch']} batches, {fit['rounds']} rounds; "
                   "median epoch, paired overhead against the same round's baseline)", "",
+                  f"Model: {fit.get('workload', 'digits MLP')}, batch {fit.get('batch_size', 32)}. "
+                  f"{fit.get('accelerator', '')}", "",
                   "| mode | epoch ms | overhead | in its hooks, ms/epoch | hooks / baseline epoch |", "|---|---|---|---|---|"]
         for mode, m in fit["modes"].items():
             lines.append(f"| {mode} | {m['epoch_ms']:.1f} | {m['overhead_pct']:+.1f} % | {m['hooks_ms_per_epoch']:.2f} | "
@@ -374,8 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--scale", default="1,2,4",
                         help="recorders in one group, side by side (PostgreSQL rows only)")
+    parser.add_argument("--workload", choices=sorted(_workloads.WORKLOADS), default="digits",
+                        help="the fitted model: digits (CPU default) or convnet (big enough to keep a GPU busy)")
     parser.add_argument("--skip-fit", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="where to write the .md and .json (default benchmarks/results/vs_mlflow-<date>)")
     args = parser.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     args.scale = [int(n) for n in args.scale.split(",") if n.strip()]
@@ -387,13 +402,14 @@ def main(argv: list[str] | None = None) -> int:
         ing = None if args.skip_ingest else ingest(args, scratch)
     text = report(fit, ing)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
     stamp = dt.date.today().isoformat()
-    (RESULTS / f"vs_mlflow-{stamp}.md").write_text(text)
-    (RESULTS / f"vs_mlflow-{stamp}.json").write_text(json.dumps(
+    base = args.results or RESULTS / f"vs_mlflow-{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".md").write_text(text)
+    base.with_suffix(".json").write_text(json.dumps(
         {"date": stamp, "machine": _common.machine_line(), "fit": fit,
          "ingest": None if ing is None else {k: v for k, v in ing.items()}}, indent=2))
-    print(f"written: {RESULTS / f'vs_mlflow-{stamp}.md'} and .json", file=sys.stderr)
+    print(f"written: {base.with_suffix('.md')} and .json", file=sys.stderr)
     return 0
 
 

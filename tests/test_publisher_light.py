@@ -75,3 +75,98 @@ def test_the_epoch_learning_rate_is_the_scheduled_one_wherever_the_scheduler_sta
     epochs = [e for e in _events(settings, publisher.run_id) if e.type == "epoch_end"]
     assert [round(e.learning_rate, 6) for e in epochs] == [0.1, 0.05, round(0.1 / 3, 6)]
     assert [e.steps for e in epochs] == [5, 5, 5]
+
+
+# -- batch events off the training thread (Keras' async dispatch) -------------------------------------------
+
+
+def test_batch_events_alone_are_async_safe_and_a_batch_level_checkpoint_is_not(settings, tmp_path):
+    # Keras (CallbackList._configure_async_dispatch) reads `async_safe` when fit() builds its callbacks.
+    assert EventPublisher(name="events", settings=settings, batch_events_every=1).async_safe is True
+    assert EventPublisher(name="quiet", settings=settings).async_safe is False  # no batch hook at all
+    watched = EventPublisher(name="ckpt", settings=settings, batch_events_every=1)
+    watched.watch = [keras.callbacks.ModelCheckpoint(str(tmp_path / "b-{epoch}.keras"), save_freq=5)]
+    assert watched.async_safe is False  # its checkpoint file is read right after Keras wrote it
+    watched.watch = []
+    assert watched.async_safe is True
+
+
+class JitteryBatchEnds(keras.callbacks.Callback):
+    """Async-safe itself; sleeps a random while in every batch end so Keras' pool threads overtake
+    one another, as a slow device-to-host copy does."""
+
+    async_safe = True
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        import random
+
+        self._random = random.Random(seed)
+
+    def on_train_batch_end(self, batch, logs=None):  # type: ignore[no-untyped-def]
+        time.sleep(self._random.random() * 0.004)
+
+
+def test_batch_events_on_keras_thread_pool_arrive_in_order_one_per_batch(settings, monkeypatch):
+    # The TensorFlow backend has no batch-end thread pool (IS_THREAD_SAFE is False); JAX and PyTorch
+    # have one. Turning it on here runs Keras' own async dispatch path with real threads.
+    from keras.src.callbacks import callback_list
+
+    monkeypatch.setattr(callback_list.backend, "IS_THREAD_SAFE", True)
+    pool_threads: set[str] = set()
+    publisher = EventPublisher(name="pooled", settings=settings, batch_events_every=1, batch_size=16)
+    real_ended = publisher._batch_ended
+
+    def ended(batch, logs):  # type: ignore[no-untyped-def]
+        pool_threads.add(threading.current_thread().name)
+        real_ended(batch, logs)
+
+    publisher._batch_ended = ended
+    (x, y), _ = small_digits(320)  # 20 batches of 16
+    # The jittery callback runs first in each pool call, so the publisher's calls start late and overlap.
+    small_model().fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[JitteryBatchEnds(seed=7), publisher])
+
+    assert threading.main_thread().name not in pool_threads and pool_threads, pool_threads  # really off-thread
+    events = _events(settings, publisher.run_id)
+    batches = [e for e in events if e.type == "batch_end"]
+    assert [(e.epoch, e.batch) for e in batches] == [(epoch, b) for epoch in range(3) for b in range(20)]
+    assert [e.step for e in batches] == list(range(60))
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # one sequence, in stream order
+    # Every epoch's batch events precede its epoch_end (Keras waits for its pool before on_epoch_end).
+    order = [(e.type, e.epoch) for e in events if e.type in ("batch_end", "epoch_end")]
+    for epoch in range(3):
+        assert order.index(("epoch_end", epoch)) > max(i for i, o in enumerate(order) if o == ("batch_end", epoch))
+    assert [e.steps for e in events if e.type == "epoch_end"] == [20, 20, 20]
+
+
+def test_the_batch_order_gate_orders_ends_from_many_threads(settings):
+    from pipeline.callbacks.batch_events import BatchOrder
+
+    import random
+
+    order, delivered = BatchOrder(), []
+    begins = list(range(0, 400, 4))  # steps_per_execution=4: a batch end names the last step of its execution
+    for b in begins:
+        order.began(b)
+    ends = [b + 3 for b in begins]
+    random.Random(3).shuffle(ends)
+    barrier = threading.Barrier(8)
+
+    def worker(chunk):  # type: ignore[no-untyped-def]
+        barrier.wait()
+        for end in chunk:
+            order.ended(end, {"loss": end}, lambda batch, logs: delivered.append((batch, logs["loss"])))
+
+    threads = [threading.Thread(target=worker, args=(ends[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert delivered == [(b + 3, b + 3) for b in begins] and order.pending() == 0
+    # A new epoch restarts the count; anything held back from an epoch that ended early is dropped.
+    order.began(0)
+    order.began(1)
+    order.ended(1, {}, lambda batch, logs: delivered.append(batch))
+    order.began(0)
+    assert order.pending() == 1

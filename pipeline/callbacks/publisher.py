@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -46,7 +47,7 @@ import keras
 
 from pipeline import events as ev
 from pipeline.bus import EventStream
-from pipeline.callbacks.batch_events import BatchThrottle, batch_event_maker, check_batch_settings
+from pipeline.callbacks.batch_events import BatchOrder, BatchThrottle, batch_event_maker, check_batch_settings
 from pipeline.callbacks.checkpoints import CheckpointReporter, batch_level_checkpoints, checkpoint_event_maker
 from pipeline.callbacks.keras_state import (
     EARLY_STOPPING,
@@ -149,6 +150,7 @@ class EventPublisher(keras.callbacks.Callback):
         self._redis_url = redis_url or self.settings.redis_url
         self._stream_name = stream or self.settings.stream
         self._seq = seq_start
+        self._seq_lock = threading.Lock()
         self._sender: EventSender | None = None
         self._state = "idle"  # idle -> running -> finished
         self.last_report: FlushReport | None = None
@@ -170,13 +172,21 @@ class EventPublisher(keras.callbacks.Callback):
     def _hook_batches_when_needed(self) -> None:
         """Hook every training batch only for batch events or a batch-level ModelCheckpoint. A callback
         with a batch-end hook makes Keras dispatch every batch synchronously (and copy the logs off
-        the device); without one, Keras keeps its asynchronous batch dispatch."""
+        the device); without one, Keras keeps its asynchronous batch dispatch.
+
+        Batch events alone are ``async_safe``: where the backend allows it (JAX, PyTorch) Keras then
+        calls the batch-end hook on its thread pool and the accelerator is not kept waiting for every
+        batch's logs; ``BatchOrder`` keeps the events in batch order. A watched batch-level
+        ModelCheckpoint keeps it on the training thread (its file is read right after Keras wrote it).
+        """
         throttle = getattr(self, "_batch_throttle", None)
-        needed = (throttle is not None and throttle.enabled) or bool(batch_level_checkpoints(self._watch))
+        per_batch_checkpoints = bool(batch_level_checkpoints(self._watch))
+        needed = (throttle is not None and throttle.enabled) or per_batch_checkpoints
         if needed:
             self.on_train_batch_end = self._on_train_batch_end
         else:
             self.__dict__.pop("on_train_batch_end", None)
+        self.async_safe = needed and not per_batch_checkpoints
 
     # -- lifecycle helpers -----------------------------------------------------
     def _reset_run_state(self) -> None:
@@ -196,6 +206,7 @@ class EventPublisher(keras.callbacks.Callback):
         self._last_train_logs: dict[str, Any] | None = None
         self._last_epoch_logs: dict[str, Any] | None = None
         self._last_batch: int | None = None
+        self._batch_order = BatchOrder()
         #: Optimizer steps taken before the current epoch (global batch steps, for batch events and
         #: for where a run stopped) and the optimizer's own counter at the epoch's start.
         self._steps_before_epoch = 0
@@ -203,9 +214,10 @@ class EventPublisher(keras.callbacks.Callback):
         self._epochs_seen = 0
 
     def _next_seq(self) -> int:
-        seq = self._seq
-        self._seq += 1
-        return seq
+        with self._seq_lock:  # batch ends may come from Keras' thread pool (async_safe)
+            seq = self._seq
+            self._seq += 1
+            return seq
 
     def _emit(self, cls: type[ev._Event], **fields: Any) -> None:
         try:
@@ -312,19 +324,34 @@ class EventPublisher(keras.callbacks.Callback):
             self.model.stop_training = True
         # The learning rate is read at the epoch's first batch, after every callback's
         # on_epoch_begin (a LearningRateScheduler anywhere in the list has set it by then), by a
-        # hook that removes itself: no per-batch work.
+        # hook that removes itself: no per-batch work. When batch ends may run on Keras' thread
+        # pool, every batch's start is recorded too (one list append), to keep their order.
         self.on_train_batch_begin = self._read_epoch_learning_rate
 
     def _read_epoch_learning_rate(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.__dict__.pop("on_train_batch_begin", None)
+        if self.async_safe:
+            self.on_train_batch_begin = self._batch_order.began
+            self._batch_order.began(batch)
+        else:
+            self.__dict__.pop("on_train_batch_begin", None)
         self._epoch_lr = self._learning_rate()
 
     def _on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         """Installed as ``on_train_batch_end`` only when batch events or batch-level checkpoints are on."""
-        self._last_train_logs = logs
-        self._last_batch = batch
         if self.cancel_requested:
             self.model.stop_training = True
+        if not self.async_safe:
+            self._batch_ended(batch, logs)
+            return
+        try:  # maybe on Keras' thread pool, where an exception would surface in fit()
+            self._batch_order.ended(batch, logs, self._batch_ended)
+        except Exception:
+            log.exception("fitstream: could not publish batch %s (training continues)", batch)
+
+    def _batch_ended(self, batch: int, logs: dict[str, Any] | None) -> None:
+        """One batch's end, in batch order."""
+        self._last_train_logs = logs
+        self._last_batch = batch
         if self._checkpoints.per_batch:
             self._emit_checkpoints(self._checkpoints.batch_files(self._current_epoch, batch, logs, self._epoch_start_ns))
         if self._batch_throttle.enabled and self._batch_throttle.due():
