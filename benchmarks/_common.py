@@ -127,7 +127,7 @@ def running_worker(queue: str, env: dict[str, str], log_path: Path) -> Iterator[
 
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "worker", "-Q", queue, "-n", f"{queue}@bench", "--loglevel", "WARNING"],
+            [sys.executable, "-m", "pipeline.cli.main", "worker", "-Q", queue, "-n", f"{queue}@bench", "--loglevel", os.environ.get("FITSTREAM_BENCH_WORKER_LOGLEVEL", "WARNING")],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:

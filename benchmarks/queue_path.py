@@ -15,6 +15,11 @@ bundled digits example cut to ``--epochs`` epochs. No timing is asserted anywher
 
     .venv/bin/python benchmarks/queue_path.py --jobs 5 --epochs 3            # back to back
     .venv/bin/python benchmarks/queue_path.py --jobs 5 --epochs 3 --gap 8    # idle worker between jobs
+    .venv/bin/python benchmarks/queue_path.py --jobs 6 --epochs 3 --queued   # all queued at once
+
+``--queued`` submits every job up front and reports the **handover**: from one job's
+``run_finished`` to the next job's ``run_started`` (both the worker's own timestamps), which is
+what a sweep of short trials waits between trials. Target: ≤ 1 s with a warm spare child.
 """
 
 from __future__ import annotations
@@ -38,7 +43,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--gap", type=float, default=0.0, help="idle seconds between jobs (lets the next child warm up)")
+    parser.add_argument("--boot", type=float, default=15.0, help="--queued: seconds the worker gets to boot and warm its children")
+    parser.add_argument("--show-log", action="store_true", help="--queued: print the worker's log")
+    parser.add_argument("--queued", action="store_true", help="submit every job at once; report the handover between jobs")
     args = parser.parse_args()
+    if args.queued:
+        return queued(args)
 
     from pipeline.bus import EventStream
     from pipeline.config import Settings
@@ -121,6 +131,54 @@ def main() -> None:
     print(line("peer: same fit, warm process", peer))
     ratio = statistics.median(r["total"] for r in rows) / statistics.median(peer)
     print(f"queued job end to end / warm in-process fit: {ratio:.2f}x")
+
+
+def queued(args: argparse.Namespace) -> None:
+    """Every job submitted at once: from each job's run_finished to the next one's run_started."""
+    from pipeline.bus import EventStream
+    from pipeline.config import Settings
+    from pipeline.jobs import load_spec, parse_spec
+    from pipeline.run_events import follow_run
+    from workers.submit import submit_job
+
+    stream_name = unique_stream()
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    with temp_dir() as home:
+        env = {**os.environ, "FITSTREAM_STREAM": stream_name, "FITSTREAM_HOME": str(home), "FITSTREAM_REDIS_URL": REDIS_URL}
+        settings = Settings(redis_url=REDIS_URL, stream=stream_name, home=home)
+        base = load_spec(REPO / "examples" / "digits_mlp.yaml").model_dump(mode="json", by_alias=True)
+        base["fit"]["epochs"] = args.epochs
+        base["fit"]["verbose"] = 0
+        base["early_stopping"] = None
+        spec = parse_spec(base)
+        with running_worker(queue, env, home / "worker.log"):
+            time.sleep(args.boot)  # worker boot and its children's imports, not part of any job
+            stream = EventStream(settings=settings)
+            submitted = [submit_job(spec, queue=queue, settings=settings) for _ in range(args.jobs)]
+            spans = []
+            for index, job in enumerate(submitted):
+                started = finished = None
+                for event in follow_run(stream, job.run_id, start_id=job.stream_id, timeout=300):
+                    if event.type == "run_started" and started is None:
+                        started = event.ts
+                    elif event.type == "run_finished":
+                        finished = event.ts
+                if started is None or finished is None:
+                    raise SystemExit(f"job {index} did not finish; see {home / 'worker.log'}")
+                spans.append((started, finished))
+                print(f"  job {index + 1}/{args.jobs}: run_started {started:.2f}, run_finished {finished:.2f}", flush=True)
+        delete_stream_keys(REDIS_URL, stream_name)
+        if args.show_log:
+            print((home / "worker.log").read_text(errors="replace"))
+    overlaps = sum(1 for (_, end), (start, _) in zip(spans, spans[1:]) if start < end)
+    handovers = [start - end for (_, end), (start, _) in zip(spans, spans[1:])]
+    print()
+    print(f"queued: {args.jobs} jobs of the digits MLP submitted at once, {args.epochs} epochs each, one real worker")
+    print(f"{'':<40} {'median':>8} {'p90':>8} {'min':>8} {'max':>8}")
+    print(f"{'run_finished → next run_started (s)':<40} {statistics.median(handovers):>8.2f} "
+          f"{_percentile(handovers, 0.9):>8.2f} {min(handovers):>8.2f} {max(handovers):>8.2f}")
+    print("each handover (s): " + ", ".join(f"{h:.2f}" for h in handovers))
+    print(f"jobs that started before the previous one finished: {overlaps} (one job at a time: 0)")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
             then a re-delivered job resumes it. Default 60.
         broker_url: Celery broker. Default: ``redis_url``.
         worker_preload: Import TensorFlow in each fresh worker child before its job arrives. Default true.
+        worker_warm_spares: Idle children a worker keeps warm (TensorFlow imported, GPU untouched) beside
+            the one training, so the next job starts as soon as the current one ends; still one job
+            at a time. 0 turns it off. Default 1.
         alert_rules: The alert rules file (YAML). Default: none (the alerter refuses to start).
         alert_retry_budget_seconds: How long an alert keeps being retried before it is marked
             undelivered. Default 3600.
@@ -180,6 +183,7 @@ class Settings(BaseSettings):
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     broker_url: str | None = Field(default=None, repr=False)
     worker_preload: bool = True
+    worker_warm_spares: int = Field(default=1, ge=0, le=8)
     alert_rules: Path | None = None
     model_store: str | None = None
     alert_retry_budget_seconds: float = Field(default=3600.0, gt=0)

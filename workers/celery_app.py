@@ -6,13 +6,19 @@ Training jobs run in a fresh child process each (prefork, ``max_tasks_per_child=
 TensorFlow is never imported in the worker's parent process (it is not
 fork-safe once initialised), GPU memory is handed back after every job, and a
 job that crashes its process cannot poison the worker.
+
+One job at a time, with a warm spare: the pool has two children (``FITSTREAM_WORKER_WARM_SPARES``,
+default 1 spare), but the worker reserves one task at a time (``OneJobAtATime``: prefetch 1, and no
+second task taken while one is reserved). The idle child has TensorFlow imported, so when a job
+ends the next one starts in it at once, while the pool forks and warms a new spare; the next
+job's process waits for the previous one to exit before it trains (``workers.handover``).
 """
 
 from __future__ import annotations
 
 import enum
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import worker_process_init, worker_ready
 from kombu import Queue as KombuQueue
 
@@ -46,7 +52,11 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_concurrency=1,
+        # One job at a time: with a warm spare the pool has two children (see OneJobAtATime).
+        worker_concurrency=worker_processes(settings),
+        worker_disable_prefetch=True,
+        # Prefork, minus handing a job to a child that has finished its one job (workers/pool.py).
+        worker_pool="workers.pool:OneJobPerChildPool",
         worker_max_tasks_per_child=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
@@ -66,7 +76,29 @@ def make_app(settings: Settings | None = None) -> Celery:
         # A fresh child imports TensorFlow while it waits for its job (see _warm_child).
         worker_proc_alive_timeout=120,
     )
+    app.steps["worker"].add(OneJobAtATime)
     return app
+
+
+def worker_processes(settings: Settings) -> int:
+    """Children in a worker's pool: the one training and its warm spares (one by default)."""
+    return 1 + settings.worker_warm_spares
+
+
+class OneJobAtATime(bootsteps.Step):
+    """The worker takes one task at a time, however many children its pool keeps warm.
+
+    Celery sizes its prefetch count from ``max_concurrency`` when it is set, and with
+    ``worker_disable_prefetch`` reserves no more tasks than ``max_concurrency`` (its autoscaler's
+    mechanism, here with a fixed limit and no autoscaler): one task is reserved, and acknowledged
+    late, when it ends; only then is the next one fetched and handed to the idle, warm child.
+    """
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(worker, **kwargs)
+        worker.max_concurrency = 1
 
 
 @worker_process_init.connect
@@ -78,7 +110,14 @@ def _warm_child(**_kwargs: object) -> None:
     never does, so forking stays safe. FITSTREAM_WORKER_PRELOAD=0 turns this off.
     """
     if get_settings().worker_preload:
+        import logging
+        import time
+
+        t0 = time.monotonic()
+        logging.getLogger(__name__).debug("child up: importing the training stack")
         import pipeline.training  # noqa: F401
+
+        logging.getLogger(__name__).info("child warm: training stack imported in %.2f s", time.monotonic() - t0)
 
 
 @worker_ready.connect

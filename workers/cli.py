@@ -111,12 +111,14 @@ def worker(queues: str, name: str | None, gpu: str | None, loglevel: str) -> Non
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # inherited by every job's child process
         name = name or f"gpu{gpu}@%h"
-    from workers.celery_app import app
+    from workers.celery_app import app, worker_processes
 
     node = name or f"fitstream-{os.getpid()}@{socket.gethostname()}"
+    # One job at a time in any case; the other children are warm spares (FITSTREAM_WORKER_WARM_SPARES).
+    processes = str(worker_processes(get_settings()))
     app.worker_main(
         ["worker", "-Q", queues, "-n", node, "--loglevel", loglevel, "--pool", "prefork",
-         "--concurrency", "1", "--max-tasks-per-child", "1", "--without-gossip", "--without-mingle"]
+         "--concurrency", processes, "--max-tasks-per-child", "1", "--without-gossip", "--without-mingle"]
     )
 
 

@@ -6,15 +6,27 @@ process, so the worker's parent process never imports TensorFlow.
 
 from __future__ import annotations
 
+import logging
+import os
+
 from workers.celery_app import TRAIN_TASK, app
 
+log = logging.getLogger(__name__)
 
-@app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
-def train(run_id: str) -> str:
+
+@app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True, bind=True)
+def train(self, run_id: str) -> str:  # type: ignore[no-untyped-def]
     """Train the queued run ``run_id`` (see ``pipeline.training.run_job``)."""
+    from pipeline.config import get_settings
     from pipeline.training import run_job
+    from workers.handover import handover_path, wait_for_previous_job
     from workers.submit import release_waiting_trials
 
+    # The warm spare may get this job while the previous job's process is still exiting.
+    log.debug("run %s: task body starts in pid %d", run_id, os.getpid())
+    waited = wait_for_previous_job(handover_path(get_settings().home, self.request.hostname or "worker"))
+    if waited > 0.05:
+        log.info("run %s: waited %.2f s for the previous job's process to exit", run_id, waited)
     try:
         return run_job(run_id)
     finally:
