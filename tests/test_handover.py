@@ -36,7 +36,7 @@ def _python(code: str, *args: str) -> subprocess.Popen:
 
 
 def test_the_next_job_waits_until_the_previous_jobs_process_has_exited(tmp_path):
-    lock = handover_path(tmp_path, "gpu0@host")
+    lock = handover_path("gpu0@host", root=tmp_path)
     previous = _python(HOLD, str(lock), "1.0")
     assert previous.stdout.readline().strip() == "locked"
     following = _python(NEXT, str(lock), str(previous.pid))
@@ -67,5 +67,6 @@ def test_a_zombie_counts_as_exited_and_a_live_process_does_not(tmp_path):
 
 
 def test_each_worker_has_its_own_handover_file(tmp_path):
-    assert handover_path(tmp_path, "gpu0@box") != handover_path(tmp_path, "gpu1@box")
-    assert handover_path(tmp_path, "../../etc/x y").parent == tmp_path / "workers"
+    assert handover_path("gpu0@box", root=tmp_path) != handover_path("gpu1@box", root=tmp_path)
+    assert handover_path("../../etc/x y", root=tmp_path).parent == tmp_path
+    assert handover_path("w1@test").parent.name == "fitstream-handover"  # local temp dir, never shared storage

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 
 from celery import Celery, bootsteps
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from kombu import Queue as KombuQueue
 
 from pipeline.config import Settings, get_settings
@@ -118,6 +118,17 @@ def _warm_child(**_kwargs: object) -> None:
         import pipeline.training  # noqa: F401
 
         logging.getLogger(__name__).info("child warm: training stack imported in %.2f s", time.monotonic() - t0)
+
+
+@worker_shutdown.connect
+def _remove_handover_file(sender: object = None, **_kwargs: object) -> None:
+    """The worker's handover file (see workers.handover) goes with it."""
+    import os
+
+    from workers.handover import handover_path
+
+    hostname = getattr(sender, "hostname", None) or "worker"
+    handover_path(f"{hostname}-{os.getpid()}").unlink(missing_ok=True)
 
 
 @worker_ready.connect

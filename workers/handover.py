@@ -9,12 +9,15 @@ one, once it holds the lock, also waits until the process that held it before is
 kernel releases a lock as it closes the process's files, possibly before the driver has freed the
 process's GPU memory; a process that has exited or become a zombie holds none).
 
+The file lives on the worker's own machine (the system's temp directory), never on shared storage:
+a lock and a process id mean something only on one host.
+
 Example (in a job's process, before anything touches the GPU)::
 
     >>> from pathlib import Path
-    >>> handover_path(Path("/srv/fitstream"), "gpu0@box")
-    PosixPath('/srv/fitstream/workers/gpu0@box.lock')
-    >>> # waited = wait_for_previous_job(handover_path(settings.home, task.request.hostname))
+    >>> handover_path("gpu0@box", root=Path("/tmp/fitstream-handover"))
+    PosixPath('/tmp/fitstream-handover/gpu0@box.lock')
+    >>> # waited = wait_for_previous_job(handover_path(task.request.hostname))
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import fcntl
 import logging
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,10 +36,11 @@ log = logging.getLogger(__name__)
 _held: int | None = None
 
 
-def handover_path(home: Path, worker_name: str) -> Path:
-    """The handover file of the worker ``worker_name`` (one per worker, so one per GPU)."""
-    safe = re.sub(r"[^A-Za-z0-9_.@-]", "_", worker_name) or "worker"
-    return home / "workers" / f"{safe}.lock"
+def handover_path(worker_name: str, *, root: Path | None = None) -> Path:
+    """The handover file of the worker ``worker_name`` (one per worker, so one per GPU), in
+    ``root`` (default: ``fitstream-handover`` in the system's temp directory, local to this host)."""
+    safe = re.sub(r"[^A-Za-z0-9_.@-]", "_", worker_name).lstrip(".") or "worker"
+    return (root or Path(tempfile.gettempdir()) / "fitstream-handover") / f"{safe}.lock"
 
 
 def _exited(pid: int) -> bool:

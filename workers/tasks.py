@@ -17,14 +17,14 @@ log = logging.getLogger(__name__)
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True, bind=True)
 def train(self, run_id: str) -> str:  # type: ignore[no-untyped-def]
     """Train the queued run ``run_id`` (see ``pipeline.training.run_job``)."""
-    from pipeline.config import get_settings
     from pipeline.training import run_job
     from workers.handover import handover_path, wait_for_previous_job
     from workers.submit import release_waiting_trials
 
-    # The warm spare may get this job while the previous job's process is still exiting.
+    # The warm spare may get this job while the previous job's process is still exiting. One handover
+    # file per worker: its name and its main process (the children's parent), unique on this host.
     log.debug("run %s: task body starts in pid %d", run_id, os.getpid())
-    waited = wait_for_previous_job(handover_path(get_settings().home, self.request.hostname or "worker"))
+    waited = wait_for_previous_job(handover_path(f"{self.request.hostname or 'worker'}-{os.getppid()}"))
     if waited > 0.05:
         log.info("run %s: waited %.2f s for the previous job's process to exit", run_id, waited)
     try:
