@@ -91,8 +91,9 @@ def test_cancel_running_and_queued_jobs(settings, engine, job_env, queue_name, s
         long_run = _submit(_spec(tmp_path, "long", epochs=200, slow=0.02), queue_name, job_env)["run_id"]
         queued = _submit(_spec(tmp_path, "waiting", epochs=2), queue_name, job_env)["run_id"]
         wait_for(lambda: any(e.type == "epoch_end" for e in _stream_events(settings, long_run)), timeout=120, message="first epoch")
-        assert "cancel requested" in run_cli("cancel", long_run, env_extra=job_env).stderr
+        # The queued job first: once the running one stops, the warm spare takes the next job at once.
         assert "revoked" in run_cli("cancel", queued, env_extra=job_env).stderr
+        assert "cancel requested" in run_cli("cancel", long_run, env_extra=job_env).stderr
         finished = wait_for(
             lambda: next((e for e in _stream_events(settings, long_run) if e.type == "run_finished"), None), timeout=60, message="cancelled run",
         )
