@@ -16,6 +16,8 @@ Tables users query with plain SQL:
 
 from __future__ import annotations
 
+import re
+
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint
@@ -133,6 +135,21 @@ class SqlPrunerValue(Base):
     value: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_pruner_values_sweep_id_epoch", "sweep_id", "epoch"),)
+
+
+#: On PostgreSQL these are partitioned parents (migration 0010), hash-partitioned into
+#: ``<table>_p00`` … ``<table>_p15``; queries name the parent. SQLite keeps plain tables.
+PARTITIONED_TABLES = ("epoch_metrics", "batch_metrics", "events")
+_PARTITION_NAME = re.compile(rf"({'|'.join(PARTITIONED_TABLES)})_p\d\d")
+
+
+def is_partition(table_name: str) -> bool:
+    """True for a partition of one of ``PARTITIONED_TABLES`` (not part of the models' schema).
+
+    >>> is_partition("epoch_metrics_p07"), is_partition("epoch_metrics")
+    (True, False)
+    """
+    return _PARTITION_NAME.fullmatch(table_name) is not None
 
 
 class SqlEpochMetric(Base):
