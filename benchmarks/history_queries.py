@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 sizes[label] = conn.execute(sa.text(
                     "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c "
-                    "WHERE c.relname = 'epoch_metrics' OR c.relname LIKE 'epoch\\_metrics\\_p%'")).scalar()
+                    "WHERE c.relkind IN ('r', 'p') AND (c.relname = 'epoch_metrics' OR c.relname LIKE 'epoch\\_metrics\\_p%')"
+                )).scalar()
             engine.dispose()
     labels = list(setups)
     print()
