@@ -161,11 +161,11 @@ def run_recorder(ctx, url: str, args, seed: int) -> Trial:  # type: ignore[no-un
         failed = 0
         failure: str | None = None
 
-        def handle(self, batch):  # type: ignore[no-untyped-def]
+        def handle(self, batch, prepared=None):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
             self.calls += 1
             try:
-                super().handle(batch)
+                super().handle(batch, prepared)
             except Exception as exc:
                 # ConsumerLoop swallows a failed batch and retries it one event per transaction;
                 # count it so that the figures say so.

@@ -103,3 +103,29 @@ def compact_batch_metrics(older_than_days: float | None, bucket_steps: int | Non
     else:
         click.echo(f"downsampled {report.runs} runs: {report.raw_rows_removed:,} raw batch rows replaced by "
                    f"{report.buckets_written:,} buckets", err=True)
+
+
+@db.command("rebuild-summaries")
+@click.option("--json", "as_json", is_flag=True, help="Print {summaries}.")
+def rebuild_summaries(as_json: bool) -> None:
+    """Recompute metric_summaries (best and last value per run and metric) from epoch_metrics.
+
+    The recorder keeps them current; run this after editing epoch_metrics by hand.
+    """
+    import json
+
+    from pipeline.db.migrate import require_head
+    from pipeline.db.session import transaction
+    from pipeline.db.summaries import rebuild
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        require_head(engine)
+        with transaction(engine) as conn:
+            count = rebuild(conn)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps({"summaries": count}))
+    else:
+        click.echo(f"rebuilt {count:,} metric summaries from epoch_metrics", err=True)

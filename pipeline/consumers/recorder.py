@@ -38,7 +38,7 @@ from pipeline import events as ev
 from pipeline.config import Settings, get_settings
 from pipeline.consumers.base import Received
 from pipeline.db.batch_retention import compact_batch_metrics
-from pipeline.db import bulk
+from pipeline.db import bulk, summaries
 from pipeline.db.migrate import require_head
 from pipeline.db.models import SqlRun, SqlSweep
 from pipeline.db.session import transaction
@@ -92,6 +92,8 @@ class BatchRows:
     events: list[tuple] = field(default_factory=list)
     metrics: list[tuple] = field(default_factory=list)
     batch_metrics: list[tuple] = field(default_factory=list)
+    #: (run_id, metric) -> this batch's lowest, highest and last value (``summaries.accumulate``).
+    summaries: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     epochs: list[tuple] = field(default_factory=list)
     checkpoints: list[tuple] = field(default_factory=list)
     params: list[tuple] = field(default_factory=list)
@@ -154,6 +156,7 @@ def rows_for(batch: Sequence[Received]) -> BatchRows:
         if isinstance(event, ev.EpochEnd):
             run_id, epoch = event.run_id, event.epoch
             rows.metrics += [(run_id, name, epoch, value) for name, value in event.metrics.items()]
+            summaries.accumulate(rows.summaries, run_id, epoch, event.metrics)
             rows.epochs.append(
                 (run_id, epoch, event.learning_rate, event.wall_time_s, event.steps,
                  event.samples_per_second, event.steps_per_second, at, event.id)
@@ -294,12 +297,28 @@ def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
     conn.execute(statement, params)
 
 
+def _first_per_key(metrics: Any) -> list[tuple]:
+    """The metric rows ``epoch_metrics`` keeps: the first of each (run, name, epoch) in the batch."""
+    kept: dict[tuple, tuple] = {}
+    for row in metrics:
+        kept.setdefault((row[0], row[1], row[2]), row)
+    return list(kept.values())
+
+
 def write_batch(conn: Connection, batch: Sequence[Received], rows: BatchRows | None = None) -> None:
     """All of a batch's rows (``rows_for(batch)`` unless given), in the caller's transaction."""
     rows = rows if rows is not None else rows_for(batch)
     _upsert_sweeps(conn, rows.sweeps)
     _upsert_runs(conn, rows.runs)
     bulk.insert_ignore(conn, "events", EVENT_COLUMNS, rows.events)
+    if rows.epochs:  # before this batch's own epochs rows: which of its epochs are new
+        keys = [(run_id, epoch) for run_id, epoch, *_ in rows.epochs]
+        seen = summaries.recorded_epochs(conn, keys)
+        if not seen and len(set(keys)) == len(keys):  # the common case: every epoch is new, once
+            summaries.fold(conn, summaries.accumulated(rows.summaries))
+        else:  # a replay or a re-run: only the epochs epoch_metrics takes, each the first time
+            metrics = _first_per_key(m for m in rows.metrics if (m[0], m[2]) not in seen)
+            summaries.fold(conn, summaries.fold_rows(metrics))
     bulk.insert_ignore(conn, "epoch_metrics", METRIC_COLUMNS, rows.metrics)
     bulk.insert_ignore(conn, "batch_metrics", BATCH_METRIC_COLUMNS, rows.batch_metrics)
     bulk.insert_ignore(conn, "epochs", EPOCH_COLUMNS, rows.epochs)

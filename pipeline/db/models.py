@@ -165,6 +165,28 @@ class SqlEpochMetric(Base):
     __table_args__ = ({"sqlite_with_rowid": False},)
 
 
+class SqlMetricSummary(Base):
+    """Per run and metric: the lowest, highest and last recorded value and their epochs (the earliest
+    epoch for a tie), kept by the recorder from ``epoch_metrics`` (``pipeline.db.summaries``)."""
+
+    __tablename__ = "metric_summaries"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    min_value: Mapped[float | None] = mapped_column(Float)
+    min_epoch: Mapped[int | None] = mapped_column(Integer)
+    max_value: Mapped[float | None] = mapped_column(Float)
+    max_epoch: Mapped[int | None] = mapped_column(Integer)
+    last_value: Mapped[float | None] = mapped_column(Float)
+    last_epoch: Mapped[int] = mapped_column(Integer)
+
+    # "Best runs by a metric", in either direction: one index range scan.
+    __table_args__ = (
+        Index("ix_metric_summaries_name_min_value", "name", "min_value"),
+        Index("ix_metric_summaries_name_max_value", "name", "max_value"),
+    )
+
+
 class SqlEpoch(Base):
     __tablename__ = "epochs"
 
