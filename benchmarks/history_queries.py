@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{r[labels[1]] / r[labels[0]]:.2f}×" if len(r) == 2 else "—",
           "yes" if max(r.values()) < 50 else "NO"] for name, r in results.items()],
     ))
-    print(f"epoch_metrics on disk (table + indexes): " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    print("epoch_metrics on disk (table + indexes): " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
     return 0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import random
 
-import pytest
 import sqlalchemy as sa
 from alembic import command
 
@@ -71,7 +70,7 @@ def test_summaries_agree_with_epoch_metrics_through_replays_reruns_and_nan(setti
         wait_for(lambda: _count(engine, RECORDED_EVENT_COUNT) == len(events), timeout=60, message="recorded")
         publish_all(stream, events[:30] + rerun, chunk=11)  # replays and the re-run
         wait_for(lambda: _count(engine, "SELECT count(*) FROM epochs WHERE event_id IS NOT NULL") >= len(events)
-                 and _count(engine, f"SELECT count(*) FROM events") == 0, timeout=30, message="settled")
+                 and _count(engine, "SELECT count(*) FROM events") == 0, timeout=30, message="settled")
         wait_for(lambda: stream.groups() and all(g["pending"] == 0 and g["lag"] == 0 for g in stream.groups()),
                  timeout=30, message="every message handled")
     with engine.connect() as conn:

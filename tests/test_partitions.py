@@ -59,7 +59,7 @@ def test_the_history_tables_are_partitioned_and_each_run_lives_in_one_partition(
         assert [tuple(r) for r in curve] == [(e, float(e * 10 + 1)) for e in range(5)]
         plan = "\n".join(conn.execute(sa.text(
             "EXPLAIN SELECT epoch, value FROM epoch_metrics WHERE run_id = 'run00007' AND name = 'm1'")).scalars())
-        assert sum(f"epoch_metrics_p" in line for line in plan.splitlines()) == 1, plan
+        assert sum("epoch_metrics_p" in line for line in plan.splitlines()) == 1, plan
         assert conn.execute(sa.text(
             "SELECT count(*) FROM batch_metrics WHERE run_id = 'run00000' AND name = 'loss'")).scalar() == 40
 
