@@ -33,6 +33,21 @@ import uuid
 from _common import REDIS_URL, REPO, delete_stream_keys, running_worker, temp_dir, unique_stream
 
 
+def _setup(home, stream_name: str, epochs: int):  # type: ignore[no-untyped-def]
+    """The worker's environment, the settings and the job (the bundled digits example cut to
+    ``epochs`` epochs, no EarlyStopping) of one benchmark run."""
+    from pipeline.config import Settings
+    from pipeline.jobs import load_spec, parse_spec
+
+    env = {**os.environ, "FITSTREAM_STREAM": stream_name, "FITSTREAM_HOME": str(home), "FITSTREAM_REDIS_URL": REDIS_URL}
+    settings = Settings(redis_url=REDIS_URL, stream=stream_name, home=home)
+    base = load_spec(REPO / "examples" / "digits_mlp.yaml").model_dump(mode="json", by_alias=True)
+    base["fit"]["epochs"] = epochs
+    base["fit"]["verbose"] = 0
+    base["early_stopping"] = None
+    return env, settings, parse_spec(base)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -51,21 +66,13 @@ def main() -> None:
         return queued(args)
 
     from pipeline.bus import EventStream
-    from pipeline.config import Settings
-    from pipeline.jobs import load_spec, parse_spec
     from pipeline.run_events import follow_run
     from workers.submit import submit_job
 
     stream_name = unique_stream()
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     with temp_dir() as home:
-        env = {**os.environ, "FITSTREAM_STREAM": stream_name, "FITSTREAM_HOME": str(home), "FITSTREAM_REDIS_URL": REDIS_URL}
-        settings = Settings(redis_url=REDIS_URL, stream=stream_name, home=home)
-        base = load_spec(REPO / "examples" / "digits_mlp.yaml").model_dump(mode="json", by_alias=True)
-        base["fit"]["epochs"] = args.epochs
-        base["fit"]["verbose"] = 0
-        base["early_stopping"] = None
-        spec = parse_spec(base)
+        env, settings, spec = _setup(home, stream_name, args.epochs)
         with running_worker(queue, env, home / "worker.log"):
             time.sleep(3)  # worker boot, not part of any job
             stream = EventStream(settings=settings)
@@ -136,21 +143,13 @@ def main() -> None:
 def queued(args: argparse.Namespace) -> None:
     """Every job submitted at once: from each job's run_finished to the next one's run_started."""
     from pipeline.bus import EventStream
-    from pipeline.config import Settings
-    from pipeline.jobs import load_spec, parse_spec
     from pipeline.run_events import follow_run
     from workers.submit import submit_job
 
     stream_name = unique_stream()
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     with temp_dir() as home:
-        env = {**os.environ, "FITSTREAM_STREAM": stream_name, "FITSTREAM_HOME": str(home), "FITSTREAM_REDIS_URL": REDIS_URL}
-        settings = Settings(redis_url=REDIS_URL, stream=stream_name, home=home)
-        base = load_spec(REPO / "examples" / "digits_mlp.yaml").model_dump(mode="json", by_alias=True)
-        base["fit"]["epochs"] = args.epochs
-        base["fit"]["verbose"] = 0
-        base["early_stopping"] = None
-        spec = parse_spec(base)
+        env, settings, spec = _setup(home, stream_name, args.epochs)
         with running_worker(queue, env, home / "worker.log"):
             time.sleep(args.boot)  # worker boot and its children's imports, not part of any job
             stream = EventStream(settings=settings)
