@@ -32,49 +32,41 @@ SummaryRow = tuple[str, str, Any, Any, Any, Any, Any, int]
 COLUMNS = ("run_id", "name", "min_value", "min_epoch", "max_value", "max_epoch", "last_value", "last_epoch")
 
 
-def fold_rows(rows: Iterable[tuple[str, str, int, Any]]) -> list[SummaryRow]:
-    """One summary row per (run, metric) from ``epoch_metrics`` rows (run_id, name, epoch, value)."""
-    groups: dict[tuple[str, str], list[tuple[int, Any]]] = {}
-    for run_id, name, epoch, value in rows:
-        group = groups.get((run_id, name))
-        if group is None:
-            groups[(run_id, name)] = [(epoch, value)]
-        else:
-            group.append((epoch, value))
-    out: list[SummaryRow] = []
-    for (run_id, name), points in sorted(groups.items()):
-        last_epoch, last_value = max(points, key=lambda p: p[0])
-        numbers = [(v, e) for e, v in points if v is not None and v == v]  # v == v: not NaN
-        if numbers:
-            low = min(numbers)  # the lowest value; on a tie the earliest epoch
-            high = max(numbers, key=lambda p: (p[0], -p[1]))  # the highest; on a tie the earliest epoch
-            out.append((run_id, name, low[0], low[1], high[0], high[1], last_value, last_epoch))
-        else:
-            out.append((run_id, name, None, None, None, None, last_value, last_epoch))
-    return out
+def _fold(acc: dict[tuple[str, str], list[Any]], run_id: str, name: str, epoch: int, value: Any) -> None:
+    """One value into ``acc`` ((run, metric) -> [min, its epoch, max, its epoch, last, its epoch]),
+    in whatever order the epochs come."""
+    number = value if value is not None and value == value else None  # value == value: not NaN
+    s = acc.get((run_id, name))
+    if s is None:
+        at = epoch if number is not None else None
+        acc[(run_id, name)] = [number, at, number, at, value, epoch]
+        return
+    if number is not None:
+        if s[0] is None or number < s[0] or (number == s[0] and epoch < s[1]):
+            s[0], s[1] = number, epoch
+        if s[2] is None or number > s[2] or (number == s[2] and epoch < s[3]):
+            s[2], s[3] = number, epoch
+    if epoch > s[5]:
+        s[4], s[5] = value, epoch
 
 
 def accumulate(acc: dict[tuple[str, str], list[Any]], run_id: str, epoch: int, metrics: dict[str, Any]) -> None:
-    """Fold one epoch's metrics into ``acc`` ((run, metric) -> [min, its epoch, max, its epoch, last,
-    its epoch]), as the recorder builds a batch's rows (its reader thread: off the write path)."""
+    """Fold one epoch's metrics into ``acc``, as the recorder builds a batch's rows (its reader
+    thread: off the write path)."""
     for name, value in metrics.items():
-        number = value if value is not None and value == value else None  # value == value: not NaN
-        s = acc.get((run_id, name))
-        if s is None:
-            at = epoch if number is not None else None
-            acc[(run_id, name)] = [number, at, number, at, value, epoch]
-            continue
-        if number is not None:
-            if s[0] is None or number < s[0] or (number == s[0] and epoch < s[1]):
-                s[0], s[1] = number, epoch
-            if s[2] is None or number > s[2] or (number == s[2] and epoch < s[3]):
-                s[2], s[3] = number, epoch
-        if epoch > s[5]:
-            s[4], s[5] = value, epoch
+        _fold(acc, run_id, name, epoch, value)
 
 
 def accumulated(acc: dict[tuple[str, str], list[Any]]) -> list[SummaryRow]:
     return [(run_id, name, *s) for (run_id, name), s in sorted(acc.items())]
+
+
+def fold_rows(rows: Iterable[tuple[str, str, int, Any]]) -> list[SummaryRow]:
+    """One summary row per (run, metric) from ``epoch_metrics`` rows (run_id, name, epoch, value)."""
+    acc: dict[tuple[str, str], list[Any]] = {}
+    for run_id, name, epoch, value in rows:
+        _fold(acc, run_id, name, epoch, value)
+    return accumulated(acc)
 
 
 _EXISTING_EPOCHS = """
