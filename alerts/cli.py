@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from pipeline.bus import EventStream
 from pipeline.cli.output import print_rows
 from pipeline.config import get_settings
-from pipeline.consumers.base import ConsumerLoop
+from pipeline.cli.options import shard_option
+from pipeline.consumers.shards import ShardedConsumers
 from pipeline.db.models import SqlAlert
 from pipeline.db.session import make_engine
 from pipeline.errors import ConfigurationError
@@ -29,7 +30,8 @@ def _rules():  # type: ignore[no-untyped-def]
 @click.command()
 @click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
 @click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
-def alerter(consumer_name: str | None, exit_when_idle: float | None) -> None:
+@shard_option
+def alerter(consumer_name: str | None, exit_when_idle: float | None, shards: tuple[int, ...]) -> None:
     """Evaluate alert rules on the stream and deliver alerts (Slack, webhooks)."""
     from alerts.engine import Alerter, Deliverer, StallWatcher, build_channels
 
@@ -43,7 +45,8 @@ def alerter(consumer_name: str | None, exit_when_idle: float | None) -> None:
     threads = [threading.Thread(target=deliverer.run, name="deliverer", daemon=True), threading.Thread(target=stall.run, name="stall", daemon=True)]
     for thread in threads:
         thread.start()
-    loop = ConsumerLoop(handler, EventStream(settings=settings), consumer_name=consumer_name)
+    # One handler for every shard: its rule states live in SQL, per run, and a run is on one shard.
+    loop = ShardedConsumers(lambda: handler, EventStream(settings=settings), shards=shards, consumer_name=consumer_name)
     loop.install_signal_handlers()
     click.echo(f"alerter {loop.consumer_name}: {len(rules.rules)} rules, channels {', '.join(channels) or '(none)'}", err=True)
     try:

@@ -13,9 +13,19 @@ Retention policy (documented in the README):
   events dropped, and counted in the ``<stream>:forced_trims`` hash that
   ``fitstream status`` reports.
 
+Sharding (``FITSTREAM_STREAM_SHARDS``, default 1): the events are spread over that many stream
+keys by a hash of their run id (:func:`shard_of`), so each run's events stay on one key, in the
+order they were published. An :class:`EventStream` is one shard: its consumer groups, dead
+letters, counters and consumer states. :meth:`EventStream.publish` routes every event to its
+run's shard, whichever shard it is called on. With more than one shard (or on a Redis Cluster)
+each shard's keys share a hash tag, ``{<stream>:<shard>}``, so a cluster keeps a whole shard,
+dead letters and counters included, on one node.
+
 Example:
     >>> stream = EventStream(redis_url="redis://localhost:6379/0")   # doctest: +SKIP
     >>> stream.publish([event])                                       # doctest: +SKIP
+    >>> [shard.stream for shard in EventStream(settings=Settings(stream_shards=2)).all_shards()]  # doctest: +SKIP
+    ['{fitstream:events:0}', '{fitstream:events:1}']
 """
 
 from __future__ import annotations
@@ -23,13 +33,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import redis
 
 from pipeline import events as ev
-from pipeline.config import Settings, get_settings
+from pipeline.config import Settings, get_settings, is_cluster_url
 from pipeline.errors import StreamUnavailableError
 
 log = logging.getLogger(__name__)
@@ -48,14 +59,70 @@ class StreamMessage:
 
 
 def connect(redis_url: str, **kwargs: Any) -> redis.Redis:
-    """A Redis client with Fitstream's timeouts (bytes in, bytes out)."""
+    """A Redis client with Fitstream's timeouts (bytes in, bytes out); a ``RedisCluster`` for a
+    ``redis+cluster://`` URL (it finds the other nodes from the one named)."""
     options: dict[str, Any] = {
         "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_S,
         "socket_timeout": SOCKET_TIMEOUT_S,
         "health_check_interval": 30,
     }
     options.update(kwargs)
+    if is_cluster_url(redis_url):
+        from redis.cluster import RedisCluster
+
+        plain = redis_url.replace("+cluster://", "://", 1)
+        return RedisCluster.from_url(plain, **options)  # type: ignore[return-value]
     return redis.Redis.from_url(redis_url, **options)
+
+
+def shard_of(run_id: str, shards: int) -> int:
+    """The shard that holds ``run_id``'s events: CRC-32 of the run id, modulo the shard count.
+
+    Example:
+        >>> shard_of("run-1", 1), shard_of("run-1", 4)
+        (0, 3)
+    """
+    return zlib.crc32(run_id.encode("utf-8", "surrogatepass")) % shards if shards > 1 else 0
+
+
+def shard_stream_name(base: str, shard: int, shards: int, *, cluster: bool = False) -> str:
+    """The stream key of ``shard``: the base name itself for one shard on a plain Redis (as before
+    sharding existed), else hash-tagged so its derived keys (``:dead``, counters) share its slot.
+
+    Example:
+        >>> shard_stream_name("fitstream:events", 0, 1), shard_stream_name("fitstream:events", 2, 4)
+        ('fitstream:events', '{fitstream:events:2}')
+    """
+    if shards == 1 and not cluster:
+        return base
+    return f"{{{base}:{shard}}}"
+
+
+def _run_id_of(item: Any) -> str:
+    """The run id of an event model or of its encoded stream fields."""
+    run_id = getattr(item, "run_id", None)
+    if run_id is not None:
+        return str(run_id)
+    raw = item.get(ev.PAYLOAD_FIELD, item.get(ev.PAYLOAD_FIELD.encode()))
+    try:
+        return str(json.loads(raw)["run_id"])
+    except (TypeError, ValueError, KeyError):
+        return ""  # not an event a consumer can decode: shard 0, where it is dead-lettered
+
+
+def _is_cluster_client(client: Any) -> bool:
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def _cluster_node_kwargs(client: Any) -> dict[str, Any]:
+    """A cluster node's connection settings (every node is reached with the same password)."""
+    try:
+        node = client.get_default_node()
+        return dict(node.redis_connection.connection_pool.connection_kwargs)
+    except Exception:  # noqa: BLE001 — status never fails on a client it cannot look into
+        return {}
 
 
 def _sid(value: Any) -> str:
@@ -73,7 +140,9 @@ class EventStream:
     Args:
         redis_url: Redis to use; default from settings.
         client: An existing ``redis.Redis`` (overrides ``redis_url``).
-        settings: Settings to read the stream names and retention from.
+        settings: Settings to read the stream names, shard count and retention from.
+        stream: The stream's base name (default ``settings.stream``).
+        shard: Which shard this object reads, trims and dead-letters on (default 0).
     """
 
     def __init__(
@@ -83,34 +152,63 @@ class EventStream:
         client: redis.Redis | None = None,
         settings: Settings | None = None,
         stream: str | None = None,
+        shard: int = 0,
     ) -> None:
         self.settings = settings or get_settings()
         self.redis_url = redis_url or self.settings.redis_url
         self.client = client if client is not None else connect(self.redis_url)
-        self.stream = stream or self.settings.stream
+        self.base_stream = stream or self.settings.stream
+        self.shard_count = self.settings.stream_shards
+        if not 0 <= shard < self.shard_count:
+            raise ValueError(f"shard {shard} does not exist: FITSTREAM_STREAM_SHARDS is {self.shard_count} (shards 0..{self.shard_count - 1})")
+        self.shard = shard
+        self.cluster = is_cluster_url(self.redis_url) or _is_cluster_client(self.client)
+        self.stream = shard_stream_name(self.base_stream, shard, self.shard_count, cluster=self.cluster)
         self.dead_letter_stream = f"{self.stream}:dead"
         self.forced_trims_key = f"{self.stream}:forced_trims"
         self.dead_letter_counts_key = f"{self.stream}:dead:counts"
         self.dead_letter_kinds_key = f"{self.stream}:dead:kinds"
 
+    # -- shards ---------------------------------------------------------------
+    def for_shard(self, shard: int) -> "EventStream":
+        """The stream of ``shard`` (same client, same settings)."""
+        if shard == self.shard:
+            return self
+        return EventStream(redis_url=self.redis_url, client=self.client, settings=self.settings, stream=self.base_stream, shard=shard)
+
+    def for_run(self, run_id: str) -> "EventStream":
+        """The shard that holds ``run_id``'s events (``fitstream watch`` reads it)."""
+        return self.for_shard(shard_of(run_id, self.shard_count))
+
+    def all_shards(self) -> list["EventStream"]:
+        return [self.for_shard(i) for i in range(self.shard_count)]
+
     # -- publishing ---------------------------------------------------------
     def publish(self, batch: Iterable[Any]) -> list[str]:
-        """Append events (models or already-encoded field dicts) in one pipelined round trip.
+        """Append events (models or already-encoded field dicts) in one pipelined round trip, each
+        to its run's shard. Returns their stream ids, in the order given.
 
         Raises:
             StreamUnavailableError: Redis did not answer; nothing is known to be written.
         """
         pipe = self.client.pipeline(transaction=False)
         count = 0
+        names: dict[int, str] = {}
         for item in batch:
             fields = item if isinstance(item, dict) else ev.encode(item)
-            pipe.xadd(self.stream, fields)
+            if self.shard_count == 1:
+                key = self.stream
+            else:
+                shard = shard_of(_run_id_of(item), self.shard_count)
+                key = names.get(shard) or names.setdefault(
+                    shard, shard_stream_name(self.base_stream, shard, self.shard_count, cluster=self.cluster))
+            pipe.xadd(key, fields)
             count += 1
         if not count:
             return []
         try:
             return [_sid(i) for i in pipe.execute()]
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
             raise StreamUnavailableError(f"cannot publish to Redis at {self._safe_url()}: {exc}") from exc
 
     # -- consumer groups ----------------------------------------------------
@@ -203,7 +301,8 @@ class EventStream:
         if policy and policy != "noeviction":
             warnings.append(f"Redis may evict keys under memory pressure (maxmemory-policy {policy}): the stream itself "
                             "could go; set maxmemory-policy noeviction")
-        kwargs = self.client.connection_pool.connection_kwargs
+        pool = getattr(self.client, "connection_pool", None)  # a RedisCluster has one per node
+        kwargs = pool.connection_kwargs if pool is not None else _cluster_node_kwargs(self.client)
         host = str(kwargs.get("host") or "localhost")
         if not kwargs.get("password") and not kwargs.get("path") and host not in ("localhost", "::1") and not host.startswith("127."):
             warnings.append(f"Redis at {host} is reached without a password: anyone who reaches it can read the events "

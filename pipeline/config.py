@@ -94,6 +94,20 @@ def url_with_password(url: str, password: str, *, url_variable: str, password_va
     return urlunsplit(parts._replace(netloc=f"{username}:{quote(password, safe='')}@{host}"))
 
 
+#: URL schemes that name a Redis Cluster (any one of its nodes).
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster.
+
+    Example:
+        >>> is_cluster_url("redis+cluster://10.0.0.5:7000"), is_cluster_url("redis://localhost:6379/0")
+        (True, False)
+    """
+    return url.startswith(CLUSTER_SCHEMES)
+
+
 def _redis_server(url: str) -> tuple[object, ...]:
     """What tells two Redis URLs' servers apart: the socket path, or the host and port."""
     parts = urlsplit(url)
@@ -105,11 +119,17 @@ class Settings(BaseSettings):
 
     Args:
         redis_url: Redis holding the event stream. Default ``redis://localhost:6379/0``.
+            A Redis Cluster: ``redis+cluster://host:port`` (any one node; ``rediss+cluster://`` with
+            TLS); then the Celery broker must be a plain Redis, named by ``broker_url``.
         database_url: SQLAlchemy URL of the history database. Default: SQLite file
             ``fitstream.db`` in the working directory. PostgreSQL:
             ``postgresql+psycopg://user@host/db``.
         home: Root of run directories and the publisher's disk spool. Default ``./.fitstream``.
         stream: Redis stream key of the events. Default ``fitstream:events``.
+        stream_shards: How many stream keys the events are spread over, by run id (each run's
+            events stay on one shard, in order). Each shard's keys are hash-tagged
+            (``{fitstream:events:2}``) so that a Redis Cluster keeps a whole shard on one node.
+            Change it only on a drained deployment (see README, "Run at scale"). Default 1.
         stream_retention_seconds: How long acknowledged events stay in the stream
             (``fitstream watch`` and late consumer groups read them). Default 7 days.
         stream_max_events: Hard cap on the stream's length. Trimming past it can drop
@@ -172,6 +192,7 @@ class Settings(BaseSettings):
     database_url: str = Field(default_factory=_default_database_url, repr=False)
     home: Path = Field(default_factory=_default_home)
     stream: str = DEFAULT_STREAM
+    stream_shards: int = Field(default=1, ge=1, le=1024)
     stream_retention_seconds: int = Field(default=DEFAULT_RETENTION_SECONDS, ge=0)
     stream_max_events: int = Field(default=DEFAULT_STREAM_MAX_EVENTS, ge=1000)
     consumer_batch_size: int = Field(default=2000, ge=1, le=100_000)
@@ -253,15 +274,24 @@ class Settings(BaseSettings):
 
     @property
     def celery_broker_url(self) -> str:
-        """``FITSTREAM_BROKER_URL``, defaulting to the event stream's Redis."""
-        return self.broker_url or self.redis_url
+        """``FITSTREAM_BROKER_URL``, defaulting to the event stream's Redis (not a Redis Cluster:
+        Celery's Redis transport cannot use one)."""
+        if self.broker_url:
+            return self.broker_url
+        if is_cluster_url(self.redis_url):
+            raise ConfigurationError(
+                "FITSTREAM_REDIS_URL names a Redis Cluster, which Celery cannot use as its broker: set "
+                "FITSTREAM_BROKER_URL to a plain Redis (redis://host:6379/0) for the job queue"
+            )
+        return self.redis_url
 
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
+        if not value.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)):
             raise ValueError(
-                f"FITSTREAM_REDIS_URL must start with redis://, rediss:// or unix://; got {value!r}"
+                "FITSTREAM_REDIS_URL must start with redis://, rediss://, unix:// or (a Redis Cluster) "
+                f"redis+cluster:// or rediss+cluster://; got {value!r}"
             )
         return value
 

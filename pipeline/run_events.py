@@ -12,6 +12,7 @@ from pipeline.errors import InvalidEventError
 
 def follow_run(stream: EventStream, run_id: str, *, start_id: str = "0", timeout: float | None = None, block_ms: int = 1000) -> Iterator[ev.Event]:
     """Yield ``run_id``'s events from ``start_id`` on, live, until its ``run_finished`` (or ``timeout``)."""
+    stream = stream.for_run(run_id)  # a run's events are all on its shard
     last = start_id
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:

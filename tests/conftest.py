@@ -56,7 +56,7 @@ def stream_name(redis_url: str) -> Iterator[str]:
     name = f"fitstream:test:{uuid.uuid4().hex[:12]}"
     yield name
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{name}*"))
+    keys = [*client.scan_iter(match=f"{name}*"), *client.scan_iter(match=f"{{{name}:*")]  # sharded: {name:N}
     if keys:
         client.delete(*keys)
 

@@ -15,7 +15,6 @@ from pipeline import events as ev
 from pipeline.bus import EventStream, connect
 from pipeline.cli.output import print_json, print_rows
 from pipeline.config import get_settings
-from pipeline.consumers.base import leader_key
 from pipeline.run_events import follow_run
 
 
@@ -126,6 +125,7 @@ def worker(queues: str, name: str | None, gpu: str | None, loglevel: str) -> Non
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def status(as_json: bool) -> None:
     """Queue lengths, workers seen, consumer-group lag and pending counts, dead letters."""
+    from pipeline.stream_status import stream_report
     from workers.celery_app import Queue, app
 
     settings = get_settings()
@@ -143,23 +143,8 @@ def status(as_json: bool) -> None:
         replies = app.control.inspect(timeout=1.0).ping() or {}
     except Exception:
         replies = {}
-    groups = [
-        {"group": g["name"], "consumers": g.get("consumers"), "pending": g.get("pending"), "lag": g.get("lag"),
-         "leader": _text(stream.client.get(leader_key(stream.stream, g["name"]))),
-         "paused": stream.consumer_states(g["name"])}
-        for g in stream.groups()
-    ]
-    report = {
-        "alerts": _alert_counts(settings.database_url),
-        "queues": queues,
-        "workers": sorted(replies),
-        "stream": {"name": stream.stream, "length": int(stream.client.xlen(stream.stream))},
-        "consumer_groups": groups,
-        "dead_letters": stream.dead_letter_count(),
-        "dead_letters_by_reason": stream.dead_letter_kinds(),
-        "forced_trims": stream.forced_trims(),
-        "redis_warnings": stream.safety_warnings(),
-    }
+    report = {"alerts": _alert_counts(settings.database_url), "queues": queues, "workers": sorted(replies), **stream_report(stream)}
+    groups = report["consumer_groups"]
     if as_json:
         print_json(report)
         return
@@ -168,8 +153,17 @@ def status(as_json: bool) -> None:
     print_rows(
         ["group", "consumers", "pending", "lag", "leader"],
         [(g["group"], g["consumers"], g["pending"], g["lag"], g["leader"] or "—") for g in groups],
-        title=f"stream {stream.stream} ({report['stream']['length']} events)",
+        title=f"stream {stream.base_stream} ({report['stream']['length']} events)",
     )
+    if len(report["shards"]) > 1:
+        names = [g["group"] for g in groups]
+        print_rows(
+            ["shard", "stream", "events", *[f"{name} lag" for name in names], "dead letters"],
+            [(s["shard"], s["stream"], s["length"],
+              *[next((g["lag"] for g in s["consumer_groups"] if g["group"] == name), "—") for name in names], s["dead_letters"])
+             for s in report["shards"]],
+            title="shards",
+        )
     for g in groups:
         for consumer, state in g["paused"].items():
             click.echo(f"WARNING: {g['group']} consumer {consumer} is paused since {_ago(state.get('since'))}: {state.get('reason')}", err=True)

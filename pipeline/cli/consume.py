@@ -6,10 +6,11 @@ import logging
 
 import click
 
-from pipeline.bus import EventStream, connect
+from pipeline.bus import EventStream
+from pipeline.cli.options import shard_option
 from pipeline.cli.plugins import ConsumeGroup
 from pipeline.config import get_settings
-from pipeline.consumers.base import ConsumerLoop
+from pipeline.consumers.shards import ShardedConsumers
 from pipeline.db.session import make_engine
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,20 @@ def consume() -> None:
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=None, help="Messages per read.")
 @click.option("--claim-idle-ms", type=click.IntRange(100), default=None, help="Reclaim messages idle this long on a dead consumer.")
 @click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
-def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: int | None, exit_when_idle: float | None) -> None:
+@shard_option
+def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: int | None, exit_when_idle: float | None,
+             shards: tuple[int, ...]) -> None:
     """Persist runs, epoch and batch metrics, checkpoints and lifecycle events into SQL."""
     from pipeline.consumers.recorder import Recorder
 
     settings = get_settings()
-    handler = Recorder(make_engine(settings.database_url), settings)
-    loop = ConsumerLoop(
-        handler, EventStream(settings=settings), consumer_name=consumer_name,
-        batch_size=batch_size, claim_idle_ms=claim_idle_ms,
+    engine = make_engine(settings.database_url)
+    loop = ShardedConsumers(
+        lambda: Recorder(engine, settings), EventStream(settings=settings), shards=shards,
+        consumer_name=consumer_name, batch_size=batch_size, claim_idle_ms=claim_idle_ms,
     )
     loop.install_signal_handlers()
-    click.echo(f"recorder {loop.consumer_name} consuming {settings.stream} (group {loop.group})", err=True)
+    click.echo(f"recorder {loop.consumer_name} consuming {loop.describe()} (group {loop.group})", err=True)
     stats = loop.run(idle_exit_after=exit_when_idle)
     click.echo(
         f"recorder {loop.consumer_name} stopped: {stats.processed} events recorded, "
@@ -48,7 +51,8 @@ def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: i
 @consume.command()
 @click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
 @click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
-def promoter(consumer_name: str | None, exit_when_idle: float | None) -> None:
+@shard_option
+def promoter(consumer_name: str | None, exit_when_idle: float | None, shards: tuple[int, ...]) -> None:
     """Copy best checkpoints into the model store when EarlyStopping fires; move `champion` if better."""
     from pipeline.consumers.load_check import configured_load_check
     from pipeline.consumers.promoter import Promoter
@@ -59,11 +63,12 @@ def promoter(consumer_name: str | None, exit_when_idle: float | None) -> None:
     stream = EventStream(settings=settings)
     handler = Promoter(
         make_engine(settings.database_url), open_store(settings.model_store_url), publish=stream.publish,
-        load_check=configured_load_check(settings), locks=PromotionLocks(stream.client, stream.stream),
+        load_check=configured_load_check(settings), locks=PromotionLocks(stream.client, stream.base_stream),
     )
-    loop = ConsumerLoop(handler, stream, consumer_name=consumer_name)
+    # One handler for every shard: promotions are serialized by the global promotion locks.
+    loop = ShardedConsumers(lambda: handler, stream, shards=shards, consumer_name=consumer_name)
     loop.install_signal_handlers()
-    click.echo(f"promoter {loop.consumer_name} → {settings.model_store_url}", err=True)
+    click.echo(f"promoter {loop.consumer_name} consuming {loop.describe()} → {settings.model_store_url}", err=True)
     try:
         stats = loop.run(idle_exit_after=exit_when_idle)
     finally:
@@ -75,17 +80,18 @@ def promoter(consumer_name: str | None, exit_when_idle: float | None) -> None:
 @consume.command()
 @click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
 @click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
-def pruner(consumer_name: str | None, exit_when_idle: float | None) -> None:
+@shard_option
+def pruner(consumer_name: str | None, exit_when_idle: float | None, shards: tuple[int, ...]) -> None:
     """Stop sweep trials that fall behind their sweep (sweeps with `prune:`); they end `pruned`."""
     from pipeline.consumers.pruner import Pruner
     from pipeline.job_store import JobStore
 
     settings = get_settings()
     stream = EventStream(settings=settings)
-    loop = ConsumerLoop(Pruner(make_engine(settings.database_url), JobStore(connect(settings.redis_url))), stream,
-                        consumer_name=consumer_name)
+    engine, jobs = make_engine(settings.database_url), JobStore(stream.client)
+    loop = ShardedConsumers(lambda: Pruner(engine, jobs), stream, shards=shards, consumer_name=consumer_name)
     loop.install_signal_handlers()
-    click.echo(f"pruner {loop.consumer_name} consuming {settings.stream} (group {loop.group})", err=True)
+    click.echo(f"pruner {loop.consumer_name} consuming {loop.describe()} (group {loop.group})", err=True)
     stats = loop.run(idle_exit_after=exit_when_idle)
     click.echo(f"pruner {loop.consumer_name} stopped: {stats.processed} events", err=True)
 
@@ -93,35 +99,15 @@ def pruner(consumer_name: str | None, exit_when_idle: float | None) -> None:
 @consume.command("all")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=None, help="Messages per read.")
 def consume_all(batch_size: int | None) -> None:
-    """Run every consumer in this process, one thread each (today: the recorder).
+    """Run every consumer in this process (today: the recorder, on every shard).
 
     For production, run each consumer as its own process (and several of each) instead.
     """
-    import threading
-
     from pipeline.consumers.recorder import Recorder
 
     settings = get_settings()
-    loops = [
-        ConsumerLoop(Recorder(make_engine(settings.database_url), settings), EventStream(settings=settings), batch_size=batch_size),
-    ]
-    threads = [threading.Thread(target=loop.run, name=loop.group, daemon=True) for loop in loops]
-    stop = threading.Event()
-
-    import signal
-
-    def _stop(signum: int, _frame: object) -> None:
-        for loop in loops:
-            loop.stop_event.set()
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    for thread in threads:
-        thread.start()
-    click.echo(f"consuming {settings.stream} with: {', '.join(loop.group for loop in loops)}", err=True)
-    while not stop.wait(0.5):
-        if not any(t.is_alive() for t in threads):
-            break
-    for thread in threads:
-        thread.join(timeout=30)
+    engine = make_engine(settings.database_url)
+    loop = ShardedConsumers(lambda: Recorder(engine, settings), EventStream(settings=settings), batch_size=batch_size)
+    loop.install_signal_handlers()
+    click.echo(f"consuming {loop.describe()} with: {loop.group}", err=True)
+    loop.run()

@@ -79,7 +79,7 @@ def replay_command(letter_ids: tuple[str, ...], replay_all: bool, group: str | N
         raise click.UsageError("--group goes with --all")
     ids = [letter.id for letter in reversed(list_dead_letters(stream, group=group, limit=1_000_000))] if replay_all else list(letter_ids)
     new_ids = replay(stream, ids)
-    click.echo(f"replayed {len(new_ids)} dead letter(s) onto {stream.stream}", err=True)
+    click.echo(f"replayed {len(new_ids)} dead letter(s) onto {stream.base_stream}", err=True)
 
 
 @dead_letters.command("purge")

@@ -84,7 +84,7 @@ def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
     try:
         result = promote_run(
             engine, open_store(settings.model_store_url), run, aliases=aliases, force=force, load_check=load_check,
-            locks=PromotionLocks(stream.client, stream.stream),
+            locks=PromotionLocks(stream.client, stream.base_stream),
         )
     finally:
         engine.dispose()
