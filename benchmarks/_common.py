@@ -37,7 +37,7 @@ def delete_stream_keys(redis_url: str, stream: str) -> int:
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    keys = [stream.encode(), *client.scan_iter(match=f"{stream}:*")]
+    keys = [stream.encode(), *client.scan_iter(match=f"{stream}:*"), *client.scan_iter(match=f"{{{stream}:*")]  # shards: {stream:N}
     deleted = int(client.delete(*keys)) if keys else 0
     client.close()
     return deleted

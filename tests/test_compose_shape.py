@@ -206,3 +206,43 @@ def test_the_cuda_extra_pulls_tensorflows_cuda_build_of_the_same_version():
     [cuda] = [r for r in map(Requirement, cuda_extra) if r.name == "tensorflow"]
     assert cuda.extras == {"and-cuda"} and not base.extras
     assert cuda.specifier == base.specifier
+
+
+SHARDED = yaml.safe_load((REPO / "docker-compose.shards.yml").read_text(encoding="utf-8"))["services"]
+
+
+def test_the_sharded_variant_runs_two_recorders_on_each_of_four_shards_and_tells_every_process_the_shard_count():
+    shards = {name: s for name, s in SHARDED.items() if s.get("command", [])[:3] == ["fitstream", "consume", "recorder"]}
+    assert sorted(s["command"][-2:] for s in shards.values()) == [["--shard", str(i)] for i in range(4)]
+    base_env = environment(SERVICES["recorder"])
+    for name, service in shards.items():
+        assert service["deploy"]["replicas"] == 2, name
+        assert environment(service) == {**base_env, "FITSTREAM_STREAM_SHARDS": "4"}, name  # same Redis, database, secrets
+        assert service["healthcheck"] and service["restart"] == "unless-stopped"
+        assert set(service["secrets"]) == set(SERVICES["recorder"]["secrets"])
+    # The unsharded recorder is off; every other Fitstream process learns the shard count.
+    assert SHARDED["recorder"]["profiles"] == ["unsharded"]
+    fitstream = {name for name, s in SERVICES.items() if s.get("command", [""])[0] == "fitstream"} - {"recorder"}
+    assert fitstream and all(environment(SHARDED[name]).get("FITSTREAM_STREAM_SHARDS") == "4" for name in fitstream)
+
+
+def test_the_sharded_variant_is_valid_compose_on_top_of_the_base_file(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (./dev test installs it on Debian)")
+    for name in COMPOSE["secrets"]:
+        (tmp_path / name).write_text("not-a-real-secret\n")
+    env = {**os.environ, "FITSTREAM_SECRETS_DIR": str(tmp_path)}
+    files = ["-f", str(REPO / "docker-compose.yml"), "-f", str(REPO / "docker-compose.shards.yml")]
+    result = subprocess.run([compose, *files, "config"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr
+    merged = yaml.safe_load(result.stdout)["services"]
+    assert {f"recorder-shard{i}" for i in range(4)} <= set(merged) and merged["recorder"]["profiles"] == ["unsharded"]
+    assert environment(merged["alerter"])["FITSTREAM_STREAM_SHARDS"] == "4"
+    assert environment(merged["alerter"])["FITSTREAM_REDIS_URL"] == environment(SERVICES["alerter"])["FITSTREAM_REDIS_URL"]

@@ -13,7 +13,10 @@ def shard_option(function: Any) -> Any:
     Example:
         >>> @click.command()
         ... @shard_option
-        ... def recorder(shards: tuple[int, ...]) -> None: ...
+        ... def recorder(shards: tuple[int, ...]) -> None:
+        ...     print(shards)
+        >>> recorder(["--shard", "0", "--shard", "2"], standalone_mode=False)
+        (0, 2)
     """
     return click.option(
         "--shard", "shards", type=click.IntRange(0), multiple=True,
