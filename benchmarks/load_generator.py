@@ -128,15 +128,18 @@ def produce(redis_url: str, stream: str, shards: int, args: dict, published: mp.
         with published.get_lock():
             published.value += len(due)
         time.sleep(max(0.0, 0.05 - (time.monotonic() - now)))
-    # Capacity: the backlog, built (encoded) first, then published as fast as Redis takes it.
+    # Capacity: the backlog, built (encoded) first; once the main process saw the steady load
+    # drained (phase 3), published as fast as Redis takes it.
     active = [i for i in range(runs) if started[i]]
     backlog = [ev.encode(epoch_event(active[n % len(active)])) for n in range(args["backlog"])]
     phase.value = 2
+    while phase.value != 3:
+        time.sleep(0.01)
     for chunk in range(0, len(backlog), 2000):
         bus.publish(backlog[chunk:chunk + 2000])
         with published.get_lock():
             published.value += len(backlog[chunk:chunk + 2000])
-    phase.value = 3
+    phase.value = 4
 
 
 def shard_lag(shard: EventStream, now_ms: int) -> tuple[int, float]:
@@ -150,9 +153,10 @@ def shard_lag(shard: EventStream, now_ms: int) -> tuple[int, float]:
     pending = int(group.get("pending") or 0)
     lag = int(group.get("lag") or 0)
     oldest_ms = None
-    if pending:
-        summary = shard.client.xpending(shard.stream, GROUP)
-        oldest_ms = int(str(summary["min"].decode() if isinstance(summary["min"], bytes) else summary["min"]).split("-")[0])
+    summary = shard.client.xpending(shard.stream, GROUP) if pending else None
+    if summary and summary.get("min"):  # acknowledged meanwhile: no minimum any more
+        oldest = summary["min"]
+        oldest_ms = int((oldest.decode() if isinstance(oldest, bytes) else str(oldest)).split("-")[0])
     elif lag:
         last = str(group["last-delivered-id"])
         after = shard.client.xrange(shard.stream, min=f"({last}", count=1)
@@ -198,23 +202,24 @@ def one_deployment(shards: int, args: argparse.Namespace) -> Outcome:
             while (t := time.monotonic() - start) < args.duration_s:
                 outcome.samples.append(_sample(bus, t, published.value))
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - start - t)))
+            phase.value = 1  # the producer stops the steady load and builds the backlog
             outcome.steady_rate = published.value / (time.monotonic() - start)
-            steady_published = published.value
-            # Let the steady backlog drain before the capacity phase, so that it measures the backlog alone.
-            _wait_drained(bus, steady_published, timeout=120)
-            phase.value = 1
-            while phase.value == 1:  # the producer builds the backlog
+            while phase.value == 1:
                 time.sleep(0.01)
+            # What the steady load left is recorded first, so that the capacity phase times the backlog alone.
+            _wait_drained(bus, published.value, timeout=300)
             drain_start = time.monotonic()
-            while phase.value != 3:
+            phase.value = 3
+            while phase.value != 4:
                 time.sleep(0.01)
             _wait_drained(bus, published.value, timeout=600)
             outcome.drain_s = time.monotonic() - drain_start
             outcome.drain_rate = args.backlog / outcome.drain_s
             outcome.published = published.value
         finally:
-            phase.value = max(phase.value, 1)
-            producer.join(timeout=60)
+            producer.join(timeout=5 if phase.value == 4 else 0)
+            if producer.is_alive():
+                producer.terminate()
             for proc in recorders:
                 os.killpg(proc.pid, signal.SIGTERM)
             for proc in recorders:
@@ -254,13 +259,14 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
         "PostgreSQL (partitioned history), the local Redis; recorders are `fitstream consume recorder --shard i` processes.", "",
     ]
     head = ["", *[f"{o.shards} shard(s), {o.recorders} recorder(s)" for o in outcomes]]
+    scheduled = args.runs / args.interval_s + args.runs * args.burst_fraction * args.burst_events / args.burst_every_s
 
     def pct(o: Outcome, q: float, attr: str) -> float:
         values = sorted(getattr(s, attr) for s in o.samples)
         return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
     rows = [
-        ["published during the steady phase (events/s)", *[f"{o.steady_rate:,.0f}" for o in outcomes]],
+        ["published during the steady phase (events/s)", *[f"{o.steady_rate:,.0f} (scheduled {scheduled:,.0f})" for o in outcomes]],
         ["age of the oldest unrecorded event: median (s)", *[f"{statistics.median(s.oldest_age_s for s in o.samples):.2f}" for o in outcomes]],
         ["… p95 / max (s)", *[f"{pct(o, 0.95, 'oldest_age_s'):.2f} / {max(s.oldest_age_s for s in o.samples):.2f}" for o in outcomes]],
         ["events not yet recorded: median / max", *[f"{statistics.median(s.lag_events for s in o.samples):,.0f} / {max(s.lag_events for s in o.samples):,}" for o in outcomes]],

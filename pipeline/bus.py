@@ -156,18 +156,29 @@ class EventStream:
     ) -> None:
         self.settings = settings or get_settings()
         self.redis_url = redis_url or self.settings.redis_url
-        self.client = client if client is not None else connect(self.redis_url)
+        # Connected on first use: a Redis Cluster client asks a node for the slot map when made, and
+        # a publisher must start (and spool) while Redis is away.
+        self._client = client
         self.base_stream = stream or self.settings.stream
         self.shard_count = self.settings.stream_shards
         if not 0 <= shard < self.shard_count:
             raise ValueError(f"shard {shard} does not exist: FITSTREAM_STREAM_SHARDS is {self.shard_count} (shards 0..{self.shard_count - 1})")
         self.shard = shard
-        self.cluster = is_cluster_url(self.redis_url) or _is_cluster_client(self.client)
+        self.cluster = is_cluster_url(self.redis_url) or (client is not None and _is_cluster_client(client))
         self.stream = shard_stream_name(self.base_stream, shard, self.shard_count, cluster=self.cluster)
         self.dead_letter_stream = f"{self.stream}:dead"
         self.forced_trims_key = f"{self.stream}:forced_trims"
         self.dead_letter_counts_key = f"{self.stream}:dead:counts"
         self.dead_letter_kinds_key = f"{self.stream}:dead:kinds"
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            try:
+                self._client = connect(self.redis_url)
+            except redis.exceptions.RedisClusterException as exc:  # no node of the cluster answered
+                raise StreamUnavailableError(f"cannot reach the Redis Cluster at {self._safe_url()}: {exc}") from exc
+        return self._client
 
     # -- shards ---------------------------------------------------------------
     def for_shard(self, shard: int) -> "EventStream":

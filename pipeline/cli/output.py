@@ -13,6 +13,7 @@ import sys
 from datetime import date, datetime
 from typing import Any, Sequence
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -55,8 +56,13 @@ def print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(jsonable(payload), indent=None, allow_nan=False) + "\n")
 
 
-def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: str = "table", title: str | None = None) -> None:
-    """Print ``rows`` as a table, a JSON array of objects, or CSV."""
+def print_rows(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: str = "table", title: str | None = None,
+    compact: bool = False, fold_last: bool = False,
+) -> None:
+    """Print ``rows`` as a table, a JSON array of objects, or CSV. ``compact``: no box, one space
+    between columns (to fit a narrow terminal); ``fold_last``: the last column wraps instead of the
+    others being cut."""
     if fmt == "json":
         print_json([dict(zip(columns, row)) for row in rows])
         return
@@ -66,9 +72,10 @@ def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: st
         for row in rows:
             writer.writerow(["" if v is None else v for v in row])
         return
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for column in columns:
-        table.add_column(str(column), no_wrap=True)
+    table = Table(title=title, show_lines=False, header_style="bold", **({"box": box.SIMPLE_HEAD, "padding": (0, 1), "pad_edge": False} if compact else {}))
+    for i, column in enumerate(columns):
+        last = i == len(columns) - 1
+        table.add_column(str(column), no_wrap=not (fold_last and last), overflow="fold" if fold_last and last else "ellipsis")
     for row in rows:
         table.add_row(*(cell(v) for v in row))
     make_console().print(table)

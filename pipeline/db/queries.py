@@ -44,6 +44,21 @@ def list_runs(engine: Engine, *, status: str | None = None, name: str | None = N
         return [_run(row) for row in conn.execute(query)]
 
 
+def monitored_curves(engine: Engine, runs: list[Run]) -> dict[str, list[float | None]]:
+    """Each run's monitored metric, epoch by epoch (for sparklines); runs without a monitor are left out."""
+    wanted = {r.run_id: r.monitor for r in runs if r.monitor}
+    curves: dict[str, list[float | None]] = {run_id: [] for run_id in wanted}
+    if not wanted:
+        return curves
+    query = sa.text("SELECT run_id, name, value FROM epoch_metrics WHERE run_id IN :ids ORDER BY run_id, epoch").bindparams(
+        sa.bindparam("ids", expanding=True))
+    with transaction(engine) as conn:
+        for run_id, name, value in conn.execute(query, {"ids": list(wanted)}):
+            if wanted[run_id] == name:
+                curves[run_id].append(value)
+    return curves
+
+
 def resolve_run_id(engine: Engine, run_ref: str) -> str:
     """The full id of the run whose id is, or starts with, ``run_ref``."""
     if not run_ref:
