@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import zlib
 from dataclasses import dataclass
@@ -98,12 +99,20 @@ def shard_stream_name(base: str, shard: int, shards: int, *, cluster: bool = Fal
     return f"{{{base}:{shard}}}"
 
 
+_RUN_ID = re.compile(r'^\{"v":\d+,"id":"[0-9a-f]*","run_id":"([^"]*)"')
+
+
 def _run_id_of(item: Any) -> str:
     """The run id of an event model or of its encoded stream fields."""
     run_id = getattr(item, "run_id", None)
     if run_id is not None:
         return str(run_id)
     raw = item.get(ev.PAYLOAD_FIELD, item.get(ev.PAYLOAD_FIELD.encode()))
+    # The encoder writes "run_id" near the front: find it without parsing the whole payload (the
+    # spool and the sender hand over encoded events); anything unusual (escapes) is parsed.
+    found = _RUN_ID.search(raw) if isinstance(raw, str) else None
+    if found is not None and "\\" not in found.group(1):
+        return found.group(1)
     try:
         return str(json.loads(raw)["run_id"])
     except (TypeError, ValueError, KeyError):

@@ -77,6 +77,11 @@ def test_publish_routes_each_run_to_one_shard_in_order_and_returns_ids_in_the_or
             assert run_seqs == sorted(run_seqs) == list(range(7)), run_id
     assert len([s for s, v in by_shard.items() if v]) == SHARDS
     assert ids == [where[e.id] for e in items]
+    # Run ids that JSON escapes route like any other, encoded or not.
+    for odd in ('run "quoted" \\ ü', "run-\u2028-x", "ünïcode"):
+        built = ev.build(ev.RunStarted, run_id=odd, seq=0, name="odd")
+        stream.publish([ev.encode(built)])
+        assert any(e.id == built.id for _m, e in _entries_by_shard(stream)[shard_of(odd, SHARDS)])
     # The object for any shard publishes the same way.
     more = epoch_events(run_count=3, epochs=1)
     stream.for_shard(3).publish(more)

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -30,7 +31,7 @@ def _on_a_terminal(args: list[str], env: dict[str, str], columns: int = 100) -> 
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     environment = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", *args], stdout=follower, stderr=subprocess.PIPE,
-                            env={**environment, **env, "TERM": "dumb", "NO_COLOR": "1"}, cwd=REPO)
+                            env={**environment, **env, "TERM": "xterm", "NO_COLOR": "1"}, cwd=REPO)
     os.close(follower)
     chunks = []
     while True:
@@ -47,7 +48,8 @@ def _on_a_terminal(args: list[str], env: dict[str, str], columns: int = 100) -> 
     proc.wait(timeout=60)
     os.close(leader)
     assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
-    return b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # bold and italics: what a person sees is the text
 
 
 def _publish_run(stream: EventStream, run_id: str, name: str, losses: list[float], *, checkpoint: str | None = None) -> None:
@@ -61,7 +63,7 @@ def _publish_run(stream: EventStream, run_id: str, name: str, losses: list[float
                                value=losses[-1], size_bytes=1_234_567, sha256="ab" * 32))
         seq += 1
     events.append(ev.build(ev.RunFinished, run_id=run_id, seq=seq, status="early_stopped", epochs_completed=len(losses),
-                           best_epoch=losses.index(min(losses)), best_value=min(losses), stopped_epoch=len(losses) - 1))
+                           best_epoch=losses.index(min(losses)), best_value=min(losses), wall_time_s=65.0))
     stream.publish(events)
 
 
@@ -69,7 +71,7 @@ def _publish_run(stream: EventStream, run_id: str, name: str, losses: list[float
 def test_runs_fits_a_100_column_terminal_with_a_sparkline_and_wide_and_json_keep_everything(settings, engine, recorder):
     stream = EventStream(settings=settings)
     curves = {
-        "0f3a9c1e7d2b4a6f8e0c1d2e3f4a5b6c": ("digits-mlp-early-stopping-with-a-long-name", [0.9, 0.7, 0.52, 0.41, 0.37, 0.36, 0.38]),
+        "0f3a9c1e7d2b4a6f8e0c1d2e3f4a5b6c": ("digits-mlp-early-stopping", [0.9, 0.7, 0.52, 0.41, 0.37, 0.36, 0.38]),
         "7b1e2d3c4f5a6b7c8d9e0f1a2b3c4d5e": ("breast-cancer-logreg", [0.6, 0.45, 0.3, 0.29]),
     }
     for run_id, (name, losses) in curves.items():
@@ -84,8 +86,14 @@ def test_runs_fits_a_100_column_terminal_with_a_sparkline_and_wide_and_json_keep
         (line,) = [line for line in lines if run_id[:8] in line]
         assert name in line and f"val_loss↓={min(losses):.5g}" in line and sparkline(losses, width=12) in line, line
         assert "early_stopped" in line and str(len(losses)) in line
+    # A name too long for the terminal is the one thing cut.
+    _publish_run(stream, "99" * 16, "a-" * 40 + "end", [0.5, 0.4])
+    wait_for(lambda: len(json.loads(run_cli("runs", "--json", env_extra=env).stdout)) == 3, message="third run recorded")
+    text = _on_a_terminal(["runs"], env, columns=100)
+    (line,) = [line for line in text.splitlines() if "99999999" in line]
+    assert "…" in line and "val_loss↓=0.4" in line and "early_stopped" in line and len(line) <= 100, text
     # --wide: every column and the whole run id; --json unchanged.
-    wide = _on_a_terminal(["runs", "--wide"], env, columns=250)
+    wide = _on_a_terminal(["runs", "--wide"], env, columns=400)
     assert all(run_id in wide for run_id in curves) and "stopped_epoch" in wide
     listing = json.loads(run_cli("runs", "--json", env_extra=env).stdout)
     assert set(listing[0]) == {"run_id", "name", "status", "started_at", "finished_at", "epochs_completed", "best_epoch",

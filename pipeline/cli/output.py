@@ -52,17 +52,27 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def _fit(cells: list[list[str]], columns: list[str], index: int, room: int) -> None:
+    """Cut column ``index``'s cells (…) so that the row fits ``room`` characters of content."""
+    widths = [max([len(columns[i]), *(len(r[i]) for r in cells)]) for i in range(len(columns))]
+    allowed = max(len(columns[index]), 8, room - (sum(widths) - widths[index]))
+    for row in cells:
+        if len(row[index]) > allowed:
+            row[index] = row[index][: allowed - 1] + "…"
+
+
 def print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(jsonable(payload), indent=None, allow_nan=False) + "\n")
 
 
 def print_rows(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: str = "table", title: str | None = None,
-    compact: bool = False, fold_last: bool = False,
+    compact: bool = False, fold_last: bool = False, shrink: str | None = None,
 ) -> None:
     """Print ``rows`` as a table, a JSON array of objects, or CSV. ``compact``: no box, one space
     between columns (to fit a narrow terminal); ``fold_last``: the last column wraps instead of the
-    others being cut."""
+    others being cut; ``shrink``: the one column that is cut (…) when the table is wider than the
+    terminal — every other keeps its width."""
     if fmt == "json":
         print_json([dict(zip(columns, row)) for row in rows])
         return
@@ -72,12 +82,16 @@ def print_rows(
         for row in rows:
             writer.writerow(["" if v is None else v for v in row])
         return
-    table = Table(title=title, show_lines=False, header_style="bold", **({"box": box.SIMPLE_HEAD, "padding": (0, 1), "pad_edge": False} if compact else {}))
+    console = make_console()
+    cells = [[cell(v) for v in row] for row in rows]
+    if shrink in columns:
+        _fit(cells, list(columns), columns.index(shrink), console.width - (len(columns) - 1 + 2 if compact else 3 * len(columns) + 1))
+    table = Table(title=title, show_lines=False, header_style="bold", **({"box": box.SIMPLE_HEAD, "padding": (0, 0), "pad_edge": False} if compact else {}))
     for i, column in enumerate(columns):
-        last = i == len(columns) - 1
-        table.add_column(str(column), no_wrap=not (fold_last and last), overflow="fold" if fold_last and last else "ellipsis")
-    for row in rows:
-        table.add_row(*(cell(v) for v in row))
-    make_console().print(table)
+        folds = fold_last and i == len(columns) - 1
+        table.add_column(str(column), no_wrap=not folds, overflow="fold" if folds else "ellipsis")
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
     if not rows:
         stderr_console.print("[dim](no rows)[/dim]")

@@ -62,7 +62,7 @@ def runs(status: str | None, name: str | None, limit: int, wide: bool, as_json: 
         rows = [tuple(r.as_dict()[c] for c in LIST_COLUMNS) for r in found]
         print_rows(LIST_COLUMNS, rows, fmt="json" if as_json else "table", title="runs")
         return
-    print_rows(NARROW_COLUMNS, [narrow_row(r, curves.get(r.run_id, [])) for r in found], title="runs", compact=True)
+    print_rows(NARROW_COLUMNS, [narrow_row(r, curves.get(r.run_id, [])) for r in found], title="runs", compact=True, shrink="name")
 
 
 @click.command()
