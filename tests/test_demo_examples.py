@@ -29,7 +29,7 @@ def test_demo_promotes_the_best_model_of_every_example(example, settings, engine
         pytest.skip("the demo runs on its embedded defaults (SQLite); checked once")
     env = {**os.environ, **settings_env(settings), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.main", "demo", "--spec", str(example)],
+        [sys.executable, "-m", "pipeline.cli.main", "demo", "--spec", str(example), "--curves", str(settings.home / "curves.png")],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=420,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -52,10 +52,12 @@ def test_demo_in_process_trains_here_promotes_and_evaluates_the_champion(setting
     if database_url.startswith("postgresql"):
         pytest.skip("the demo runs on its embedded defaults (SQLite); checked once")
     env = {**os.environ, **settings_env(settings), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "demo", "--in-process"],
+    curves = settings.home / "curves.png"
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "demo", "--in-process", "--curves", str(curves)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=420)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "champion loaded back from the store and evaluated" in done.stdout
+    assert f"learning curves: {curves}" in done.stdout and curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with engine.connect() as conn:
         run = conn.execute(sa.text("SELECT run_id, name, status, best_epoch, epochs_completed FROM runs")).one()
         version = conn.execute(sa.text("SELECT run_id, epoch, metric FROM model_versions")).one()

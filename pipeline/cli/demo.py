@@ -137,7 +137,9 @@ class _Processes:
 @click.option("--spec", type=click.Path(exists=True, dir_okay=False), default=str(EXAMPLE_SPEC), show_default="examples/digits_mlp.yaml")
 @click.option("--in-process", is_flag=True, help="Train here with the EventPublisher instead of queueing a job.")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=40, show_default=True, help="With --in-process.")
-def demo(spec: str, in_process: bool, epochs: int) -> None:
+@click.option("--curves", type=click.Path(dir_okay=False, path_type=Path), default=Path("curves.png"), show_default=True,
+              help="Where to draw the run's learning curves (fitstream plot).")
+def demo(spec: str, in_process: bool, epochs: int, curves: Path) -> None:
     """Queue an example job, run it on a worker started here, watch it live, print it from SQL."""
     console = Console(stderr=True)
     settings = get_settings()
@@ -169,6 +171,13 @@ def demo(spec: str, in_process: bool, epochs: int) -> None:
     finally:
         processes.stop()
     _print_run(detail)
+    from pipeline.plot import plot_runs
+
+    engine = make_engine(settings.database_url, read_only=True)
+    try:
+        click.echo(f"learning curves: {plot_runs(engine, [run_id], curves)}   (fitstream plot {run_id[:8]} -o curves.png)")
+    finally:
+        engine.dispose()
     if promoted is None:
         raise FitstreamError(f"the promoter registered no model for run {run_id}; see {logs / 'promoter.log'}")
     _evaluate_champion(promoted, None if in_process else spec)
