@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from alerts.channels.base import AlertMessage, Channel, DeliveryError
 from alerts.channels.slack import SlackChannel
 from alerts.channels.webhook import WebhookChannel
+from alerts.curves import Curve, recent_curve, remember, rule_metric
 from alerts.rules import Rule, RulesFile, RuleState, Transition, evaluate, parse_rules
 from pipeline import events as ev
 from pipeline.backoff import Backoff
@@ -123,7 +124,7 @@ class Alerter:
     def handle(self, batch: Sequence[Received]) -> None:
         events = sorted((r.event for r in batch), key=lambda e: (e.run_id, e.seq))
         with transaction(self.engine) as conn:
-            runs = self._update_runs(conn, events)
+            runs, recent = self._update_runs(conn, events)
             states = self._load_states(conn, {e.run_id for e in events})
             outbox: list[dict[str, Any]] = []
             changed: dict[tuple[str, str], RuleState] = {}
@@ -141,7 +142,8 @@ class Alerter:
                     if new != state:
                         changed[key] = new
                     if transition is not None:
-                        outbox += self._alert_rows(rule, event.run_id, name, new, transition, event.ts)
+                        curve = recent_curve(recent.get(event.run_id), rule_metric(rule), getattr(event, "epoch", None))
+                        outbox += self._alert_rows(rule, event.run_id, name, new, transition, event.ts, curve)
             _upsert(
                 conn, SqlAlertState.__table__,
                 [{"rule": r, "run_id": run, "state": json.dumps(dataclasses.asdict(s)), "firing": s.firing, "updated_at": time.time()}
@@ -156,7 +158,17 @@ class Alerter:
             return dataclasses.replace(state, firing=False), Transition("resolved", f"events flow again ({event.type})")
         return state, None
 
-    def _update_runs(self, conn: Connection, events: list[ev.Event]) -> dict[str, tuple[str | None, dict[str, str]]]:
+    def _update_runs(
+        self, conn: Connection, events: list[ev.Event],
+    ) -> tuple[dict[str, tuple[str | None, dict[str, str], tuple[Rule, ...]]], dict[str, dict[str, Any]]]:
+        """Upsert what the alerter knows of each run (name, tags, its own rules, status, last event,
+        recent metric values); returns each run's (name, tags, rules) and its recent metrics."""
+        table = SqlAlertRun.__table__
+        known = {
+            r.run_id: json.loads(r.recent_metrics) if r.recent_metrics else None
+            for r in conn.execute(sa.select(table.c.run_id, table.c.recent_metrics).where(table.c.run_id.in_({e.run_id for e in events})))
+        }
+        recent: dict[str, dict[str, Any]] = {}
         facts: dict[str, dict[str, Any]] = {}
         for event in events:
             row = facts.setdefault(
@@ -177,7 +189,12 @@ class Alerter:
                 row["rules"] = json.dumps(event.spec["alerts"])
             if isinstance(event, ev.RunFinished):
                 row["status"] = event.status
-        table = SqlAlertRun.__table__
+            if isinstance(event, (ev.EpochEnd, ev.RunStarted)):
+                curves = recent.get(event.run_id) or recent.setdefault(event.run_id, known.get(event.run_id) or {"monitor": None, "metrics": {}})
+                remember(curves, event)
+                row["recent_metrics"] = curves
+        for row in facts.values():
+            row["recent_metrics"] = json.dumps(row["recent_metrics"]) if row.get("recent_metrics") else None
         insert = upsert_insert(conn, table)
         statement = insert.on_conflict_do_update(
             index_elements=["run_id"],
@@ -193,11 +210,15 @@ class Alerter:
                     else_=insert.excluded.status,
                 ),
                 "last_event_at": greatest(conn, table.c.last_event_at, insert.excluded.last_event_at),
+                "recent_metrics": sa.func.coalesce(insert.excluded.recent_metrics, table.c.recent_metrics),
             },
         )
         conn.execute(statement, list(facts.values()))
-        rows = conn.execute(sa.select(table.c.run_id, table.c.name, table.c.tags, table.c.rules).where(table.c.run_id.in_(list(facts)))).all()
-        return {r.run_id: (r.name, json.loads(r.tags) if r.tags else {}, self._job_rules(r.run_id, r.rules)) for r in rows}
+        rows = conn.execute(sa.select(table.c.run_id, table.c.name, table.c.tags, table.c.rules, table.c.recent_metrics)
+                            .where(table.c.run_id.in_(list(facts)))).all()
+        runs = {r.run_id: (r.name, json.loads(r.tags) if r.tags else {}, self._job_rules(r.run_id, r.rules)) for r in rows}
+        stored = {r.run_id: json.loads(r.recent_metrics) for r in rows if r.recent_metrics}
+        return runs, {**stored, **recent}
 
     def _job_rules(self, run_id: str, raw: str | None) -> tuple[Rule, ...]:
         """A job's own rules (from its spec's ``alerts:``), with the rules file's channels."""
@@ -225,7 +246,8 @@ class Alerter:
         return {(r.rule, r.run_id): RuleState(**json.loads(r.state)) for r in conn.execute(query)}
 
     def _alert_rows(
-        self, rule: Rule, run_id: str, name: str | None, state: RuleState, transition: Transition, event_ts: float
+        self, rule: Rule, run_id: str, name: str | None, state: RuleState, transition: Transition, event_ts: float,
+        curve: Curve | None = None,
     ) -> list[dict[str, Any]]:
         rows = []
         for channel in rule.channels:
@@ -235,7 +257,7 @@ class Alerter:
             message = AlertMessage(
                 key=key, rule=rule.name, run_id=run_id, run_name=name, state=transition.state, severity=rule.severity,
                 summary=transition.summary, value=transition.value, threshold=transition.threshold, epoch=transition.epoch,
-                event_ts=event_ts,
+                event_ts=event_ts, **(dataclasses.asdict(curve) if curve is not None else {}),
             )
             rows.append(
                 {

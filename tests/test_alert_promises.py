@@ -24,6 +24,7 @@ from alerts.engine import Alerter, Deliverer, build_channels
 from alerts.rules import parse_rules
 from pipeline import events as ev
 from pipeline.bus import EventStream
+from pipeline.sparkline import sparkline
 from pipeline.consumers.base import ConsumerLoop
 from tests.conftest import REPO, run_cli, settings_env, wait_for
 
@@ -168,19 +169,19 @@ def test_slack_and_webhook_messages_carry_the_rule_severity_and_the_values_that_
     assert slack_messages == {
         "🚨 val-loss-high — firing": (
             {"Run": run, "Severity": "critical", "Value": "0.7 (threshold 0.5)", "Epoch": "2"},
-            "🚨 val-loss-high FIRING — digits-mlp: val_loss = 0.7 is above 0.5 for 2 epochs",
+            "🚨 val-loss-high FIRING — digits-mlp: val_loss = 0.7 is above 0.5 for 2 epochs  " + sparkline([0.4, 0.6, 0.7]),
         ),
         "✅ val-loss-high — resolved": (
             {"Run": run, "Severity": "critical", "Value": "0.3 (threshold 0.5)", "Epoch": "4"},
-            "✅ val-loss-high RESOLVED — digits-mlp: val_loss = 0.3 is no longer above 0.5",
+            "✅ val-loss-high RESOLVED — digits-mlp: val_loss = 0.3 is no longer above 0.5  " + sparkline([0.4, 0.6, 0.7, 0.8, 0.3]),
         ),
         "🚨 diverged — firing": (
             {"Run": run, "Severity": "info", "Epoch": "2"},
-            "🚨 diverged FIRING — digits-mlp: loss is not finite (nan)",
+            "🚨 diverged FIRING — digits-mlp: loss is not finite (nan)  " + sparkline([0.1, 0.1, None]),
         ),
         "✅ diverged — resolved": (
             {"Run": run, "Severity": "info", "Value": "0.25", "Epoch": "3"},
-            "✅ diverged RESOLVED — digits-mlp: loss is finite again (0.25)",
+            "✅ diverged RESOLVED — digits-mlp: loss is finite again (0.25)  " + sparkline([0.1, 0.1, None, 0.25]),
         ),
     }
     facts = ("rule", "run_id", "run_name", "state", "severity", "value", "threshold", "epoch")
@@ -189,6 +190,10 @@ def test_slack_and_webhook_messages_carry_the_rule_severity_and_the_values_that_
     assert [{k: r["json"][k] for k in facts} for r in hook.accepted] == [
         {**same, "state": "firing", "value": 0.7, "epoch": 2},
         {**same, "state": "resolved", "value": 0.3, "epoch": 4},
+    ]
+    # The webhook gets the curve as facts too: the metric, its sparkline, the epochs it covers.
+    assert [(r["json"]["metric"], r["json"]["curve"], r["json"]["curve_epochs"]) for r in hook.accepted] == [
+        ("val_loss", sparkline([0.4, 0.6, 0.7]), [0, 2]), ("val_loss", sparkline([0.4, 0.6, 0.7, 0.8, 0.3]), [0, 4]),
     ]
     severities = sorted({(r.rule, r.severity) for r in _alerts(engine)})
     assert severities == [("diverged", "info"), ("val-loss-high", "critical")]

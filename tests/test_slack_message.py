@@ -26,6 +26,7 @@ from alerts.rules import Rule, RulesError, load_rules, parse_rules
 from pipeline import events as ev
 from pipeline.bus import EventStream
 from pipeline.consumers.base import ConsumerLoop
+from pipeline.sparkline import sparkline
 from tests.conftest import REPO, wait_for
 from tests.test_alert_promises import AlerterThreads
 
@@ -94,13 +95,13 @@ def test_a_firing_alert_posts_exactly_the_block_kit_message_the_readme_shows(set
     expected = json.loads(json.dumps(README_MESSAGE, ensure_ascii=False).replace(footer, RUN_ID))
     assert message == expected
     # Spelled out, so that a failure says which promise broke.
-    assert message["text"] == "🚨 val-loss-high FIRING — digits-mlp: val_loss = 0.7 is above 0.5 for 2 epochs"
+    assert message["text"] == "🚨 val-loss-high FIRING — digits-mlp: val_loss = 0.7 is above 0.5 for 2 epochs  ▁▆█"
     assert [b["type"] for b in message["blocks"]] == ["header", "section", "section", "context"]
     assert message["blocks"][0]["text"] == {"type": "plain_text", "text": "🚨 val-loss-high — firing"}
     assert _fields(message) == {
         "Run": "digits-mlp (`3f2c0d1e4a5b`)", "Severity": "warning", "Value": "0.7 (threshold 0.5)", "Epoch": "2",
     }
-    assert message["blocks"][2]["text"]["text"] == "val_loss = 0.7 is above 0.5 for 2 epochs"
+    assert message["blocks"][2]["text"]["text"] == "val_loss = 0.7 is above 0.5 for 2 epochs\n`▁▆█` val_loss, epochs 0–2"
     assert message["blocks"][3]["elements"][0]["text"] == f"`fitstream show {RUN_ID}`"
 
 
@@ -116,10 +117,37 @@ def test_the_resolved_message_says_resolved_with_the_value_that_cleared_it(setti
     # The same shape as the firing message, with the value and epoch that cleared it.
     assert [b["type"] for b in resolved["blocks"]] == [b["type"] for b in README_MESSAGE["blocks"]]
     assert _fields(resolved) == {**_fields(firing), "Value": "0.3 (threshold 0.5)", "Epoch": "3"}
-    sentence = resolved["blocks"][2]["text"]["text"]
+    sentence, curve_line = resolved["blocks"][2]["text"]["text"].split("\n")
     assert "0.3" in sentence and "0.7" not in sentence
-    assert resolved["text"].endswith(sentence)
+    curve = sparkline([0.4, 0.6, 0.7, 0.3], width=20)
+    assert curve_line == f"`{curve}` val_loss, epochs 0–3"
+    assert resolved["text"].endswith(f"{sentence}  {curve}")
     assert resolved["blocks"][3] == firing["blocks"][3]
+
+
+@sqlite_only
+def test_a_lifecycle_alert_shows_the_runs_monitored_metric_even_when_its_epochs_came_in_earlier_batches(settings, engine, slack):
+    stream = EventStream(settings=settings)
+    rules = {"channels": {"team-slack": README_RULES["channels"]["team-slack"]},
+             "rules": [{"name": "stopped", "on": ["early_stopped"], "channels": ["team-slack"]}]}
+    values = [0.9, 0.5, 0.3, 0.35, 0.4]
+    with AlerterThreads(settings, engine, rules, _environ(slack)):
+        stream.publish([ev.build(ev.RunStarted, run_id=RUN_ID, seq=0, name="digits-mlp", monitor="val_loss", mode="min")])
+        for epoch, value in enumerate(values):  # one batch each: the alerter must remember them
+            stream.publish([ev.build(ev.EpochEnd, run_id=RUN_ID, seq=epoch + 1, epoch=epoch, metrics={"val_loss": value, "loss": 0.1})])
+            wait_for(lambda e=epoch: _alert_run_epochs(engine) == e + 1, message=f"epoch {epoch} seen by the alerter")
+        stream.publish([ev.build(ev.EarlyStopped, run_id=RUN_ID, seq=6, stopped_epoch=4, best_epoch=2, best_value=0.3,
+                                 monitor="val_loss", mode="min")])
+        wait_for(lambda: len(slack.accepted) >= 1, message="the lifecycle alert")
+    message = slack.accepted[0]["json"]
+    curve = sparkline(values, width=20)
+    assert message["text"].endswith(f"  {curve}") and f"`{curve}` val_loss, epochs 0–4" in message["blocks"][2]["text"]["text"]
+
+
+def _alert_run_epochs(engine) -> int:
+    with engine.connect() as conn:
+        raw = conn.execute(sa.text("SELECT recent_metrics FROM alert_runs")).scalar()
+    return len(json.loads(raw)["metrics"].get("val_loss", [])) if raw else 0
 
 
 # -- where a channel's URL comes from ---------------------------------------------------------------

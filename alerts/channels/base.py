@@ -37,6 +37,9 @@ class AlertMessage:
     epoch: int | None = None
     event_ts: float | None = None  # when the event that decided this alert happened (Unix time)
     test: bool = False
+    metric: str | None = None  # the metric the curve shows
+    curve: str | None = None  # its sparkline over the last epochs up to this alert (pipeline.sparkline)
+    curve_epochs: tuple[int, int] | None = None  # the first and last epoch the curve covers
 
 
 class DeliveryError(Exception):

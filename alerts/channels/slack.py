@@ -35,12 +35,17 @@ def slack_payload(message: AlertMessage) -> dict:
     if message.epoch is not None:
         fields.append({"type": "mrkdwn", "text": f"*Epoch*\n{message.epoch}"})
     title = f"{icon} {message.rule} — {message.state}" + (" (test)" if message.test else "")
+    text, explained = message.summary, message.summary[:2900]
+    if message.curve:
+        first, last = message.curve_epochs or (None, None)
+        text = f"{text}  {message.curve}"
+        explained = f"{explained}\n`{message.curve}` {message.metric}, epochs {first}–{last}"
     return {
-        "text": f"{icon} {message.rule} {message.state.upper()} — {message.run_name or message.run_id}: {message.summary}",
+        "text": f"{icon} {message.rule} {message.state.upper()} — {message.run_name or message.run_id}: {text}",
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
             {"type": "section", "fields": fields},
-            {"type": "section", "text": {"type": "mrkdwn", "text": message.summary[:2900]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": explained}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": f"`fitstream show {message.run_id}`"}]},
         ],
     }

@@ -276,6 +276,8 @@ class SqlAlertRun(Base):
     rules: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(32))
     last_event_at: Mapped[float] = mapped_column(Float)
+    #: JSON: {"monitor": name or null, "metrics": {name: [[epoch, value], …]}} — the last epochs, for sparklines.
+    recent_metrics: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_alert_runs_status_last_event_at", "status", "last_event_at"),)
 
