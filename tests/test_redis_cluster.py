@@ -79,6 +79,10 @@ def _stop(*procs: subprocess.Popen) -> None:
             proc.kill()
 
 
+def _consumers(shard: EventStream) -> int:
+    return next((int(g["consumers"]) for g in shard.groups() if g["name"] == "recorder"), 0)
+
+
 def _count(engine: sa.Engine, sql: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.text(sql)).scalar() or 0)
@@ -126,6 +130,9 @@ def test_sharded_publishing_and_consuming_keep_each_runs_order_and_lose_nothing(
     items = epoch_events(run_count=40, epochs=12, metrics=4)
     recorders = [_recorder(on_cluster, "rec-a"), _recorder(on_cluster, "rec-b")]  # both take every shard
     try:
+        # Both are reading every shard before the first event goes out, so that both share the work.
+        wait_for(lambda: all(_consumers(shard) == 2 for shard in EventStream(settings=on_cluster).all_shards()),
+                 timeout=60, message="both recorders reading every shard")
         _publish_concurrently(on_cluster, items)
         wait_for(lambda: _count(engine, RECORDED_EVENT_COUNT) == len(items), timeout=90, message="every event recorded")
     finally:
