@@ -191,6 +191,15 @@ def ensure_compose_validator() -> None:
             "(Debian/Ubuntu: sudo apt-get install docker-compose)")
 
 
+def ensure_browser() -> None:
+    """Debian's chromium for the dashboard's browser tests (Playwright drives it; nothing is downloaded)."""
+    if shutil.which("chromium"):
+        return
+    if not apt_install("chromium"):
+        die("chromium is not installed and could not be installed; the dashboard's browser tests need it "
+            "(Debian/Ubuntu: sudo apt-get install chromium)")
+
+
 def main(argv: list[str]) -> None:
     wanted = set(argv) or {"redis"}
     exports = {}
@@ -205,6 +214,8 @@ def main(argv: list[str]) -> None:
         )
     if "compose" in wanted:
         ensure_compose_validator()
+    if "browser" in wanted:
+        ensure_browser()
     for key, value in exports.items():
         print(f"export {key}='{value}'")
 

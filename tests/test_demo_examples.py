@@ -58,6 +58,8 @@ def test_demo_in_process_trains_here_promotes_and_evaluates_the_champion(setting
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "champion loaded back from the store and evaluated" in done.stdout
     assert f"learning curves: {curves}" in done.stdout and curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Not in a terminal: it says where the dashboard would show the run, and exits.
+    assert "see it in the dashboard: fitstream ui, then open http://127.0.0.1:8765/runs/" in done.stdout
     with engine.connect() as conn:
         run = conn.execute(sa.text("SELECT run_id, name, status, best_epoch, epochs_completed FROM runs")).one()
         version = conn.execute(sa.text("SELECT run_id, epoch, metric FROM model_versions")).one()

@@ -139,7 +139,10 @@ class _Processes:
 @click.option("--epochs", type=click.IntRange(1, 1000), default=40, show_default=True, help="With --in-process.")
 @click.option("--curves", type=click.Path(dir_okay=False, path_type=Path), default=Path("curves.png"), show_default=True,
               help="Where to draw the run's learning curves (fitstream plot).")
-def demo(spec: str, in_process: bool, epochs: int, curves: Path) -> None:
+@click.option("--ui/--no-ui", "serve_ui", default=None,
+              help="Serve the dashboard at the end until Ctrl-C. Default: when run in a terminal (not in scripts or CI).")
+@click.option("--ui-port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+def demo(spec: str, in_process: bool, epochs: int, curves: Path, serve_ui: bool | None, ui_port: int) -> None:
     """Queue an example job, run it on a worker started here, watch it live, print it from SQL."""
     console = Console(stderr=True)
     settings = get_settings()
@@ -181,6 +184,18 @@ def demo(spec: str, in_process: bool, epochs: int, curves: Path) -> None:
     if promoted is None:
         raise FitstreamError(f"the promoter registered no model for run {run_id}; see {logs / 'promoter.log'}")
     _evaluate_champion(promoted, None if in_process else spec)
+    if serve_ui is None:
+        serve_ui = sys.stdin.isatty() and sys.stdout.isatty()
+    url = f"http://127.0.0.1:{ui_port}/runs/{run_id}"
+    if not serve_ui:
+        click.echo(f"see it in the dashboard: fitstream ui, then open {url}")
+        return
+    import uvicorn
+
+    from pipeline.ui.app import create_app
+
+    click.echo(f"dashboard: {url}   (Ctrl-C to stop)")
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=ui_port, log_level="warning")
 
 
 def _print_run(detail: RunDetail) -> None:

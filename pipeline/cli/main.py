@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.cli import consume, db, dead_letters, demo, experiments, models, plot, runs, spool, sql, watch
+from pipeline.cli import consume, db, dead_letters, demo, experiments, models, plot, runs, spool, sql, ui, watch
 from pipeline.cli.plugins import PluginGroup
 from pipeline.cli.output import stderr_console
 from pipeline.errors import FitstreamError
@@ -74,6 +74,7 @@ cli.add_command(sql.sql)
 cli.add_command(runs.runs)
 cli.add_command(runs.show)
 cli.add_command(plot.plot)
+cli.add_command(ui.ui)
 cli.add_command(demo.demo)
 cli.add_command(spool.spool)
 cli.add_command(watch.watch)

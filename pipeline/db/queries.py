@@ -78,6 +78,25 @@ def resolve_run_id(engine: Engine, run_ref: str) -> str:
     return rows[0]
 
 
+def run_checkpoints(conn: Any, run_id: str) -> list[dict[str, Any]]:
+    """A run's checkpoints (epoch, path, monitor, value, size_bytes, sha256, saved_at), by epoch."""
+    return [
+        dict(row._mapping)
+        for row in conn.execute(
+            sa.text("SELECT epoch, path, monitor, value, size_bytes, sha256, saved_at FROM checkpoints "
+                    "WHERE run_id = :id ORDER BY epoch, path"),
+            {"id": run_id},
+        )
+    ]
+
+
+def get_run_summary(engine: Engine, run_ref: str) -> Run:
+    """One run's row (no epochs): what a page header shows."""
+    run_id = resolve_run_id(engine, run_ref)
+    with transaction(engine) as conn:
+        return _run(conn.execute(_RUN_SELECT.where(_RUNS.c.run_id == run_id)).one())
+
+
 def get_run(engine: Engine, run_ref: str) -> RunDetail:
     """A run with its epochs (metrics in Keras' order of names) and checkpoints."""
     run_id = resolve_run_id(engine, run_ref)
@@ -96,16 +115,7 @@ def get_run(engine: Engine, run_ref: str) -> RunDetail:
                 {"id": run_id},
             )
         }
-        checkpoints = [
-            dict(row._mapping)
-            for row in conn.execute(
-                sa.text(
-                    "SELECT epoch, path, monitor, value, size_bytes, sha256, saved_at FROM checkpoints "
-                    "WHERE run_id = :id ORDER BY epoch, path"
-                ),
-                {"id": run_id},
-            )
-        ]
+        checkpoints = run_checkpoints(conn, run_id)
     epochs = []
     for epoch in sorted(set(metrics) | set(extra)):
         row = extra.get(epoch)
