@@ -214,11 +214,9 @@ class Alerter:
             },
         )
         conn.execute(statement, list(facts.values()))
-        rows = conn.execute(sa.select(table.c.run_id, table.c.name, table.c.tags, table.c.rules, table.c.recent_metrics)
-                            .where(table.c.run_id.in_(list(facts)))).all()
+        rows = conn.execute(sa.select(table.c.run_id, table.c.name, table.c.tags, table.c.rules).where(table.c.run_id.in_(list(facts)))).all()
         runs = {r.run_id: (r.name, json.loads(r.tags) if r.tags else {}, self._job_rules(r.run_id, r.rules)) for r in rows}
-        stored = {r.run_id: json.loads(r.recent_metrics) for r in rows if r.recent_metrics}
-        return runs, {**stored, **recent}
+        return runs, {**{run_id: curves for run_id, curves in known.items() if curves}, **recent}
 
     def _job_rules(self, run_id: str, raw: str | None) -> tuple[Rule, ...]:
         """A job's own rules (from its spec's ``alerts:``), with the rules file's channels."""

@@ -107,6 +107,22 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, align: st
     return "\n".join([fmt(cells[0]), rule, *(fmt(r) for r in cells[1:])])
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def emit_report(text: str, results: Path | None) -> None:
+    """Print a benchmark's report, and write it to ``results`` (Markdown) when given."""
+    print(text)
+    if results:
+        results.write_text(text + "\n")
+
+
 def machine_line() -> str:
     cpu = "?"
     with contextlib.suppress(OSError):

@@ -308,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {shards} shard(s), {shards * args.recorders_per_shard} recorder(s): {args.duration_s:g}s of load ...", flush=True)
         outcomes.append(one_deployment(shards, args))
     text = report(outcomes, args)
-    print(text)
-    if args.results:
-        args.results.write_text(text + "\n")
+    _common.emit_report(text, args.results)
     return 0
 
 

@@ -71,7 +71,7 @@ class Server:
 
         from pipeline.ui.app import create_app
 
-        self.port = _free_port()
+        self.port = _common.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -88,14 +88,6 @@ class Server:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def timed_get(url: str) -> tuple[float, float, int]:
@@ -238,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         ]), "```",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.results:
-        args.results.write_text(text + "\n")
+    _common.emit_report(text, args.results)
     return 0
 
 

@@ -102,6 +102,17 @@ def shard_stream_name(base: str, shard: int, shards: int, *, cluster: bool = Fal
 _RUN_ID = re.compile(r'^\{"v":\d+,"id":"[0-9a-f]*","run_id":"([^"]*)"')
 
 
+def run_stream_name(settings: Settings, run_id: str) -> str:
+    """The stream key that holds ``run_id``'s events, without a client (the dashboard reads it async).
+
+    Example:
+        >>> run_stream_name(Settings(stream="s", stream_shards=4), "run-1")
+        '{s:3}'
+    """
+    shards = settings.stream_shards
+    return shard_stream_name(settings.stream, shard_of(run_id, shards), shards, cluster=is_cluster_url(settings.redis_url))
+
+
 def _run_id_of(item: Any) -> str:
     """The run id of an event model or of its encoded stream fields."""
     run_id = getattr(item, "run_id", None)

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import events as ev
-from pipeline.bus import shard_of, shard_stream_name
+from pipeline.bus import run_stream_name
 from pipeline.cli.output import jsonable
 from pipeline.config import Settings, is_cluster_url
 from pipeline.db.session import make_engine
@@ -77,11 +77,6 @@ def _redis(settings: Settings) -> Any:
 def create_app(settings: Settings, *, token: str | None = None) -> ASGIApp:
     """The dashboard for ``settings``' history and stream (read-only)."""
     engine = make_engine(settings.database_url, read_only=True)
-    cluster = is_cluster_url(settings.redis_url)
-
-    def run_stream(run_id: str) -> str:
-        return shard_stream_name(settings.stream, shard_of(run_id, settings.stream_shards), settings.stream_shards, cluster=cluster)
-
     async def in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(function, engine, *args, **kwargs)
 
@@ -124,7 +119,7 @@ def create_app(settings: Settings, *, token: str | None = None) -> ASGIApp:
 
     async def _follow(request: Request, run_id: str, start: str) -> AsyncIterator[str]:
         client = request.app.state.redis
-        key, last = run_stream(run_id), start
+        key, last = run_stream_name(settings, run_id), start
         yield "retry: 1000\n\n"
         while not await request.is_disconnected():
             reply = await client.xread({key: last}, count=500, block=KEEPALIVE_MS)
