@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -179,6 +180,7 @@ class EventStream:
         # Connected on first use: a Redis Cluster client asks a node for the slot map when made, and
         # a publisher must start (and spool) while Redis is away.
         self._client = client
+        self._connecting = threading.Lock()
         self.base_stream = stream or self.settings.stream
         self.shard_count = self.settings.stream_shards
         if not 0 <= shard < self.shard_count:
@@ -194,10 +196,14 @@ class EventStream:
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            try:
-                self._client = connect(self.redis_url)
-            except redis.exceptions.RedisClusterException as exc:  # no node of the cluster answered
-                raise StreamUnavailableError(f"cannot reach the Redis Cluster at {self._safe_url()}: {exc}") from exc
+            # One client per stream even when threads ask at once: a second client, dropped, closes
+            # its pool (``Redis.__del__``) under whatever command was in flight on it.
+            with self._connecting:
+                if self._client is None:
+                    try:
+                        self._client = connect(self.redis_url)
+                    except redis.exceptions.RedisClusterException as exc:  # no node of the cluster answered
+                        raise StreamUnavailableError(f"cannot reach the Redis Cluster at {self._safe_url()}: {exc}") from exc
         return self._client
 
     # -- shards ---------------------------------------------------------------

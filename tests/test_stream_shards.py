@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import defaultdict
 
 import pytest
@@ -198,3 +199,31 @@ def test_a_cluster_url_needs_a_plain_redis_broker():
     assert Settings(redis_url="redis+cluster://127.0.0.1:7000", broker_url="redis://127.0.0.1:6379/0").celery_broker_url.startswith("redis://")
     with pytest.raises(ValueError, match="redis\\+cluster://"):
         Settings(redis_url="http://127.0.0.1:7000")
+
+
+def test_threads_asking_for_the_lazy_client_at_once_share_one(redis_url, monkeypatch):
+    """A client made twice and dropped once closes its pool under a command in flight (seen in CI as
+    'Timeout reading from socket' when `follow_run`'s thread and `publish` connected together)."""
+    import pipeline.bus as bus
+
+    real_connect = bus.connect
+
+    def slow_connect(url: str, **kwargs):
+        time.sleep(0.05)  # widens the window between "no client yet" and "client set"
+        return real_connect(url, **kwargs)
+
+    monkeypatch.setattr(bus, "connect", slow_connect)
+    stream = EventStream(redis_url=redis_url, settings=Settings(stream_shards=SHARDS))
+    start = threading.Barrier(8)
+    clients: list[object] = []
+
+    def ask() -> None:
+        start.wait()
+        clients.append(stream.client)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(c) for c in clients}) == 1 and clients[0] is stream.client
