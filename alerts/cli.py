@@ -9,9 +9,9 @@ import click
 import sqlalchemy as sa
 
 from pipeline.bus import EventStream
+from pipeline.cli.options import shard_option
 from pipeline.cli.output import print_rows
 from pipeline.config import get_settings
-from pipeline.cli.options import shard_option
 from pipeline.consumers.shards import ShardedConsumers
 from pipeline.db.models import SqlAlert
 from pipeline.db.session import make_engine

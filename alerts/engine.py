@@ -19,8 +19,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -33,8 +34,8 @@ from alerts.rules import Rule, RulesFile, RuleState, Transition, evaluate, parse
 from pipeline import events as ev
 from pipeline.backoff import Backoff
 from pipeline.consumers.base import Received
-from pipeline.db.migrate import require_head
 from pipeline.db.bulk import greatest, upsert_insert
+from pipeline.db.migrate import require_head
 from pipeline.db.models import TERMINAL_STATUSES, SqlAlert, SqlAlertRun, SqlAlertState
 from pipeline.db.session import transaction
 from pipeline.errors import ConfigurationError

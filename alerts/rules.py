@@ -98,7 +98,7 @@ class Channel(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _one_source_each(self) -> "Channel":
+    def _one_source_each(self) -> Channel:
         if (self.url_env is None) == (self.url_file is None):
             raise ValueError("give the URL's source as exactly one of url_env (a variable) or url_file (a secrets file)")
         if (self.secret_env or self.secret_file) and self.type != "webhook":
@@ -119,7 +119,7 @@ class Gap(_Strict):
     above: float = Field(allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _two_metrics(self) -> "Gap":
+    def _two_metrics(self) -> Gap:
         if self.metric == self.minus:  # their gap is always 0: the rule could never change state
             raise ValueError(f"metric and minus are both {_shown(self.metric)}; a gap is between two metrics")
         return self
@@ -145,7 +145,7 @@ class Rule(_Strict):
     on: list[Literal["run_started", "early_stopped", "run_failed", "run_finished", "run_pruned", "model_promoted", "promotion_skipped"]] | None = None
 
     @model_validator(mode="after")
-    def _one_condition(self) -> "Rule":
+    def _one_condition(self) -> Rule:
         kinds = [k for k, present in (
             ("threshold", self.above is not None or self.below is not None),
             ("nan", self.nan is not None),
@@ -198,7 +198,7 @@ class RulesFile(_Strict):
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _known_channels(self) -> "RulesFile":
+    def _known_channels(self) -> RulesFile:
         names = [r.name for r in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -84,8 +84,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
-import _workloads  # noqa: E402
+import _common
+import _workloads
 
 MODES = ("baseline", "per-epoch", "every-batch")
 TARGETS = {"baseline": None, "per-epoch": 1.0, "every-batch": 5.0}

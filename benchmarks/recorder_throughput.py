@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import _common
 
 TARGETS = {"sqlite": 100_000, "postgresql": 50_000}
 NAIVE_READ = 1000

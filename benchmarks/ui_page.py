@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import _common
-
 import requests
 import sqlalchemy as sa
 

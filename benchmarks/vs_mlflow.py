@@ -59,12 +59,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-import _workloads  # noqa: E402
+import _common
+import _workloads
 
 FIT_MODES = ("baseline", "fitstream epoch", "mlflow epoch", "fitstream batch", "mlflow batch")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -408,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     base.with_suffix(".md").write_text(text)
     base.with_suffix(".json").write_text(json.dumps(
         {"date": stamp, "machine": _common.machine_line(), "fit": fit,
-         "ingest": None if ing is None else {k: v for k, v in ing.items()}}, indent=2))
+         "ingest": None if ing is None else dict(ing.items())}, indent=2))
     print(f"written: {base.with_suffix('.md')} and .json", file=sys.stderr)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from pipeline.db.session import make_engine, normalize_url
 
 config = context.config

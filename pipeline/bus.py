@@ -36,8 +36,9 @@ import re
 import threading
 import time
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import redis
 
@@ -142,7 +143,7 @@ def _cluster_node_kwargs(client: Any) -> dict[str, Any]:
     try:
         node = client.get_default_node()
         return dict(node.redis_connection.connection_pool.connection_kwargs)
-    except Exception:  # noqa: BLE001 — status never fails on a client it cannot look into
+    except Exception:
         return {}
 
 
@@ -207,17 +208,17 @@ class EventStream:
         return self._client
 
     # -- shards ---------------------------------------------------------------
-    def for_shard(self, shard: int) -> "EventStream":
+    def for_shard(self, shard: int) -> EventStream:
         """The stream of ``shard`` (same client, same settings)."""
         if shard == self.shard:
             return self
         return EventStream(redis_url=self.redis_url, client=self.client, settings=self.settings, stream=self.base_stream, shard=shard)
 
-    def for_run(self, run_id: str) -> "EventStream":
+    def for_run(self, run_id: str) -> EventStream:
         """The shard that holds ``run_id``'s events (``fitstream watch`` reads it)."""
         return self.for_shard(shard_of(run_id, self.shard_count))
 
-    def all_shards(self) -> list["EventStream"]:
+    def all_shards(self) -> list[EventStream]:
         return [self.for_shard(i) for i in range(self.shard_count)]
 
     # -- publishing ---------------------------------------------------------

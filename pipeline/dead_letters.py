@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from pipeline.bus import EventStream, _sid
 from pipeline.errors import ConfigurationError, RunNotFoundError

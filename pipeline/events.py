@@ -40,11 +40,13 @@ import json
 import re
 import time
 import uuid
-from typing import Annotated, Any, Literal, Mapping, TypeVar, Union
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from pipeline.errors import InvalidEventError
+from pipeline.params import ParamValue
 
 SCHEMA_VERSION = 1
 #: Name of the single field that carries the JSON payload in a stream entry.
@@ -129,7 +131,6 @@ class MonitoringCallback(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
-ParamValue = Union[str, int, float, bool, None]
 
 
 class SweepTrial(BaseModel):
@@ -275,19 +276,7 @@ class PromotionSkipped(_Event):
 
 
 Event = Annotated[
-    Union[
-        RunQueued,
-        RunStarted,
-        EpochEnd,
-        BatchEnd,
-        CheckpointSaved,
-        LearningRateChanged,
-        EarlyStopped,
-        RunFinished,
-        RunFailed,
-        ModelPromoted,
-        PromotionSkipped,
-    ],
+    RunQueued | RunStarted | EpochEnd | BatchEnd | CheckpointSaved | LearningRateChanged | EarlyStopped | RunFinished | RunFailed | ModelPromoted | PromotionSkipped,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: tuple[str, ...] = (

@@ -142,7 +142,7 @@ class JobStore:
         raw = self.client.get(self._key("sweep", sweep_id))
         return SweepRecord(**json.loads(raw)) if raw is not None else None
 
-    def sweep_lock(self, sweep_id: str, *, timeout_s: float = 30.0) -> "redis.lock.Lock":
+    def sweep_lock(self, sweep_id: str, *, timeout_s: float = 30.0) -> redis.lock.Lock:
         """The lock under which a sweep's waiting trials are queued (redis-py's own lock)."""
         return self.client.lock(self._key("sweep-lock", sweep_id), timeout=timeout_s, blocking_timeout=timeout_s)
 

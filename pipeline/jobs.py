@@ -111,7 +111,7 @@ class _Monitored(_Strict):
     mode: Literal["auto", "min", "max"] = "auto"
 
     @model_validator(mode="after")
-    def _mode_agrees(self) -> "_Monitored":
+    def _mode_agrees(self) -> _Monitored:
         base = self.monitor.removeprefix("val_")
         try:
             natural = infer_mode(self.monitor)
@@ -186,7 +186,7 @@ class LRSchedule(_Strict):
     min_lr: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
-    def _complete(self) -> "LRSchedule":
+    def _complete(self) -> LRSchedule:
         needs = {"step": ("every", "factor"), "exponential": ("factor",), "cosine": (), "function": ("fn",)}[self.kind]
         missing = [n for n in needs if getattr(self, n) is None]
         if missing:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import redis
 

@@ -18,8 +18,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pipeline.errors import ConfigurationError
 
@@ -81,7 +82,7 @@ class Monitor:
         object.__setattr__(self, "min_delta", abs(float(self.min_delta)))
 
     @classmethod
-    def from_event(cls, event: Any, *, known_mode: str | None = None, min_delta: float = 0.0) -> "Monitor":
+    def from_event(cls, event: Any, *, known_mode: str | None = None, min_delta: float = 0.0) -> Monitor:
         """The rule the callback behind ``event`` used: its ``monitor`` and the ``mode`` it carries.
 
         Events from before the ``mode`` field fall back to ``known_mode`` (e.g. what the run's

@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any, Mapping, Union
+from collections.abc import Mapping
+from typing import Any
 
 from pipeline.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 #: A parameter's value as events carry it: a scalar (a list is carried as its JSON text).
-ParamValue = Union[str, int, float, bool, None]
+ParamValue = str | int | float | bool | None
 
 #: Bounds on what one run may carry (its run_queued / run_started event carries them all).
 MAX_PARAMS = 1_000

@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 BARS = "▁▂▃▄▅▆▇█"
 

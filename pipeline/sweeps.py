@@ -47,7 +47,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.jobs import (
-    MAX_SPEC_DEPTH, JobSpec, JobSpecError, config_problem, load_spec_text, parse_config_text, parse_spec, yaml_problem,
+    MAX_SPEC_DEPTH,
+    JobSpec,
+    JobSpecError,
+    config_problem,
+    load_spec_text,
+    parse_config_text,
+    parse_spec,
+    yaml_problem,
 )
 
 #: At most this many trials in one sweep (each is a queued job and a row in every table).
@@ -69,7 +76,7 @@ class Distribution(_Strict):
     choice: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> "Distribution":
+    def _one(self) -> Distribution:
         given = [k for k in ("uniform", "loguniform", "int_", "choice") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of uniform: [low, high], loguniform: [low, high], int: [low, high], choice: [...]")
@@ -131,7 +138,7 @@ class SweepSettings(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _something(self) -> "SweepSettings":
+    def _something(self) -> SweepSettings:
         if not self.grid and not self.random_params():
             raise ValueError("a sweep needs grid: and/or random: parameters")
         overlap = sorted(set(self.grid) & set(self.random_params()))

@@ -121,7 +121,7 @@ def pg_connect_ok(url: str) -> tuple[bool, str]:
         with psycopg.connect(url, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
         return True, ""
-    except Exception as exc:  # noqa: BLE001 - any failure means "not usable yet"
+    except Exception as exc:
         return False, str(exc).strip()
 
 

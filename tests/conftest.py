@@ -14,8 +14,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import hypothesis  # noqa: F401  imported now, not by its pytest plugin at the end of a run (see below)
 import pytest
@@ -114,7 +114,7 @@ class ConsumerThread:
         self.loop = ConsumerLoop(handler, EventStream(settings=settings), consumer_name=name)
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
 
-    def __enter__(self) -> "ConsumerThread":
+    def __enter__(self) -> ConsumerThread:
         self.thread.start()
         return self
 
@@ -129,7 +129,7 @@ class RecorderThread(ConsumerThread):
     def __init__(self, settings: Settings, engine: sa.Engine, name: str = "test-recorder") -> None:
         super().__init__(Recorder(engine, settings), settings, name)
 
-    def __enter__(self) -> "RecorderThread":
+    def __enter__(self) -> RecorderThread:
         self.thread.start()
         return self
 
@@ -258,7 +258,7 @@ class WorkerProcess:
         self.env, self.queue, self.name, self.log_path = env, queue, name, log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli.main", "worker", "-Q", self.queue, "-n", f"{self.name}@test", "--loglevel", "INFO"],

@@ -24,8 +24,8 @@ from alerts.engine import Alerter, Deliverer, build_channels
 from alerts.rules import parse_rules
 from pipeline import events as ev
 from pipeline.bus import EventStream
-from pipeline.sparkline import sparkline
 from pipeline.consumers.base import ConsumerLoop
+from pipeline.sparkline import sparkline
 from tests.conftest import REPO, run_cli, settings_env, wait_for
 
 WEBHOOK_SECRET = "whsec-promises-secret"

@@ -9,7 +9,6 @@ import math
 import time
 
 import keras
-import pytest
 import sqlalchemy as sa
 
 from pipeline import EventPublisher
@@ -46,7 +45,7 @@ def test_every_batch_of_a_real_fit_is_a_row_per_metric_with_its_step_across_epoc
                       callbacks=[publisher, oracle])
     expected = {(step, name): (epoch, value) for step, (epoch, _batch, logs) in enumerate(oracle.seen)
                 for name, value in logs.items()}
-    assert len(oracle.seen) == 24 and set(name for _, name in expected) == {"loss", "accuracy"}
+    assert len(oracle.seen) == 24 and {name for _, name in expected} == {"loss", "accuracy"}
 
     def rows() -> dict:
         with engine.connect() as conn:

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from pipeline import EventPublisher
 from tests.conftest import run_cli, settings_env, wait_for
-from tests.training_helpers import small_digits, small_model
 from tests.test_workers import _spec
+from tests.training_helpers import small_digits, small_model
 
 pytestmark = pytest.mark.slow
 

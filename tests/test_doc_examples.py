@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import REPO
 
+
 def _runs_an_example(text: str) -> bool:
     """A module counts only if one of its examples really runs (not every one marked +SKIP)."""
     return any(">>>" in line and "+SKIP" not in line for line in text.splitlines())

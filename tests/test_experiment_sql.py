@@ -85,7 +85,7 @@ def test_params_sweeps_and_run_summary_are_recorded_idempotently(engine, databas
     assert params[(a, "optimizer.learning_rate")] == ("0.001", 0.001) and params[(a, "optimizer.class_name")] == ("Adam", None)
     assert params[(a, "fit.batch_size")] == ("32", 32.0)  # the spec's value stays: the first one recorded wins
     assert (a, "tags.team") not in params and (a, "name") not in params  # labels, not parameters
-    assert len([k for k in params if k[0] == a]) == len(set(k for k in params if k[0] == a))
+    assert len([k for k in params if k[0] == a]) == len({k for k in params if k[0] == a})
     assert (sweep.name, sweep.trials, json.loads(sweep.spec)) == ("grid", 2, SWEEP_SECTION)
     assert summary[a].status == "completed" and summary[a].epochs == 3 and summary[a].sweep_id == sweep_id
     assert summary[b].status == "pruned" and summary[b].status_reason.startswith("pruned: val_loss 2.3")

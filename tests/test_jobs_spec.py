@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from pipeline.jobs import JobSpecError, check_importable, load_spec, load_spec_text
+from pipeline.jobs import JobSpecError, check_importable, load_spec_text
 from tests.conftest import REPO, run_cli
 
 BASE = "name: t\nmodel: examples.digits:build_model\ndata: examples.digits:load_data\n"

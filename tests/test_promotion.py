@@ -116,7 +116,7 @@ def test_early_stopping_promotes_the_best_epoch_and_it_loads_back(settings, engi
         np.testing.assert_array_equal(got, best)
         np.testing.assert_array_equal(got, restored)
     last = weights_by_epoch[max(weights_by_epoch)]
-    assert any(not np.array_equal(g, l) for g, l in zip(loaded.get_weights(), last)), "not the last epoch's weights"
+    assert any(not np.array_equal(g, w) for g, w in zip(loaded.get_weights(), last)), "not the last epoch's weights"
     shown = json.loads(run_cli("models", "show", "digits-promoted@champion", "--json", env_extra={**settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url}).stdout)
     for key in ("name", "version", "run_id", "epoch", "metric", "mode", "value", "path", "sha256", "aliases"):
         assert key in shown

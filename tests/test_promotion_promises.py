@@ -35,7 +35,7 @@ from tests.test_promotion import PromoterThread, _keras_file
 SQLITE_ONLY = "the database plays no part in this promise; checked once, on SQLite"
 
 
-def RunningPromoter(settings, engine, store, *, load_check: bool = False) -> PromoterThread:  # noqa: N802
+def RunningPromoter(settings, engine, store, *, load_check: bool = False) -> PromoterThread:
     """The real Promoter on a store of the test's choosing (the load check off unless asked)."""
     return PromoterThread(settings, engine, store, load_check=load_check, name="promises-promoter")
 

@@ -67,8 +67,9 @@ def test_batch_events_are_throttled(settings, engine, recorder):
     publisher = EventPublisher(name="batches", settings=settings, batch_events_every=3)
     small_model().fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[publisher])
     with engine.connect() as conn:
-        steps = lambda: [tuple(row) for row in conn.execute(sa.text(
-            "SELECT epoch, step FROM batch_metrics WHERE run_id = :r AND name = 'loss' ORDER BY step"), {"r": publisher.run_id})]
+        def steps():
+            return [tuple(row) for row in conn.execute(sa.text(
+                    "SELECT epoch, step FROM batch_metrics WHERE run_id = :r AND name = 'loss' ORDER BY step"), {"r": publisher.run_id})]
         wait_for(lambda: len(steps()) == 6, message="6 batch events (batches 2, 5, 8 of each epoch)")
         # The step counts batches across epochs: epoch 1's batch 2 is the run's 13th batch.
         assert steps() == [(0, 2), (0, 5), (0, 8), (1, 12), (1, 15), (1, 18)]

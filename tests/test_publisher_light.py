@@ -141,9 +141,9 @@ def test_batch_events_on_keras_thread_pool_arrive_in_order_one_per_batch(setting
 
 
 def test_the_batch_order_gate_orders_ends_from_many_threads(settings):
-    from pipeline.callbacks.batch_events import BatchOrder
-
     import random
+
+    from pipeline.callbacks.batch_events import BatchOrder
 
     order, delivered = BatchOrder(), []
     begins = list(range(0, 400, 4))  # steps_per_execution=4: a batch end names the last step of its execution

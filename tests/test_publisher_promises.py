@@ -36,8 +36,9 @@ def test_batch_events_every_t_seconds_are_at_least_t_apart(settings, engine, rec
     gaps = [b.ts - a.ts for a, b in zip(batches, batches[1:])]
     assert min(gaps) >= 0.2 - 0.01, gaps
     with engine.connect() as conn:
-        steps = lambda: list(conn.execute(sa.text("SELECT step FROM batch_metrics WHERE run_id = :r AND name = 'loss' "
-                                                  "ORDER BY step"), {"r": publisher.run_id}).scalars())
+        def steps():
+            return list(conn.execute(sa.text("SELECT step FROM batch_metrics WHERE run_id = :r AND name = 'loss' "
+                                                          "ORDER BY step"), {"r": publisher.run_id}).scalars())
         wait_for(lambda: len(steps()) == len(batches), message="the batch events recorded")
         assert steps() == [b.step for b in batches] == [b.epoch * 20 + b.batch for b in batches]
 

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import threading
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import pytest
 import sqlalchemy as sa
@@ -102,7 +102,7 @@ def _publish_concurrently(settings: Settings, items: list[ev.Event], publishers:
             ordered = [e for step in range(max(len(by_run[r]) for r in mine)) for r in mine if step < len(by_run[r]) for e in [by_run[r][step]]]
             for start in range(0, len(ordered), chunk):
                 stream.publish(ordered[start:start + chunk])
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=publish, args=(runs[i::publishers],)) for i in range(publishers)]

@@ -35,12 +35,18 @@ from pipeline.store.fs import FsspecModelStore
 from tests.conftest import REPO, free_port, settings_env, wait_for
 from tests.test_promotion import _keras_file
 from tests.test_promotion_promises import (
-    RunningPromoter, _drained, _outcome, _outcomes, _run_events, _same_weights, _weights,
+    RunningPromoter,
+    _drained,
+    _outcome,
+    _outcomes,
+    _run_events,
+    _same_weights,
+    _weights,
 )
 
 pytest.importorskip("s3fs", reason="the S3 tests need s3fs (the dev extra: pip install -e '.[dev]')")
 pytest.importorskip("moto.server", reason="the S3 tests need moto's server (the dev extra: pip install -e '.[dev]')")
-import boto3  # noqa: E402  (installed with moto)
+import boto3
 
 pytestmark = pytest.mark.slow
 
@@ -200,7 +206,7 @@ def test_a_reader_never_sees_a_version_before_its_model_file_is_complete(s3, tmp
     def watch() -> None:
         while True:
             finished = done.is_set()
-            in_progress = _staging_copies(s3, "watched") | {k for k in s3.keys("models/watched/v2/")}
+            in_progress = _staging_copies(s3, "watched") | set(s3.keys("models/watched/v2/"))
             versions = reader.versions("watched")
             sizes = {}
             for version in versions:

@@ -212,6 +212,7 @@ def test_publishing_without_the_password_is_refused_clearly(password_redis, tmp_
         EventStream(settings=settings).publish([_event()])
 
     from kombu.exceptions import OperationalError
+
     from workers.celery_app import make_app
 
     with pytest.raises(OperationalError, match="Authentication required"):

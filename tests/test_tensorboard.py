@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import RecorderThread, run_cli, wait_for
+from tests.conftest import RecorderThread, run_cli
 
 pytestmark = pytest.mark.slow
 

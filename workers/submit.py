@@ -21,7 +21,6 @@ from pipeline.params import ParamsError, spec_params
 from pipeline.sweeps import SWEEP_CANCELLED_REASON, Sweep
 from workers.celery_app import TRAIN_TASK, make_app
 
-
 log = logging.getLogger(__name__)
 
 

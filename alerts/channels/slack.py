@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import json
 
-from alerts.channels.base import AlertMessage, RateLimiter, http_session, post_json, register_secret, SECRET_MASKER
+from alerts.channels.base import (
+    SECRET_MASKER,
+    AlertMessage,
+    RateLimiter,
+    http_session,
+    post_json,
+    register_secret,
+)
 
 ICONS = {"firing": "🚨", "resolved": "✅"}
 

@@ -18,7 +18,14 @@ import hmac
 import json
 import time
 
-from alerts.channels.base import AlertMessage, RateLimiter, http_session, post_json, register_secret, SECRET_MASKER
+from alerts.channels.base import (
+    SECRET_MASKER,
+    AlertMessage,
+    RateLimiter,
+    http_session,
+    post_json,
+    register_secret,
+)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

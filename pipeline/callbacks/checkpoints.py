@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from pipeline import events as ev
 from pipeline.callbacks.keras_state import MODEL_CHECKPOINT, resolved_mode

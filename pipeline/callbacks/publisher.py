@@ -40,8 +40,9 @@ import traceback
 import uuid
 import warnings
 import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import keras
 
@@ -606,7 +607,7 @@ class EventPublisher(keras.callbacks.Callback):
         if self._state == "running" and self.model is not None:
             self.model.stop_training = True  # Keras looks at it after every batch
 
-    def __enter__(self) -> "EventPublisher":
+    def __enter__(self) -> EventPublisher:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -614,7 +615,7 @@ class EventPublisher(keras.callbacks.Callback):
             self.fail(exc)
 
 
-_LIVE_PUBLISHERS: "weakref.WeakSet[EventPublisher]" = weakref.WeakSet()
+_LIVE_PUBLISHERS: weakref.WeakSet[EventPublisher] = weakref.WeakSet()
 
 
 @atexit.register

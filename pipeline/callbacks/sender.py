@@ -14,9 +14,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 from pipeline.backoff import Backoff
 from pipeline.callbacks.spool import DiskSpool
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 Fields = dict[str, str]
 #: A queued item: encoded fields, or a function that makes them (run on the sender thread,
 #: e.g. hashing a checkpoint file off the training thread).
-Item = Union[Fields, Callable[[], Fields]]
+Item = Fields | Callable[[], Fields]
 
 DEFAULT_BUFFER_SIZE = 10_000
 #: After the first event of a batch, wait this long for more before sending.

@@ -9,7 +9,14 @@ import click
 from pipeline.bus import EventStream
 from pipeline.cli.output import print_json, print_rows
 from pipeline.config import get_settings
-from pipeline.dead_letters import DeadLetter, get_dead_letter, list_dead_letters, parse_duration, purge, replay
+from pipeline.dead_letters import (
+    DeadLetter,
+    get_dead_letter,
+    list_dead_letters,
+    parse_duration,
+    purge,
+    replay,
+)
 
 COLUMNS = ["id", "group", "kind", "reason", "event_type", "run_id", "time"]
 

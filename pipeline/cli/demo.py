@@ -20,8 +20,6 @@ import click
 from rich.console import Console
 
 from pipeline.bus import EventStream, connect
-from pipeline.job_store import JobStore
-from pipeline.run_events import stream_id_at
 from pipeline.cli.output import print_rows
 from pipeline.cli.watch import _watch_rich
 from pipeline.config import get_settings
@@ -30,6 +28,8 @@ from pipeline.db.entities import RunDetail
 from pipeline.db.queries import get_run
 from pipeline.db.session import make_engine, mask_url
 from pipeline.errors import FitstreamError, RunNotFoundError
+from pipeline.job_store import JobStore
+from pipeline.run_events import stream_id_at
 
 RECORD_TIMEOUT_S = 60.0
 EXAMPLE_SPEC = Path(__file__).resolve().parents[2] / "examples" / "digits_mlp.yaml"

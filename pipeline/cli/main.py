@@ -9,9 +9,22 @@ import click
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.cli import consume, db, dead_letters, demo, experiments, models, plot, runs, spool, sql, ui, watch
-from pipeline.cli.plugins import PluginGroup
+from pipeline.cli import (
+    consume,
+    db,
+    dead_letters,
+    demo,
+    experiments,
+    models,
+    plot,
+    runs,
+    spool,
+    sql,
+    ui,
+    watch,
+)
 from pipeline.cli.output import stderr_console
+from pipeline.cli.plugins import PluginGroup
 from pipeline.errors import FitstreamError
 
 

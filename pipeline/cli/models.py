@@ -72,8 +72,8 @@ def models(args: tuple[str, ...], as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Move `champion` even if the version is not better.")
 def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
     """Promote RUN's best checkpoint by hand (the promoter's own code path)."""
-    from pipeline.consumers.load_check import configured_load_check
     from pipeline.bus import EventStream
+    from pipeline.consumers.load_check import configured_load_check
     from pipeline.promotion import PromotionLocks, promote_run
     from pipeline.store import open_store
 

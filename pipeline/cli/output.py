@@ -10,8 +10,9 @@ import csv
 import json
 import math
 import sys
+from collections.abc import Sequence
 from datetime import date, datetime
-from typing import Any, Sequence
+from typing import Any
 
 from rich import box
 from rich.console import Console

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -25,7 +26,15 @@ from pipeline.db.models import SqlPromoterCheckpoint, SqlPromoterRun
 from pipeline.db.session import transaction
 from pipeline.errors import FitstreamError
 from pipeline.monitor import Monitor
-from pipeline.promotion import CHAMPION, LATEST, Promotion, PromotionLocks, PromotionRefused, check_keras_file, promote_run
+from pipeline.promotion import (
+    CHAMPION,
+    LATEST,
+    Promotion,
+    PromotionLocks,
+    PromotionRefused,
+    check_keras_file,
+    promote_run,
+)
 from pipeline.store import ModelStore, StoreError
 
 __all__ = ["GROUP", "Promoter", "Promotion", "PromotionLocks", "PromotionRefused", "check_keras_file", "promote_run"]

@@ -27,9 +27,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -37,8 +38,8 @@ from sqlalchemy.engine import Connection, Engine
 from pipeline import events as ev
 from pipeline.config import Settings, get_settings
 from pipeline.consumers.base import Received
-from pipeline.db.batch_retention import compact_batch_metrics
 from pipeline.db import bulk, summaries
+from pipeline.db.batch_retention import compact_batch_metrics
 from pipeline.db.migrate import require_head
 from pipeline.db.models import SqlRun, SqlSweep
 from pipeline.db.session import transaction
@@ -98,7 +99,7 @@ class BatchRows:
     checkpoints: list[tuple] = field(default_factory=list)
     params: list[tuple] = field(default_factory=list)
     sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)
-    runs: dict[str, "_RunUpdate"] = field(default_factory=dict)
+    runs: dict[str, _RunUpdate] = field(default_factory=dict)
     #: Runs whose queue/start/finish was in the batch: their sweep's state may have moved.
     sweep_state_moves: set[str] = field(default_factory=set)
 

@@ -17,7 +17,8 @@ import dataclasses
 import logging
 import signal
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from pipeline.bus import EventStream
 from pipeline.consumers.base import ConsumerLoop, ConsumerStats, Handler, default_consumer_name
@@ -92,7 +93,7 @@ class ShardedConsumers:
         def _run(loop: ConsumerLoop) -> None:
             try:
                 loop.run(idle_exit_after=idle_exit_after)
-            except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
+            except BaseException as exc:
                 log.exception("%s: the consumer of %s failed; stopping the others", self.consumer_name, loop.stream.stream)
                 errors.append(exc)
                 self.stop()

@@ -17,10 +17,20 @@ Tables users query with plain SQL:
 from __future__ import annotations
 
 import re
-
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pipeline.events import RUN_STATUSES, TERMINAL_STATUSES  # noqa: F401  (decided in events.py)

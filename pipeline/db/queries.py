@@ -102,7 +102,7 @@ def get_run(engine: Engine, run_ref: str) -> RunDetail:
     run_id = resolve_run_id(engine, run_ref)
     with transaction(engine) as conn:
         run = _run(conn.execute(_RUN_SELECT.where(_RUNS.c.run_id == run_id)).one())
-        metrics: "OrderedDict[int, dict[str, float | None]]" = OrderedDict()
+        metrics: OrderedDict[int, dict[str, float | None]] = OrderedDict()
         for epoch, name, value in conn.execute(
             sa.text("SELECT epoch, name, value FROM epoch_metrics WHERE run_id = :id ORDER BY epoch, name"),
             {"id": run_id},

@@ -24,8 +24,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
@@ -77,7 +78,7 @@ def connect_sqlite(url: str, *, busy_timeout_s: float = 30.0) -> sqlite3.Connect
     return conn
 
 
-def _sqlite_query(url: str, query: str, *, max_rows: int, timeout_s: float) -> "QueryResult":
+def _sqlite_query(url: str, query: str, *, max_rows: int, timeout_s: float) -> QueryResult:
     conn = connect_sqlite(url)
     deadline = time.monotonic() + timeout_s
     conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _PROGRESS_STEPS)
@@ -154,7 +155,7 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _postgres_query(database_url: str, query: str, *, max_rows: int, timeout_s: float, explicit_reader_url: str | None) -> "QueryResult":
+def _postgres_query(database_url: str, query: str, *, max_rows: int, timeout_s: float, explicit_reader_url: str | None) -> QueryResult:
     import psycopg
     from psycopg import errors
 

@@ -24,9 +24,10 @@ import contextlib
 import json
 import uuid
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import redis
 import sqlalchemy as sa

@@ -21,7 +21,8 @@ import hashlib
 import os
 import queue
 import threading
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 CHUNK_BYTES = 1 << 20
 QUEUE_DEPTH = 8

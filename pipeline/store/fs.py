@@ -29,15 +29,24 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.store.base import (
-    METADATA_FILE, MODEL_FILE, NAME, ChecksumMismatchError, ModelStore, StoredVersion, StoreError, VersionTakenError, check_name,
+    METADATA_FILE,
+    MODEL_FILE,
+    NAME,
+    ChecksumMismatchError,
+    ModelStore,
+    StoredVersion,
+    StoreError,
+    VersionTakenError,
+    check_name,
 )
 from pipeline.store.copying import copy_hashing, fsync_directory, start_writeback
 
@@ -257,7 +266,7 @@ class _SourceReader:
     def fileno(self) -> int:
         return self.handle.fileno()
 
-    def __enter__(self) -> "_SourceReader":
+    def __enter__(self) -> _SourceReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -103,8 +103,8 @@ def run_payload(engine: Engine, run_ref: str) -> dict[str, Any]:
     run = get_run_summary(engine, run_ref)
     with transaction(engine) as conn:
         checkpoints = run_checkpoints(conn, run.run_id)
-        params = {key: value for key, value in conn.execute(sa.text("SELECT key, value FROM params WHERE run_id = :r ORDER BY key"),
-                                                             {"r": run.run_id})}
+        params = dict(conn.execute(sa.text("SELECT key, value FROM params WHERE run_id = :r ORDER BY key"),
+                                                             {"r": run.run_id}))
         alerts = []
         for row in conn.execute(sa.text(
                 "SELECT rule, state, severity, channel, status, created_at, message FROM alerts WHERE run_id = :r ORDER BY created_at"),

@@ -17,9 +17,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from pipeline.bus import EventStream
 from tests.conftest import free_port, wait_for
 from tests.stream_helpers import RECORDED_EVENT_COUNT, RECORDED_EVENT_IDS
+
 
 @dataclass(frozen=True)
 class FaultRow:
@@ -109,7 +110,7 @@ class PrivatePostgres:
             raise AssertionError(f"{' '.join(command)} failed: {result.stderr or result.stdout}")
         return result
 
-    def init(self) -> "PrivatePostgres":
+    def init(self) -> PrivatePostgres:
         self._run(postgres_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         self.start()
         return self

@@ -15,15 +15,22 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 import sqlalchemy as sa
-import pytest
 import yaml
 
 from pipeline.bus import EventStream
 from tests.conftest import REPO, settings_env, wait_for
 from tests.faults.conftest import FaultRow
-from tests.test_alerts_delivery import WEBHOOK_SECRET, AlerterThreads, _alert_rows, _environ, _rules_data, _run_events
+from tests.test_alerts_delivery import (
+    WEBHOOK_SECRET,
+    AlerterThreads,
+    _alert_rows,
+    _environ,
+    _rules_data,
+    _run_events,
+)
 
 pytestmark = pytest.mark.slow
 KEY_HEADER = "X-Fitstream-Idempotency-Key"

@@ -25,8 +25,8 @@ from pipeline.db import migrate
 from pipeline.db.session import make_engine
 from tests.conftest import REPO, PrivateRedis, RecorderThread, run_cli, wait_for
 from tests.faults.conftest import count_recorded, wait_recorded
-from tests.training_helpers import small_digits, small_model
 from tests.stream_helpers import RECORDED_EVENT_IDS
+from tests.training_helpers import small_digits, small_model
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ from pipeline.bus import EventStream
 from pipeline.model_registry import describe, load_model
 from tests.conftest import RecorderThread, run_cli, wait_for
 from tests.faults.conftest import count_recorded
-from tests.test_promotion import PromoterThread
 from tests.stream_helpers import RECORDED_EVENT_IDS
+from tests.test_promotion import PromoterThread
 
 pytestmark = pytest.mark.slow
 

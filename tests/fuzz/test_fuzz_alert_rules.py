@@ -333,7 +333,7 @@ def _check_rule(rule: Rule) -> None:
         assert fired, f"accepted rule {rule.name!r} ({rule.kind}) cannot fire: {rule!r}"
     metric_names = {rule.metric, rule.nan, *((rule.gap.metric, rule.gap.minus) if rule.gap else ())} - {None}
     state = RuleState()
-    for event in _epochs("odd", [{name: value for name in metric_names} for value in ODD_VALUES]):
+    for event in _epochs("odd", [dict.fromkeys(metric_names, value) for value in ODD_VALUES]):
         state, _transition = evaluate(rule, state, event)  # never raises, whatever Keras logged
 
 

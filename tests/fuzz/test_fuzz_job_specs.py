@@ -360,7 +360,7 @@ def test_generated_job_specs_are_accepted_or_refused_naming_the_key(alert_settin
                         f"{problem[:300]!r} names no key that was changed ({touched})"
                     )
             if touched == []:
-                raise AssertionError(f"an unchanged valid spec was refused: {exc}")
+                raise AssertionError(f"an unchanged valid spec was refused: {exc}") from exc
             return
         outcomes["accepted"] += 1
         # Accepted: it goes out as submit writes it (job record, run_queued event) and reads back the same.

@@ -125,14 +125,14 @@ class Consumers:
     def _run(self, loop: ConsumerLoop) -> None:
         try:
             loop.run()
-        except BaseException as exc:  # noqa: BLE001 - the test reports it
+        except BaseException as exc:
             self.errors[loop.group] = exc
             raise
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self.threads)
 
-    def __enter__(self) -> "Consumers":
+    def __enter__(self) -> Consumers:
         for thread in self.threads:
             thread.start()
         return self
@@ -442,7 +442,7 @@ def _check_history(engine: sa.Engine, recorded: list[Message], sqlite: bool) -> 
         problems += [f"{table}: missing {key!r}"[:300] for key in rows.keys() - got.keys()]
         problems += [f"{table}: unexpected {key!r}"[:300] for key in got.keys() - rows.keys()]
         for key in rows.keys() & got.keys():
-            want = {**{c: None for c in got[key]}, **rows[key]} if table == "runs" else rows[key]
+            want = {**dict.fromkeys(got[key]), **rows[key]} if table == "runs" else rows[key]
             for column, value in want.items():
                 if not _same(got[key].get(column), value):
                     problems.append(
