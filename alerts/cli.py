@@ -23,13 +23,17 @@ def _rules():  # type: ignore[no-untyped-def]
 
     settings = get_settings()
     if settings.alert_rules is None:
-        raise ConfigurationError("no alert rules: set FITSTREAM_ALERT_RULES to the rules file (see README, 'Slack alerts')")
+        raise ConfigurationError(
+            "no alert rules: set FITSTREAM_ALERT_RULES to the rules file (see README, 'Slack alerts')"
+        )
     return load_rules(settings.alert_rules)
 
 
 @click.command()
 @click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
-@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
+@click.option(
+    "--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages."
+)
 @shard_option
 def alerter(consumer_name: str | None, exit_when_idle: float | None, shards: tuple[int, ...]) -> None:
     """Evaluate alert rules on the stream and deliver alerts (Slack, webhooks)."""
@@ -42,13 +46,21 @@ def alerter(consumer_name: str | None, exit_when_idle: float | None, shards: tup
     handler = Alerter(engine, rules)
     deliverer = Deliverer(engine, channels, retry_budget_s=settings.alert_retry_budget_seconds)
     stall = StallWatcher(handler)
-    threads = [threading.Thread(target=deliverer.run, name="deliverer", daemon=True), threading.Thread(target=stall.run, name="stall", daemon=True)]
+    threads = [
+        threading.Thread(target=deliverer.run, name="deliverer", daemon=True),
+        threading.Thread(target=stall.run, name="stall", daemon=True),
+    ]
     for thread in threads:
         thread.start()
     # One handler for every shard: its rule states live in SQL, per run, and a run is on one shard.
-    loop = ShardedConsumers(lambda: handler, EventStream(settings=settings), shards=shards, consumer_name=consumer_name)
+    loop = ShardedConsumers(
+        lambda: handler, EventStream(settings=settings), shards=shards, consumer_name=consumer_name
+    )
     loop.install_signal_handlers()
-    click.echo(f"alerter {loop.consumer_name}: {len(rules.rules)} rules, channels {', '.join(channels) or '(none)'}", err=True)
+    click.echo(
+        f"alerter {loop.consumer_name}: {len(rules.rules)} rules, channels {', '.join(channels) or '(none)'}",
+        err=True,
+    )
     try:
         loop.run(idle_exit_after=exit_when_idle)
     finally:
@@ -73,7 +85,19 @@ def alerts() -> None:
 def list_alerts(state: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """Alerts, newest first (rule, run, state, channel, attempts, delivered_at, last_error)."""
     table = SqlAlert.__table__
-    columns = ["id", "rule", "run_id", "state", "channel", "severity", "status", "attempts", "created_at", "delivered_at", "last_error"]
+    columns = [
+        "id",
+        "rule",
+        "run_id",
+        "state",
+        "channel",
+        "severity",
+        "status",
+        "attempts",
+        "created_at",
+        "delivered_at",
+        "last_error",
+    ]
     query = sa.select(*(table.c[c] for c in columns)).order_by(table.c.id.desc()).limit(limit)
     if state:
         query = query.where(table.c.state == state)
@@ -97,11 +121,21 @@ def test_channel(channel: str) -> None:
 
     rules = _rules()
     if channel not in rules.channels:
-        raise ConfigurationError(f"unknown channel {channel!r}; the rules file defines: {', '.join(rules.channels) or '(none)'}")
-    target = build_channels(rules.model_copy(update={"channels": {channel: rules.channels[channel]}}))[channel]
+        raise ConfigurationError(
+            f"unknown channel {channel!r}; the rules file defines: {', '.join(rules.channels) or '(none)'}"
+        )
+    target = build_channels(rules.model_copy(update={"channels": {channel: rules.channels[channel]}}))[
+        channel
+    ]
     message = AlertMessage(
-        key=f"test:{uuid.uuid4().hex}", rule="fitstream-test", run_id="0" * 32, run_name="test message",
-        state="firing", severity="info", summary="This is a test message from `fitstream alerts test`.", test=True,
+        key=f"test:{uuid.uuid4().hex}",
+        rule="fitstream-test",
+        run_id="0" * 32,
+        run_name="test message",
+        state="firing",
+        severity="info",
+        summary="This is a test message from `fitstream alerts test`.",
+        test=True,
     )
     try:
         target.send(message)

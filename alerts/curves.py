@@ -68,4 +68,8 @@ def recent_curve(curves: dict[str, Any] | None, metric: str | None, epoch: int |
     points = [(e, v) for e, v in curves.get("metrics", {}).get(name or "", []) if epoch is None or e <= epoch]
     if name is None or len(points) < 2:
         return None
-    return Curve(metric=name, curve=sparkline([v for _, v in points], width=WIDTH), curve_epochs=(points[0][0], points[-1][0]))
+    return Curve(
+        metric=name,
+        curve=sparkline([v for _, v in points], width=WIDTH),
+        curve_epochs=(points[0][0], points[-1][0]),
+    )

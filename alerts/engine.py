@@ -61,16 +61,22 @@ def build_channels(rules: RulesFile, environ: dict[str, str] | None = None) -> d
             channels[name] = SlackChannel(name, url=url, rate_per_minute=spec.rate_per_minute)
         else:
             secret = _secret(name, "secret", spec.secret_env, spec.secret_file, environ)
-            channels[name] = WebhookChannel(name, url=url, secret=secret, rate_per_minute=spec.rate_per_minute)
+            channels[name] = WebhookChannel(
+                name, url=url, secret=secret, rate_per_minute=spec.rate_per_minute
+            )
     return channels
 
 
-def _secret(channel: str, what: str, variable: str | None, path: str | None, environ: dict[str, str]) -> str | None:
+def _secret(
+    channel: str, what: str, variable: str | None, path: str | None, environ: dict[str, str]
+) -> str | None:
     """A channel's URL or secret from its variable or file; an error names where, never the value."""
     if variable is not None:
         value = environ.get(variable)
         if not value:
-            raise ConfigurationError(f"channel {channel!r}: environment variable {variable} (its {what}) is not set")
+            raise ConfigurationError(
+                f"channel {channel!r}: environment variable {variable} (its {what}) is not set"
+            )
         return value
     if path is None:
         return None
@@ -78,7 +84,9 @@ def _secret(channel: str, what: str, variable: str | None, path: str | None, env
         with open(path, encoding="utf-8") as handle:
             value = handle.read().strip()
     except OSError as exc:
-        raise ConfigurationError(f"channel {channel!r}: cannot read its {what} from {path}: {exc.strerror or exc}") from None
+        raise ConfigurationError(
+            f"channel {channel!r}: cannot read its {what} from {path}: {exc.strerror or exc}"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigurationError(f"channel {channel!r}: {path} (its {what}) is not UTF-8 text") from None
     if not value:
@@ -86,11 +94,15 @@ def _secret(channel: str, what: str, variable: str | None, path: str | None, env
     return value
 
 
-def _upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], update: list[str]) -> None:
+def _upsert(
+    conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], update: list[str]
+) -> None:
     if not rows:
         return
     insert = upsert_insert(conn, table)
-    statement = insert.on_conflict_do_update(index_elements=keys, set_={c: insert.excluded[c] for c in update})
+    statement = insert.on_conflict_do_update(
+        index_elements=keys, set_={c: insert.excluded[c] for c in update}
+    )
     conn.execute(statement, rows)
 
 
@@ -143,38 +155,65 @@ class Alerter:
                     if new != state:
                         changed[key] = new
                     if transition is not None:
-                        curve = recent_curve(recent.get(event.run_id), rule_metric(rule), getattr(event, "epoch", None))
+                        curve = recent_curve(
+                            recent.get(event.run_id), rule_metric(rule), getattr(event, "epoch", None)
+                        )
                         outbox += self._alert_rows(rule, event.run_id, name, new, transition, event.ts, curve)
             _upsert(
-                conn, SqlAlertState.__table__,
-                [{"rule": r, "run_id": run, "state": json.dumps(dataclasses.asdict(s)), "firing": s.firing, "updated_at": time.time()}
-                 for (r, run), s in changed.items()],
-                ["rule", "run_id"], ["state", "firing", "updated_at"],
+                conn,
+                SqlAlertState.__table__,
+                [
+                    {
+                        "rule": r,
+                        "run_id": run,
+                        "state": json.dumps(dataclasses.asdict(s)),
+                        "firing": s.firing,
+                        "updated_at": time.time(),
+                    }
+                    for (r, run), s in changed.items()
+                ],
+                ["rule", "run_id"],
+                ["state", "firing", "updated_at"],
             )
             _insert_alerts(conn, outbox)
 
     @staticmethod
     def _stall_resolves(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, Transition | None]:
         if state.firing:
-            return dataclasses.replace(state, firing=False), Transition("resolved", f"events flow again ({event.type})")
+            return dataclasses.replace(state, firing=False), Transition(
+                "resolved", f"events flow again ({event.type})"
+            )
         return state, None
 
     def _update_runs(
-        self, conn: Connection, events: list[ev.Event],
+        self,
+        conn: Connection,
+        events: list[ev.Event],
     ) -> tuple[dict[str, tuple[str | None, dict[str, str], tuple[Rule, ...]]], dict[str, dict[str, Any]]]:
         """Upsert what the alerter knows of each run (name, tags, its own rules, status, last event,
         recent metric values); returns each run's (name, tags, rules) and its recent metrics."""
         table = SqlAlertRun.__table__
         known = {
             r.run_id: json.loads(r.recent_metrics) if r.recent_metrics else None
-            for r in conn.execute(sa.select(table.c.run_id, table.c.recent_metrics).where(table.c.run_id.in_({e.run_id for e in events})))
+            for r in conn.execute(
+                sa.select(table.c.run_id, table.c.recent_metrics).where(
+                    table.c.run_id.in_({e.run_id for e in events})
+                )
+            )
         }
         recent: dict[str, dict[str, Any]] = {}
         facts: dict[str, dict[str, Any]] = {}
         for event in events:
             row = facts.setdefault(
                 event.run_id,
-                {"run_id": event.run_id, "name": None, "tags": None, "rules": None, "status": None, "last_event_at": event.ts},
+                {
+                    "run_id": event.run_id,
+                    "name": None,
+                    "tags": None,
+                    "rules": None,
+                    "status": None,
+                    "last_event_at": event.ts,
+                },
             )
             row["last_event_at"] = max(row["last_event_at"], event.ts)
             # A queued job waits for a worker: it is not running, so it cannot stall.
@@ -191,7 +230,9 @@ class Alerter:
             if isinstance(event, ev.RunFinished):
                 row["status"] = event.status
             if isinstance(event, (ev.EpochEnd, ev.RunStarted)):
-                curves = recent.get(event.run_id) or recent.setdefault(event.run_id, known.get(event.run_id) or {"monitor": None, "metrics": {}})
+                curves = recent.get(event.run_id) or recent.setdefault(
+                    event.run_id, known.get(event.run_id) or {"monitor": None, "metrics": {}}
+                )
                 remember(curves, event)
                 row["recent_metrics"] = curves
         for row in facts.values():
@@ -206,7 +247,10 @@ class Alerter:
                 # A terminal status sticks, and a late or replayed run_queued does not make a running
                 # run "queued" again (literal SQL: no expanding IN inside an executemany).
                 "status": sa.case(
-                    (sa.or_(*(table.c.status == sa.literal_column(f"'{s}'") for s in TERMINAL_STATUSES)), table.c.status),
+                    (
+                        sa.or_(*(table.c.status == sa.literal_column(f"'{s}'") for s in TERMINAL_STATUSES)),
+                        table.c.status,
+                    ),
                     (insert.excluded.status == sa.literal_column("'queued'"), table.c.status),
                     else_=insert.excluded.status,
                 ),
@@ -215,8 +259,15 @@ class Alerter:
             },
         )
         conn.execute(statement, list(facts.values()))
-        rows = conn.execute(sa.select(table.c.run_id, table.c.name, table.c.tags, table.c.rules).where(table.c.run_id.in_(list(facts)))).all()
-        runs = {r.run_id: (r.name, json.loads(r.tags) if r.tags else {}, self._job_rules(r.run_id, r.rules)) for r in rows}
+        rows = conn.execute(
+            sa.select(table.c.run_id, table.c.name, table.c.tags, table.c.rules).where(
+                table.c.run_id.in_(list(facts))
+            )
+        ).all()
+        runs = {
+            r.run_id: (r.name, json.loads(r.tags) if r.tags else {}, self._job_rules(r.run_id, r.rules))
+            for r in rows
+        }
         return runs, {**{run_id: curves for run_id, curves in known.items() if curves}, **recent}
 
     def _job_rules(self, run_id: str, raw: str | None) -> tuple[Rule, ...]:
@@ -227,7 +278,12 @@ class Alerter:
         if cached is not None and cached[0] == raw:
             return cached[1]
         try:
-            rules = tuple(parse_rules({"channels": dict(self.rules.channels), "rules": json.loads(raw)}, source=f"run {run_id} alerts").rules)
+            rules = tuple(
+                parse_rules(
+                    {"channels": dict(self.rules.channels), "rules": json.loads(raw)},
+                    source=f"run {run_id} alerts",
+                ).rules
+            )
         except ConfigurationError as exc:
             log.error("ignoring the alert rules of run %s: %s", run_id, exc)
             rules = ()
@@ -239,13 +295,21 @@ class Alerter:
     @staticmethod
     def _load_states(conn: Connection, run_ids: set[str]) -> dict[tuple[str, str], RuleState]:
         table = SqlAlertState.__table__
-        query = sa.select(table.c.rule, table.c.run_id, table.c.state).where(table.c.run_id.in_(list(run_ids)))
+        query = sa.select(table.c.rule, table.c.run_id, table.c.state).where(
+            table.c.run_id.in_(list(run_ids))
+        )
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()  # two alerters of one group never interleave a run's state
         return {(r.rule, r.run_id): RuleState(**json.loads(r.state)) for r in conn.execute(query)}
 
     def _alert_rows(
-        self, rule: Rule, run_id: str, name: str | None, state: RuleState, transition: Transition, event_ts: float,
+        self,
+        rule: Rule,
+        run_id: str,
+        name: str | None,
+        state: RuleState,
+        transition: Transition,
+        event_ts: float,
         curve: Curve | None = None,
     ) -> list[dict[str, Any]]:
         rows = []
@@ -254,16 +318,34 @@ class Alerter:
             occurrence = f"event-{transition.event_id}" if transition.event_id else str(state.incident)
             key = _bounded_key(f"{rule.name}:{run_id}:{occurrence}:{transition.state}{repeat}:{channel}")
             message = AlertMessage(
-                key=key, rule=rule.name, run_id=run_id, run_name=name, state=transition.state, severity=rule.severity,
-                summary=transition.summary, value=transition.value, threshold=transition.threshold, epoch=transition.epoch,
-                event_ts=event_ts, **(dataclasses.asdict(curve) if curve is not None else {}),
+                key=key,
+                rule=rule.name,
+                run_id=run_id,
+                run_name=name,
+                state=transition.state,
+                severity=rule.severity,
+                summary=transition.summary,
+                value=transition.value,
+                threshold=transition.threshold,
+                epoch=transition.epoch,
+                event_ts=event_ts,
+                **(dataclasses.asdict(curve) if curve is not None else {}),
             )
             rows.append(
                 {
-                    "idempotency_key": key, "rule": rule.name, "run_id": run_id, "state": transition.state,
-                    "channel": channel, "severity": rule.severity, "message": json.dumps(dataclasses.asdict(message)),
-                    "status": "pending", "attempts": 0, "created_at": datetime.now(timezone.utc),
-                    "next_attempt_at": 0.0, "delivered_at": None, "last_error": None,
+                    "idempotency_key": key,
+                    "rule": rule.name,
+                    "run_id": run_id,
+                    "state": transition.state,
+                    "channel": channel,
+                    "severity": rule.severity,
+                    "message": json.dumps(dataclasses.asdict(message)),
+                    "status": "pending",
+                    "attempts": 0,
+                    "created_at": datetime.now(timezone.utc),
+                    "next_attempt_at": 0.0,
+                    "delivered_at": None,
+                    "last_error": None,
                 }
             )
         return rows
@@ -280,7 +362,9 @@ class Alerter:
             # Runs silent past the file's shortest threshold, and runs with rules of their own.
             candidates = [runs_table.c.rules.is_not(None)]
             if file_rules:
-                candidates.append(runs_table.c.last_event_at < now - min(r.stalled_seconds or 0 for r in file_rules))
+                candidates.append(
+                    runs_table.c.last_event_at < now - min(r.stalled_seconds or 0 for r in file_rules)
+                )
             silent = conn.execute(
                 sa.select(runs_table).where(runs_table.c.status == "running", sa.or_(*candidates))
             ).all()
@@ -289,23 +373,41 @@ class Alerter:
                 tags = json.loads(run.tags) if run.tags else {}
                 job_rules = [r for r in self._job_rules(run.run_id, run.rules) if r.kind == "stalled"]
                 for rule in (*file_rules, *job_rules):
-                    if not rule.matches(run.name, tags) or run.last_event_at >= now - (rule.stalled_seconds or 0):
+                    if not rule.matches(run.name, tags) or run.last_event_at >= now - (
+                        rule.stalled_seconds or 0
+                    ):
                         continue
                     row = conn.execute(
-                        sa.select(state_table.c.state).where(state_table.c.rule == rule.name, state_table.c.run_id == run.run_id)
+                        sa.select(state_table.c.state).where(
+                            state_table.c.rule == rule.name, state_table.c.run_id == run.run_id
+                        )
                     ).scalar()
                     state = RuleState(**json.loads(row)) if row else RuleState()
                     if state.firing:
                         continue
                     state = dataclasses.replace(state, firing=True, incident=state.incident + 1)
                     changed[(rule.name, run.run_id)] = state
-                    transition = Transition("firing", f"no event from this run for {now - run.last_event_at:.0f}s (limit {rule.stalled_seconds:g}s)")
+                    transition = Transition(
+                        "firing",
+                        f"no event from this run for {now - run.last_event_at:.0f}s (limit {rule.stalled_seconds:g}s)",
+                    )
                     outbox += self._alert_rows(rule, run.run_id, run.name, state, transition, now)
                     fired += 1
             _upsert(
-                conn, state_table,
-                [{"rule": r, "run_id": run, "state": json.dumps(dataclasses.asdict(s)), "firing": True, "updated_at": now} for (r, run), s in changed.items()],
-                ["rule", "run_id"], ["state", "firing", "updated_at"],
+                conn,
+                state_table,
+                [
+                    {
+                        "rule": r,
+                        "run_id": run,
+                        "state": json.dumps(dataclasses.asdict(s)),
+                        "firing": True,
+                        "updated_at": now,
+                    }
+                    for (r, run), s in changed.items()
+                ],
+                ["rule", "run_id"],
+                ["state", "firing", "updated_at"],
             )
             _insert_alerts(conn, outbox)
         return fired
@@ -314,7 +416,14 @@ class Alerter:
 class Deliverer:
     """Sends pending outbox rows, in id order per channel, and records the outcome."""
 
-    def __init__(self, engine: Engine, channels: dict[str, Channel], *, retry_budget_s: float = 3600.0, retry_max_s: float = RETRY_MAX_S) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        channels: dict[str, Channel],
+        *,
+        retry_budget_s: float = 3600.0,
+        retry_max_s: float = RETRY_MAX_S,
+    ) -> None:
         self.retry_max_s = retry_max_s
         self.engine = engine
         self.channels = channels
@@ -357,25 +466,42 @@ class Deliverer:
                 attempts = row.attempts + 1
                 age = now - row.created_at.replace(tzinfo=row.created_at.tzinfo or timezone.utc).timestamp()
                 give_up = age >= self.retry_budget_s
-                delay = Backoff(initial_s=min(RETRY_INITIAL_S, self.retry_max_s), maximum_s=self.retry_max_s).delay_for(attempt=attempts)
+                delay = Backoff(
+                    initial_s=min(RETRY_INITIAL_S, self.retry_max_s), maximum_s=self.retry_max_s
+                ).delay_for(attempt=attempts)
                 # The receiver's Retry-After holds past urllib3's own retries: the next attempt waits for it too.
                 delay = max(delay, exc.retry_after_s or 0.0)
                 with transaction(self.engine) as conn:
                     conn.execute(
-                        table.update().where(table.c.id == row.id).values(
-                            attempts=attempts, last_error=str(exc)[:1000], next_attempt_at=time.time() + delay,
+                        table.update()
+                        .where(table.c.id == row.id)
+                        .values(
+                            attempts=attempts,
+                            last_error=str(exc)[:1000],
+                            next_attempt_at=time.time() + delay,
                             status="undelivered" if give_up else "pending",
                         )
                     )
-                log.warning("alert %s to %s failed (attempt %d): %s%s", row.idempotency_key, row.channel, attempts, exc,
-                            "; giving up (undelivered)" if give_up else "")
+                log.warning(
+                    "alert %s to %s failed (attempt %d): %s%s",
+                    row.idempotency_key,
+                    row.channel,
+                    attempts,
+                    exc,
+                    "; giving up (undelivered)" if give_up else "",
+                )
                 if not give_up:
                     blocked.add(row.channel)
                 continue
             with transaction(self.engine) as conn:
                 conn.execute(
-                    table.update().where(table.c.id == row.id).values(
-                        status="delivered", attempts=row.attempts + 1, delivered_at=datetime.now(timezone.utc), last_error=None,
+                    table.update()
+                    .where(table.c.id == row.id)
+                    .values(
+                        status="delivered",
+                        attempts=row.attempts + 1,
+                        delivered_at=datetime.now(timezone.utc),
+                        last_error=None,
                     )
                 )
             delivered += 1

@@ -42,7 +42,15 @@ from pipeline.jobs import config_problem, parse_config_text, yaml_problem
 from pipeline.monitor import Monitor, infer_mode
 
 #: Event types a lifecycle rule may name in ``on:``; ``run_pruned`` is a ``run_finished`` whose status is pruned.
-LIFECYCLE_EVENTS = ("run_started", "early_stopped", "run_failed", "run_finished", "run_pruned", "model_promoted", "promotion_skipped")
+LIFECYCLE_EVENTS = (
+    "run_started",
+    "early_stopped",
+    "run_failed",
+    "run_finished",
+    "run_pruned",
+    "model_promoted",
+    "promotion_skipped",
+)
 
 
 class RulesError(ConfigurationError):
@@ -68,10 +76,18 @@ class Channel(_Strict):
     Kubernetes secret mounted at ``/run/secrets/…``)."""
 
     type: Literal["slack", "webhook"]
-    url_env: str | None = Field(default=None, min_length=1, description="Environment variable holding the URL.")
-    url_file: str | None = Field(default=None, min_length=1, description="File holding the URL (a mounted secret).")
-    secret_env: str | None = Field(default=None, min_length=1, description="Webhook only: variable holding the HMAC secret.")
-    secret_file: str | None = Field(default=None, min_length=1, description="Webhook only: file holding the HMAC secret.")
+    url_env: str | None = Field(
+        default=None, min_length=1, description="Environment variable holding the URL."
+    )
+    url_file: str | None = Field(
+        default=None, min_length=1, description="File holding the URL (a mounted secret)."
+    )
+    secret_env: str | None = Field(
+        default=None, min_length=1, description="Webhook only: variable holding the HMAC secret."
+    )
+    secret_file: str | None = Field(
+        default=None, min_length=1, description="Webhook only: file holding the HMAC secret."
+    )
     rate_per_minute: int = Field(default=60, ge=1)
 
     @model_validator(mode="before")
@@ -100,7 +116,9 @@ class Channel(_Strict):
     @model_validator(mode="after")
     def _one_source_each(self) -> Channel:
         if (self.url_env is None) == (self.url_file is None):
-            raise ValueError("give the URL's source as exactly one of url_env (a variable) or url_file (a secrets file)")
+            raise ValueError(
+                "give the URL's source as exactly one of url_env (a variable) or url_file (a secrets file)"
+            )
         if (self.secret_env or self.secret_file) and self.type != "webhook":
             raise ValueError("secret_env / secret_file are only for type: webhook")
         if self.secret_env and self.secret_file:
@@ -142,18 +160,35 @@ class Rule(_Strict):
     min_delta: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     gap: Gap | None = None
     stalled_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    on: list[Literal["run_started", "early_stopped", "run_failed", "run_finished", "run_pruned", "model_promoted", "promotion_skipped"]] | None = None
+    on: (
+        list[
+            Literal[
+                "run_started",
+                "early_stopped",
+                "run_failed",
+                "run_finished",
+                "run_pruned",
+                "model_promoted",
+                "promotion_skipped",
+            ]
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _one_condition(self) -> Rule:
-        kinds = [k for k, present in (
-            ("threshold", self.above is not None or self.below is not None),
-            ("nan", self.nan is not None),
-            ("no_improvement", self.no_improvement_epochs is not None),
-            ("gap", self.gap is not None),
-            ("stalled", self.stalled_seconds is not None),
-            ("lifecycle", self.on is not None),
-        ) if present]
+        kinds = [
+            k
+            for k, present in (
+                ("threshold", self.above is not None or self.below is not None),
+                ("nan", self.nan is not None),
+                ("no_improvement", self.no_improvement_epochs is not None),
+                ("gap", self.gap is not None),
+                ("stalled", self.stalled_seconds is not None),
+                ("lifecycle", self.on is not None),
+            )
+            if present
+        ]
         if len(kinds) != 1:
             raise ValueError(
                 "a rule needs exactly one condition: above/below, nan, no_improvement_epochs, gap, "
@@ -239,10 +274,16 @@ def _where(loc: tuple[Any, ...], data: Any) -> str:
     """An error's location, naming the rule when the rule has a name: ``rules.3 (val-loss-high).above``."""
     parts = [_key(p) for p in loc]
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int) and isinstance(data, dict):
-        rule = data["rules"][loc[1]] if isinstance(data.get("rules"), list) and loc[1] < len(data["rules"]) else None
+        rule = (
+            data["rules"][loc[1]]
+            if isinstance(data.get("rules"), list) and loc[1] < len(data["rules"])
+            else None
+        )
         if isinstance(rule, dict) and isinstance(rule.get("name"), str) and rule["name"]:
             name = rule["name"]
-            parts[1] = f"{loc[1]} ({name if name.isprintable() and len(name) <= 60 else _clip(repr(name), 60)})"
+            parts[1] = (
+                f"{loc[1]} ({name if name.isprintable() and len(name) <= 60 else _clip(repr(name), 60)})"
+            )
     return ".".join(parts) or "(top level)"
 
 
@@ -321,16 +362,28 @@ def _monitor(metric: str, mode: str, min_delta: float) -> Monitor:
 
 
 def _fire_or_resolve(
-    rule: Rule, state: RuleState, holds: bool, seq: int, summary: str, *, ts: float = 0.0, for_epochs: int | None = None, **facts: Any
+    rule: Rule,
+    state: RuleState,
+    holds: bool,
+    seq: int,
+    summary: str,
+    *,
+    ts: float = 0.0,
+    for_epochs: int | None = None,
+    **facts: Any,
 ) -> tuple[RuleState, Transition | None]:
     streak = state.streak + 1 if holds else 0
     firing_now = streak >= (rule.for_epochs if for_epochs is None else for_epochs) if holds else False
     new = replace(state, last_seq=seq, streak=streak)
     if firing_now and not state.firing:
-        return replace(new, firing=True, incident=state.incident + 1, fired_at=ts, repeats=0), Transition("firing", summary, **facts)
+        return replace(new, firing=True, incident=state.incident + 1, fired_at=ts, repeats=0), Transition(
+            "firing", summary, **facts
+        )
     if firing_now and state.firing and rule.repeat_seconds and ts - state.fired_at >= rule.repeat_seconds:
         # Still holding: a reminder every repeat_seconds, otherwise quiet.
-        return replace(new, fired_at=ts, repeats=state.repeats + 1), Transition("firing", f"still: {summary}", repeat=state.repeats + 1, **facts)
+        return replace(new, fired_at=ts, repeats=state.repeats + 1), Transition(
+            "firing", f"still: {summary}", repeat=state.repeats + 1, **facts
+        )
     if not holds and state.firing:
         return replace(new, firing=False), Transition("resolved", summary, **facts)
     return new, None
@@ -348,16 +401,28 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
         pruned = isinstance(event, ev.RunFinished) and event.status == "pruned"
         if event.type in rule.on or (pruned and "run_pruned" in rule.on):
             detail = {
-                "early_stopped": lambda e: f"early stopping at epoch {e.stopped_epoch}: best {e.monitor}={e.best_value} at epoch {e.best_epoch}",
+                "early_stopped": lambda e: (
+                    f"early stopping at epoch {e.stopped_epoch}: best {e.monitor}={e.best_value} at epoch {e.best_epoch}"
+                ),
                 "run_failed": lambda e: f"run failed: {e.error_type}: {e.message}",
-                "run_finished": lambda e: f"run finished: {e.status} after {e.epochs_completed} epochs"
-                + (f" ({e.reason})" if e.reason else ""),
+                "run_finished": lambda e: (
+                    f"run finished: {e.status} after {e.epochs_completed} epochs"
+                    + (f" ({e.reason})" if e.reason else "")
+                ),
                 "run_started": lambda e: f"run started on {e.host}",
-                "model_promoted": lambda e: f"promoted as {e.name} v{e.version}" + (
-                    " — the new champion" if e.champion else f" — champion stays v{e.previous_champion_version}"),
+                "model_promoted": lambda e: (
+                    f"promoted as {e.name} v{e.version}"
+                    + (
+                        " — the new champion"
+                        if e.champion
+                        else f" — champion stays v{e.previous_champion_version}"
+                    )
+                ),
                 "promotion_skipped": lambda e: f"not promoted: {e.reason}",
             }.get(event.type, lambda e: event.type.replace("_", " "))(event)
-            return replace(state, incident=state.incident + 1), Transition("firing", detail, event_id=event.id)
+            return replace(state, incident=state.incident + 1), Transition(
+                "firing", detail, event_id=event.id
+            )
         return state, None
     if not isinstance(event, ev.EpochEnd):
         return state, None
@@ -370,17 +435,32 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
         holds = (value > limit) if rule.above is not None else (value < limit)  # type: ignore[operator]
         word = "above" if rule.above is not None else "below"
         return _fire_or_resolve(
-            rule, state, holds, event.seq,
+            rule,
+            state,
+            holds,
+            event.seq,
             f"{rule.metric} = {value:.4g} {'is' if holds else 'is no longer'} {word} {limit:g}"
             + (f" for {rule.for_epochs} epochs" if holds and rule.for_epochs > 1 else ""),
-            value=value, threshold=limit, epoch=epoch, ts=event.ts,
+            value=value,
+            threshold=limit,
+            epoch=epoch,
+            ts=event.ts,
         )
     if kind == "nan":
         if rule.nan not in metrics:
             return state, None
         value = metrics.get(rule.nan or "")
         holds = _bad(value)
-        return _fire_or_resolve(rule, state, holds, event.seq, f"{rule.nan} is {'not finite' if holds else 'finite again'} ({value})", value=None if holds else value, epoch=epoch, ts=event.ts)
+        return _fire_or_resolve(
+            rule,
+            state,
+            holds,
+            event.seq,
+            f"{rule.nan} is {'not finite' if holds else 'finite again'} ({value})",
+            value=None if holds else value,
+            epoch=epoch,
+            ts=event.ts,
+        )
     if kind == "gap":
         assert rule.gap is not None
         a, b = metrics.get(rule.gap.metric), metrics.get(rule.gap.minus)
@@ -389,9 +469,15 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
         gap = a - b
         holds = gap > rule.gap.above
         return _fire_or_resolve(
-            rule, state, holds, event.seq,
+            rule,
+            state,
+            holds,
+            event.seq,
             f"{rule.gap.metric} - {rule.gap.minus} = {gap:.4g} {'is' if holds else 'is no longer'} above {rule.gap.above:g}",
-            value=gap, threshold=rule.gap.above, epoch=epoch, ts=event.ts,
+            value=gap,
+            threshold=rule.gap.above,
+            epoch=epoch,
+            ts=event.ts,
         )
     if kind == "no_improvement":
         value = metrics.get(rule.metric or "")
@@ -406,9 +492,18 @@ def evaluate(rule: Rule, state: RuleState, event: ev.Event) -> tuple[RuleState, 
         holds = since >= limit
         base = replace(state, best=best, since_best=since)
         new, transition = _fire_or_resolve(
-            rule, base, holds, event.seq,
-            f"{rule.metric} has not improved for {since} epochs (best {best:.4g})" if holds else f"{rule.metric} improved to {value:.4g}",
-            value=value, threshold=best, epoch=epoch, ts=event.ts, for_epochs=1,
+            rule,
+            base,
+            holds,
+            event.seq,
+            f"{rule.metric} has not improved for {since} epochs (best {best:.4g})"
+            if holds
+            else f"{rule.metric} improved to {value:.4g}",
+            value=value,
+            threshold=best,
+            epoch=epoch,
+            ts=event.ts,
+            for_epochs=1,
         )
         return new, transition
     return state, None  # stalled: evaluated on a timer, see engine

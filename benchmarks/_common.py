@@ -38,7 +38,11 @@ def delete_stream_keys(redis_url: str, stream: str) -> int:
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    keys = [stream.encode(), *client.scan_iter(match=f"{stream}:*"), *client.scan_iter(match=f"{{{stream}:*")]  # shards: {stream:N}
+    keys = [
+        stream.encode(),
+        *client.scan_iter(match=f"{stream}:*"),
+        *client.scan_iter(match=f"{{{stream}:*"),
+    ]  # shards: {stream:N}
     deleted = int(client.delete(*keys)) if keys else 0
     client.close()
     return deleted
@@ -55,7 +59,7 @@ def _admin_conninfo() -> str:
     url = POSTGRES_URL
     for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix):]
+            return "postgresql://" + url[len(prefix) :]
     return url
 
 
@@ -102,7 +106,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, align: st
     align = align or "l" + "r" * (len(headers) - 1)
 
     def fmt(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)).rstrip()
+        return "  ".join(
+            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)
+        ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(cells[0]), rule, *(fmt(r) for r in cells[1:])])
@@ -144,8 +150,22 @@ def running_worker(queue: str, env: dict[str, str], log_path: Path) -> Iterator[
 
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "worker", "-Q", queue, "-n", f"{queue}@bench", "--loglevel", os.environ.get("FITSTREAM_BENCH_WORKER_LOGLEVEL", "WARNING")],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli.main",
+                "worker",
+                "-Q",
+                queue,
+                "-n",
+                f"{queue}@bench",
+                "--loglevel",
+                os.environ.get("FITSTREAM_BENCH_WORKER_LOGLEVEL", "WARNING"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             yield
@@ -155,8 +175,17 @@ def running_worker(queue: str, env: dict[str, str], log_path: Path) -> Iterator[
 
 
 #: Keras hooks (and the publisher's one-shot learning-rate read) that ``time_hooks`` times.
-TIMED_HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end", "on_batch_end",
-               "on_test_end", "on_epoch_end", "on_train_end", "_read_epoch_learning_rate")
+TIMED_HOOKS = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_batch_end",
+    "on_test_end",
+    "on_epoch_end",
+    "on_train_end",
+    "_read_epoch_learning_rate",
+)
 
 
 def time_hooks(callback: Any, spent: dict[str, float]) -> None:

@@ -41,12 +41,17 @@ def _digits() -> Workload:
     from examples import digits
 
     return Workload(
-        "digits", "digits MLP hidden=64 (examples/digits.py), 1,437 train / 360 val samples", 32,
-        digits.load_data(), digits.build_model,
+        "digits",
+        "digits MLP hidden=64 (examples/digits.py), 1,437 train / 360 val samples",
+        32,
+        digits.load_data(),
+        digits.build_model,
     )
 
 
-def synthetic_images(count: int, seed: int, size: int = 32, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_images(
+    count: int, seed: int, size: int = 32, classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """Noise images with one bright blob; the label is where the blob is and in which channel."""
     rng = np.random.default_rng(seed)
     x = rng.normal(0.0, 0.3, size=(count, size, size, 3)).astype("float32")
@@ -56,7 +61,7 @@ def synthetic_images(count: int, seed: int, size: int = 32, classes: int = 10) -
         quadrant, channel = int(label) % 4, int(label) % 3
         top, left = (quadrant // 2) * half, (quadrant % 2) * half
         r, c = top + rng.integers(2, half - 6), left + rng.integers(2, half - 6)
-        x[i, r:r + 4, c:c + 4, channel] += 2.0 + 0.5 * (int(label) // 4)
+        x[i, r : r + 4, c : c + 4, channel] += 2.0 + 0.5 * (int(label) // 4)
     return x, y.astype("int32")
 
 
@@ -81,14 +86,19 @@ def build_convnet(seed: int = 0):  # -> keras.Model
         ],
         name="bench_convnet",
     )
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     return model
 
 
 def _convnet() -> Workload:
     return Workload(
-        "convnet", "convnet 6×Conv2D 64-256 (~1.2 M params), synthetic 32×32×3, 8,192 train / 1,024 val samples",
-        128, (synthetic_images(8192, seed=1), synthetic_images(1024, seed=2)), build_convnet,
+        "convnet",
+        "convnet 6×Conv2D 64-256 (~1.2 M params), synthetic 32×32×3, 8,192 train / 1,024 val samples",
+        128,
+        (synthetic_images(8192, seed=1), synthetic_images(1024, seed=2)),
+        build_convnet,
     )
 
 
@@ -112,14 +122,19 @@ def accelerator_line() -> str:
         if backend == "jax":
             import jax
 
-            devices = ", ".join(sorted({f"{d.platform}:{getattr(d, 'device_kind', d)}" for d in jax.devices()}))
+            devices = ", ".join(
+                sorted({f"{d.platform}:{getattr(d, 'device_kind', d)}" for d in jax.devices()})
+            )
         elif backend == "tensorflow":
             import tensorflow as tf
 
             gpus = tf.config.list_physical_devices("GPU")
-            devices = ", ".join(
-                tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
-            ) or "cpu"
+            devices = (
+                ", ".join(
+                    tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
+                )
+                or "cpu"
+            )
         elif backend == "torch":
             import torch
 

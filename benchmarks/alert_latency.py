@@ -57,11 +57,25 @@ def main() -> None:
         url = f"sqlite:///{home / 'alerts.db'}"
         migrate.upgrade(url)
         engine = make_engine(url)
-        settings = Settings(redis_url=REDIS_URL, stream=stream_name, home=home, database_url=url, consumer_block_ms=100)
-        rules = parse_rules({
-            "channels": {"hook": {"type": "webhook", "url_env": "BENCH_HOOK", "rate_per_minute": 1_000_000}},
-            "rules": [{"name": "val-loss-high", "match": {"job": "alerting-*"}, "metric": "val_loss", "above": 0.5, "channels": ["hook"]}],
-        })
+        settings = Settings(
+            redis_url=REDIS_URL, stream=stream_name, home=home, database_url=url, consumer_block_ms=100
+        )
+        rules = parse_rules(
+            {
+                "channels": {
+                    "hook": {"type": "webhook", "url_env": "BENCH_HOOK", "rate_per_minute": 1_000_000}
+                },
+                "rules": [
+                    {
+                        "name": "val-loss-high",
+                        "match": {"job": "alerting-*"},
+                        "metric": "val_loss",
+                        "above": 0.5,
+                        "channels": ["hook"],
+                    }
+                ],
+            }
+        )
         alerter = Alerter(engine, rules)
         loop = ConsumerLoop(alerter, EventStream(settings=settings), consumer_name="bench-alerter")
         deliverer = Deliverer(engine, build_channels(rules, {"BENCH_HOOK": receiver.url}))
@@ -84,7 +98,11 @@ def main() -> None:
                         if event["type"] == "epoch_end" and event["run_id"].startswith("alerting-"):
                             peer_latencies.append(now - event["ts"])
 
-        threads = [threading.Thread(target=loop.run, daemon=True), threading.Thread(target=deliverer.run, daemon=True), threading.Thread(target=follow, daemon=True)]
+        threads = [
+            threading.Thread(target=loop.run, daemon=True),
+            threading.Thread(target=deliverer.run, daemon=True),
+            threading.Thread(target=follow, daemon=True),
+        ]
         for thread in threads:
             thread.start()
         time.sleep(0.5)
@@ -97,7 +115,15 @@ def main() -> None:
             batch = []
             for r in runs:
                 value = (0.9 if tick % 2 == 0 else 0.1) if r.startswith("alerting-") else 0.1
-                batch.append(ev.build(ev.EpochEnd, run_id=r, seq=tick + 1, epoch=tick, metrics={"loss": 0.1, "val_loss": value}))
+                batch.append(
+                    ev.build(
+                        ev.EpochEnd,
+                        run_id=r,
+                        seq=tick + 1,
+                        epoch=tick,
+                        metrics={"loss": 0.1, "val_loss": value},
+                    )
+                )
             stream.publish(batch)
             published += len(batch)
             time.sleep(max(0.0, start + (tick + 1) * args.interval - time.monotonic()))
@@ -115,19 +141,32 @@ def main() -> None:
     receiver.stop()
 
     print()
-    print(f"load: {args.runs} runs × 1 epoch_end every {args.interval * 1000:.0f} ms for {args.seconds:g}s = {published:,} events "
-          f"({published / args.seconds:,.0f}/s); {args.alerting} runs alternate above/below the threshold")
-    print(f"alerts received: {len(receiver.accepted):,} of {expected:,} expected (duplicates: {len(receiver.accepted) - len({(r['json']['key']) for r in receiver.accepted})})")
-    return_latencies = [r["at"] - r["json"]["event_ts"] for r in receiver.accepted if r["json"].get("event_ts")]
-    rows = [("alerter: epoch_end → webhook received", return_latencies), ("peer: epoch_end → XREAD follower", peer_latencies)]
+    print(
+        f"load: {args.runs} runs × 1 epoch_end every {args.interval * 1000:.0f} ms for {args.seconds:g}s = {published:,} events "
+        f"({published / args.seconds:,.0f}/s); {args.alerting} runs alternate above/below the threshold"
+    )
+    print(
+        f"alerts received: {len(receiver.accepted):,} of {expected:,} expected (duplicates: {len(receiver.accepted) - len({(r['json']['key']) for r in receiver.accepted})})"
+    )
+    return_latencies = [
+        r["at"] - r["json"]["event_ts"] for r in receiver.accepted if r["json"].get("event_ts")
+    ]
+    rows = [
+        ("alerter: epoch_end → webhook received", return_latencies),
+        ("peer: epoch_end → XREAD follower", peer_latencies),
+    ]
     print(f"{'path':<40} {'n':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, values in rows:
         if values:
-            print(f"{name:<40} {len(values):>7,} {pct(values, .5) * 1000:>8.1f} {pct(values, .9) * 1000:>8.1f} {pct(values, .99) * 1000:>8.1f} {max(values) * 1000:>8.1f}")
+            print(
+                f"{name:<40} {len(values):>7,} {pct(values, 0.5) * 1000:>8.1f} {pct(values, 0.9) * 1000:>8.1f} {pct(values, 0.99) * 1000:>8.1f} {max(values) * 1000:>8.1f}"
+            )
     if return_latencies:
         p99 = pct(return_latencies, 0.99) * 1000
-        print(f"target p99 < 250 ms: {'met' if p99 < 250 else 'NOT met'} ({p99:.1f} ms); "
-              f"alerter p50 / stream p50 = {statistics.median(return_latencies) / max(1e-9, statistics.median(peer_latencies)):.1f}x")
+        print(
+            f"target p99 < 250 ms: {'met' if p99 < 250 else 'NOT met'} ({p99:.1f} ms); "
+            f"alerter p50 / stream p50 = {statistics.median(return_latencies) / max(1e-9, statistics.median(peer_latencies)):.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -77,9 +77,15 @@ def load(url: str, args: argparse.Namespace) -> dict[str, float]:
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo) as conn:
         start = time.perf_counter()
-        _copy(conn, "COPY sweeps (id, name, spec, created_at, trials, state) FROM STDIN", (
-            f"{s}\tsweep-{k}\t{json.dumps({'grid': {'optimizer.learning_rate': [0.1, 0.01]}})}\t"
-            f"2024-01-01 00:00:00+00\t20\tfinished\n" for k, s in enumerate(sweeps)))
+        _copy(
+            conn,
+            "COPY sweeps (id, name, spec, created_at, trials, state) FROM STDIN",
+            (
+                f"{s}\tsweep-{k}\t{json.dumps({'grid': {'optimizer.learning_rate': [0.1, 0.01]}})}\t"
+                f"2024-01-01 00:00:00+00\t20\tfinished\n"
+                for k, s in enumerate(sweeps)
+            ),
+        )
         run_lines, param_lines, epoch_lines = [], [], []
         curves: dict[str, float] = {}
         for i, run in enumerate(runs):
@@ -88,14 +94,27 @@ def load(url: str, args: argparse.Namespace) -> dict[str, float]:
             started = t0 + i * 600
             run_lines.append(
                 f"{run}\ttrial-{i}\tcompleted\t{_ts(started)}\t{_ts(started + args.epochs)}\t{args.epochs}\t{args.epochs}\t"
-                f"{args.epochs - 1}\tval_loss\tmin\t{best}\t{sweeps[i % len(sweeps)]}\t{_ts(started + args.epochs)}\n")
-            param_lines.append(f"{run}\toptimizer.learning_rate\t{0.1 if i % 2 else 0.01}\t{0.1 if i % 2 else 0.01}\n")
+                f"{args.epochs - 1}\tval_loss\tmin\t{best}\t{sweeps[i % len(sweeps)]}\t{_ts(started + args.epochs)}\n"
+            )
+            param_lines.append(
+                f"{run}\toptimizer.learning_rate\t{0.1 if i % 2 else 0.01}\t{0.1 if i % 2 else 0.01}\n"
+            )
             param_lines.append(f"{run}\tmodel.kwargs.hidden\t{16 << (i % 3)}\t{16 << (i % 3)}\n")
-            epoch_lines.extend(f"{run}\t{e}\t0.001\t0.1\t45\t{_ts(started + e)}\n" for e in range(args.epochs))
-        _copy(conn, "COPY runs (run_id, name, status, started_at, finished_at, epochs_completed, epochs_planned, "
-                    "best_epoch, monitor, mode, best_value, sweep_id, last_event_at) FROM STDIN", run_lines)
+            epoch_lines.extend(
+                f"{run}\t{e}\t0.001\t0.1\t45\t{_ts(started + e)}\n" for e in range(args.epochs)
+            )
+        _copy(
+            conn,
+            "COPY runs (run_id, name, status, started_at, finished_at, epochs_completed, epochs_planned, "
+            "best_epoch, monitor, mode, best_value, sweep_id, last_event_at) FROM STDIN",
+            run_lines,
+        )
         _copy(conn, "COPY params (run_id, key, value, value_num) FROM STDIN", param_lines)
-        _copy(conn, "COPY epochs (run_id, epoch, learning_rate, wall_time_s, steps, ended_at) FROM STDIN", epoch_lines)
+        _copy(
+            conn,
+            "COPY epochs (run_id, epoch, learning_rate, wall_time_s, steps, ended_at) FROM STDIN",
+            epoch_lines,
+        )
         conn.commit()
         spent["runs, params, epochs, sweeps"] = time.perf_counter() - start
         start = time.perf_counter()
@@ -105,7 +124,10 @@ def load(url: str, args: argparse.Namespace) -> dict[str, float]:
                 base = curves[run]
                 for name in names:
                     scale = 1.0 if "loss" in name else -0.5
-                    yield "".join(f"{name}\t{run}\t{e}\t{base * scale + 5.0 / (e + 1):.6f}\n" for e in range(args.epochs))
+                    yield "".join(
+                        f"{name}\t{run}\t{e}\t{base * scale + 5.0 / (e + 1):.6f}\n"
+                        for e in range(args.epochs)
+                    )
 
         _copy(conn, "COPY epoch_metrics (name, run_id, epoch, value) FROM STDIN", metric_lines())
         conn.commit()
@@ -147,23 +169,30 @@ def queries(args: argparse.Namespace) -> dict[str, Callable[[Any], Any]]:
         def run_it(engine: Any) -> Any:
             with engine.connect() as conn:
                 return conn.execute(sa.text(text)).all()
+
         return run_it
 
     return {
         "curve (one run, 500 points)": sql(
-            f"SELECT epoch, value FROM epoch_metrics WHERE run_id = '{run}' AND name = 'val_loss' ORDER BY epoch"),
+            f"SELECT epoch, value FROM epoch_metrics WHERE run_id = '{run}' AND name = 'val_loss' ORDER BY epoch"
+        ),
         "best 10 runs (monitored, runs.best_value)": sql(
             "SELECT name, run_id, best_value FROM runs WHERE monitor = 'val_loss' AND best_value IS NOT NULL "
-            "ORDER BY best_value LIMIT 10"),
+            "ORDER BY best_value LIMIT 10"
+        ),
         "best 10 runs (any metric, epoch_metrics)": sql(
             "SELECT r.name, r.run_id, max(m.value) AS best FROM epoch_metrics m JOIN runs r USING (run_id) "
-            "WHERE m.name = 'val_accuracy' GROUP BY r.name, r.run_id ORDER BY best DESC LIMIT 10"),
+            "WHERE m.name = 'val_accuracy' GROUP BY r.name, r.run_id ORDER BY best DESC LIMIT 10"
+        ),
         "best 10 runs (any metric, metric_summaries)": sql(
             "SELECT r.name, s.run_id, s.max_value AS best FROM metric_summaries s JOIN runs r USING (run_id) "
-            "WHERE s.name = 'val_accuracy' AND s.max_value IS NOT NULL ORDER BY s.max_value DESC LIMIT 10"),
+            "WHERE s.name = 'val_accuracy' AND s.max_value IS NOT NULL ORDER BY s.max_value DESC LIMIT 10"
+        ),
         "runs list (fitstream runs)": lambda engine: list_runs(engine, limit=50),
         "sweep comparison (monitored)": lambda engine: sweep_trials(engine, sweep),
-        "sweep comparison (--metric val_accuracy)": lambda engine: sweep_trials(engine, sweep, metric="val_accuracy"),
+        "sweep comparison (--metric val_accuracy)": lambda engine: sweep_trials(
+            engine, sweep, metric="val_accuracy"
+        ),
     }
 
 
@@ -181,16 +210,22 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = args.runs * args.epochs * args.metrics
     print(f"history_queries: {_common.machine_line()}")
-    print(f"{rows:,} epoch_metrics rows = {args.runs:,} runs × {args.epochs} epochs × {args.metrics} metrics; "
-          f"{args.repeats} repeats per query, warm cache")
+    print(
+        f"{rows:,} epoch_metrics rows = {args.runs:,} runs × {args.epochs} epochs × {args.metrics} metrics; "
+        f"{args.repeats} repeats per query, warm cache"
+    )
     with _common.postgres_database() as plain_url, _common.postgres_database() as part_url:
         setups = {"plain (0009)": (plain_url, "0009"), "partitioned (head)": (part_url, "head")}
         engines = {}
         for label, (url, revision) in setups.items():
             upgrade(url, revision)
             spent = load(url, args)
-            print(f"  loaded {label}: " + ", ".join(f"{k} {v:.1f}s" for k, v in spent.items())
-                  + f" ({rows / spent['epoch_metrics']:,.0f} metric rows/s by COPY)", flush=True)
+            print(
+                f"  loaded {label}: "
+                + ", ".join(f"{k} {v:.1f}s" for k, v in spent.items())
+                + f" ({rows / spent['epoch_metrics']:,.0f} metric rows/s by COPY)",
+                flush=True,
+            )
             engines[label] = make_engine(url)
         results: dict[str, dict[str, float]] = {}
         for name, query in queries(args).items():
@@ -213,19 +248,29 @@ def main(argv: list[str] | None = None) -> int:
             with engine.connect() as conn:
                 import sqlalchemy as sa
 
-                sizes[label] = conn.execute(sa.text(
-                    "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c "
-                    "WHERE c.relkind IN ('r', 'p') AND (c.relname = 'epoch_metrics' OR c.relname LIKE 'epoch\\_metrics\\_p%')"
-                )).scalar()
+                sizes[label] = conn.execute(
+                    sa.text(
+                        "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c "
+                        "WHERE c.relkind IN ('r', 'p') AND (c.relname = 'epoch_metrics' OR c.relname LIKE 'epoch\\_metrics\\_p%')"
+                    )
+                ).scalar()
             engine.dispose()
     labels = list(setups)
     print()
-    print(_common.table(
-        ["query (median ms)", *labels, "partitioned / plain", "< 50 ms"],
-        [[name, *(f"{r[label]:.2f}" if label in r else "—" for label in labels),
-          f"{r[labels[1]] / r[labels[0]]:.2f}×" if len(r) == 2 else "—",
-          "yes" if max(r.values()) < 50 else "NO"] for name, r in results.items()],
-    ))
+    print(
+        _common.table(
+            ["query (median ms)", *labels, "partitioned / plain", "< 50 ms"],
+            [
+                [
+                    name,
+                    *(f"{r[label]:.2f}" if label in r else "—" for label in labels),
+                    f"{r[labels[1]] / r[labels[0]]:.2f}×" if len(r) == 2 else "—",
+                    "yes" if max(r.values()) < 50 else "NO",
+                ]
+                for name, r in results.items()
+            ],
+        )
+    )
     print("epoch_metrics on disk (table + indexes): " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
     return 0
 

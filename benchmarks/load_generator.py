@@ -80,7 +80,9 @@ def _metrics(rng: random.Random, count: int, epoch: int) -> dict[str, float]:
     return {f"m{k}": round(rng.random() / (1 + epoch), 6) for k in range(count)}
 
 
-def produce(redis_url: str, stream: str, shards: int, args: dict, published: mp.Value, phase: mp.Value, go: mp.Event) -> None:
+def produce(
+    redis_url: str, stream: str, shards: int, args: dict, published: mp.Value, phase: mp.Value, go: mp.Event
+) -> None:
     """The producer process: the steady schedule with bursts, then (on ``phase`` 1) the backlog."""
     settings = Settings(redis_url=redis_url, stream=stream, stream_shards=shards)
     bus = EventStream(settings=settings)
@@ -100,8 +102,15 @@ def produce(redis_url: str, stream: str, shards: int, args: dict, published: mp.
 
     def epoch_event(i: int) -> ev.Event:
         seq[i] += 1
-        event = ev.build(ev.EpochEnd, run_id=run_ids[i], seq=seq[i], epoch=epoch[i], metrics=_metrics(rng, metrics, epoch[i]),
-                         learning_rate=1e-3, wall_time_s=interval)
+        event = ev.build(
+            ev.EpochEnd,
+            run_id=run_ids[i],
+            seq=seq[i],
+            epoch=epoch[i],
+            metrics=_metrics(rng, metrics, epoch[i]),
+            learning_rate=1e-3,
+            wall_time_s=interval,
+        )
         epoch[i] += 1
         return event
 
@@ -113,7 +122,17 @@ def produce(redis_url: str, stream: str, shards: int, args: dict, published: mp.
             i = order[cursor]
             if not started[i]:
                 started[i] = True
-                due.append(ev.build(ev.RunStarted, run_id=run_ids[i], seq=0, name=f"load-{i % 50}", monitor="val_loss", mode="min", epochs=10_000))
+                due.append(
+                    ev.build(
+                        ev.RunStarted,
+                        run_id=run_ids[i],
+                        seq=0,
+                        name=f"load-{i % 50}",
+                        monitor="val_loss",
+                        mode="min",
+                        epochs=10_000,
+                    )
+                )
             else:
                 due.append(epoch_event(i))
             next_at[i] += interval
@@ -124,7 +143,7 @@ def produce(redis_url: str, stream: str, shards: int, args: dict, published: mp.
                 if started[i]:
                     due.extend(epoch_event(i) for _ in range(args["burst_events"]))
         for chunk in range(0, len(due), 2000):
-            bus.publish(due[chunk:chunk + 2000])
+            bus.publish(due[chunk : chunk + 2000])
         with published.get_lock():
             published.value += len(due)
         time.sleep(max(0.0, 0.05 - (time.monotonic() - now)))
@@ -136,9 +155,9 @@ def produce(redis_url: str, stream: str, shards: int, args: dict, published: mp.
     while phase.value != 3:
         time.sleep(0.01)
     for chunk in range(0, len(backlog), 2000):
-        bus.publish(backlog[chunk:chunk + 2000])
+        bus.publish(backlog[chunk : chunk + 2000])
         with published.get_lock():
-            published.value += len(backlog[chunk:chunk + 2000])
+            published.value += len(backlog[chunk : chunk + 2000])
     phase.value = 4
 
 
@@ -165,15 +184,32 @@ def shard_lag(shard: EventStream, now_ms: int) -> tuple[int, float]:
     return pending + lag, (now_ms - oldest_ms) / 1000 if oldest_ms is not None else 0.0
 
 
-def start_recorders(env: dict[str, str], shards: int, per_shard: int, log_dir: Path) -> list[subprocess.Popen]:
+def start_recorders(
+    env: dict[str, str], shards: int, per_shard: int, log_dir: Path
+) -> list[subprocess.Popen]:
     procs = []
     for shard in range(shards):
         for k in range(per_shard):
             log = open(log_dir / f"recorder-{shard}-{k}.log", "wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli.main", "consume", "recorder", "--shard", str(shard), "--name", f"load-{shard}-{k}"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pipeline.cli.main",
+                        "consume",
+                        "recorder",
+                        "--shard",
+                        str(shard),
+                        "--name",
+                        f"load-{shard}-{k}",
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     return procs
 
 
@@ -184,16 +220,27 @@ def one_deployment(shards: int, args: argparse.Namespace) -> Outcome:
     stream = _common.unique_stream()
     with _common.postgres_database() as url, _common.temp_dir() as tmp:
         migrate.upgrade(url)
-        settings = Settings(redis_url=_common.REDIS_URL, database_url=url, stream=stream, stream_shards=shards)
+        settings = Settings(
+            redis_url=_common.REDIS_URL, database_url=url, stream=stream, stream_shards=shards
+        )
         bus = EventStream(settings=settings)
         for shard in bus.all_shards():
             shard.ensure_group(GROUP)
-        env = {**os.environ, "FITSTREAM_REDIS_URL": _common.REDIS_URL, "FITSTREAM_DATABASE_URL": url, "FITSTREAM_STREAM": stream,
-               "FITSTREAM_STREAM_SHARDS": str(shards), "FITSTREAM_HOME": str(tmp / "home"), "PYTHONPATH": str(_common.REPO)}
+        env = {
+            **os.environ,
+            "FITSTREAM_REDIS_URL": _common.REDIS_URL,
+            "FITSTREAM_DATABASE_URL": url,
+            "FITSTREAM_STREAM": stream,
+            "FITSTREAM_STREAM_SHARDS": str(shards),
+            "FITSTREAM_HOME": str(tmp / "home"),
+            "PYTHONPATH": str(_common.REPO),
+        }
         recorders = start_recorders(env, shards, args.recorders_per_shard, tmp)
         ctx = mp.get_context("spawn")
         published, phase, go = ctx.Value("q", 0), ctx.Value("i", 0), ctx.Event()
-        producer = ctx.Process(target=produce, args=(_common.REDIS_URL, stream, shards, vars(args), published, phase, go))
+        producer = ctx.Process(
+            target=produce, args=(_common.REDIS_URL, stream, shards, vars(args), published, phase, go)
+        )
         producer.start()
         try:
             time.sleep(3)  # recorders and the producer up
@@ -237,14 +284,19 @@ def one_deployment(shards: int, args: argparse.Namespace) -> Outcome:
 def _sample(bus: EventStream, t: float, published: int) -> Sample:
     now_ms = int(time.time() * 1000)
     lags = [shard_lag(shard, now_ms) for shard in bus.all_shards()]
-    return Sample(t=t, published=published, lag_events=sum(n for n, _ in lags), oldest_age_s=max(age for _, age in lags))
+    return Sample(
+        t=t, published=published, lag_events=sum(n for n, _ in lags), oldest_age_s=max(age for _, age in lags)
+    )
 
 
 def _wait_drained(bus: EventStream, published: int, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         total = sum(int(s.client.xlen(s.stream)) for s in bus.all_shards())
-        if total >= published and sum(shard_lag(s, int(time.time() * 1000))[0] for s in bus.all_shards()) == 0:
+        if (
+            total >= published
+            and sum(shard_lag(s, int(time.time() * 1000))[0] for s in bus.all_shards()) == 0
+        ):
             return
         time.sleep(0.05)
     raise SystemExit(f"the recorders did not catch up within {timeout:.0f}s")
@@ -252,31 +304,63 @@ def _wait_drained(bus: EventStream, published: int, *, timeout: float) -> None:
 
 def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
     lines = [
-        f"# Load generator ({time.strftime('%Y-%m-%d')})", "", _common.machine_line(), "",
+        f"# Load generator ({time.strftime('%Y-%m-%d')})",
+        "",
+        _common.machine_line(),
+        "",
         f"{args.runs:,} concurrent runs, one epoch_end ({args.metrics} metrics) per run every {args.interval_s:g}s "
         f"(~{args.runs / args.interval_s:,.0f} events/s), bursts of {int(args.runs * args.burst_fraction):,} runs × "
         f"{args.burst_events} events every {args.burst_every_s:g}s, {args.duration_s:g}s; then a backlog of {args.backlog:,} events. "
-        "PostgreSQL (partitioned history), the local Redis; recorders are `fitstream consume recorder --shard i` processes.", "",
+        "PostgreSQL (partitioned history), the local Redis; recorders are `fitstream consume recorder --shard i` processes.",
+        "",
     ]
     head = ["", *[f"{o.shards} shard(s), {o.recorders} recorder(s)" for o in outcomes]]
-    scheduled = args.runs / args.interval_s + args.runs * args.burst_fraction * args.burst_events / args.burst_every_s
+    scheduled = (
+        args.runs / args.interval_s + args.runs * args.burst_fraction * args.burst_events / args.burst_every_s
+    )
 
     def pct(o: Outcome, q: float, attr: str) -> float:
         values = sorted(getattr(s, attr) for s in o.samples)
         return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
     rows = [
-        ["published during the steady phase (events/s)", *[f"{o.steady_rate:,.0f} (scheduled {scheduled:,.0f})" for o in outcomes]],
-        ["age of the oldest unrecorded event: median (s)", *[f"{statistics.median(s.oldest_age_s for s in o.samples):.2f}" for o in outcomes]],
-        ["… p95 / max (s)", *[f"{pct(o, 0.95, 'oldest_age_s'):.2f} / {max(s.oldest_age_s for s in o.samples):.2f}" for o in outcomes]],
-        ["events not yet recorded: median / max", *[f"{statistics.median(s.lag_events for s in o.samples):,.0f} / {max(s.lag_events for s in o.samples):,}" for o in outcomes]],
+        [
+            "published during the steady phase (events/s)",
+            *[f"{o.steady_rate:,.0f} (scheduled {scheduled:,.0f})" for o in outcomes],
+        ],
+        [
+            "age of the oldest unrecorded event: median (s)",
+            *[f"{statistics.median(s.oldest_age_s for s in o.samples):.2f}" for o in outcomes],
+        ],
+        [
+            "… p95 / max (s)",
+            *[
+                f"{pct(o, 0.95, 'oldest_age_s'):.2f} / {max(s.oldest_age_s for s in o.samples):.2f}"
+                for o in outcomes
+            ],
+        ],
+        [
+            "events not yet recorded: median / max",
+            *[
+                f"{statistics.median(s.lag_events for s in o.samples):,.0f} / {max(s.lag_events for s in o.samples):,}"
+                for o in outcomes
+            ],
+        ],
         [f"backlog of {args.backlog:,} drained in (s)", *[f"{o.drain_s:.1f}" for o in outcomes]],
         ["sustained ingest (events/s)", *[f"{o.drain_rate:,.0f}" for o in outcomes]],
         ["… metric rows/s", *[f"{o.drain_rate * args.metrics:,.0f}" for o in outcomes]],
         ["… events/s per recorder", *[f"{o.drain_rate / o.recorders:,.0f}" for o in outcomes]],
         ["epoch_metrics rows at the end", *[f"{o.rows:,}" for o in outcomes]],
     ]
-    lines += ["```", _common.table(head, rows), "```", "", "Lag over time (every 10 s: seconds behind / events not yet recorded):", "", "```"]
+    lines += [
+        "```",
+        _common.table(head, rows),
+        "```",
+        "",
+        "Lag over time (every 10 s: seconds behind / events not yet recorded):",
+        "",
+        "```",
+    ]
     series_head = ["t (s)", *[f"{o.shards} shard(s)" for o in outcomes]]
     series = []
     for second in range(0, int(args.duration_s), 10):
@@ -299,13 +383,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-fraction", type=float, default=0.2)
     parser.add_argument("--burst-events", type=int, default=5)
     parser.add_argument("--backlog", type=int, default=60_000)
-    parser.add_argument("--shards", default="1,4", help="comma-separated shard counts to run, one deployment each")
+    parser.add_argument(
+        "--shards", default="1,4", help="comma-separated shard counts to run, one deployment each"
+    )
     parser.add_argument("--recorders-per-shard", type=int, default=1)
-    parser.add_argument("--results", type=Path, default=None, help="also write the report to this Markdown file")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="also write the report to this Markdown file"
+    )
     args = parser.parse_args(argv)
     outcomes = []
     for shards in [int(s) for s in args.shards.split(",")]:
-        print(f"== {shards} shard(s), {shards * args.recorders_per_shard} recorder(s): {args.duration_s:g}s of load ...", flush=True)
+        print(
+            f"== {shards} shard(s), {shards * args.recorders_per_shard} recorder(s): {args.duration_s:g}s of load ...",
+            flush=True,
+        )
         outcomes.append(one_deployment(shards, args))
     text = report(outcomes, args)
     _common.emit_report(text, args.results)

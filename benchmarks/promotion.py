@@ -72,7 +72,9 @@ def measure(megabytes: float, repeats: int) -> dict[str, object]:
 
     stream_key = unique_stream()
     with temp_dir() as home:
-        settings = Settings(redis_url=REDIS_URL, database_url=f"sqlite:///{home / 'bench.db'}", home=home, stream=stream_key)
+        settings = Settings(
+            redis_url=REDIS_URL, database_url=f"sqlite:///{home / 'bench.db'}", home=home, stream=stream_key
+        )
         migrate.upgrade(settings.database_url)
         engine = make_engine(settings.database_url)
         source = str(home / "best.keras")
@@ -82,7 +84,10 @@ def measure(megabytes: float, repeats: int) -> dict[str, object]:
         stream.ensure_group("promoter")
         load_check = KerasLoadCheck()
         promoter = Promoter(
-            engine, open_store(settings.model_store_url), publish=stream.publish, load_check=load_check,
+            engine,
+            open_store(settings.model_store_url),
+            publish=stream.publish,
+            load_check=load_check,
             locks=PromotionLocks(stream.client, stream.stream),
         )
         load_check.check(source)  # the helper has imported Keras, as a promoter that waited for events has
@@ -99,18 +104,44 @@ def measure(megabytes: float, repeats: int) -> dict[str, object]:
                     run_id = f"bench-{mode}-{i}"
                     value = 1.0 - len(copy_s) / 100 - (0.001 if mode == "cold" else 0)
                     os.utime(source)  # a new modification time: the promoter has not loaded this file yet
-                    stream.publish([
-                        ev.build(ev.RunStarted, run_id=run_id, seq=0, name=name),
-                        ev.build(ev.CheckpointSaved, run_id=run_id, seq=1, path=source, epoch=3, monitor="val_loss", value=value, sha256=sha),
-                    ])
+                    stream.publish(
+                        [
+                            ev.build(ev.RunStarted, run_id=run_id, seq=0, name=name),
+                            ev.build(
+                                ev.CheckpointSaved,
+                                run_id=run_id,
+                                seq=1,
+                                path=source,
+                                epoch=3,
+                                monitor="val_loss",
+                                value=value,
+                                sha256=sha,
+                            ),
+                        ]
+                    )
                     if mode == "prefetched":
                         # As in training: EarlyStopping fires `patience` epochs after the best checkpoint,
                         # by which time the promoter has loaded it (it starts on checkpoint_saved).
                         load_check.result(load_check.submit(source))
                     os.sync()
-                    last_id = client.xinfo_stream(stream_key)["last-generated-id"]  # the answer comes after it
+                    last_id = client.xinfo_stream(stream_key)[
+                        "last-generated-id"
+                    ]  # the answer comes after it
                     started = time.perf_counter()
-                    stream.publish([ev.build(ev.EarlyStopped, run_id=run_id, seq=2, stopped_epoch=5, best_epoch=3, best_value=value, monitor="val_loss", mode="min")])
+                    stream.publish(
+                        [
+                            ev.build(
+                                ev.EarlyStopped,
+                                run_id=run_id,
+                                seq=2,
+                                stopped_epoch=5,
+                                best_epoch=3,
+                                best_value=value,
+                                monitor="val_loss",
+                                mode="min",
+                            )
+                        ]
+                    )
                     answer = _await_promotion(client, stream_key, last_id, run_id)
                     promote_s[mode].append(time.perf_counter() - started)
                     if answer.type != "model_promoted" or not answer.champion:
@@ -126,8 +157,15 @@ def measure(megabytes: float, repeats: int) -> dict[str, object]:
             load_check.close()
             engine.dispose()
             delete_stream_keys(REDIS_URL, stream_key)
-    return {"megabytes": size / 1e6, "promote": median(promote_s["prefetched"]), "max": max(promote_s["prefetched"]),
-            "cold": median(promote_s["cold"]), "copy": median(copy_s), "durable": median(durable_s), "sha256": median(hash_s)}
+    return {
+        "megabytes": size / 1e6,
+        "promote": median(promote_s["prefetched"]),
+        "max": max(promote_s["prefetched"]),
+        "cold": median(promote_s["cold"]),
+        "copy": median(copy_s),
+        "durable": median(durable_s),
+        "sha256": median(hash_s),
+    }
 
 
 def _await_promotion(client, stream_key: str, after: str, run_id: str):  # type: ignore[no-untyped-def]
@@ -157,16 +195,48 @@ def main() -> None:
         if r["megabytes"] < 10:
             verdict = "< 1 s: " + ("met" if p < 1 else "NOT met")
         else:
-            verdict = (f"≤ 1.5× copy+fsync: {'met' if p <= 1.5 * r['durable'] else 'NOT met'}; "
-                       f"≤ 1.5× copy: {'met' if p <= 1.5 * r['copy'] else 'NOT met'}")
-        rows.append([
-            f"{r['megabytes']:.1f} MB", f"{p:.3f}", f"{r['max']:.3f}", f"{r['cold']:.3f}", f"{r['copy']:.3f}", f"{p / r['copy']:.2f}",
-            f"{r['durable']:.3f}", f"{p / r['durable']:.2f}", f"{r['sha256']:.3f}", verdict,
-        ])
-    print(f"early_stopped → champion moved, median of {args.repeats} (seconds); 'promote' = checkpoint loaded during the")
-    print("patience epochs (as in training), 'cold' = checkpoint_saved and early_stopped back to back (load on the critical path)")
-    print(table(["checkpoint", "promote", "max", "cold", "copy", "ratio", "copy+fsync", "ratio", "sha256 alone", "target"], rows,
-                align="lrrrrrrrrl"))
+            verdict = (
+                f"≤ 1.5× copy+fsync: {'met' if p <= 1.5 * r['durable'] else 'NOT met'}; "
+                f"≤ 1.5× copy: {'met' if p <= 1.5 * r['copy'] else 'NOT met'}"
+            )
+        rows.append(
+            [
+                f"{r['megabytes']:.1f} MB",
+                f"{p:.3f}",
+                f"{r['max']:.3f}",
+                f"{r['cold']:.3f}",
+                f"{r['copy']:.3f}",
+                f"{p / r['copy']:.2f}",
+                f"{r['durable']:.3f}",
+                f"{p / r['durable']:.2f}",
+                f"{r['sha256']:.3f}",
+                verdict,
+            ]
+        )
+    print(
+        f"early_stopped → champion moved, median of {args.repeats} (seconds); 'promote' = checkpoint loaded during the"
+    )
+    print(
+        "patience epochs (as in training), 'cold' = checkpoint_saved and early_stopped back to back (load on the critical path)"
+    )
+    print(
+        table(
+            [
+                "checkpoint",
+                "promote",
+                "max",
+                "cold",
+                "copy",
+                "ratio",
+                "copy+fsync",
+                "ratio",
+                "sha256 alone",
+                "target",
+            ],
+            rows,
+            align="lrrrrrrrrl",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -178,8 +178,13 @@ def one_fit(mode: str, workload: _workloads.Workload, epochs: int, settings) -> 
         callbacks.append(publisher)
     cpu0, t0 = time.process_time(), time.perf_counter()
     model.fit(
-        x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=workload.batch_size,
-        verbose=0, callbacks=callbacks,
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=epochs,
+        batch_size=workload.batch_size,
+        verbose=0,
+        callbacks=callbacks,
     )
     t1, cpu1 = time.perf_counter(), time.process_time()
     sent = None
@@ -199,9 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed fits per mode (default 5)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per fit (default 10)")
-    parser.add_argument("--warmup-epochs", type=int, default=2, help="epochs of the warm-up fit per mode (default 2)")
-    parser.add_argument("--workload", choices=sorted(_workloads.WORKLOADS), default="digits",
-                        help="digits (the CPU default) or convnet (big enough to keep a GPU busy)")
+    parser.add_argument(
+        "--warmup-epochs", type=int, default=2, help="epochs of the warm-up fit per mode (default 2)"
+    )
+    parser.add_argument(
+        "--workload",
+        choices=sorted(_workloads.WORKLOADS),
+        default="digits",
+        help="digits (the CPU default) or convnet (big enough to keep a GPU busy)",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (epoch 0 is excluded from the per-epoch figures)")
@@ -226,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in MODES:  # warm-up: tracing, imports, first Redis connection
                 one_fit(mode, workload, args.warmup_epochs, settings)
             for r in range(args.repeats):
-                order = MODES[r % 3:] + MODES[: r % 3]
+                order = MODES[r % 3 :] + MODES[: r % 3]
                 for mode in order:
                     results[mode].fits.append(one_fit(mode, workload, args.epochs, settings))
                 print(f"  repeat {r + 1}/{args.repeats} done ({' -> '.join(order)})", flush=True)
@@ -259,23 +270,45 @@ def main(argv: list[str] | None = None) -> int:
         result = "-" if target is None else ("met" if overhead <= target else "NOT met")
         if target is not None and resolution > target:
             result += " (noisy)"
-        epoch_rows.append([
-            mode, len(res.fits), f"{_common.median(sent):.0f}" if sent else "-",
-            f"{epoch * 1000:.2f}", "-" if is_base else f"{overhead:+.2f}%",
-            "-" if is_base else f"{(paired - 1) * 100:+.2f}%", "-" if is_base else f"{(best - 1) * 100:+.2f}%",
-            f"{spread:.1f}%", f"{body * 1000:.2f}", "-" if is_base else pct(body, b_body),
-            "-" if target is None else f"<= {target:g}%", result,
-        ])
-        hooks_epoch = res.hook_ms("on_epoch_begin", "on_train_batch_begin", "_read_epoch_learning_rate", "on_train_batch_end",
-                                  "on_test_end", "on_epoch_end", per_epoch=True)
-        fit_rows.append([
-            mode, f"{fit:.3f}", "-" if is_base else pct(fit, b_fit), f"{cpu:.3f}", "-" if is_base else pct(cpu, b_cpu),
-            "-" if is_base else f"{hooks_epoch:.3f}",
-            "-" if is_base else f"{hooks_epoch / (b_epoch * 1000) * 100:.2f}%",
-            "-" if is_base else f"{res.hook_ms('on_train_batch_end', per_epoch=True):.3f}",
-            "-" if is_base else f"{res.hook_ms('on_train_begin'):.1f}",
-            "-" if is_base else f"{res.hook_ms('on_train_end'):.1f}",
-        ])
+        epoch_rows.append(
+            [
+                mode,
+                len(res.fits),
+                f"{_common.median(sent):.0f}" if sent else "-",
+                f"{epoch * 1000:.2f}",
+                "-" if is_base else f"{overhead:+.2f}%",
+                "-" if is_base else f"{(paired - 1) * 100:+.2f}%",
+                "-" if is_base else f"{(best - 1) * 100:+.2f}%",
+                f"{spread:.1f}%",
+                f"{body * 1000:.2f}",
+                "-" if is_base else pct(body, b_body),
+                "-" if target is None else f"<= {target:g}%",
+                result,
+            ]
+        )
+        hooks_epoch = res.hook_ms(
+            "on_epoch_begin",
+            "on_train_batch_begin",
+            "_read_epoch_learning_rate",
+            "on_train_batch_end",
+            "on_test_end",
+            "on_epoch_end",
+            per_epoch=True,
+        )
+        fit_rows.append(
+            [
+                mode,
+                f"{fit:.3f}",
+                "-" if is_base else pct(fit, b_fit),
+                f"{cpu:.3f}",
+                "-" if is_base else pct(cpu, b_cpu),
+                "-" if is_base else f"{hooks_epoch:.3f}",
+                "-" if is_base else f"{hooks_epoch / (b_epoch * 1000) * 100:.2f}%",
+                "-" if is_base else f"{res.hook_ms('on_train_batch_end', per_epoch=True):.3f}",
+                "-" if is_base else f"{res.hook_ms('on_train_begin'):.1f}",
+                "-" if is_base else f"{res.hook_ms('on_train_end'):.1f}",
+            ]
+        )
         if target is not None:
             verdicts.append(
                 f"  {mode:<12} median-epoch overhead {overhead:+.2f}% (paired {(paired - 1) * 100:+.2f}%, "
@@ -286,33 +319,67 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print("Per-epoch wall time (epoch 0 excluded; epoch = on_epoch_begin -> next on_epoch_begin):")
-    print(_common.table(
-        ["mode", "fits", "events/fit", "median epoch ms", "overhead", "paired", "best-fit", "spread",
-         "epoch body ms", "overhead", "target", "result"],
-        epoch_rows,
-    ))
+    print(
+        _common.table(
+            [
+                "mode",
+                "fits",
+                "events/fit",
+                "median epoch ms",
+                "overhead",
+                "paired",
+                "best-fit",
+                "spread",
+                "epoch body ms",
+                "overhead",
+                "target",
+                "result",
+            ],
+            epoch_rows,
+        )
+    )
     print()
     print("Whole fit, and the publisher's own time on the training thread (medians over fits):")
-    print(_common.table(
-        ["mode", "fit s", "overhead", "CPU/fit s", "overhead", "hooks ms/epoch", "% baseline epoch",
-         "batch hook ms/epoch", "train_begin ms", "train_end ms"],
-        fit_rows,
-    ))
+    print(
+        _common.table(
+            [
+                "mode",
+                "fit s",
+                "overhead",
+                "CPU/fit s",
+                "overhead",
+                "hooks ms/epoch",
+                "% baseline epoch",
+                "batch hook ms/epoch",
+                "train_begin ms",
+                "train_end ms",
+            ],
+            fit_rows,
+        )
+    )
     print()
     print("per-fit median epoch (ms), in the order run:")
-    print(_common.table(
-        ["mode", *[f"rep {i + 1}" for i in range(args.repeats)]],
-        [[m, *[f"{t * 1000:.2f}" for t in results[m].per_fit_medians()]] for m in MODES],
-    ))
+    print(
+        _common.table(
+            ["mode", *[f"rep {i + 1}" for i in range(args.repeats)]],
+            [[m, *[f"{t * 1000:.2f}" for t in results[m].per_fit_medians()]] for m in MODES],
+        )
+    )
     print()
     expected = sum(f.events_sent or 0 for m in MODES for f in results[m].fits)
-    print(f"events in the stream at the end: {stream_len} (includes warm-up fits; timed fits sent {expected})")
-    print("paired = median over repeats of (mode / baseline) per-fit median epoch within the same repeat; "
-          "best-fit = fastest fit of the mode / fastest baseline fit; spread = (max - min) / median of the "
-          "mode's per-fit medians. hooks = time inside the publisher's Keras hooks (the sender thread's "
-          "work is not in it; it shows in CPU/fit).")
-    print("resolution = max(spread of mode, spread of baseline) / sqrt(fits); '(noisy)' marks a verdict finer "
-          "than that: trust the hooks figure and rerun with more --repeats on a quieter machine.")
+    print(
+        f"events in the stream at the end: {stream_len} (includes warm-up fits; timed fits sent {expected})"
+    )
+    print(
+        "paired = median over repeats of (mode / baseline) per-fit median epoch within the same repeat; "
+        "best-fit = fastest fit of the mode / fastest baseline fit; spread = (max - min) / median of the "
+        "mode's per-fit medians. hooks = time inside the publisher's Keras hooks (the sender thread's "
+        "work is not in it; it shows in CPU/fit)."
+    )
+    print(
+        "resolution = max(spread of mode, spread of baseline) / sqrt(fits); '(noisy)' marks a verdict finer "
+        "than that: trust the hooks figure and rerun with more --repeats on a quieter machine."
+    )
     print("targets (median epoch overhead vs baseline, same run):")
     print("\n".join(verdicts))
     print(f"total benchmark time {time.perf_counter() - t_start:.1f}s")

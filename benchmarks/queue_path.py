@@ -39,7 +39,12 @@ def _setup(home, stream_name: str, epochs: int):  # type: ignore[no-untyped-def]
     from pipeline.config import Settings
     from pipeline.jobs import load_spec, parse_spec
 
-    env = {**os.environ, "FITSTREAM_STREAM": stream_name, "FITSTREAM_HOME": str(home), "FITSTREAM_REDIS_URL": REDIS_URL}
+    env = {
+        **os.environ,
+        "FITSTREAM_STREAM": stream_name,
+        "FITSTREAM_HOME": str(home),
+        "FITSTREAM_REDIS_URL": REDIS_URL,
+    }
     settings = Settings(redis_url=REDIS_URL, stream=stream_name, home=home)
     base = load_spec(REPO / "examples" / "digits_mlp.yaml").model_dump(mode="json", by_alias=True)
     base["fit"]["epochs"] = epochs
@@ -57,10 +62,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--gap", type=float, default=0.0, help="idle seconds between jobs (lets the next child warm up)")
-    parser.add_argument("--boot", type=float, default=15.0, help="--queued: seconds the worker gets to boot and warm its children")
+    parser.add_argument(
+        "--gap", type=float, default=0.0, help="idle seconds between jobs (lets the next child warm up)"
+    )
+    parser.add_argument(
+        "--boot",
+        type=float,
+        default=15.0,
+        help="--queued: seconds the worker gets to boot and warm its children",
+    )
     parser.add_argument("--show-log", action="store_true", help="--queued: print the worker's log")
-    parser.add_argument("--queued", action="store_true", help="submit every job at once; report the handover between jobs")
+    parser.add_argument(
+        "--queued", action="store_true", help="submit every job at once; report the handover between jobs"
+    )
     args = parser.parse_args()
     if args.queued:
         return queued(args)
@@ -102,8 +116,11 @@ def main() -> None:
                         "overhead": total - finished.wall_time_s,
                     }
                 )
-                print(f"  job {index + 1}/{args.jobs}: submit→run_started {rows[-1]['to_started']:.2f}s, "
-                      f"→first epoch {rows[-1]['to_first_epoch']:.2f}s, total {total:.2f}s, fit {finished.wall_time_s:.2f}s", flush=True)
+                print(
+                    f"  job {index + 1}/{args.jobs}: submit→run_started {rows[-1]['to_started']:.2f}s, "
+                    f"→first epoch {rows[-1]['to_first_epoch']:.2f}s, total {total:.2f}s, fit {finished.wall_time_s:.2f}s",
+                    flush=True,
+                )
 
         # Peer: the same fit in this (warm) process, with the same callbacks, no queue.
         import keras
@@ -118,8 +135,20 @@ def main() -> None:
             checkpoint = keras.callbacks.ModelCheckpoint(str(home / "peer.keras"), save_best_only=True)
             publisher = EventPublisher(name="peer", settings=settings, watch=[checkpoint])
             t0 = time.perf_counter()
-            model.fit(x, y, validation_data=validation, epochs=args.epochs, batch_size=32, verbose=0,
-                      callbacks=[keras.callbacks.TerminateOnNaN(), checkpoint, keras.callbacks.CSVLogger(str(home / "peer.csv")), publisher])
+            model.fit(
+                x,
+                y,
+                validation_data=validation,
+                epochs=args.epochs,
+                batch_size=32,
+                verbose=0,
+                callbacks=[
+                    keras.callbacks.TerminateOnNaN(),
+                    checkpoint,
+                    keras.callbacks.CSVLogger(str(home / "peer.csv")),
+                    publisher,
+                ],
+            )
             peer.append(time.perf_counter() - t0)
         delete_stream_keys(REDIS_URL, stream_name)
 
@@ -127,8 +156,10 @@ def main() -> None:
         return f"{name:<32} {statistics.median(values):>8.2f} {_percentile(values, 0.9):>8.2f} {min(values):>8.2f} {max(values):>8.2f}"
 
     print()
-    print(f"queue path: {args.jobs} jobs of the digits MLP, {args.epochs} epochs each, one real worker, "
-          f"{args.gap:g}s idle between jobs (seconds)")
+    print(
+        f"queue path: {args.jobs} jobs of the digits MLP, {args.epochs} epochs each, one real worker, "
+        f"{args.gap:g}s idle between jobs (seconds)"
+    )
     print(f"{'':<32} {'median':>8} {'p90':>8} {'min':>8} {'max':>8}")
     print(line("submit → run_started", [r["to_started"] for r in rows]))
     print(line("submit → first epoch_end", [r["to_first_epoch"] for r in rows]))
@@ -165,17 +196,24 @@ def queued(args: argparse.Namespace) -> None:
                 if started is None or finished is None:
                     raise SystemExit(f"job {index} did not finish; see {home / 'worker.log'}")
                 spans.append((started, finished))
-                print(f"  job {index + 1}/{args.jobs}: run_started {started:.2f}, run_finished {finished:.2f}", flush=True)
+                print(
+                    f"  job {index + 1}/{args.jobs}: run_started {started:.2f}, run_finished {finished:.2f}",
+                    flush=True,
+                )
         delete_stream_keys(REDIS_URL, stream_name)
         if args.show_log:
             print((home / "worker.log").read_text(errors="replace"))
     overlaps = sum(1 for (_, end), (start, _) in zip(spans, spans[1:]) if start < end)
     handovers = [start - end for (_, end), (start, _) in zip(spans, spans[1:])]
     print()
-    print(f"queued: {args.jobs} jobs of the digits MLP submitted at once, {args.epochs} epochs each, one real worker")
+    print(
+        f"queued: {args.jobs} jobs of the digits MLP submitted at once, {args.epochs} epochs each, one real worker"
+    )
     print(f"{'':<40} {'median':>8} {'p90':>8} {'min':>8} {'max':>8}")
-    print(f"{'run_finished → next run_started (s)':<40} {statistics.median(handovers):>8.2f} "
-          f"{_percentile(handovers, 0.9):>8.2f} {min(handovers):>8.2f} {max(handovers):>8.2f}")
+    print(
+        f"{'run_finished → next run_started (s)':<40} {statistics.median(handovers):>8.2f} "
+        f"{_percentile(handovers, 0.9):>8.2f} {min(handovers):>8.2f} {max(handovers):>8.2f}"
+    )
     print("each handover (s): " + ", ".join(f"{h:.2f}" for h in handovers))
     print(f"jobs that started before the previous one finished: {overlaps} (one job at a time: 0)")
 

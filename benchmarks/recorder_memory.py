@@ -75,16 +75,31 @@ def payload(index: int, args_tuple: tuple) -> dict[str, str]:  # type: ignore[ty
         run, epoch = index // per_run, index % per_run
     metrics = {f"m{m}": ((index * 7919 + m * 104729) % 100_003) / 100_003 for m in range(n_metrics)}
     event = {
-        "v": 1, "id": f"{seed:04d}e{index:016d}", "run_id": run_id_for(seed, run), "seq": epoch + 1,
-        "ts": 1_700_000_000.0 + index * 0.01, "type": "epoch_end", "epoch": epoch, "metrics": metrics,
-        "learning_rate": 0.001, "wall_time_s": 0.2, "steps": 45,
-        "samples_per_second": 7000.0, "steps_per_second": 220.0,
+        "v": 1,
+        "id": f"{seed:04d}e{index:016d}",
+        "run_id": run_id_for(seed, run),
+        "seq": epoch + 1,
+        "ts": 1_700_000_000.0 + index * 0.01,
+        "type": "epoch_end",
+        "epoch": epoch,
+        "metrics": metrics,
+        "learning_rate": 0.001,
+        "wall_time_s": 0.2,
+        "steps": 45,
+        "samples_per_second": 7000.0,
+        "steps_per_second": 220.0,
     }
     return {"v": "1", "event": json.dumps(event, separators=(",", ":"))}
 
 
-def producer_main(redis_url: str, stream: str, args_tuple: tuple, publish_batch: int,  # type: ignore[type-arg]
-                  requests, replies) -> None:  # type: ignore[no-untyped-def]
+def producer_main(
+    redis_url: str,
+    stream: str,
+    args_tuple: tuple,
+    publish_batch: int,  # type: ignore[type-arg]
+    requests,
+    replies,
+) -> None:  # type: ignore[no-untyped-def]
     from pipeline.bus import EventStream
     from pipeline.config import Settings
 
@@ -106,7 +121,7 @@ def redis_used_memory(client) -> int:  # type: ignore[no-untyped-def]
 
 def db_size(url: str, engine) -> int:  # type: ignore[no-untyped-def]
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = Path(url[len("sqlite:///") :])
         return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
     with engine.connect() as conn:
         return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar())
@@ -119,13 +134,25 @@ def mib(kib_or_bytes: float, *, kib: bool = True) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="events in all (default 1000000)")
-    parser.add_argument("--chunk", type=int, default=50_000, help="events per chunk / RSS sample (default 50000)")
+    parser.add_argument(
+        "--chunk", type=int, default=50_000, help="events per chunk / RSS sample (default 50000)"
+    )
     parser.add_argument("--metrics", type=int, default=5, help="metrics per event (default 5)")
-    parser.add_argument("--runs", type=int, default=None, help="runs the events belong to (default: events / chunk)")
-    parser.add_argument("--order", choices=("interleaved", "run-by-run"), default="interleaved",
-                        help="interleave the runs' events (default) or publish run by run")
-    parser.add_argument("--batch-size", type=int, default=5000, help="recorder ConsumerLoop batch_size (default 5000)")
-    parser.add_argument("--publish-batch", type=int, default=1000, help="events per pipelined publish (default 1000)")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="runs the events belong to (default: events / chunk)"
+    )
+    parser.add_argument(
+        "--order",
+        choices=("interleaved", "run-by-run"),
+        default="interleaved",
+        help="interleave the runs' events (default) or publish run by run",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=5000, help="recorder ConsumerLoop batch_size (default 5000)"
+    )
+    parser.add_argument(
+        "--publish-batch", type=int, default=1000, help="events per pipelined publish (default 1000)"
+    )
     parser.add_argument("--warmup-chunks", type=int, default=2, help="samples treated as warm-up (default 2)")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--seed", type=int, default=1)
@@ -151,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     stream = _common.unique_stream()
     client = redis.Redis.from_url(_common.REDIS_URL)
     print(f"recorder_memory: {_common.machine_line()}")
-    print(f"{args.events} epoch_end events x {args.metrics} metrics in {n_chunks} chunks of {args.chunk}, {runs} runs "
-          f"({args.order}), backend={args.backend}, "
-          f"recorder batch_size={args.batch_size}, stream={stream}")
+    print(
+        f"{args.events} epoch_end events x {args.metrics} metrics in {n_chunks} chunks of {args.chunk}, {runs} runs "
+        f"({args.order}), backend={args.backend}, "
+        f"recorder batch_size={args.batch_size}, stream={stream}"
+    )
 
     class CountingRecorder(Recorder):
         calls = 0
@@ -171,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     rss_series: list[int] = []
     ctx = mp.get_context("spawn")
     requests, replies = ctx.Queue(), ctx.Queue()
-    producer = ctx.Process(target=producer_main, args=(_common.REDIS_URL, stream, args_tuple, args.publish_batch,
-                                                       requests, replies), daemon=True)
+    producer = ctx.Process(
+        target=producer_main,
+        args=(_common.REDIS_URL, stream, args_tuple, args.publish_batch, requests, replies),
+        daemon=True,
+    )
     t_start = time.perf_counter()
     with _common.temp_dir() as tmp:
         pg_cm = _common.postgres_database() if args.backend == "postgresql" else None
@@ -181,11 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             migrate.upgrade(url)
             engine = make_engine(url)
-            settings = Settings(redis_url=_common.REDIS_URL, database_url=url, stream=stream,
-                                stream_retention_seconds=0, consumer_block_ms=100)
+            settings = Settings(
+                redis_url=_common.REDIS_URL,
+                database_url=url,
+                stream=stream,
+                stream_retention_seconds=0,
+                consumer_block_ms=100,
+            )
             recorder = CountingRecorder(engine)
-            loop = ConsumerLoop(recorder, EventStream(settings=settings), consumer_name="bench-memory",
-                                batch_size=args.batch_size)
+            loop = ConsumerLoop(
+                recorder,
+                EventStream(settings=settings),
+                consumer_name="bench-memory",
+                batch_size=args.batch_size,
+            )
             loop.stream.ensure_group(loop.group)
             producer.start()
             bounds = [(k * args.chunk, min((k + 1) * args.chunk, args.events)) for k in range(n_chunks)]
@@ -205,12 +246,20 @@ def main(argv: list[str] | None = None) -> int:
                 mem = _common.rss_kib()
                 objects = len(gc.get_objects())
                 rss_series.append(mem["VmRSS"])
-                samples.append([
-                    f"{k + 1}{'*' if k < warmup else ''}", f"{loop.stats.processed:,}", mib(mem["VmRSS"]),
-                    mib(mem["VmHWM"]), f"{objects:,}", mib(redis_used_memory(client), kib=False),
-                    f"{client.xlen(stream):,}", mib(db_size(url, engine), kib=False),
-                    f"{(hi - _lo) / elapsed:,.0f}", f"{recorder.failed}",
-                ])
+                samples.append(
+                    [
+                        f"{k + 1}{'*' if k < warmup else ''}",
+                        f"{loop.stats.processed:,}",
+                        mib(mem["VmRSS"]),
+                        mib(mem["VmHWM"]),
+                        f"{objects:,}",
+                        mib(redis_used_memory(client), kib=False),
+                        f"{client.xlen(stream):,}",
+                        mib(db_size(url, engine), kib=False),
+                        f"{(hi - _lo) / elapsed:,.0f}",
+                        f"{recorder.failed}",
+                    ]
+                )
                 print("  chunk " + " | ".join(samples[-1]), flush=True)
                 if k + 1 < n_chunks:
                     published_at = replies.get(timeout=600)
@@ -227,18 +276,32 @@ def main(argv: list[str] | None = None) -> int:
     del published_at
 
     print()
-    print(_common.table(
-        ["chunk", "events consumed", "RSS MiB", "peak MiB", "gc objects", "redis MiB", "stream len", "db MiB",
-         "events/s", "failed batches"],
-        samples,
-    ))
+    print(
+        _common.table(
+            [
+                "chunk",
+                "events consumed",
+                "RSS MiB",
+                "peak MiB",
+                "gc objects",
+                "redis MiB",
+                "stream len",
+                "db MiB",
+                "events/s",
+                "failed batches",
+            ],
+            samples,
+        )
+    )
     first, last = rss_series[warmup], rss_series[-1]
     consumed_after = (n_chunks - 1 - warmup) * args.chunk
     per_100k = (last - first) / (consumed_after / 100_000) if consumed_after else float("nan")
     print()
-    print(f"* = warm-up. RSS after warm-up (chunk {warmup + 1}): {mib(first)} MiB; last: {mib(last)} MiB; "
-          f"growth {mib(last - first)} MiB ({(last / first - 1) * 100:+.1f}%) over {consumed_after:,} more events "
-          f"= {per_100k / 1024:+.2f} MiB per 100k events; peak {mib(max(rss_series))} MiB")
+    print(
+        f"* = warm-up. RSS after warm-up (chunk {warmup + 1}): {mib(first)} MiB; last: {mib(last)} MiB; "
+        f"growth {mib(last - first)} MiB ({(last / first - 1) * 100:+.1f}%) over {consumed_after:,} more events "
+        f"= {per_100k / 1024:+.2f} MiB per 100k events; peak {mib(max(rss_series))} MiB"
+    )
     print(f"recorder handle calls {recorder.calls}, failed (retried event by event) {recorder.failed}")
     print(f"total benchmark time {time.perf_counter() - t_start:.1f}s")
     return 0

@@ -84,19 +84,35 @@ def make_events(n_events: int, n_runs: int, n_metrics: int, seed: int) -> list[d
             if len(out) >= n_events:
                 break
             event = ev.EpochEnd(
-                id=f"{seed:04d}{len(out):012d}{r:06d}", run_id=run_id, seq=epoch + 1,
-                ts=base_ts + epoch * 10 + r * 0.001, epoch=epoch,
+                id=f"{seed:04d}{len(out):012d}{r:06d}",
+                run_id=run_id,
+                seq=epoch + 1,
+                ts=base_ts + epoch * 10 + r * 0.001,
+                epoch=epoch,
                 metrics={name: rng.random() for name in names},
-                learning_rate=1e-3, wall_time_s=0.2, steps=45,
-                samples_per_second=7000.0, steps_per_second=220.0,
+                learning_rate=1e-3,
+                wall_time_s=0.2,
+                steps=45,
+                samples_per_second=7000.0,
+                steps_per_second=220.0,
             )
             out.append(ev.encode(event))
         epoch += 1
     return out
 
 
-def producer_main(redis_url: str, stream: str, n_events: int, n_runs: int, n_metrics: int, seed: int,
-                  publish_batch: int, ready, go, results) -> None:  # type: ignore[no-untyped-def]
+def producer_main(
+    redis_url: str,
+    stream: str,
+    n_events: int,
+    n_runs: int,
+    n_metrics: int,
+    seed: int,
+    publish_batch: int,
+    ready,
+    go,
+    results,
+) -> None:  # type: ignore[no-untyped-def]
     from pipeline.bus import EventStream
     from pipeline.config import Settings
 
@@ -107,7 +123,7 @@ def producer_main(redis_url: str, stream: str, n_events: int, n_runs: int, n_met
     go.wait()
     t_first = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes on Linux
     for i in range(0, len(payloads), publish_batch):
-        bus.publish(payloads[i: i + publish_batch])
+        bus.publish(payloads[i : i + publish_batch])
     results.put((t_first, time.perf_counter()))
 
 
@@ -130,8 +146,18 @@ def start_producer(ctx, stream: str, args, seed: int):  # type: ignore[no-untype
     ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
     proc = ctx.Process(
         target=producer_main,
-        args=(_common.REDIS_URL, stream, args.events, args.runs, args.metrics, seed, args.publish_batch,
-              ready, go, results),
+        args=(
+            _common.REDIS_URL,
+            stream,
+            args.events,
+            args.runs,
+            args.metrics,
+            seed,
+            args.publish_batch,
+            ready,
+            go,
+            results,
+        ),
         daemon=True,
     )
     proc.start()
@@ -179,10 +205,16 @@ def run_recorder(ctx, url: str, args, seed: int) -> Trial:  # type: ignore[no-un
     stream = _common.unique_stream()
     engine = make_engine(url)
     try:
-        settings = Settings(redis_url=_common.REDIS_URL, database_url=url, stream=stream, consumer_block_ms=100)
+        settings = Settings(
+            redis_url=_common.REDIS_URL, database_url=url, stream=stream, consumer_block_ms=100
+        )
         recorder = TimedRecorder(engine)
-        loop = ConsumerLoop(recorder, EventStream(settings=settings), consumer_name="bench-recorder",
-                            batch_size=args.batch_size)
+        loop = ConsumerLoop(
+            recorder,
+            EventStream(settings=settings),
+            consumer_name="bench-recorder",
+            batch_size=args.batch_size,
+        )
         loop.stream.ensure_group(loop.group)
         proc, go, results = start_producer(ctx, stream, args, seed)
         go.set()
@@ -192,8 +224,18 @@ def run_recorder(ctx, url: str, args, seed: int) -> Trial:  # type: ignore[no-un
         t_first, t_published = results.get(timeout=60)
         proc.join(timeout=30)
         rows = count_metrics(engine)
-        return Trial("recorder", t_end - t_first, t_published - t_first, loop.stats.processed, rows,
-                     recorder.handle_seconds, loop.stats.batches, recorder.calls, recorder.failed, recorder.failure)
+        return Trial(
+            "recorder",
+            t_end - t_first,
+            t_published - t_first,
+            loop.stats.processed,
+            rows,
+            recorder.handle_seconds,
+            loop.stats.batches,
+            recorder.calls,
+            recorder.failed,
+            recorder.failure,
+        )
     finally:
         engine.dispose()
         _common.delete_stream_keys(_common.REDIS_URL, stream)
@@ -226,8 +268,10 @@ def run_naive(ctx, url: str, args, seed: int) -> Trial:  # type: ignore[no-untyp
                     event = json.loads(fields[b"event"])
                     if event["type"] == "epoch_end":
                         run_id, epoch = event["run_id"], event["epoch"]
-                        rows.extend({"run_id": run_id, "name": name, "epoch": epoch, "value": value}
-                                    for name, value in event["metrics"].items())
+                        rows.extend(
+                            {"run_id": run_id, "name": name, "epoch": epoch, "value": value}
+                            for name, value in event["metrics"].items()
+                        )
             if not ids:
                 continue
             with engine.begin() as conn:
@@ -239,7 +283,9 @@ def run_naive(ctx, url: str, args, seed: int) -> Trial:  # type: ignore[no-untyp
         t_end = time.perf_counter()
         t_first, t_published = results.get(timeout=60)
         proc.join(timeout=30)
-        return Trial("naive", t_end - t_first, t_published - t_first, done, count_metrics(engine), None, batches)
+        return Trial(
+            "naive", t_end - t_first, t_published - t_first, done, count_metrics(engine), None, batches
+        )
     finally:
         client.close()
         engine.dispose()
@@ -269,7 +315,9 @@ def bench_backend(ctx, backend: str, args) -> dict[str, list[Trial]]:  # type: i
             t_backend = time.perf_counter()
             for rep in range(args.repeats):
                 if rep and time.perf_counter() - t_backend > args.budget_s:
-                    print(f"  {backend}: --budget-s {args.budget_s:g}s spent after {rep} repeat(s); not starting more")
+                    print(
+                        f"  {backend}: --budget-s {args.budget_s:g}s spent after {rep} repeat(s); not starting more"
+                    )
                     break
                 order = ("recorder", "naive") if rep % 2 == 0 else ("naive", "recorder")
                 for peer in order:
@@ -281,10 +329,16 @@ def bench_backend(ctx, backend: str, args) -> dict[str, list[Trial]]:  # type: i
                         migrate.upgrade(url)
                     trial = runners[peer](ctx, url, args, seed=args.seed)
                     trials[peer].append(trial)
-                    print(f"  {backend:<10} {peer:<8} rep {rep + 1}/{args.repeats}: {trial.seconds:.3f}s, "
-                          f"{trial.metric_rows} metric rows, {trial.batches} batches"
-                          + (f", {trial.handle_calls} handle calls ({trial.handle_failed} failed)"
-                             if peer == "recorder" else ""), flush=True)
+                    print(
+                        f"  {backend:<10} {peer:<8} rep {rep + 1}/{args.repeats}: {trial.seconds:.3f}s, "
+                        f"{trial.metric_rows} metric rows, {trial.batches} batches"
+                        + (
+                            f", {trial.handle_calls} handle calls ({trial.handle_failed} failed)"
+                            if peer == "recorder"
+                            else ""
+                        ),
+                        flush=True,
+                    )
         finally:
             if pg_cm is not None:
                 pg_cm.__exit__(*sys.exc_info())
@@ -293,15 +347,25 @@ def bench_backend(ctx, backend: str, args) -> dict[str, list[Trial]]:  # type: i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=20_000, help="epoch_end events per trial (default 20000)")
+    parser.add_argument(
+        "--events", type=int, default=20_000, help="epoch_end events per trial (default 20000)"
+    )
     parser.add_argument("--metrics", type=int, default=10, help="metrics per event (default 10)")
     parser.add_argument("--runs", type=int, default=100, help="runs the events are spread over (default 100)")
-    parser.add_argument("--batch-size", type=int, default=5000, help="recorder ConsumerLoop batch_size (default 5000)")
-    parser.add_argument("--publish-batch", type=int, default=1000, help="events per pipelined publish (default 1000)")
+    parser.add_argument(
+        "--batch-size", type=int, default=5000, help="recorder ConsumerLoop batch_size (default 5000)"
+    )
+    parser.add_argument(
+        "--publish-batch", type=int, default=1000, help="events per pipelined publish (default 1000)"
+    )
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
     parser.add_argument("--repeats", type=int, default=3, help="trials per backend and peer (default 3)")
-    parser.add_argument("--budget-s", type=float, default=100.0,
-                        help="start no further repeat on a backend after this many seconds (default 100)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=100.0,
+        help="start no further repeat on a backend after this many seconds (default 100)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -312,9 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("spawn")
     expected_rows = args.events * args.metrics
     print(f"recorder_throughput: {_common.machine_line()}")
-    print(f"{args.events} epoch_end events x {args.metrics} metrics = {expected_rows} metric rows over {args.runs} runs; "
-          f"recorder batch_size={args.batch_size}, naive read count={NAIVE_READ}, publish batch={args.publish_batch}, "
-          f"repeats={args.repeats}; run id {uuid.uuid4().hex[:8]}")
+    print(
+        f"{args.events} epoch_end events x {args.metrics} metrics = {expected_rows} metric rows over {args.runs} runs; "
+        f"recorder batch_size={args.batch_size}, naive read count={NAIVE_READ}, publish batch={args.publish_batch}, "
+        f"repeats={args.repeats}; run id {uuid.uuid4().hex[:8]}"
+    )
     t_start = time.perf_counter()
     all_trials = {backend: bench_backend(ctx, backend, args) for backend in backends}
 
@@ -326,22 +392,33 @@ def main(argv: list[str] | None = None) -> int:
             ts = trials[peer]
             secs = med[peer]
             ok_rows = all(t.metric_rows == expected_rows and t.events == args.events for t in ts)
-            handle = _common.median([t.handle_seconds for t in ts if t.handle_seconds is not None]) if peer == "recorder" else None
+            handle = (
+                _common.median([t.handle_seconds for t in ts if t.handle_seconds is not None])
+                if peer == "recorder"
+                else None
+            )
             target = TARGETS[backend]
             metric_rate = expected_rows / secs
-            rows.append([
-                backend, peer, len(ts), f"{secs:.3f}",
-                f"{args.events / secs:,.0f}", f"{metric_rate:,.0f}",
-                "1.00" if peer == "naive" else f"{med['naive'] / secs:.2f}",
-                f"{handle:.3f}" if handle is not None else "-",
-                f"{secs - handle:.3f}" if handle is not None else "-",
-                f"{_common.median([t.publish_seconds for t in ts]):.3f}",
-                f"{_common.median([t.handle_calls for t in ts]):.0f}/{_common.median([t.handle_failed for t in ts]):.0f}"
-                if peer == "recorder" else "-",
-                "yes" if ok_rows else "NO",
-                f">= {target:,}" if peer == "recorder" else "-",
-                ("met" if metric_rate >= target else "NOT met") if peer == "recorder" else "-",
-            ])
+            rows.append(
+                [
+                    backend,
+                    peer,
+                    len(ts),
+                    f"{secs:.3f}",
+                    f"{args.events / secs:,.0f}",
+                    f"{metric_rate:,.0f}",
+                    "1.00" if peer == "naive" else f"{med['naive'] / secs:.2f}",
+                    f"{handle:.3f}" if handle is not None else "-",
+                    f"{secs - handle:.3f}" if handle is not None else "-",
+                    f"{_common.median([t.publish_seconds for t in ts]):.3f}",
+                    f"{_common.median([t.handle_calls for t in ts]):.0f}/{_common.median([t.handle_failed for t in ts]):.0f}"
+                    if peer == "recorder"
+                    else "-",
+                    "yes" if ok_rows else "NO",
+                    f">= {target:,}" if peer == "recorder" else "-",
+                    ("met" if metric_rate >= target else "NOT met") if peer == "recorder" else "-",
+                ]
+            )
             failures = {t.failure for t in ts if t.failure}
             for failure in failures:
                 notes.append(
@@ -352,16 +429,34 @@ def main(argv: list[str] | None = None) -> int:
             if not ok_rows:
                 notes.append(f"{backend}/{peer}: row counts {[t.metric_rows for t in ts]} != {expected_rows}")
     print()
-    print(_common.table(
-        ["backend", "peer", "trials", "median s", "events/s", "metric rows/s", "speed vs naive", "in handle s",
-         "outside s", "publish s", "handle calls/failed", "rows ok", "target rows/s", "target"],
-        rows,
-    ))
+    print(
+        _common.table(
+            [
+                "backend",
+                "peer",
+                "trials",
+                "median s",
+                "events/s",
+                "metric rows/s",
+                "speed vs naive",
+                "in handle s",
+                "outside s",
+                "publish s",
+                "handle calls/failed",
+                "rows ok",
+                "target rows/s",
+                "target",
+            ],
+            rows,
+        )
+    )
     print()
-    print("speed vs naive = naive time / recorder time (>1: recorder faster). 'in handle' = time inside "
-          "Recorder.handle (the SQL transaction); 'outside' = XREADGROUP + decode/validate + XACK + waiting; "
-          "'publish' = producer's own publish time (separate process); 'handle calls/failed' = "
-          "Recorder.handle calls per trial and how many raised (a raising batch is retried event by event).")
+    print(
+        "speed vs naive = naive time / recorder time (>1: recorder faster). 'in handle' = time inside "
+        "Recorder.handle (the SQL transaction); 'outside' = XREADGROUP + decode/validate + XACK + waiting; "
+        "'publish' = producer's own publish time (separate process); 'handle calls/failed' = "
+        "Recorder.handle calls per trial and how many raised (a raising batch is retried event by event)."
+    )
     for note in notes:
         print(f"NOTE: {note}")
     print(f"total benchmark time {time.perf_counter() - t_start:.1f}s")

@@ -35,7 +35,12 @@ LEARNING_RATES = [0.001, 0.003, 0.01, 0.03]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--max-parallel", type=int, default=None, help="the sweep's max_parallel (default: all queued at once)")
+    parser.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        help="the sweep's max_parallel (default: all queued at once)",
+    )
     args = parser.parse_args()
 
     import yaml
@@ -50,13 +55,20 @@ def main() -> None:
     stream_name = unique_stream()
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     with temp_dir() as home:
-        env = {**os.environ, "FITSTREAM_STREAM": stream_name, "FITSTREAM_HOME": str(home), "FITSTREAM_REDIS_URL": REDIS_URL}
+        env = {
+            **os.environ,
+            "FITSTREAM_STREAM": stream_name,
+            "FITSTREAM_HOME": str(home),
+            "FITSTREAM_REDIS_URL": REDIS_URL,
+        }
         settings = Settings(redis_url=REDIS_URL, stream=stream_name, home=home)
         base = load_spec(REPO / "examples" / "digits_mlp.yaml").model_dump(mode="json", by_alias=True)
         base["fit"].update(epochs=args.epochs, verbose=0)
         base["early_stopping"] = None
-        base["sweep"] = {"grid": {"model.kwargs.hidden": HIDDEN, "model.kwargs.learning_rate": LEARNING_RATES},
-                         "max_parallel": args.max_parallel}
+        base["sweep"] = {
+            "grid": {"model.kwargs.hidden": HIDDEN, "model.kwargs.learning_rate": LEARNING_RATES},
+            "max_parallel": args.max_parallel,
+        }
         sweep = parse_sweep(yaml.safe_load(yaml.safe_dump(base)))
         with running_worker(queue, env, home / "worker.log"):
             time.sleep(8)  # worker boot and its first child's TensorFlow import: not part of the sweep
@@ -72,7 +84,10 @@ def main() -> None:
                 if last is None or last.type != "run_finished":
                     raise SystemExit(f"trial {index + 1} did not finish; see {home / 'worker.log'}")
                 finished.append(last)
-                print(f"  trial {index + 1}/{len(submitted.run_ids)}: {last.status}, fit {last.wall_time_s:.2f}s", flush=True)
+                print(
+                    f"  trial {index + 1}/{len(submitted.run_ids)}: {last.status}, fit {last.wall_time_s:.2f}s",
+                    flush=True,
+                )
         wall = max(e.ts for e in finished) - t_submit
         fits = sum(e.wall_time_s or 0.0 for e in finished)
 
@@ -88,15 +103,29 @@ def main() -> None:
             model = digits.build_model(**trial.spec.model.kwargs)
             checkpoint = keras.callbacks.ModelCheckpoint(str(home / "peer.keras"), save_best_only=True)
             publisher = EventPublisher(name="peer", settings=settings, watch=[checkpoint], batch_size=32)
-            model.fit(x, y, validation_data=validation, epochs=args.epochs, batch_size=32, verbose=0,
-                      callbacks=[keras.callbacks.TerminateOnNaN(), checkpoint, keras.callbacks.CSVLogger(str(home / "peer.csv")), publisher])
+            model.fit(
+                x,
+                y,
+                validation_data=validation,
+                epochs=args.epochs,
+                batch_size=32,
+                verbose=0,
+                callbacks=[
+                    keras.callbacks.TerminateOnNaN(),
+                    checkpoint,
+                    keras.callbacks.CSVLogger(str(home / "peer.csv")),
+                    publisher,
+                ],
+            )
         peer = time.perf_counter() - t0
         delete_stream_keys(REDIS_URL, stream_name)
 
     trials = len(finished)
     print()
-    print(f"sweep of {trials} trials (digits MLP, {args.epochs} epochs each, hidden × learning rate), one real worker, "
-          f"max_parallel {args.max_parallel or 'all'} (seconds)")
+    print(
+        f"sweep of {trials} trials (digits MLP, {args.epochs} epochs each, hidden × learning rate), one real worker, "
+        f"max_parallel {args.max_parallel or 'all'} (seconds)"
+    )
     print(f"  submit (validate {trials} trials, announce, queue)   {t_queued - t_submit:8.3f}")
     print(f"  sweep wall time, submit → last run_finished       {wall:8.2f}")
     print(f"  sum of the trials' own fit times                  {fits:8.2f}")

@@ -50,9 +50,16 @@ def load(db_path: Path, metrics: int, points: int) -> None:
     url = f"sqlite:///{db_path}"
     migrate.upgrade(url)
     conn = sqlite3.connect(db_path)
-    conn.execute("INSERT INTO runs (run_id, name, status, epochs_completed, monitor, mode, started_at) "
-                 "VALUES (?, 'big-run', 'running', ?, 'm0', 'min', CURRENT_TIMESTAMP)", (RUN, points))
-    rows = ((RUN, f"m{m}" if m else "m0", e, 1.0 / (1 + e) + 0.001 * ((e * 7919 + m) % 97)) for m in range(metrics) for e in range(points))
+    conn.execute(
+        "INSERT INTO runs (run_id, name, status, epochs_completed, monitor, mode, started_at) "
+        "VALUES (?, 'big-run', 'running', ?, 'm0', 'min', CURRENT_TIMESTAMP)",
+        (RUN, points),
+    )
+    rows = (
+        (RUN, f"m{m}" if m else "m0", e, 1.0 / (1 + e) + 0.001 * ((e * 7919 + m) % 97))
+        for m in range(metrics)
+        for e in range(points)
+    )
     conn.executemany("INSERT INTO epoch_metrics (run_id, name, epoch, value) VALUES (?, ?, ?, ?)", rows)
     conn.commit()
     conn.close()
@@ -72,7 +79,9 @@ class Server:
 
         self.port = _common.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20
@@ -109,9 +118,19 @@ def page_time(url: str) -> float | None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         page.goto(url + "/healthz")
         start = time.perf_counter()
@@ -127,7 +146,9 @@ def fan_out(server: Server, settings: Settings, viewers: int, events: int) -> di
     ready = threading.Barrier(viewers + 1)
 
     def viewer(i: int) -> None:
-        with requests.get(f"{server.url}/api/runs/{RUN}/events?after={int(time.time() * 1000)}-0", stream=True, timeout=120) as response:
+        with requests.get(
+            f"{server.url}/api/runs/{RUN}/events?after={int(time.time() * 1000)}-0", stream=True, timeout=120
+        ) as response:
             ready.wait()
             for line in response.iter_lines(decode_unicode=True):
                 if line.startswith("data:"):
@@ -147,7 +168,9 @@ def fan_out(server: Server, settings: Settings, viewers: int, events: int) -> di
     sent: dict[int, float] = {}
     for n in range(events):
         sent[n] = time.time()
-        stream.publish([ev.build(ev.EpochEnd, run_id=RUN, seq=10_000_000 + n, epoch=1_000_000 + n, metrics={"m0": 0.5})])
+        stream.publish(
+            [ev.build(ev.EpochEnd, run_id=RUN, seq=10_000_000 + n, epoch=1_000_000 + n, metrics={"m0": 0.5})]
+        )
         time.sleep(0.05)
     for thread in threads:
         thread.join(timeout=30)
@@ -155,8 +178,13 @@ def fan_out(server: Server, settings: Settings, viewers: int, events: int) -> di
     latencies = [(t - sent[epoch - 1_000_000]) * 1000 for got in received for epoch, t in got]
     latencies.sort()
     complete = sum(1 for got in received if [e for e, _ in got] == [1_000_000 + n for n in range(events)])
-    return {"p50": statistics.median(latencies), "p99": latencies[int(0.99 * (len(latencies) - 1))], "max": latencies[-1],
-            "complete": complete, "sql": sql_during}
+    return {
+        "p50": statistics.median(latencies),
+        "p99": latencies[int(0.99 * (len(latencies) - 1))],
+        "max": latencies[-1],
+        "complete": complete,
+        "sql": sql_during,
+    }
 
 
 _STATEMENTS = [0]
@@ -193,18 +221,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args(argv)
-    sa.event.listen(sa.engine.Engine, "before_cursor_execute", lambda *a, **k: _STATEMENTS.__setitem__(0, _STATEMENTS[0] + 1))
+    sa.event.listen(
+        sa.engine.Engine,
+        "before_cursor_execute",
+        lambda *a, **k: _STATEMENTS.__setitem__(0, _STATEMENTS[0] + 1),
+    )
     with _common.temp_dir() as tmp:
         db = tmp / "history.db"
         started = time.perf_counter()
         load(db, args.metrics, args.points)
-        print(f"loaded {args.metrics * args.points:,} epoch_metrics rows in {time.perf_counter() - started:.1f}s", flush=True)
+        print(
+            f"loaded {args.metrics * args.points:,} epoch_metrics rows in {time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
         stream_name = _common.unique_stream()
-        settings = Settings(redis_url=_common.REDIS_URL, database_url=f"sqlite:///{db}", stream=stream_name, home=tmp / "home")
+        settings = Settings(
+            redis_url=_common.REDIS_URL, database_url=f"sqlite:///{db}", stream=stream_name, home=tmp / "home"
+        )
         server = Server(settings)
         try:
             down = [timed_get(f"{server.url}/api/runs/{RUN}/metrics") for _ in range(args.repeats)]
-            raw = [timed_get(f"{server.url}/api/runs/{RUN}/metrics?limit=100000000") for _ in range(max(1, args.repeats // 2))]
+            raw = [
+                timed_get(f"{server.url}/api/runs/{RUN}/metrics?limit=100000000")
+                for _ in range(max(1, args.repeats // 2))
+            ]
             drawn = [t for t in (page_time(server.url) for _ in range(3)) if t is not None]
             fan = fan_out(server, settings, args.viewers, args.events)
             polled = polling_peer(server, args.viewers, seconds=5)
@@ -213,20 +253,55 @@ def main(argv: list[str] | None = None) -> int:
             _common.delete_stream_keys(_common.REDIS_URL, stream_name)
     med = lambda values, i: statistics.median(v[i] for v in values)  # noqa: E731
     lines = [
-        f"# Dashboard ({time.strftime('%Y-%m-%d')})", "", _common.machine_line(), "",
-        f"One run, {args.metrics} metrics × {args.points:,} epochs in SQLite; the app served by uvicorn in this process.", "", "```",
-        _common.table(["GET /api/runs/{id}/metrics", "first byte", "last byte", "size"], [
-            ["downsampled (2,000 points a metric)", f"{med(down, 0) * 1000:.0f} ms", f"{med(down, 1) * 1000:.0f} ms", f"{down[0][2] / 1e3:,.0f} kB"],
-            ["peer: every point", f"{med(raw, 0) * 1000:.0f} ms", f"{med(raw, 1) * 1000:.0f} ms", f"{raw[0][2] / 1e6:,.1f} MB"],
-        ]), "```", "",
+        f"# Dashboard ({time.strftime('%Y-%m-%d')})",
+        "",
+        _common.machine_line(),
+        "",
+        f"One run, {args.metrics} metrics × {args.points:,} epochs in SQLite; the app served by uvicorn in this process.",
+        "",
+        "```",
+        _common.table(
+            ["GET /api/runs/{id}/metrics", "first byte", "last byte", "size"],
+            [
+                [
+                    "downsampled (2,000 points a metric)",
+                    f"{med(down, 0) * 1000:.0f} ms",
+                    f"{med(down, 1) * 1000:.0f} ms",
+                    f"{down[0][2] / 1e3:,.0f} kB",
+                ],
+                [
+                    "peer: every point",
+                    f"{med(raw, 0) * 1000:.0f} ms",
+                    f"{med(raw, 1) * 1000:.0f} ms",
+                    f"{raw[0][2] / 1e6:,.1f} MB",
+                ],
+            ],
+        ),
+        "```",
+        "",
         "Run page fully drawn in chromium (navigation → every chart drawn): "
-        + (f"median {statistics.median(drawn) * 1000:.0f} ms of {len(drawn)}" if drawn else "chromium not installed"), "",
-        f"Fan-out: {args.viewers} viewers of one run's event stream, {args.events} epoch_end events at 20/s:", "", "```",
-        _common.table(["", "live (SSE from Redis)", f"peer: {args.viewers} viewers polling SQL once a second"], [
-            ["event → viewer p50 / p99 / max", f"{fan['p50']:.0f} / {fan['p99']:.0f} / {fan['max']:.0f} ms", "up to 1,000 ms (the poll period)"],
-            ["viewers that saw every event, in order", f"{fan['complete']} / {args.viewers}", "—"],
-            ["SQL statements while it ran", f"{fan['sql']:,}", f"{polled:,} in 5 s"],
-        ]), "```",
+        + (
+            f"median {statistics.median(drawn) * 1000:.0f} ms of {len(drawn)}"
+            if drawn
+            else "chromium not installed"
+        ),
+        "",
+        f"Fan-out: {args.viewers} viewers of one run's event stream, {args.events} epoch_end events at 20/s:",
+        "",
+        "```",
+        _common.table(
+            ["", "live (SSE from Redis)", f"peer: {args.viewers} viewers polling SQL once a second"],
+            [
+                [
+                    "event → viewer p50 / p99 / max",
+                    f"{fan['p50']:.0f} / {fan['p99']:.0f} / {fan['max']:.0f} ms",
+                    "up to 1,000 ms (the poll period)",
+                ],
+                ["viewers that saw every event, in order", f"{fan['complete']} / {args.viewers}", "—"],
+                ["SQL statements while it ran", f"{fan['sql']:,}", f"{polled:,} in 5 s"],
+            ],
+        ),
+        "```",
     ]
     text = "\n".join(lines)
     _common.emit_report(text, args.results)

@@ -75,8 +75,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def start_recorder(env: dict[str, str], log: Path) -> subprocess.Popen:
     """``fitstream consume recorder`` with its default settings, ready (its group exists) on return."""
     handle = open(log, "wb")
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "consume", "recorder"],
-                               env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli.main", "consume", "recorder"],
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while b"consuming" not in log.read_bytes():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -91,9 +96,14 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def bench_env(database_url: str, stream: str, home: Path) -> dict[str, str]:
-    return {**os.environ, "FITSTREAM_REDIS_URL": _common.REDIS_URL, "FITSTREAM_DATABASE_URL": database_url,
-            "FITSTREAM_STREAM": stream, "FITSTREAM_HOME": str(home),
-            "PYTHONPATH": os.pathsep.join(p for p in (str(_common.REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    return {
+        **os.environ,
+        "FITSTREAM_REDIS_URL": _common.REDIS_URL,
+        "FITSTREAM_DATABASE_URL": database_url,
+        "FITSTREAM_STREAM": stream,
+        "FITSTREAM_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(_common.REPO), os.environ.get("PYTHONPATH", "")) if p),
+    }
 
 
 def databases(backends: list[str], scratch: Path) -> Iterator[tuple[str, str]]:
@@ -107,8 +117,9 @@ def databases(backends: list[str], scratch: Path) -> Iterator[tuple[str, str]]:
 
 
 # -- fit overhead ----------------------------------------------------------------------------------------
-def one_fit(mode: str, workload: _workloads.Workload, epochs: int, settings: Any, mlflow_uri: str,
-            experiment_id: str) -> dict[str, Any]:
+def one_fit(
+    mode: str, workload: _workloads.Workload, epochs: int, settings: Any, mlflow_uri: str, experiment_id: str
+) -> dict[str, Any]:
     import keras
     import mlflow
 
@@ -132,27 +143,46 @@ def one_fit(mode: str, workload: _workloads.Workload, epochs: int, settings: Any
     callbacks: list[Any] = [EpochClock()]
     run = None
     if mode.startswith("fitstream"):
-        tracker = EventPublisher(name="bench", settings=settings, batch_size=batch_size,
-                                 batch_events_every=1 if mode.endswith("batch") else None)
+        tracker = EventPublisher(
+            name="bench",
+            settings=settings,
+            batch_size=batch_size,
+            batch_events_every=1 if mode.endswith("batch") else None,
+        )
         _common.time_hooks(tracker, spent)
         callbacks.append(tracker)
     elif mode.startswith("mlflow"):
         mlflow.set_tracking_uri(mlflow_uri)
         run = mlflow.start_run(experiment_id=experiment_id)
         every_step = mode.endswith("batch")
-        tracker = mlflow.keras.MlflowCallback(log_every_epoch=not every_step, log_every_n_steps=1 if every_step else None)
+        tracker = mlflow.keras.MlflowCallback(
+            log_every_epoch=not every_step, log_every_n_steps=1 if every_step else None
+        )
         _common.time_hooks(tracker, spent)
         callbacks.append(tracker)
     t0 = time.perf_counter()
     try:
-        model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, verbose=0, callbacks=callbacks)
+        model.fit(
+            x,
+            y,
+            validation_data=(x_val, y_val),
+            epochs=epochs,
+            batch_size=batch_size,
+            verbose=0,
+            callbacks=callbacks,
+        )
     finally:
         if run is not None:
             mlflow.end_run()
     wall = time.perf_counter() - t0
     intervals = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # epoch 0 traces the graph
-    return {"mode": mode, "epoch_s": _common.median(intervals), "fit_s": wall,
-            "hooks_per_epoch_s": sum(spent.values()) / epochs, "hooks": spent}
+    return {
+        "mode": mode,
+        "epoch_s": _common.median(intervals),
+        "fit_s": wall,
+        "hooks_per_epoch_s": sum(spent.values()) / epochs,
+        "hooks": spent,
+    }
 
 
 def fit_overhead(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -161,25 +191,37 @@ def fit_overhead(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from pipeline.config import Settings
 
     workload = _workloads.get(args.workload)
-    print(f"  fit: {workload.description}, batch {workload.batch_size}; {_workloads.accelerator_line()}", file=sys.stderr)
+    print(
+        f"  fit: {workload.description}, batch {workload.batch_size}; {_workloads.accelerator_line()}",
+        file=sys.stderr,
+    )
     stream = _common.unique_stream()
     database = f"sqlite:///{scratch / 'fit-history.db'}"
     from pipeline.db.migrate import upgrade
 
     upgrade(database)
-    settings = Settings(redis_url=_common.REDIS_URL, database_url=database, stream=stream, home=scratch / "home")
+    settings = Settings(
+        redis_url=_common.REDIS_URL, database_url=database, stream=stream, home=scratch / "home"
+    )
     mlflow_uri = f"sqlite:///{scratch / 'mlflow.db'}"
     # MlflowCallback logs the model summary as an artifact: keep it in the scratch folder, not ./mlruns.
     mlflow.set_tracking_uri(mlflow_uri)
-    experiment_id = mlflow.create_experiment("fit-overhead", artifact_location=(scratch / "mlartifacts").as_uri())
+    experiment_id = mlflow.create_experiment(
+        "fit-overhead", artifact_location=(scratch / "mlartifacts").as_uri()
+    )
     recorder = start_recorder(bench_env(database, stream, scratch / "home"), scratch / "fit-recorder.log")
     rounds: list[dict[str, dict[str, Any]]] = []
     try:
         for mode in FIT_MODES:  # warm-up: graph tracing, MLflow's schema, Redis connections
             one_fit(mode, workload, 2, settings, mlflow_uri, experiment_id)
         for r in range(args.rounds):
-            order = FIT_MODES[r % len(FIT_MODES):] + FIT_MODES[:r % len(FIT_MODES)]
-            rounds.append({mode: one_fit(mode, workload, args.epochs, settings, mlflow_uri, experiment_id) for mode in order})
+            order = FIT_MODES[r % len(FIT_MODES) :] + FIT_MODES[: r % len(FIT_MODES)]
+            rounds.append(
+                {
+                    mode: one_fit(mode, workload, args.epochs, settings, mlflow_uri, experiment_id)
+                    for mode in order
+                }
+            )
             print(f"  fit round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         stop(recorder)
@@ -190,15 +232,27 @@ def fit_overhead(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         paired = _common.median([rnd[mode]["epoch_s"] / rnd["baseline"]["epoch_s"] - 1 for rnd in rounds])
         hooks = _common.median([rnd[mode]["hooks_per_epoch_s"] for rnd in rounds])
         base = _common.median([rnd["baseline"]["epoch_s"] for rnd in rounds])
-        summary[mode] = {"epoch_ms": epoch * 1000, "overhead_pct": paired * 100, "hooks_ms_per_epoch": hooks * 1000,
-                         "hooks_pct_of_baseline_epoch": hooks / base * 100}
-    return {"rounds": args.rounds, "epochs": args.epochs, "batches_per_epoch": workload.steps_per_epoch,
-            "workload": workload.description, "batch_size": workload.batch_size,
-            "accelerator": _workloads.accelerator_line(), "modes": summary}
+        summary[mode] = {
+            "epoch_ms": epoch * 1000,
+            "overhead_pct": paired * 100,
+            "hooks_ms_per_epoch": hooks * 1000,
+            "hooks_pct_of_baseline_epoch": hooks / base * 100,
+        }
+    return {
+        "rounds": args.rounds,
+        "epochs": args.epochs,
+        "batches_per_epoch": workload.steps_per_epoch,
+        "workload": workload.description,
+        "batch_size": workload.batch_size,
+        "accelerator": _workloads.accelerator_line(),
+        "modes": summary,
+    }
 
 
 # -- ingest -------------------------------------------------------------------------------------------------
-def make_rows(args: argparse.Namespace, seed: int) -> tuple[list[dict[str, str]], list[tuple[str, str, int, float]]]:
+def make_rows(
+    args: argparse.Namespace, seed: int
+) -> tuple[list[dict[str, str]], list[tuple[str, str, int, float]]]:
     """The same data for every peer: encoded epoch_end events and their (run, metric, epoch, value) rows."""
     from pipeline import events as ev
 
@@ -210,31 +264,53 @@ def make_rows(args: argparse.Namespace, seed: int) -> tuple[list[dict[str, str]]
     for epoch in range(args.events):
         for r, run_id in enumerate(run_ids):
             metrics = {name: rng.random() for name in names}
-            encoded.append(ev.encode(ev.EpochEnd(
-                id=uuid.UUID(int=rng.getrandbits(128)).hex, run_id=run_id, seq=epoch + 1, ts=1.7e9 + epoch * 10 + r,
-                epoch=epoch, metrics=metrics, learning_rate=1e-3, wall_time_s=0.2, steps=45,
-                samples_per_second=7000.0, steps_per_second=220.0)))
+            encoded.append(
+                ev.encode(
+                    ev.EpochEnd(
+                        id=uuid.UUID(int=rng.getrandbits(128)).hex,
+                        run_id=run_id,
+                        seq=epoch + 1,
+                        ts=1.7e9 + epoch * 10 + r,
+                        epoch=epoch,
+                        metrics=metrics,
+                        learning_rate=1e-3,
+                        wall_time_s=0.2,
+                        steps=45,
+                        samples_per_second=7000.0,
+                        steps_per_second=220.0,
+                    )
+                )
+            )
             rows += [(run_id, name, epoch, value) for name, value in metrics.items()]
     return encoded, rows
 
 
-def ingest_fitstream(url: str, encoded: list[dict[str, str]], n_rows: int, scratch: Path, recorders: int = 1) -> float:
+def ingest_fitstream(
+    url: str, encoded: list[dict[str, str]], n_rows: int, scratch: Path, recorders: int = 1
+) -> float:
     from pipeline.bus import EventStream
     from pipeline.config import Settings
     from pipeline.db.migrate import upgrade
 
     upgrade(url)
     stream = _common.unique_stream()
-    started = [start_recorder(bench_env(url, stream, scratch / "home"), scratch / f"recorder-{stream[-6:]}-{i}.log")
-               for i in range(recorders)]
+    started = [
+        start_recorder(bench_env(url, stream, scratch / "home"), scratch / f"recorder-{stream[-6:]}-{i}.log")
+        for i in range(recorders)
+    ]
     bus = EventStream(settings=Settings(redis_url=_common.REDIS_URL, stream=stream))
     try:
         t0 = time.perf_counter()
         for i in range(0, len(encoded), 1000):
-            bus.publish(encoded[i:i + 1000])
+            bus.publish(encoded[i : i + 1000])
         while True:
             groups = bus.groups()
-            if groups and groups[0]["pending"] == 0 and groups[0]["lag"] == 0 and groups[0]["entries-read"] == len(encoded):
+            if (
+                groups
+                and groups[0]["pending"] == 0
+                and groups[0]["lag"] == 0
+                and groups[0]["entries-read"] == len(encoded)
+            ):
                 break
             time.sleep(0.005)
         seconds = time.perf_counter() - t0
@@ -271,7 +347,7 @@ def ingest_mlflow_batch(url: str, rows: list[tuple[str, str, int, float]]) -> fl
     t0 = time.perf_counter()
     for run_id, metrics in by_run.items():
         for i in range(0, len(metrics), 1000):
-            client.log_batch(runs[run_id], metrics=metrics[i:i + 1000])
+            client.log_batch(runs[run_id], metrics=metrics[i : i + 1000])
     return len(rows) / (time.perf_counter() - t0)
 
 
@@ -291,8 +367,10 @@ def ingest_ceiling(url: str, rows: list[tuple[str, str, int, float]]) -> float:
         import sqlite3
 
         conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        conn.execute("CREATE TABLE ceiling (name TEXT, run_id TEXT, epoch INTEGER, value REAL, "
-                     "PRIMARY KEY (name, run_id, epoch)) WITHOUT ROWID")
+        conn.execute(
+            "CREATE TABLE ceiling (name TEXT, run_id TEXT, epoch INTEGER, value REAL, "
+            "PRIMARY KEY (name, run_id, epoch)) WITHOUT ROWID"
+        )
         t0 = time.perf_counter()
         with conn:
             conn.executemany("INSERT INTO ceiling (run_id, name, epoch, value) VALUES (?, ?, ?, ?)", rows)
@@ -302,11 +380,16 @@ def ingest_ceiling(url: str, rows: list[tuple[str, str, int, float]]) -> float:
     import psycopg
 
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-        conn.execute("CREATE TABLE ceiling (name varchar(255), run_id varchar(64), epoch integer, value float8, "
-                     "PRIMARY KEY (name, run_id, epoch))")
+        conn.execute(
+            "CREATE TABLE ceiling (name varchar(255), run_id varchar(64), epoch integer, value float8, "
+            "PRIMARY KEY (name, run_id, epoch))"
+        )
         conn.commit()
         t0 = time.perf_counter()
-        with conn.cursor() as cursor, cursor.copy("COPY ceiling (run_id, name, epoch, value) FROM STDIN") as copy:
+        with (
+            conn.cursor() as cursor,
+            cursor.copy("COPY ceiling (run_id, name, epoch, value) FROM STDIN") as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
         conn.commit()
@@ -324,41 +407,65 @@ def ingest(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     }
     for count in args.scale:
         if count != 1 and "postgresql" in args.backends:
-            peers[f"fitstream ×{count} recorders"] = (
-                lambda url, count=count: ingest_fitstream(url, encoded, len(rows), scratch, recorders=count)
-                if url.startswith("postgresql") else float("nan"))
+            peers[f"fitstream ×{count} recorders"] = lambda url, count=count: (
+                ingest_fitstream(url, encoded, len(rows), scratch, recorders=count)
+                if url.startswith("postgresql")
+                else float("nan")
+            )
     results: dict[str, dict[str, list[float]]] = {}
     names = list(peers)
     for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             for backend, url in databases(args.backends, scratch):
                 results.setdefault(backend, {}).setdefault(name, []).append(peers[name](url))
         print(f"  ingest round {r + 1}/{args.rounds} done", file=sys.stderr)
-    return {"rows": len(rows), "log_metric_rows": len(sample), "runs": args.runs, "metrics": args.metrics,
-            "rows_per_s": {backend: {name: _common.median(v) for name, v in by.items()} for backend, by in results.items()},
-            "all": results}
+    return {
+        "rows": len(rows),
+        "log_metric_rows": len(sample),
+        "runs": args.runs,
+        "metrics": args.metrics,
+        "rows_per_s": {
+            backend: {name: _common.median(v) for name, v in by.items()} for backend, by in results.items()
+        },
+        "all": results,
+    }
 
 
 # -- report ---------------------------------------------------------------------------------------------------
 def report(fit: dict[str, Any] | None, ing: dict[str, Any] | None) -> str:
-    lines = [f"# Fitstream vs MLflow — {dt.date.today().isoformat()}", "", f"Machine: {_common.machine_line()}", ""]
+    lines = [
+        f"# Fitstream vs MLflow — {dt.date.today().isoformat()}",
+        "",
+        f"Machine: {_common.machine_line()}",
+        "",
+    ]
     import mlflow
 
     lines.append(f"MLflow {mlflow.__version__}; same process, same data, alternating in every round.")
     lines.append("")
     if fit is not None:
-        lines += [f"## Fit overhead ({fit['epochs']} epochs × {fit['batches_per_epoch']} batches, {fit['rounds']} rounds; "
-                  "median epoch, paired overhead against the same round's baseline)", "",
-                  f"Model: {fit.get('workload', 'digits MLP')}, batch {fit.get('batch_size', 32)}. "
-                  f"{fit.get('accelerator', '')}", "",
-                  "| mode | epoch ms | overhead | in its hooks, ms/epoch | hooks / baseline epoch |", "|---|---|---|---|---|"]
+        lines += [
+            f"## Fit overhead ({fit['epochs']} epochs × {fit['batches_per_epoch']} batches, {fit['rounds']} rounds; "
+            "median epoch, paired overhead against the same round's baseline)",
+            "",
+            f"Model: {fit.get('workload', 'digits MLP')}, batch {fit.get('batch_size', 32)}. "
+            f"{fit.get('accelerator', '')}",
+            "",
+            "| mode | epoch ms | overhead | in its hooks, ms/epoch | hooks / baseline epoch |",
+            "|---|---|---|---|---|",
+        ]
         for mode, m in fit["modes"].items():
-            lines.append(f"| {mode} | {m['epoch_ms']:.1f} | {m['overhead_pct']:+.1f} % | {m['hooks_ms_per_epoch']:.2f} | "
-                         f"{m['hooks_pct_of_baseline_epoch']:.2f} % |")
+            lines.append(
+                f"| {mode} | {m['epoch_ms']:.1f} | {m['overhead_pct']:+.1f} % | {m['hooks_ms_per_epoch']:.2f} | "
+                f"{m['hooks_pct_of_baseline_epoch']:.2f} % |"
+            )
         lines.append("")
     if ing is not None:
-        lines += [f"## Ingest ({ing['rows']:,} metric rows = {ing['runs']} runs × {ing['rows'] // ing['runs'] // ing['metrics']} "
-                  f"epochs × {ing['metrics']} metrics; log_metric on {ing['log_metric_rows']:,} rows; median rows/s)", ""]
+        lines += [
+            f"## Ingest ({ing['rows']:,} metric rows = {ing['runs']} runs × {ing['rows'] // ing['runs'] // ing['metrics']} "
+            f"epochs × {ing['metrics']} metrics; log_metric on {ing['log_metric_rows']:,} rows; median rows/s)",
+            "",
+        ]
         backends = list(ing["rows_per_s"])
         lines += ["| peer | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
         for name in next(iter(ing["rows_per_s"].values())):
@@ -370,8 +477,13 @@ def report(fit: dict[str, Any] | None, ing: dict[str, Any] | None) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
         for backend in backends:
-            fs, mb = ing["rows_per_s"][backend]["fitstream recorder"], ing["rows_per_s"][backend]["mlflow log_batch"]
-            lines.append(f"- {backend}: Fitstream's recorder takes {fs / mb:.1f}× the rows/s of MLflow's log_batch.")
+            fs, mb = (
+                ing["rows_per_s"][backend]["fitstream recorder"],
+                ing["rows_per_s"][backend]["mlflow log_batch"],
+            )
+            lines.append(
+                f"- {backend}: Fitstream's recorder takes {fs / mb:.1f}× the rows/s of MLflow's log_batch."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -384,14 +496,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=int, default=10)
     parser.add_argument("--log-metric-rows", type=int, default=2000)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--scale", default="1,2,4",
-                        help="recorders in one group, side by side (PostgreSQL rows only)")
-    parser.add_argument("--workload", choices=sorted(_workloads.WORKLOADS), default="digits",
-                        help="the fitted model: digits (CPU default) or convnet (big enough to keep a GPU busy)")
+    parser.add_argument(
+        "--scale", default="1,2,4", help="recorders in one group, side by side (PostgreSQL rows only)"
+    )
+    parser.add_argument(
+        "--workload",
+        choices=sorted(_workloads.WORKLOADS),
+        default="digits",
+        help="the fitted model: digits (CPU default) or convnet (big enough to keep a GPU busy)",
+    )
     parser.add_argument("--skip-fit", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="where to write the .md and .json (default benchmarks/results/vs_mlflow-<date>)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="where to write the .md and .json (default benchmarks/results/vs_mlflow-<date>)",
+    )
     args = parser.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     args.scale = [int(n) for n in args.scale.split(",") if n.strip()]
@@ -407,9 +528,17 @@ def main(argv: list[str] | None = None) -> int:
     base = args.results or RESULTS / f"vs_mlflow-{stamp}"
     base.parent.mkdir(parents=True, exist_ok=True)
     base.with_suffix(".md").write_text(text)
-    base.with_suffix(".json").write_text(json.dumps(
-        {"date": stamp, "machine": _common.machine_line(), "fit": fit,
-         "ingest": None if ing is None else dict(ing.items())}, indent=2))
+    base.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "date": stamp,
+                "machine": _common.machine_line(),
+                "fit": fit,
+                "ingest": None if ing is None else dict(ing.items()),
+            },
+            indent=2,
+        )
+    )
     print(f"written: {base.with_suffix('.md')} and .json", file=sys.stderr)
     return 0
 

@@ -22,7 +22,9 @@ def secret(variable: str) -> str:
         with open(path, encoding="utf-8") as handle:
             value = handle.read().replace("\r", "").replace("\n", "")
     except OSError as exc:
-        sys.exit(f"flower: {variable} ({path!r}) cannot be read: {exc.strerror or exc}; see secrets/README.md")
+        sys.exit(
+            f"flower: {variable} ({path!r}) cannot be read: {exc.strerror or exc}; see secrets/README.md"
+        )
     if not value:
         sys.exit(f"flower: {variable} ({path!r}) is empty; see secrets/README.md")
     return value
@@ -39,9 +41,12 @@ def main() -> None:
     user = os.environ.get("FITSTREAM_FLOWER_USER") or "admin"
     password = secret("FITSTREAM_FLOWER_PASSWORD_FILE")
     if "," in password or ":" in user:
-        sys.exit("flower: FITSTREAM_FLOWER_PASSWORD_FILE must not hold a ',' (Flower splits on it), nor the user a ':'")
+        sys.exit(
+            "flower: FITSTREAM_FLOWER_PASSWORD_FILE must not hold a ',' (Flower splits on it), nor the user a ':'"
+        )
     os.environ["CELERY_BROKER_URL"] = broker_url(
-        os.environ.get("FITSTREAM_BROKER_URL", "redis://redis:6379/0"), secret("FITSTREAM_REDIS_PASSWORD_FILE")
+        os.environ.get("FITSTREAM_BROKER_URL", "redis://redis:6379/0"),
+        secret("FITSTREAM_REDIS_PASSWORD_FILE"),
     )
     os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
     os.execvp("celery", ["celery", "flower", *sys.argv[1:]])

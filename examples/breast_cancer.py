@@ -30,7 +30,11 @@ def build_model(hidden: int = 16, learning_rate: float = 1e-3, seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
-        [keras.Input(shape=(30,)), keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(1, activation="sigmoid")],
+        [
+            keras.Input(shape=(30,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ],
         name="breast_cancer_mlp",
     )
     model.compile(

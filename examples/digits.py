@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def load_data(validation_fraction: float = 0.2, seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def load_data(
+    validation_fraction: float = 0.2, seed: int = 0
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """((x_train, y_train), (x_val, y_val)): pixels scaled to [0, 1], integer labels."""
     from sklearn.datasets import load_digits
 

@@ -19,7 +19,9 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), literal_binds=True, render_as_batch=True, dialect_opts={"paramstyle": "named"})
+    context.configure(
+        url=_url(), literal_binds=True, render_as_batch=True, dialect_opts={"paramstyle": "named"}
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -31,7 +31,9 @@ class Backoff:
 
     def __post_init__(self) -> None:
         if not 0 < self.initial_s <= self.maximum_s:
-            raise ValueError(f"need 0 < initial_s <= maximum_s; got {self.initial_s!r} and {self.maximum_s!r}")
+            raise ValueError(
+                f"need 0 < initial_s <= maximum_s; got {self.initial_s!r} and {self.maximum_s!r}"
+            )
         if not 0.0 <= self.jitter <= 1.0:
             raise ValueError(f"jitter must be between 0 and 1; got {self.jitter!r}")
 

@@ -112,7 +112,9 @@ def run_stream_name(settings: Settings, run_id: str) -> str:
         '{s:3}'
     """
     shards = settings.stream_shards
-    return shard_stream_name(settings.stream, shard_of(run_id, shards), shards, cluster=is_cluster_url(settings.redis_url))
+    return shard_stream_name(
+        settings.stream, shard_of(run_id, shards), shards, cluster=is_cluster_url(settings.redis_url)
+    )
 
 
 def _run_id_of(item: Any) -> str:
@@ -185,7 +187,9 @@ class EventStream:
         self.base_stream = stream or self.settings.stream
         self.shard_count = self.settings.stream_shards
         if not 0 <= shard < self.shard_count:
-            raise ValueError(f"shard {shard} does not exist: FITSTREAM_STREAM_SHARDS is {self.shard_count} (shards 0..{self.shard_count - 1})")
+            raise ValueError(
+                f"shard {shard} does not exist: FITSTREAM_STREAM_SHARDS is {self.shard_count} (shards 0..{self.shard_count - 1})"
+            )
         self.shard = shard
         self.cluster = is_cluster_url(self.redis_url) or (client is not None and _is_cluster_client(client))
         self.stream = shard_stream_name(self.base_stream, shard, self.shard_count, cluster=self.cluster)
@@ -204,7 +208,9 @@ class EventStream:
                     try:
                         self._client = connect(self.redis_url)
                     except redis.exceptions.RedisClusterException as exc:  # no node of the cluster answered
-                        raise StreamUnavailableError(f"cannot reach the Redis Cluster at {self._safe_url()}: {exc}") from exc
+                        raise StreamUnavailableError(
+                            f"cannot reach the Redis Cluster at {self._safe_url()}: {exc}"
+                        ) from exc
         return self._client
 
     # -- shards ---------------------------------------------------------------
@@ -212,7 +218,13 @@ class EventStream:
         """The stream of ``shard`` (same client, same settings)."""
         if shard == self.shard:
             return self
-        return EventStream(redis_url=self.redis_url, client=self.client, settings=self.settings, stream=self.base_stream, shard=shard)
+        return EventStream(
+            redis_url=self.redis_url,
+            client=self.client,
+            settings=self.settings,
+            stream=self.base_stream,
+            shard=shard,
+        )
 
     def for_run(self, run_id: str) -> EventStream:
         """The shard that holds ``run_id``'s events (``fitstream watch`` reads it)."""
@@ -239,7 +251,8 @@ class EventStream:
             else:
                 shard = shard_of(_run_id_of(item), self.shard_count)
                 key = names.get(shard) or names.setdefault(
-                    shard, shard_stream_name(self.base_stream, shard, self.shard_count, cluster=self.cluster))
+                    shard, shard_stream_name(self.base_stream, shard, self.shard_count, cluster=self.cluster)
+                )
             pipe.xadd(key, fields)
             count += 1
         if not count:
@@ -258,10 +271,14 @@ class EventStream:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, group: str, consumer: str, *, count: int, block_ms: int | None, pending: bool = False) -> list[StreamMessage]:
+    def read(
+        self, group: str, consumer: str, *, count: int, block_ms: int | None, pending: bool = False
+    ) -> list[StreamMessage]:
         """New messages for ``consumer`` (or, with ``pending``, its own unacknowledged ones)."""
         start = "0" if pending else ">"
-        reply = self.client.xreadgroup(group, consumer, {self.stream: start}, count=count, block=None if pending else block_ms)
+        reply = self.client.xreadgroup(
+            group, consumer, {self.stream: start}, count=count, block=None if pending else block_ms
+        )
         return [
             StreamMessage(_sid(mid), fields)
             for _stream, entries in reply or []
@@ -276,7 +293,9 @@ class EventStream:
         while len(messages) < count:
             reply = self.client.xautoclaim(self.stream, group, consumer, min_idle_ms, cursor, count=count)
             cursor = _sid(reply[0])
-            messages.extend(StreamMessage(_sid(mid), fields) for mid, fields in reply[1] if fields is not None)
+            messages.extend(
+                StreamMessage(_sid(mid), fields) for mid, fields in reply[1] if fields is not None
+            )
             if cursor == "0-0":
                 break
         return messages
@@ -286,12 +305,16 @@ class EventStream:
             return 0
         return int(self.client.xack(self.stream, group, *message_ids))
 
-    def dead_letter(self, group: str, message: StreamMessage, reason: str, *, kind: str = "invalid_event") -> None:
+    def dead_letter(
+        self, group: str, message: StreamMessage, reason: str, *, kind: str = "invalid_event"
+    ) -> None:
         """Move a message aside with the reason (``kind``: invalid_event or handler_failed); the
         caller acknowledges it. ``fitstream dead-letters`` lists, shows, replays and purges them."""
         fields: dict[Any, Any] = {
             # A reason may quote an exception's text, surrogates and all: never let it crash the consumer.
-            b"reason": reason.encode("utf-8", "backslashreplace"), b"kind": kind.encode(), b"group": group.encode(),
+            b"reason": reason.encode("utf-8", "backslashreplace"),
+            b"kind": kind.encode(),
+            b"group": group.encode(),
             b"source_id": message.message_id.encode(),
         }
         for key, value in message.fields.items():
@@ -304,7 +327,9 @@ class EventStream:
 
     def dead_letter_kinds(self) -> dict[str, int]:
         """Dead letters by reason kind (invalid_event, handler_failed), for ``fitstream status``."""
-        return {_sid(k): int(v) for k, v in self.client.hgetall(self.dead_letter_kinds_key).items() if int(v) > 0}
+        return {
+            _sid(k): int(v) for k, v in self.client.hgetall(self.dead_letter_kinds_key).items() if int(v) > 0
+        }
 
     def dead_letter_count(self, group: str | None = None) -> int:
         counts = self.client.hgetall(self.dead_letter_counts_key)
@@ -326,25 +351,42 @@ class EventStream:
         password on a non-loopback address. Managed Redis that hides CONFIG is not second-guessed."""
         warnings: list[str] = []
         try:
-            config = {_sid(k): _sid(v) for k, v in self.client.config_get("*").items() if _sid(k) in ("appendonly", "save", "maxmemory-policy")}
+            config = {
+                _sid(k): _sid(v)
+                for k, v in self.client.config_get("*").items()
+                if _sid(k) in ("appendonly", "save", "maxmemory-policy")
+            }
         except redis.RedisError:
             config = {}
         if config.get("appendonly") == "no" and not config.get("save", "x").strip():
-            warnings.append("Redis keeps no data across a restart (appendonly no, no save points): events not yet consumed "
-                            "are lost with it; set appendonly yes")
+            warnings.append(
+                "Redis keeps no data across a restart (appendonly no, no save points): events not yet consumed "
+                "are lost with it; set appendonly yes"
+            )
         elif config.get("appendonly") == "no":
-            warnings.append("Redis persists by snapshots only (appendonly no): events since the last snapshot are lost "
-                            "in a crash; set appendonly yes")
+            warnings.append(
+                "Redis persists by snapshots only (appendonly no): events since the last snapshot are lost "
+                "in a crash; set appendonly yes"
+            )
         policy = config.get("maxmemory-policy")
         if policy and policy != "noeviction":
-            warnings.append(f"Redis may evict keys under memory pressure (maxmemory-policy {policy}): the stream itself "
-                            "could go; set maxmemory-policy noeviction")
+            warnings.append(
+                f"Redis may evict keys under memory pressure (maxmemory-policy {policy}): the stream itself "
+                "could go; set maxmemory-policy noeviction"
+            )
         pool = getattr(self.client, "connection_pool", None)  # a RedisCluster has one per node
         kwargs = pool.connection_kwargs if pool is not None else _cluster_node_kwargs(self.client)
         host = str(kwargs.get("host") or "localhost")
-        if not kwargs.get("password") and not kwargs.get("path") and host not in ("localhost", "::1") and not host.startswith("127."):
-            warnings.append(f"Redis at {host} is reached without a password: anyone who reaches it can read the events "
-                            "and queue jobs; require a password (requirepass or an ACL user) and give it to Fitstream with FITSTREAM_REDIS_PASSWORD_FILE")
+        if (
+            not kwargs.get("password")
+            and not kwargs.get("path")
+            and host not in ("localhost", "::1")
+            and not host.startswith("127.")
+        ):
+            warnings.append(
+                f"Redis at {host} is reached without a password: anyone who reaches it can read the events "
+                "and queue jobs; require a password (requirepass or an ACL user) and give it to Fitstream with FITSTREAM_REDIS_PASSWORD_FILE"
+            )
         return warnings
 
     # -- consumer states (fitstream status) ------------------------------------
@@ -390,7 +432,9 @@ class EventStream:
             horizon_ms = int(((now or time.time()) - self.settings.stream_retention_seconds) * 1000)
             cutoff = min(_id_tuple(safe), (horizon_ms, 0))
             if cutoff > (0, 0):
-                removed += int(self.client.xtrim(self.stream, minid=f"{cutoff[0]}-{cutoff[1]}", approximate=False))
+                removed += int(
+                    self.client.xtrim(self.stream, minid=f"{cutoff[0]}-{cutoff[1]}", approximate=False)
+                )
         length = int(self.client.xlen(self.stream))
         cap = self.settings.stream_max_events
         if length > cap:
@@ -399,7 +443,9 @@ class EventStream:
             log.error(
                 "stream %s exceeded FITSTREAM_STREAM_MAX_EVENTS=%d: dropped %d events that some consumer group "
                 "had not acknowledged yet; start more consumers or raise the cap",
-                self.stream, cap, dropped,
+                self.stream,
+                cap,
+                dropped,
             )
             pipe = self.client.pipeline(transaction=False)
             pipe.hincrby(self.forced_trims_key, "events_dropped", dropped)

@@ -70,7 +70,9 @@ def read_secret_file(path: Path, variable: str) -> str:
         raise ConfigurationError(f"{variable}: {str(path)!r} is empty; put the password in it")
     if "\n" in secret or "\r" in secret:
         # The containers' entrypoints drop every line break; one line keeps everyone reading the same password.
-        raise ConfigurationError(f"{variable}: {str(path)!r} holds more than one line; a password is one line")
+        raise ConfigurationError(
+            f"{variable}: {str(path)!r} holds more than one line; a password is one line"
+        )
     return secret
 
 
@@ -233,22 +235,33 @@ class Settings(BaseSettings):
             self._refuse_sqlite(DATABASE_PASSWORD_FILE)
             password = read_secret_file(self.database_password_file, DATABASE_PASSWORD_FILE)
             self.database_url = url_with_password(
-                self.database_url, password,
-                url_variable="FITSTREAM_DATABASE_URL", password_variable=DATABASE_PASSWORD_FILE,
+                self.database_url,
+                password,
+                url_variable="FITSTREAM_DATABASE_URL",
+                password_variable=DATABASE_PASSWORD_FILE,
             )
         if self.reader_database_password_file is not None:
             self._refuse_sqlite(READER_PASSWORD_FILE)
-            self._apply_reader_password(read_secret_file(self.reader_database_password_file, READER_PASSWORD_FILE))
+            self._apply_reader_password(
+                read_secret_file(self.reader_database_password_file, READER_PASSWORD_FILE)
+            )
 
     def _apply_redis_password(self, password: str) -> None:
         # The Celery broker is usually the same Redis: same server, same password.
         broker = self.broker_url
-        if broker and _redis_server(broker) == _redis_server(self.redis_url) and urlsplit(broker).password is None:
+        if (
+            broker
+            and _redis_server(broker) == _redis_server(self.redis_url)
+            and urlsplit(broker).password is None
+        ):
             self.broker_url = url_with_password(
                 broker, password, url_variable="FITSTREAM_BROKER_URL", password_variable=REDIS_PASSWORD_FILE
             )
         self.redis_url = url_with_password(
-            self.redis_url, password, url_variable="FITSTREAM_REDIS_URL", password_variable=REDIS_PASSWORD_FILE
+            self.redis_url,
+            password,
+            url_variable="FITSTREAM_REDIS_URL",
+            password_variable=REDIS_PASSWORD_FILE,
         )
 
     def _apply_reader_password(self, password: str) -> None:
@@ -256,7 +269,8 @@ class Settings(BaseSettings):
 
         explicit = self.reader_database_url
         self.reader_database_url = url_with_password(
-            reader_url(self.database_url, explicit), password,
+            reader_url(self.database_url, explicit),
+            password,
             url_variable="FITSTREAM_READER_DATABASE_URL" if explicit else "FITSTREAM_DATABASE_URL",
             password_variable=READER_PASSWORD_FILE,
         )
@@ -296,8 +310,14 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "alert_rules", "broker_url", "model_store", "reader_database_url",
-        "redis_password_file", "database_password_file", "reader_database_password_file", mode="before",
+        "alert_rules",
+        "broker_url",
+        "model_store",
+        "reader_database_url",
+        "redis_password_file",
+        "database_password_file",
+        "reader_database_password_file",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -104,9 +104,16 @@ def _letter(entry_id: Any, fields: dict[Any, Any], shard: EventStream | None = N
         pass
     entry = _sid(entry_id)
     return DeadLetter(
-        id=f"{shard.shard}/{entry}" if shard is not None and shard.shard_count > 1 else entry, group=_text(fields.get("group")), kind=_text(fields.get("kind")), reason=_text(fields.get("reason")) or "",
-        event_type=_str_or_none(event.get("type")), run_id=_str_or_none(event.get("run_id")), event_id=_str_or_none(event.get("id")),
-        source_id=_text(fields.get("source_id")), at=int(entry.split("-")[0]) / 1000, payload=payload,
+        id=f"{shard.shard}/{entry}" if shard is not None and shard.shard_count > 1 else entry,
+        group=_text(fields.get("group")),
+        kind=_text(fields.get("kind")),
+        reason=_text(fields.get("reason")) or "",
+        event_type=_str_or_none(event.get("type")),
+        run_id=_str_or_none(event.get("run_id")),
+        event_id=_str_or_none(event.get("id")),
+        source_id=_text(fields.get("source_id")),
+        at=int(entry.split("-")[0]) / 1000,
+        payload=payload,
     )
 
 
@@ -114,12 +121,16 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def list_dead_letters(stream: EventStream, *, group: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+def list_dead_letters(
+    stream: EventStream, *, group: str | None = None, limit: int = 1000
+) -> list[DeadLetter]:
     """The most recent dead letters first (at most ``limit``, over every shard), optionally of one consumer group."""
     letters = []
     for shard in stream.all_shards():
         found = 0
-        for entry_id, fields in shard.client.xrevrange(shard.dead_letter_stream, count=max(limit * (4 if group else 1), limit)):
+        for entry_id, fields in shard.client.xrevrange(
+            shard.dead_letter_stream, count=max(limit * (4 if group else 1), limit)
+        ):
             letter = _letter(entry_id, fields, shard)
             if group is None or letter.group == group:
                 letters.append(letter)
@@ -134,14 +145,20 @@ def _locate(stream: EventStream, letter_id: str) -> tuple[EventStream, str]:
     """The shard a dead-letter id names, and its entry id there."""
     match = _DEAD_ID.match(letter_id or "")
     if not match or any(int(part) > _MAX_ID_PART for part in match.group(2).split("-")):
-        raise ConfigurationError(f"not a dead-letter id: {letter_id!r} (ids look like 1795664000000-0, or 2/1795664000000-0 "
-                                 "on a sharded stream; list them with: fitstream dead-letters list)")
+        raise ConfigurationError(
+            f"not a dead-letter id: {letter_id!r} (ids look like 1795664000000-0, or 2/1795664000000-0 "
+            "on a sharded stream; list them with: fitstream dead-letters list)"
+        )
     shard = int(match.group(1) or 0)
     if match.group(1) is None and stream.shard_count > 1:
-        raise ConfigurationError(f"dead-letter id {letter_id!r} names no shard: the stream has {stream.shard_count} shards, "
-                                 "so ids look like 2/1795664000000-0; list them with: fitstream dead-letters list")
+        raise ConfigurationError(
+            f"dead-letter id {letter_id!r} names no shard: the stream has {stream.shard_count} shards, "
+            "so ids look like 2/1795664000000-0; list them with: fitstream dead-letters list"
+        )
     if shard >= stream.shard_count:
-        raise RunNotFoundError(f"no dead letter {letter_id}: there is no shard {shard} (FITSTREAM_STREAM_SHARDS is {stream.shard_count})")
+        raise RunNotFoundError(
+            f"no dead letter {letter_id}: there is no shard {shard} (FITSTREAM_STREAM_SHARDS is {stream.shard_count})"
+        )
     return stream.for_shard(shard), match.group(2)
 
 
@@ -165,7 +182,12 @@ def replay(stream: EventStream, letter_ids: Iterable[str]) -> list[str]:
         get_dead_letter(stream, letter_id)  # a clear error for a bad or unknown id
         shard, entry_id = _locate(stream, letter_id)
         # One shard's keys share its hash tag: one slot, so the script may touch them all on a cluster.
-        keys = [shard.dead_letter_stream, shard.stream, shard.dead_letter_counts_key, shard.dead_letter_kinds_key]
+        keys = [
+            shard.dead_letter_stream,
+            shard.stream,
+            shard.dead_letter_counts_key,
+            shard.dead_letter_kinds_key,
+        ]
         new_id = script(keys=keys, args=[entry_id])
         if new_id is None:
             raise RunNotFoundError(f"dead letter {letter_id} was replayed or purged meanwhile")

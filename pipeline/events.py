@@ -116,7 +116,10 @@ class _Event(BaseModel):
     run_id: str = Field(min_length=1, max_length=64)
     seq: int = Field(ge=0)
     ts: float = Field(
-        ge=0, le=MAX_TS, allow_inf_nan=False, description="Unix time (seconds) at which the event happened: 1970 to 9999."
+        ge=0,
+        le=MAX_TS,
+        allow_inf_nan=False,
+        description="Unix time (seconds) at which the event happened: 1970 to 9999.",
     )
 
 
@@ -129,8 +132,6 @@ class MonitoringCallback(BaseModel):
     monitor: str
     mode: str
     settings: dict[str, Any] = Field(default_factory=dict)
-
-
 
 
 class SweepTrial(BaseModel):
@@ -192,7 +193,9 @@ class BatchEnd(_Event):
     type: Literal["batch_end"] = "batch_end"
     epoch: int = Field(ge=0)
     batch: int = Field(ge=0, description="Counted from 0 within the epoch.")
-    step: int | None = Field(default=None, ge=0, description="Counted from 0 across epochs (batch_metrics' step).")
+    step: int | None = Field(
+        default=None, ge=0, description="Counted from 0 across epochs (batch_metrics' step)."
+    )
     metrics: dict[str, float | None]
 
 
@@ -204,9 +207,13 @@ class CheckpointSaved(_Event):
     value: float | None = None
     size_bytes: int | None = None
     sha256: str | None = None
-    mode: Mode | None = Field(default=None, description="The direction the saving callback used for `monitor`.")
+    mode: Mode | None = Field(
+        default=None, description="The direction the saving callback used for `monitor`."
+    )
     source: CheckpointSource = "model_checkpoint"
-    batch: int | None = Field(default=None, ge=0, description="Set for a batch-level checkpoint (save_freq=N).")
+    batch: int | None = Field(
+        default=None, ge=0, description="Set for a batch-level checkpoint (save_freq=N)."
+    )
 
 
 class LearningRateChanged(_Event):
@@ -241,7 +248,9 @@ class RunFinished(_Event):
     monitor: str | None = None
     mode: Mode | None = None
     restored_best_weights: bool = False
-    reason: str | None = Field(default=None, max_length=2000, description="Why a run was cancelled or pruned.")
+    reason: str | None = Field(
+        default=None, max_length=2000, description="Why a run was cancelled or pruned."
+    )
 
 
 class RunFailed(_Event):
@@ -266,7 +275,9 @@ class ModelPromoted(_Event):
     previous_champion_version: int | None = None
     previous_champion_value: float | None = None
     source: CheckpointSource | None = None
-    champion_reason: str | None = Field(default=None, description="Why `champion` did not move, when it did not.")
+    champion_reason: str | None = Field(
+        default=None, description="Why `champion` did not move, when it did not."
+    )
 
 
 class PromotionSkipped(_Event):
@@ -276,7 +287,17 @@ class PromotionSkipped(_Event):
 
 
 Event = Annotated[
-    RunQueued | RunStarted | EpochEnd | BatchEnd | CheckpointSaved | LearningRateChanged | EarlyStopped | RunFinished | RunFailed | ModelPromoted | PromotionSkipped,
+    RunQueued
+    | RunStarted
+    | EpochEnd
+    | BatchEnd
+    | CheckpointSaved
+    | LearningRateChanged
+    | EarlyStopped
+    | RunFinished
+    | RunFailed
+    | ModelPromoted
+    | PromotionSkipped,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: tuple[str, ...] = (
@@ -301,7 +322,15 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-def build(cls: type[E], *, run_id: str, seq: int, ts: float | None = None, event_id: str | None = None, **fields: Any) -> E:
+def build(
+    cls: type[E],
+    *,
+    run_id: str,
+    seq: int,
+    ts: float | None = None,
+    event_id: str | None = None,
+    **fields: Any,
+) -> E:
     """Make an event of type ``cls`` with a fresh id (or ``event_id``, for an event that may be
     announced again and must stay one event).
 
@@ -309,7 +338,9 @@ def build(cls: type[E], *, run_id: str, seq: int, ts: float | None = None, event
         >>> build(RunFailed, run_id="r1", seq=9, error_type="OSError", message="disk full").type
         'run_failed'
     """
-    return cls(id=event_id or new_event_id(), run_id=run_id, seq=seq, ts=time.time() if ts is None else ts, **fields)
+    return cls(
+        id=event_id or new_event_id(), run_id=run_id, seq=seq, ts=time.time() if ts is None else ts, **fields
+    )
 
 
 def stable_event_id(run_id: str, seq: int) -> str:
@@ -342,11 +373,19 @@ def _clip(text: str, limit: int = 120) -> str:
     """``text`` as a reason shows it: NUL and unpaired surrogates escaped (a reason is stored and
     logged as UTF-8), at most ``limit`` characters of it (a payload may hold megabytes)."""
     shown = text[: limit + 1].replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-    return shown if len(shown) <= limit and len(text) <= limit else f"{shown[:limit]}… ({len(text):,} characters)"
+    return (
+        shown
+        if len(shown) <= limit and len(text) <= limit
+        else f"{shown[:limit]}… ({len(text):,} characters)"
+    )
 
 
 def _shown(value: Any) -> str:
-    return _clip(repr(value)) if not isinstance(value, (list, dict)) else _clip(json.dumps(value, default=repr)[:1000])
+    return (
+        _clip(repr(value))
+        if not isinstance(value, (list, dict))
+        else _clip(json.dumps(value, default=repr)[:1000])
+    )
 
 
 #: Escapes that can spell text SQL cannot store (``\u0000``, surrogates). Where none appears, no
@@ -366,7 +405,8 @@ def decode(fields: Mapping[Any, Any]) -> Event:
     raw = fields.get(PAYLOAD_FIELD, fields.get(PAYLOAD_FIELD.encode()))
     if raw is None:
         present = sorted(
-            _clip(k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k), 40) for k in fields
+            _clip(k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k), 40)
+            for k in fields
         )
         raise InvalidEventError(f"no {PAYLOAD_FIELD!r} field in stream entry (fields: {present[:20]})")
     if isinstance(raw, (bytes, bytearray)):
@@ -418,7 +458,8 @@ def decode_dict(data: Any) -> Event:
     except ValidationError as exc:
         errors = exc.errors()
         problems = "; ".join(
-            f"{_clip('.'.join(str(p) for p in err['loc'][1:]) or '<event>')}: {err['msg']}" for err in errors[:10]
+            f"{_clip('.'.join(str(p) for p in err['loc'][1:]) or '<event>')}: {err['msg']}"
+            for err in errors[:10]
         )
         more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
         raise InvalidEventError(f"invalid {kind} event: {problems}{more}") from None
@@ -433,7 +474,9 @@ def _nesting(data: Any) -> int:
             deepest = max(deepest, depth)
             if deepest > MAX_NESTING:
                 return deepest
-            stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+            stack.extend(
+                (child, depth + 1) for child in (value.values() if isinstance(value, dict) else value)
+            )
     return deepest
 
 
@@ -459,7 +502,9 @@ def unstorable_text(data: Any) -> str | None:
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:
                 code = ord(text[exc.start])
-                return f"{where}: {what} holds an unpaired surrogate (U+{code:04X}), which is not Unicode text"
+                return (
+                    f"{where}: {what} holds an unpaired surrogate (U+{code:04X}), which is not Unicode text"
+                )
         if isinstance(value, dict):
             stack.extend((f"{path}.{_key(k)}" if path else _key(k), k, v) for k, v in value.items())
         elif isinstance(value, list):

@@ -44,8 +44,13 @@ def _feed(digest: Any, value: Any) -> bool:
         return all(_feed(digest, item) for item in value)
     if isinstance(value, dict):
         digest.update(f"map{len(value)};".encode())
-        return all(digest.update(str(key).encode() + b"=") or _feed(digest, value[key]) for key in sorted(value, key=str))
-    if isinstance(value, np.ndarray) or (hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "dtype")):
+        return all(
+            digest.update(str(key).encode() + b"=") or _feed(digest, value[key])
+            for key in sorted(value, key=str)
+        )
+    if isinstance(value, np.ndarray) or (
+        hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "dtype")
+    ):
         array = np.ascontiguousarray(np.asarray(value))
         if array.dtype == object:
             return False  # Python objects: their bytes are addresses, not data

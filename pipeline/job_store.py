@@ -32,7 +32,6 @@ KEY_PREFIX = "fitstream"
 JOB_TTL_S = 7 * 24 * 3600
 
 
-
 @dataclass(frozen=True)
 class JobRecord:
     run_id: str
@@ -79,10 +78,18 @@ class JobStore:
     def _key(self, kind: str, run_id: str) -> str:
         return f"{self.prefix}:{kind}:{run_id}"
 
-    def save(self, run_id: str, spec: JobSpec, *, queue: str | None = None, sweep_id: str | None = None) -> JobRecord:
+    def save(
+        self, run_id: str, spec: JobSpec, *, queue: str | None = None, sweep_id: str | None = None
+    ) -> JobRecord:
         record = JobRecord(run_id, spec, queue or spec.queue, time.time(), sweep_id)
-        payload = json.dumps({"spec": json.loads(spec_to_json(spec)), "queue": record.queue,
-                              "submitted_at": record.submitted_at, "sweep_id": sweep_id})
+        payload = json.dumps(
+            {
+                "spec": json.loads(spec_to_json(spec)),
+                "queue": record.queue,
+                "submitted_at": record.submitted_at,
+                "sweep_id": sweep_id,
+            }
+        )
         self.client.set(self._key("job", run_id), payload, ex=JOB_TTL_S)
         return record
 
@@ -91,7 +98,9 @@ class JobStore:
         if raw is None:
             return None
         data = json.loads(raw)
-        return JobRecord(run_id, parse_spec(data["spec"]), data["queue"], data["submitted_at"], data.get("sweep_id"))
+        return JobRecord(
+            run_id, parse_spec(data["spec"]), data["queue"], data["submitted_at"], data.get("sweep_id")
+        )
 
     def sweep_of(self, run_id: str) -> str | None:
         """The sweep whose trial ``run_id`` is (None for a lone run, or one whose record expired)."""
@@ -107,7 +116,9 @@ class JobStore:
 
     def request_cancel(self, run_id: str, *, status: str = "cancelled", reason: str | None = None) -> None:
         """Ask the run to stop at its next batch and end as ``status`` (cancelled, or pruned) because of ``reason``."""
-        self.client.set(self._key("cancel", run_id), json.dumps({"status": status, "reason": reason}), ex=JOB_TTL_S)
+        self.client.set(
+            self._key("cancel", run_id), json.dumps({"status": status, "reason": reason}), ex=JOB_TTL_S
+        )
 
     def cancel_requested(self, run_id: str) -> bool:
         return bool(self.client.exists(self._key("cancel", run_id)))
@@ -144,7 +155,9 @@ class JobStore:
 
     def sweep_lock(self, sweep_id: str, *, timeout_s: float = 30.0) -> redis.lock.Lock:
         """The lock under which a sweep's waiting trials are queued (redis-py's own lock)."""
-        return self.client.lock(self._key("sweep-lock", sweep_id), timeout=timeout_s, blocking_timeout=timeout_s)
+        return self.client.lock(
+            self._key("sweep-lock", sweep_id), timeout=timeout_s, blocking_timeout=timeout_s
+        )
 
     def set_task_id(self, run_id: str, task_id: str) -> None:
         self.client.set(self._key("task", run_id), task_id, ex=JOB_TTL_S)
@@ -190,7 +203,9 @@ class RunLease(RedisLease):
     takes its lease over instead of waiting for it to expire.
     """
 
-    def __init__(self, client: redis.Redis, run_id: str, *, owner: str, ttl_s: float, prefix: str = KEY_PREFIX) -> None:
+    def __init__(
+        self, client: redis.Redis, run_id: str, *, owner: str, ttl_s: float, prefix: str = KEY_PREFIX
+    ) -> None:
         super().__init__(client, f"{prefix}:lease:{run_id}", owner=owner, ttl_s=ttl_s)
 
     def acquire_from_dead(self) -> bool:

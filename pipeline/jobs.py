@@ -163,7 +163,9 @@ class CheckpointSettings(_Monitored):
         if path.is_absolute() or ".." in path.parts or not value.strip():
             raise ValueError(f"must be a relative path inside the run's directory; got {_shown(value)}")
         if not (value.endswith(".keras") or value.endswith(".weights.h5") or value.endswith(".h5")):
-            raise ValueError(f"must end in .keras (or .weights.h5 with save_weights_only); got {_shown(value)}")
+            raise ValueError(
+                f"must end in .keras (or .weights.h5 with save_weights_only); got {_shown(value)}"
+            )
         return value
 
 
@@ -187,7 +189,9 @@ class LRSchedule(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> LRSchedule:
-        needs = {"step": ("every", "factor"), "exponential": ("factor",), "cosine": (), "function": ("fn",)}[self.kind]
+        needs = {"step": ("every", "factor"), "exponential": ("factor",), "cosine": (), "function": ("fn",)}[
+            self.kind
+        ]
         missing = [n for n in needs if getattr(self, n) is None]
         if missing:
             raise ValueError(f"lr_schedule kind {self.kind!r} needs {', '.join(missing)}")
@@ -279,14 +283,19 @@ class JobSpec(_Strict):
     def _yaml_on_keys(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare `on:` key (lifecycle rules) as the boolean true.
         if isinstance(value, list):
-            return [{("on" if k is True else k): v for k, v in r.items()} if isinstance(r, dict) else r for r in value]
+            return [
+                {("on" if k is True else k): v for k, v in r.items()} if isinstance(r, dict) else r
+                for r in value
+            ]
         return value
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not re.fullmatch(r"[\w.:-]+( [\w.:-]+)*", value):
-            raise ValueError(f"use letters, digits, '_', '-', '.', ':' and single spaces; got {_shown(value)}")
+            raise ValueError(
+                f"use letters, digits, '_', '-', '.', ':' and single spaces; got {_shown(value)}"
+            )
         return value
 
     @field_validator("queue")
@@ -321,9 +330,15 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
-    "fit": FitSettings, "early_stopping": EarlyStoppingSettings, "checkpoint": CheckpointSettings,
-    "reduce_lr": ReduceLRSettings, "lr_schedule": LRSchedule, "model": CallableRef, "data": CallableRef,
-    "promote": PromoteSettings, "tensorboard": TensorBoardSettings,
+    "fit": FitSettings,
+    "early_stopping": EarlyStoppingSettings,
+    "checkpoint": CheckpointSettings,
+    "reduce_lr": ReduceLRSettings,
+    "lr_schedule": LRSchedule,
+    "model": CallableRef,
+    "data": CallableRef,
+    "promote": PromoteSettings,
+    "tensorboard": TensorBoardSettings,
 }
 
 
@@ -344,7 +359,9 @@ def _describe(error: dict[str, Any]) -> str:
         names = _field_names(parent)
         close = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
         if not close and len(loc) == 1:  # a section's key written at the top level
-            close = [f"{section}.{loc[0]}" for section, m in _SECTION_MODELS.items() if loc[0] in _field_names(m)][:1]
+            close = [
+                f"{section}.{loc[0]}" for section, m in _SECTION_MODELS.items() if loc[0] in _field_names(m)
+            ][:1]
         hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
         return f"{where}: unknown key{hint}"
     if error["type"] == "missing":
@@ -392,7 +409,9 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     context = getattr(error, "context", None)
     mark = getattr(error, "problem_mark", None)
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    return " ".join(f"{context}: {problem}{where}".split()) if context else " ".join(f"{problem}{where}".split())
+    return (
+        " ".join(f"{context}: {problem}{where}".split()) if context else " ".join(f"{problem}{where}".split())
+    )
 
 
 def parse_config_text(text: str) -> Any:
@@ -412,7 +431,9 @@ def parse_config_text(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def config_problem(data: Any, *, max_values: int = MAX_SPEC_VALUES, max_depth: int = MAX_SPEC_DEPTH) -> str | None:
+def config_problem(
+    data: Any, *, max_values: int = MAX_SPEC_VALUES, max_depth: int = MAX_SPEC_DEPTH
+) -> str | None:
     """What makes parsed YAML or JSON ``data`` unfit to read as settings, or None: more than
     ``max_values`` values or deeper than ``max_depth`` — counting each YAML alias as what it
     expands to, without expanding anything (a shared collection is measured once) — a collection
@@ -430,14 +451,18 @@ def config_problem(data: Any, *, max_values: int = MAX_SPEC_VALUES, max_depth: i
         node, finished = stack.pop()
         if not isinstance(node, (dict, list)):
             continue
-        children = [c for c in (node.values() if isinstance(node, dict) else node) if isinstance(c, (dict, list))]
+        children = [
+            c for c in (node.values() if isinstance(node, dict) else node) if isinstance(c, (dict, list))
+        ]
         if finished:
             open_ids.discard(id(node))
             values = len(node) + sum(measured[id(c)][0] for c in children)
             depth = 1 + max((measured[id(c)][1] for c in children), default=0)
             measured[id(node)] = (values, depth)
             if values > max_values:
-                return f"stands for more than {max_values:,} values (YAML aliases repeated inside one another?)"
+                return (
+                    f"stands for more than {max_values:,} values (YAML aliases repeated inside one another?)"
+                )
             if depth > max_depth:
                 return f"nested more than {max_depth} levels deep"
             continue

@@ -27,8 +27,21 @@ from pipeline.store import ChecksumMismatchError, open_store
 from pipeline.store.copying import file_sha256
 
 FIELDS = (
-    "name", "version", "run_id", "epoch", "metric", "mode", "value", "source", "path", "sha256", "size_bytes",
-    "source_path", "spec_hash", "data_fingerprint", "created_at",
+    "name",
+    "version",
+    "run_id",
+    "epoch",
+    "metric",
+    "mode",
+    "value",
+    "source",
+    "path",
+    "sha256",
+    "size_bytes",
+    "source_path",
+    "spec_hash",
+    "data_fingerprint",
+    "created_at",
 )
 
 
@@ -36,7 +49,9 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     """``name``, ``name@3`` or ``name@champion`` → (name, version-or-alias)."""
     name, _, selector = ref.partition("@")
     if not name:
-        raise ConfigurationError(f"a model reference looks like NAME, NAME@VERSION or NAME@ALIAS; got {ref!r}")
+        raise ConfigurationError(
+            f"a model reference looks like NAME, NAME@VERSION or NAME@ALIAS; got {ref!r}"
+        )
     return name, selector or None
 
 
@@ -47,16 +62,37 @@ def describe(engine: Engine, ref: str) -> dict[str, Any]:
     with transaction(engine) as conn:
         if selector is None or not selector.isdigit():
             alias = selector or "latest"
-            version = conn.execute(sa.select(aliases.c.version).where(aliases.c.name == name, aliases.c.alias == alias)).scalar()
+            version = conn.execute(
+                sa.select(aliases.c.version).where(aliases.c.name == name, aliases.c.alias == alias)
+            ).scalar()
             if version is None:
                 known = conn.execute(sa.select(aliases.c.alias).where(aliases.c.name == name)).scalars().all()
-                raise RunNotFoundError(f"model {name!r} has no alias {alias!r}" + (f"; aliases: {', '.join(sorted(known))}" if known else "; list models with: fitstream models"))
+                raise RunNotFoundError(
+                    f"model {name!r} has no alias {alias!r}"
+                    + (
+                        f"; aliases: {', '.join(sorted(known))}"
+                        if known
+                        else "; list models with: fitstream models"
+                    )
+                )
         else:
             version = int(selector)
-        row = conn.execute(sa.select(*(versions.c[f] for f in FIELDS)).where(versions.c.name == name, versions.c.version == version)).first()
+        row = conn.execute(
+            sa.select(*(versions.c[f] for f in FIELDS)).where(
+                versions.c.name == name, versions.c.version == version
+            )
+        ).first()
         if row is None:
-            raise RunNotFoundError(f"model {name!r} has no version {version}; list them with: fitstream models {name}")
-        names = conn.execute(sa.select(aliases.c.alias).where(aliases.c.name == name, aliases.c.version == version)).scalars().all()
+            raise RunNotFoundError(
+                f"model {name!r} has no version {version}; list them with: fitstream models {name}"
+            )
+        names = (
+            conn.execute(
+                sa.select(aliases.c.alias).where(aliases.c.name == name, aliases.c.version == version)
+            )
+            .scalars()
+            .all()
+        )
     return {**dict(row._mapping), "aliases": sorted(names)}
 
 

@@ -31,13 +31,31 @@ ModeName = Literal["min", "max"]
 #: built-in metrics for code that only sees names (consumers, alert rules).
 MAXIMISED_METRICS = frozenset(
     {
-        "accuracy", "acc", "binary_accuracy", "categorical_accuracy",
-        "sparse_categorical_accuracy", "top_k_categorical_accuracy",
-        "sparse_top_k_categorical_accuracy", "auc", "precision", "recall",
-        "f1_score", "fbeta_score", "r2_score", "iou", "mean_iou", "one_hot_iou",
-        "one_hot_mean_iou", "binary_iou", "true_positives", "true_negatives",
-        "precision_at_recall", "recall_at_precision", "sensitivity_at_specificity",
-        "specificity_at_sensitivity", "cosine_similarity",
+        "accuracy",
+        "acc",
+        "binary_accuracy",
+        "categorical_accuracy",
+        "sparse_categorical_accuracy",
+        "top_k_categorical_accuracy",
+        "sparse_top_k_categorical_accuracy",
+        "auc",
+        "precision",
+        "recall",
+        "f1_score",
+        "fbeta_score",
+        "r2_score",
+        "iou",
+        "mean_iou",
+        "one_hot_iou",
+        "one_hot_mean_iou",
+        "binary_iou",
+        "true_positives",
+        "true_negatives",
+        "precision_at_recall",
+        "recall_at_precision",
+        "sensitivity_at_specificity",
+        "specificity_at_sensitivity",
+        "cosine_similarity",
     }
 )
 
@@ -49,7 +67,12 @@ def infer_mode(metric: str) -> ModeName:
         ConfigurationError: when the name does not say; pass ``mode`` explicitly.
     """
     base = metric.removeprefix("val_")
-    if base == "loss" or base.endswith("_loss") or base.endswith("error") or base in {"mse", "mae", "mape", "msle", "rmse"}:
+    if (
+        base == "loss"
+        or base.endswith("_loss")
+        or base.endswith("error")
+        or base in {"mse", "mae", "mape", "msle", "rmse"}
+    ):
         return "min"
     if base in MAXIMISED_METRICS or base.endswith(("accuracy", "_auc")):
         return "max"

@@ -50,22 +50,32 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Par
     """
     flat = _flatten_all(params, prefix)
     if len(flat) > MAX_PARAMS:
-        raise ParamsError(f"{len(flat):,} parameters; a run may carry at most {MAX_PARAMS:,} (flatten less, or drop some)")
+        raise ParamsError(
+            f"{len(flat):,} parameters; a run may carry at most {MAX_PARAMS:,} (flatten less, or drop some)"
+        )
     for key, value in flat.items():
         if len(key) > MAX_KEY_LENGTH:
-            raise ParamsError(f"parameter name {key[:60]!r}… is {len(key)} characters; at most {MAX_KEY_LENGTH}")
+            raise ParamsError(
+                f"parameter name {key[:60]!r}… is {len(key)} characters; at most {MAX_KEY_LENGTH}"
+            )
         if isinstance(value, str) and len(value) > MAX_VALUE_LENGTH:
-            raise ParamsError(f"parameter {key!r} is {len(value):,} characters long; at most {MAX_VALUE_LENGTH:,}")
+            raise ParamsError(
+                f"parameter {key!r} is {len(value):,} characters long; at most {MAX_VALUE_LENGTH:,}"
+            )
     return flat
 
 
-def _flatten_all(node: Mapping[str, Any], prefix: str, flat: dict[str, ParamValue] | None = None) -> dict[str, ParamValue]:
+def _flatten_all(
+    node: Mapping[str, Any], prefix: str, flat: dict[str, ParamValue] | None = None
+) -> dict[str, ParamValue]:
     flat = {} if flat is None else flat
     if not isinstance(node, Mapping):
         raise ParamsError(f"parameters must be a mapping of names to values; got {type(node).__name__}")
     for raw_key, value in node.items():
         if not isinstance(raw_key, str) or not raw_key:
-            raise ParamsError(f"parameter names must be non-empty text; got {raw_key!r} under {prefix or 'the top level'!r}")
+            raise ParamsError(
+                f"parameter names must be non-empty text; got {raw_key!r} under {prefix or 'the top level'!r}"
+            )
         key = f"{prefix}{raw_key}"
         if isinstance(value, Mapping):
             if value:
@@ -86,12 +96,18 @@ def _scalar(key: str, value: Any) -> ParamValue:
         try:
             return json.dumps(list(value), allow_nan=False)
         except (TypeError, ValueError):
-            raise ParamsError(f"parameter {key!r}: a list of JSON values (finite numbers) is allowed; got {value!r:.80}") from None
+            raise ParamsError(
+                f"parameter {key!r}: a list of JSON values (finite numbers) is allowed; got {value!r:.80}"
+            ) from None
     if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")  # text: JSON cannot carry them
+        return (
+            "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        )  # text: JSON cannot carry them
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    raise ParamsError(f"parameter {key!r}: must be text, a number, true/false, null or a list; got {type(value).__name__}")
+    raise ParamsError(
+        f"parameter {key!r}: must be text, a number, true/false, null or a list; got {type(value).__name__}"
+    )
 
 
 def param_row(key: str, value: ParamValue) -> tuple[str, str | None, float | None]:
@@ -132,14 +148,25 @@ def spec_params(spec_dump: Mapping[str, Any]) -> dict[str, ParamValue]:
     return kept
 
 
-def run_params(optimizer: dict[str, Any] | None, given: dict[str, Any], *, fit: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_params(
+    optimizer: dict[str, Any] | None, given: dict[str, Any], *, fit: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``run_started``'s parameters: ``fit.epochs`` and ``fit.batch_size`` (as a queued job's spec
     names them), the optimizer's class and Keras config under ``optimizer.``, then what the caller
     gave (which wins on a clash)."""
     found: dict[str, Any] = {f"fit.{k}": v for k, v in (fit or {}).items() if v is not None}
     if optimizer:
         try:
-            found.update(flatten_params({"optimizer": {"class_name": optimizer.get("class_name"), **(optimizer.get("config") or {})}}))
+            found.update(
+                flatten_params(
+                    {
+                        "optimizer": {
+                            "class_name": optimizer.get("class_name"),
+                            **(optimizer.get("config") or {}),
+                        }
+                    }
+                )
+            )
         except ParamsError as exc:
             log.warning("fitstream: the optimizer's config is not recorded as parameters: %s", exc)
     merged = {**found, **given}

@@ -40,7 +40,7 @@ def family(metric: str) -> str:
     """
     for prefix in PREFIXES:
         if metric.startswith(prefix):
-            return metric[len(prefix):]
+            return metric[len(prefix) :]
     return metric
 
 
@@ -73,7 +73,9 @@ def build_figure(engine: Engine, run_refs: Sequence[str], *, metrics: Sequence[s
     for metric in sorted(wanted, key=lambda m: (family(m), m != family(m), m)):
         families.setdefault(family(metric), []).append(metric)
     monitored = {d.run.monitor for d in details if d.run.monitor}
-    panels = sorted(families, key=lambda f: (not any(family(m) == f for m in monitored), f)) or ["(no metrics)"]
+    panels = sorted(families, key=lambda f: (not any(family(m) == f for m in monitored), f)) or [
+        "(no metrics)"
+    ]
     figure = Figure(figsize=(9, 2.8 * len(panels) + 0.6), layout="constrained")
     axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     colours = [f"C{i % 10}" for i in range(len(details))]
@@ -83,8 +85,14 @@ def build_figure(engine: Engine, run_refs: Sequence[str], *, metrics: Sequence[s
             for metric in families.get(panel, []):
                 xs, ys = _series(detail, metric)
                 if xs:
-                    ax.plot(xs, ys, color=colour, linestyle="--" if metric.startswith(PREFIXES) else "-", marker="." if len(xs) < 40 else None,
-                            label=f"{short} {metric}")
+                    ax.plot(
+                        xs,
+                        ys,
+                        color=colour,
+                        linestyle="--" if metric.startswith(PREFIXES) else "-",
+                        marker="." if len(xs) < 40 else None,
+                        label=f"{short} {metric}",
+                    )
             _mark(ax, detail, colour, panel)
         ax.set_ylabel(panel)
         ax.grid(True, alpha=0.3)
@@ -106,25 +114,51 @@ def _mark(ax: Any, detail: RunDetail, colour: str, panel: str) -> None:
         best = next((e.metrics.get(run.monitor) for e in detail.epochs if e.epoch == run.best_epoch), None)
         value = run.best_value if run.best_value is not None else best
         if value is not None and math.isfinite(float(value)):
-            ax.plot([run.best_epoch], [float(value)], marker="*", markersize=14, color=colour, linestyle="none",
-                    label=f"best {run.monitor} (epoch {run.best_epoch})", gid="best-epoch")
+            ax.plot(
+                [run.best_epoch],
+                [float(value)],
+                marker="*",
+                markersize=14,
+                color=colour,
+                linestyle="none",
+                label=f"best {run.monitor} (epoch {run.best_epoch})",
+                gid="best-epoch",
+            )
     if run.stopped_epoch is not None:
-        ax.axvline(run.stopped_epoch, color=colour, linestyle=":", linewidth=1.2, label=f"early stop (epoch {run.stopped_epoch})",
-                   gid="early-stop")
+        ax.axvline(
+            run.stopped_epoch,
+            color=colour,
+            linestyle=":",
+            linewidth=1.2,
+            label=f"early stop (epoch {run.stopped_epoch})",
+            gid="early-stop",
+        )
 
 
 def _learning_rates(ax: Any, details: Sequence[RunDetail], colours: Sequence[str]) -> None:
     """Each run's learning rate as steps on a second y axis (log scale when it spans a decade)."""
     series = []
     for detail, colour in zip(details, colours):
-        points = [(e.epoch, e.learning_rate) for e in detail.epochs if e.learning_rate is not None and e.learning_rate > 0]
+        points = [
+            (e.epoch, e.learning_rate)
+            for e in detail.epochs
+            if e.learning_rate is not None and e.learning_rate > 0
+        ]
         if points:
             series.append((points, colour))
     if not series:
         return
     twin = ax.twinx()
     for points, colour in series:
-        twin.step([x for x, _ in points], [y for _, y in points], where="post", color=colour, alpha=0.45, linewidth=1, gid="learning-rate")
+        twin.step(
+            [x for x, _ in points],
+            [y for _, y in points],
+            where="post",
+            color=colour,
+            alpha=0.45,
+            linewidth=1,
+            gid="learning-rate",
+        )
     values = [y for points, _ in series for _, y in points]
     if max(values) / min(values) >= 10:
         twin.set_yscale("log")
@@ -133,11 +167,15 @@ def _learning_rates(ax: Any, details: Sequence[RunDetail], colours: Sequence[str
     ax.patch.set_visible(False)
 
 
-def plot_runs(engine: Engine, run_refs: Sequence[str], output: Path, *, metrics: Sequence[str] | None = None) -> Path:
+def plot_runs(
+    engine: Engine, run_refs: Sequence[str], output: Path, *, metrics: Sequence[str] | None = None
+) -> Path:
     """Draw :func:`build_figure` into ``output`` (PNG, SVG or PDF by its extension); returns the path."""
     output = Path(output)
     if output.suffix.lower() not in FORMATS:
-        raise ConfigurationError(f"cannot tell the image type of {output.name!r}: end it in {', '.join(FORMATS)}")
+        raise ConfigurationError(
+            f"cannot tell the image type of {output.name!r}: end it in {', '.join(FORMATS)}"
+        )
     figure = build_figure(engine, run_refs, metrics=metrics)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=110)

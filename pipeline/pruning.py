@@ -22,8 +22,14 @@ from pipeline.monitor import Monitor
 
 
 def prune_reason(
-    monitor: str, mode: str, *, epoch: int, value: float | None, finished: Sequence[float | None],
-    warmup_epochs: int = 0, min_trials: int = 1,
+    monitor: str,
+    mode: str,
+    *,
+    epoch: int,
+    value: float | None,
+    finished: Sequence[float | None],
+    warmup_epochs: int = 0,
+    min_trials: int = 1,
 ) -> str | None:
     """Why the trial should stop at ``epoch``, or None when it should go on.
 

@@ -10,7 +10,14 @@ from pipeline.bus import EventStream
 from pipeline.errors import InvalidEventError
 
 
-def follow_run(stream: EventStream, run_id: str, *, start_id: str = "0", timeout: float | None = None, block_ms: int = 1000) -> Iterator[ev.Event]:
+def follow_run(
+    stream: EventStream,
+    run_id: str,
+    *,
+    start_id: str = "0",
+    timeout: float | None = None,
+    block_ms: int = 1000,
+) -> Iterator[ev.Event]:
     """Yield ``run_id``'s events from ``start_id`` on, live, until its ``run_finished`` (or ``timeout``)."""
     stream = stream.for_run(run_id)  # a run's events are all on its shard
     last = start_id

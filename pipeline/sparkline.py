@@ -21,7 +21,9 @@ def _buckets(values: list[float], width: int) -> list[float]:
     """``values`` averaged into ``width`` buckets of consecutive points (NaN where a bucket has none)."""
     out = []
     for b in range(width):
-        chunk = [v for v in values[b * len(values) // width:(b + 1) * len(values) // width] if math.isfinite(v)]
+        chunk = [
+            v for v in values[b * len(values) // width : (b + 1) * len(values) // width] if math.isfinite(v)
+        ]
         out.append(sum(chunk) / len(chunk) if chunk else math.nan)
     return out
 
@@ -38,6 +40,8 @@ def sparkline(values: Iterable[float | None], *, width: int | None = None) -> st
     low, high = min(finite), max(finite)
     span = high - low
     return "".join(
-        " " if not math.isfinite(v) else BARS[0 if span == 0 else min(len(BARS) - 1, int((v - low) / span * len(BARS)))]
+        " "
+        if not math.isfinite(v)
+        else BARS[0 if span == 0 else min(len(BARS) - 1, int((v - low) / span * len(BARS)))]
         for v in points
     )

@@ -21,9 +21,14 @@ def _text(raw: bytes | str | None) -> str | None:
 def shard_groups(shard: EventStream) -> list[dict[str, Any]]:
     """One shard's consumer groups: consumers, pending, lag, leader, paused consumers."""
     return [
-        {"group": g["name"], "consumers": g.get("consumers"), "pending": g.get("pending"), "lag": g.get("lag"),
-         "leader": _text(shard.client.get(leader_key(shard.stream, g["name"]))),
-         "paused": shard.consumer_states(g["name"])}
+        {
+            "group": g["name"],
+            "consumers": g.get("consumers"),
+            "pending": g.get("pending"),
+            "lag": g.get("lag"),
+            "leader": _text(shard.client.get(leader_key(shard.stream, g["name"]))),
+            "paused": shard.consumer_states(g["name"]),
+        }
         for g in shard.groups()
     ]
 
@@ -40,7 +45,9 @@ def _summed_groups(per_shard: list[list[dict[str, Any]]]) -> list[dict[str, Any]
                 continue
             total["consumers"] = max(total["consumers"] or 0, group["consumers"] or 0)
             total["pending"] = (total["pending"] or 0) + (group["pending"] or 0)
-            total["lag"] = None if total["lag"] is None or group["lag"] is None else total["lag"] + group["lag"]
+            total["lag"] = (
+                None if total["lag"] is None or group["lag"] is None else total["lag"] + group["lag"]
+            )
             leaders = [name for name in (total["leader"] or "").split(", ") if name]
             if group["leader"] and group["leader"] not in leaders:
                 leaders.append(group["leader"])
@@ -62,14 +69,25 @@ def stream_report(stream: EventStream) -> dict[str, Any]:
     for shard in stream.all_shards():
         groups = shard_groups(shard)
         dead = shard.dead_letter_count()
-        shards.append({"shard": shard.shard, "stream": shard.stream, "length": int(shard.client.xlen(shard.stream)),
-                       "consumer_groups": groups, "dead_letters": dead})
+        shards.append(
+            {
+                "shard": shard.shard,
+                "stream": shard.stream,
+                "length": int(shard.client.xlen(shard.stream)),
+                "consumer_groups": groups,
+                "dead_letters": dead,
+            }
+        )
         for kind, count in shard.dead_letter_kinds().items():
             by_reason[kind] = by_reason.get(kind, 0) + count
         for key, value in shard.forced_trims().items():
             trims[key] = max(trims.get(key, 0), value) if key == "last_at" else trims.get(key, 0) + value
     return {
-        "stream": {"name": stream.base_stream, "length": sum(s["length"] for s in shards), "shards": len(shards)},
+        "stream": {
+            "name": stream.base_stream,
+            "length": sum(s["length"] for s in shards),
+            "shards": len(shards),
+        },
         "consumer_groups": _summed_groups([s["consumer_groups"] for s in shards]),
         "shards": shards,
         "dead_letters": sum(s["dead_letters"] for s in shards),

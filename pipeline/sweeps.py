@@ -79,7 +79,9 @@ class Distribution(_Strict):
     def _one(self) -> Distribution:
         given = [k for k in ("uniform", "loguniform", "int_", "choice") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of uniform: [low, high], loguniform: [low, high], int: [low, high], choice: [...]")
+            raise ValueError(
+                "give exactly one of uniform: [low, high], loguniform: [low, high], int: [low, high], choice: [...]"
+            )
         for name in ("uniform", "loguniform"):
             bounds = getattr(self, name)
             if bounds is not None and not all(math.isfinite(b) for b in bounds):
@@ -169,8 +171,10 @@ class SweepSettings(_Strict):
             except ValidationError as exc:
                 problem = exc.errors()[0]
                 if problem["type"] == "extra_forbidden":
-                    raise ValueError(f"{key}: unknown distribution {problem['loc'][-1]!r}; give exactly one of "
-                                     "uniform: [low, high], loguniform: [low, high], int: [low, high], choice: [...]") from None
+                    raise ValueError(
+                        f"{key}: unknown distribution {problem['loc'][-1]!r}; give exactly one of "
+                        "uniform: [low, high], loguniform: [low, high], int: [low, high], choice: [...]"
+                    ) from None
                 raise ValueError(f"{key}: {problem['msg'].removeprefix('Value error, ')}") from None
         if len(parsed) == 2:
             raise ValueError("random: names no parameter to draw (keys besides trials and seed)")
@@ -195,7 +199,9 @@ class SweepSettings(_Strict):
 def _check_path(key: str) -> None:
     parts = key.split(".")
     if not key or any(not p for p in parts) or parts[0] == "sweep":
-        raise ValueError(f"{key!r} is not a spec path; use dotted keys such as model.kwargs.hidden or fit.batch_size")
+        raise ValueError(
+            f"{key!r} is not a spec path; use dotted keys such as model.kwargs.hidden or fit.batch_size"
+        )
     if parts[0] in ("name", "queue"):  # one sweep, one name (its trials are compared by it), one queue
         raise ValueError(f"{key!r} cannot vary within a sweep: its trials share the job's name and queue")
 
@@ -218,12 +224,18 @@ def assignments(settings: SweepSettings) -> list[dict[str, Any]]:
     """Every trial's values: the grid's combinations (first key slowest), each with ``trials`` random
     draws when ``random:`` is given (the same seed gives the same draws)."""
     grid_keys = list(settings.grid)
-    points = [dict(zip(grid_keys, values)) for values in itertools.product(*(settings.grid[k] for k in grid_keys))]
+    points = [
+        dict(zip(grid_keys, values)) for values in itertools.product(*(settings.grid[k] for k in grid_keys))
+    ]
     draws = settings.random_params()
     if not draws:
         return points
     rng = random.Random(settings.random.get("seed"))
-    return [{**point, **{k: d.draw(rng) for k, d in draws.items()}} for point in points for _ in range(settings.random["trials"])]
+    return [
+        {**point, **{k: d.draw(rng) for k, d in draws.items()}}
+        for point in points
+        for _ in range(settings.random["trials"])
+    ]
 
 
 def apply(spec_data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
@@ -249,7 +261,9 @@ def apply(spec_data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return data
 
 
-def parse_sweep(data: dict[str, Any], *, source: str = "job spec", allowed: tuple[str, ...] | None = None) -> Sweep:
+def parse_sweep(
+    data: dict[str, Any], *, source: str = "job spec", allowed: tuple[str, ...] | None = None
+) -> Sweep:
     """Validate a job mapping with a ``sweep:`` section and every trial it makes.
 
     Raises:
@@ -262,16 +276,24 @@ def parse_sweep(data: dict[str, Any], *, source: str = "job spec", allowed: tupl
     try:
         settings = SweepSettings.model_validate(data["sweep"])
     except ValidationError as exc:
-        problems = [f"sweep.{'.'.join(str(p) for p in e['loc'][:1])}: {e['msg'].removeprefix('Value error, ')}"
-                    if e["loc"] else f"sweep: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        problems = [
+            f"sweep.{'.'.join(str(p) for p in e['loc'][:1])}: {e['msg'].removeprefix('Value error, ')}"
+            if e["loc"]
+            else f"sweep: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
         raise JobSpecError(problems, source) from None
-    count = math.prod(len(v) for v in settings.grid.values()) * (settings.random["trials"] if settings.random else 1)
+    count = math.prod(len(v) for v in settings.grid.values()) * (
+        settings.random["trials"] if settings.random else 1
+    )
     if count > MAX_TRIALS:  # counted before any trial is made: a few lines may stand for billions
         raise JobSpecError([f"sweep: makes {count:,} trials; at most {MAX_TRIALS:,} per sweep"], source)
     values = assignments(settings)
     trials, problems = [], []
     for index, assignment in enumerate(values):
-        label = f"trial {index + 1} of {len(values)} ({', '.join(f'{k}={v!r}' for k, v in assignment.items())})"
+        label = (
+            f"trial {index + 1} of {len(values)} ({', '.join(f'{k}={v!r}' for k, v in assignment.items())})"
+        )
         try:
             trial_data = base
             for key, value in assignment.items():

@@ -96,9 +96,11 @@ def _schedule(schedule: LRSchedule, allowed: tuple[str, ...]) -> keras.callbacks
         if schedule.kind == "step":
             return max(schedule.min_lr, base * schedule.factor ** (epoch // schedule.every))  # type: ignore[operator]
         if schedule.kind == "exponential":
-            return max(schedule.min_lr, base * schedule.factor ** epoch)  # type: ignore[operator]
+            return max(schedule.min_lr, base * schedule.factor**epoch)  # type: ignore[operator]
         total = schedule.total_epochs or 1
-        return schedule.min_lr + 0.5 * (base - schedule.min_lr) * (1 + math.cos(math.pi * min(epoch, total) / total))
+        return schedule.min_lr + 0.5 * (base - schedule.min_lr) * (
+            1 + math.cos(math.pi * min(epoch, total) / total)
+        )
 
     return keras.callbacks.LearningRateScheduler(step)
 
@@ -120,7 +122,9 @@ def _split_data(data: Any) -> tuple[Any, Any, Any]:
     return data, None, None
 
 
-def build_callbacks(spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]) -> tuple[list[keras.callbacks.Callback], list[keras.callbacks.Callback]]:
+def build_callbacks(
+    spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]
+) -> tuple[list[keras.callbacks.Callback], list[keras.callbacks.Callback]]:
     """(all callbacks, the monitoring ones the publisher watches) for ``spec``."""
     callbacks: list[keras.callbacks.Callback] = []
     watched: list[keras.callbacks.Callback] = []
@@ -132,7 +136,9 @@ def build_callbacks(spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]) ->
     if spec.checkpoint is not None and is_chief():  # only the chief writes checkpoints
         path = paths.checkpoint(spec.checkpoint.filename)
         path.parent.mkdir(parents=True, exist_ok=True)
-        watched.append(keras.callbacks.ModelCheckpoint(str(path), **spec.checkpoint.model_dump(exclude={"filename"})))
+        watched.append(
+            keras.callbacks.ModelCheckpoint(str(path), **spec.checkpoint.model_dump(exclude={"filename"}))
+        )
     if spec.reduce_lr is not None:
         watched.append(keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump()))
     callbacks += watched
@@ -141,7 +147,9 @@ def build_callbacks(spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]) ->
     if spec.csv_log:
         callbacks.append(keras.callbacks.CSVLogger(str(paths.csv_log), append=True))
     if spec.tensorboard is not None:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), **spec.tensorboard.model_dump()))
+        callbacks.append(
+            keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), **spec.tensorboard.model_dump())
+        )
     for extra in spec.callbacks:
         callbacks.append(_resolve(extra.cls, allowed)(**extra.kwargs))
     return callbacks, watched
@@ -150,9 +158,17 @@ def build_callbacks(spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]) ->
 class _Heartbeat(threading.Thread):
     """Renews the run's lease and passes a cancel request to the publisher."""
 
-    def __init__(self, lease: RunLease, store: JobStore, run_id: str, publisher: EventPublisher, interval: float) -> None:
+    def __init__(
+        self, lease: RunLease, store: JobStore, run_id: str, publisher: EventPublisher, interval: float
+    ) -> None:
         super().__init__(name="fitstream-heartbeat", daemon=True)
-        self.lease, self.store, self.run_id, self.publisher, self.interval = lease, store, run_id, publisher, interval
+        self.lease, self.store, self.run_id, self.publisher, self.interval = (
+            lease,
+            store,
+            run_id,
+            publisher,
+            interval,
+        )
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -195,7 +211,9 @@ def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str |
         request = store.cancel_request(run_id)
         if request is not None:
             store.set_state(run_id, "finished")
-            if store.attempts(run_id) > 0:  # it trained before (the stop was asked while it ran, then it died)
+            if (
+                store.attempts(run_id) > 0
+            ):  # it trained before (the stop was asked while it ran, then it died)
                 _announce_stopped(run_id, request, settings=settings, attempt=store.next_attempt(run_id))
             return request.status
         store.set_state(run_id, "running")
@@ -206,13 +224,19 @@ def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str |
         lease.release()
 
 
-def _train(spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, lease: RunLease, attempt: int) -> str:
+def _train(
+    spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, lease: RunLease, attempt: int
+) -> str:
     allowed = settings.allowed_module_prefixes
     paths = RunPaths(settings.runs_dir / run_id)
     paths.root.mkdir(parents=True, exist_ok=True)
     publisher = EventPublisher(
-        name=spec.name, run_id=run_id, settings=settings, batch_events_every=spec.batch_events_every,
-        batch_size=spec.fit.batch_size, tags={**spec.tags, "attempt": str(attempt)},
+        name=spec.name,
+        run_id=run_id,
+        settings=settings,
+        batch_events_every=spec.batch_events_every,
+        batch_size=spec.fit.batch_size,
+        tags={**spec.tags, "attempt": str(attempt)},
         seq_start=ev.attempt_first_seq(attempt),
         save_restored_model=paths.restored_model if spec.promote.save_restored_model and is_chief() else None,
     )
@@ -233,9 +257,15 @@ def _train(spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, l
             callbacks.append(ResumableBackup(paths.backup, keep=[*watched, publisher]))
             fit = spec.fit
             model.fit(
-                x, y, validation_data=validation, validation_split=fit.validation_split or 0.0,
-                epochs=fit.epochs, batch_size=fit.batch_size if y is not None else None,
-                steps_per_epoch=fit.steps_per_epoch, shuffle=fit.shuffle, verbose=fit.verbose,
+                x,
+                y,
+                validation_data=validation,
+                validation_split=fit.validation_split or 0.0,
+                epochs=fit.epochs,
+                batch_size=fit.batch_size if y is not None else None,
+                steps_per_epoch=fit.steps_per_epoch,
+                shuffle=fit.shuffle,
+                verbose=fit.verbose,
                 callbacks=[*callbacks, publisher],
             )
         status = _final_status(publisher)
@@ -253,10 +283,18 @@ def _announce_stopped(run_id: str, request: Any, *, settings: Settings, attempt:
     of its attempt, so the run still ends ``cancelled`` or ``pruned`` with the reason."""
     from pipeline.bus import EventStream
 
-    EventStream(settings=settings).publish([ev.build(
-        ev.RunFinished, run_id=run_id, seq=ev.attempt_first_seq(attempt), status=request.status,
-        epochs_completed=0, reason=request.reason,
-    )])
+    EventStream(settings=settings).publish(
+        [
+            ev.build(
+                ev.RunFinished,
+                run_id=run_id,
+                seq=ev.attempt_first_seq(attempt),
+                status=request.status,
+                epochs_completed=0,
+                reason=request.reason,
+            )
+        ]
+    )
 
 
 def _seed_everything(seed: int) -> None:

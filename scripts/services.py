@@ -53,7 +53,11 @@ def apt_install(*packages: str) -> bool:
         subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, stdout=subprocess.DEVNULL)
         _apt_updated = True
     say(f"apt-get install {' '.join(packages)}")
-    result = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env, stdout=subprocess.DEVNULL)
+    result = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     return result.returncode == 0
 
 
@@ -61,7 +65,9 @@ def apt_install(*packages: str) -> bool:
 def redis_ping(url: str, timeout: float = 1.0) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "localhost", parts.port or 6379), timeout=timeout) as sock:
+        with socket.create_connection(
+            (parts.hostname or "localhost", parts.port or 6379), timeout=timeout
+        ) as sock:
             if parts.password:
                 user = parts.username or "default"
                 sock.sendall(f"AUTH {user} {parts.password}\r\n".encode())
@@ -80,8 +86,10 @@ def ensure_redis_binary() -> str:
         binary = shutil.which("redis-server")
         if binary:
             return binary
-    die("redis-server is not installed. Install it (Debian/Ubuntu: sudo apt-get install redis-server) "
-        "or set FITSTREAM_REDIS_URL to a Redis that is running.")
+    die(
+        "redis-server is not installed. Install it (Debian/Ubuntu: sudo apt-get install redis-server) "
+        "or set FITSTREAM_REDIS_URL to a Redis that is running."
+    )
     raise AssertionError
 
 
@@ -98,9 +106,25 @@ def ensure_redis(url: str) -> str:
     data.mkdir(parents=True, exist_ok=True)
     say(f"starting a private redis-server on 127.0.0.1:{port} (data in {data})")
     subprocess.run(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes", "--save", "",
-         "--appendonly", "no", "--dir", str(data), "--logfile", str(data / "redis.log"),
-         "--pidfile", str(data / "redis.pid")],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data),
+            "--logfile",
+            str(data / "redis.log"),
+            "--pidfile",
+            str(data / "redis.pid"),
+        ],
         check=True,
     )
     for _ in range(50):
@@ -145,8 +169,10 @@ def ensure_postgres(url: str) -> str:
         die(f"cannot use PostgreSQL at {parts.hostname}: {why}")
     if not pg_bin("pg_ctl"):
         if not apt_install("postgresql"):
-            die("PostgreSQL is not installed. Install it (Debian/Ubuntu: sudo apt-get install postgresql) "
-                "or set FITSTREAM_TEST_POSTGRES_URL to a server the tests may use.")
+            die(
+                "PostgreSQL is not installed. Install it (Debian/Ubuntu: sudo apt-get install postgresql) "
+                "or set FITSTREAM_TEST_POSTGRES_URL to a server the tests may use."
+            )
     clusters = sorted(glob.glob("/etc/postgresql/*/main"))
     if not clusters and shutil.which("pg_createcluster") and is_root():
         version = Path(pg_bin("pg_ctl") or "").parent.parent.name
@@ -156,10 +182,17 @@ def ensure_postgres(url: str) -> str:
     if clusters and shutil.which("pg_ctlcluster"):
         version = Path(clusters[-1]).parent.name
         say(f"starting PostgreSQL cluster {version}/main")
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], capture_output=True)
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], capture_output=True
+        )
     for _ in range(60):
-        if subprocess.run([pg_bin("pg_isready") or "pg_isready", "-h", "127.0.0.1", "-p", str(parts.port or 5432)],
-                          capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                [pg_bin("pg_isready") or "pg_isready", "-h", "127.0.0.1", "-p", str(parts.port or 5432)],
+                capture_output=True,
+            ).returncode
+            == 0
+        ):
             break
         time.sleep(0.5)
     ok, why = pg_connect_ok(url)
@@ -177,8 +210,10 @@ def ensure_postgres(url: str) -> str:
         as_postgres("createdb", "-O", user, database)
     ok, why = pg_connect_ok(url)
     if not ok:
-        die(f"PostgreSQL at {parts.hostname}:{parts.port or 5432} is not usable: {why}. "
-            "Set FITSTREAM_TEST_POSTGRES_URL to a database the tests may use.")
+        die(
+            f"PostgreSQL at {parts.hostname}:{parts.port or 5432} is not usable: {why}. "
+            "Set FITSTREAM_TEST_POSTGRES_URL to a database the tests may use."
+        )
     return url
 
 
@@ -187,8 +222,10 @@ def ensure_compose_validator() -> None:
     if shutil.which("docker-compose"):
         return
     if not apt_install("docker-compose"):
-        say("docker-compose is not installed; the compose-file test will be skipped "
-            "(Debian/Ubuntu: sudo apt-get install docker-compose)")
+        say(
+            "docker-compose is not installed; the compose-file test will be skipped "
+            "(Debian/Ubuntu: sudo apt-get install docker-compose)"
+        )
 
 
 def ensure_browser() -> None:
@@ -196,8 +233,10 @@ def ensure_browser() -> None:
     if shutil.which("chromium"):
         return
     if not apt_install("chromium"):
-        die("chromium is not installed and could not be installed; the dashboard's browser tests need it "
-            "(Debian/Ubuntu: sudo apt-get install chromium)")
+        die(
+            "chromium is not installed and could not be installed; the dashboard's browser tests need it "
+            "(Debian/Ubuntu: sudo apt-get install chromium)"
+        )
 
 
 def main(argv: list[str]) -> None:

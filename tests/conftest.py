@@ -38,7 +38,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # collection, leaves nothing to parse late.
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("FITSTREAM_REDIS_URL", "redis://localhost:6379/0")
-POSTGRES_URL = os.environ.get("FITSTREAM_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "FITSTREAM_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +96,12 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str, stream_name: str, database_url: str) -> Settings:
     return Settings(
-        redis_url=redis_url, database_url=database_url, home=tmp_path / "home", stream=stream_name,
-        claim_idle_ms=1000, consumer_block_ms=100,
+        redis_url=redis_url,
+        database_url=database_url,
+        home=tmp_path / "home",
+        stream=stream_name,
+        claim_idle_ms=1000,
+        consumer_block_ms=100,
     )
 
 
@@ -180,8 +186,23 @@ class PrivateRedis:
         config.write_text(f"requirepass {self.password}\n" if self.password else "")
         config.chmod(0o600)
         self.proc = subprocess.Popen(
-            [binary, str(config), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir),
-             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"])],
+            [
+                binary,
+                str(config),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                str(self.dir),
+                *(
+                    ["--appendonly", "yes", "--appendfsync", "always"]
+                    if self.persistent
+                    else ["--appendonly", "no"]
+                ),
+            ],
             stdout=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
@@ -233,10 +254,19 @@ def hook() -> Iterator[SlackLikeServer]:
     server.stop()
 
 
-def run_cli(*args: str, env_extra: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env_extra: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run the real ``fitstream`` command in a subprocess."""
     env = {**os.environ, **(env_extra or {})}
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"fitstream {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
@@ -261,8 +291,23 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "worker", "-Q", self.queue, "-n", f"{self.name}@test", "--loglevel", "INFO"],
-            env={**os.environ, **self.env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli.main",
+                "worker",
+                "-Q",
+                self.queue,
+                "-n",
+                f"{self.name}@test",
+                "--loglevel",
+                "INFO",
+            ],
+            env={**os.environ, **self.env},
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 

@@ -75,7 +75,13 @@ def f1_model(hidden: int = 8, learning_rate: float = 0.003):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((30,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy", metrics=[f1])
     return model
 

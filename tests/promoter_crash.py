@@ -32,5 +32,7 @@ class DyingStore(FsspecModelStore):
 if __name__ == "__main__":
     settings = get_settings()
     stream = EventStream(settings=settings)
-    promoter = Promoter(make_engine(settings.database_url), DyingStore(settings.model_store_url), publish=stream.publish)
+    promoter = Promoter(
+        make_engine(settings.database_url), DyingStore(settings.model_store_url), publish=stream.publish
+    )
     ConsumerLoop(promoter, stream, consumer_name="doomed-promoter").run()

@@ -36,24 +36,57 @@ class LocalRedisCluster:
         for port in self.ports:
             node_dir = self.dir / str(port)
             node_dir.mkdir(parents=True, exist_ok=True)
-            self.procs.append(subprocess.Popen(
-                [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000",
-                 "--dir", str(node_dir), "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        server,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "5000",
+                        "--dir",
+                        str(node_dir),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         for port in self.ports:
             client = redis.Redis(port=port)
             wait_for(lambda c=client: _pings(c), timeout=10, message=f"cluster node {port}")
         created = subprocess.run(
-            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-replicas", "0", "--cluster-yes"],
-            capture_output=True, text=True, timeout=60,
+            [
+                cli,
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in self.ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if created.returncode != 0:
             raise AssertionError(f"redis-cli --cluster create failed: {created.stdout}\n{created.stderr}")
         for port in self.ports:
             client = redis.Redis(port=port)
-            wait_for(lambda c=client: _state_ok(c.execute_command("CLUSTER INFO")), timeout=30, message=f"cluster state ok on {port}")
+            wait_for(
+                lambda c=client: _state_ok(c.execute_command("CLUSTER INFO")),
+                timeout=30,
+                message=f"cluster state ok on {port}",
+            )
 
     def client(self) -> RedisCluster:
         return RedisCluster(host="127.0.0.1", port=self.ports[0])

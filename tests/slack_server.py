@@ -30,11 +30,15 @@ class SlackLikeServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/services/T000/B000/s3cr3t-token"
 
-    def respond(self, status: int, headers: dict[str, str] | None = None, delay: float = 0.0, times: int = 1) -> None:
+    def respond(
+        self, status: int, headers: dict[str, str] | None = None, delay: float = 0.0, times: int = 1
+    ) -> None:
         with self.lock:
             self.script += [(status, headers or {}, delay)] * times
 
-    def answer_all(self, status: int, headers: dict[str, str] | None = None, *, delay: float = 0.0, hang: bool = False) -> None:
+    def answer_all(
+        self, status: int, headers: dict[str, str] | None = None, *, delay: float = 0.0, hang: bool = False
+    ) -> None:
         """Answer every request that the script does not cover this way (or hang), from now on."""
         with self.lock:
             self.default = (status, headers or {}, delay)
@@ -52,8 +56,14 @@ class SlackLikeServer:
                 with outer.lock:
                     hang = outer.hang and not outer.script
                     status, headers, delay = outer.script.pop(0) if outer.script else outer.default
-                    record = {"path": self.path, "headers": dict(self.headers), "body": body, "json": json.loads(body),
-                              "status": "hung" if hang else status, "at": time.time()}
+                    record = {
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": body,
+                        "json": json.loads(body),
+                        "status": "hung" if hang else status,
+                        "at": time.time(),
+                    }
                     outer.requests.append(record)
                 if delay:
                     time.sleep(delay)
@@ -70,7 +80,9 @@ class SlackLikeServer:
                         outer.accepted.append(record)
 
         class Server(ThreadingHTTPServer):
-            def handle_error(self, request: Any, client_address: Any) -> None:  # a client that gave up: expected
+            def handle_error(
+                self, request: Any, client_address: Any
+            ) -> None:  # a client that gave up: expected
                 import sys
 
                 if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):

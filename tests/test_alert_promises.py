@@ -37,7 +37,9 @@ def _channels(slack, hook=None, **slack_options):
     channels = {"team-slack": {"type": "slack", "url_env": "SLACK_WEBHOOK_URL", **slack_options}}
     if hook is not None:
         channels["ops"] = {
-            "type": "webhook", "url_env": "OPS_WEBHOOK_URL", "secret_env": "OPS_WEBHOOK_SECRET",
+            "type": "webhook",
+            "url_env": "OPS_WEBHOOK_URL",
+            "secret_env": "OPS_WEBHOOK_SECRET",
         }
     return channels
 
@@ -81,7 +83,10 @@ class AlerterProcess:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli.main", "consume", "alerter", "--name", "promises"],
-            env={**os.environ, **self.env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         return self
@@ -116,10 +121,12 @@ def _epochs(run_id, name, val_losses, losses=None, *, seq0=0):
 
 def _alerts(engine):
     with engine.connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT rule, run_id, state, channel, severity, status, attempts, last_error"
-            " FROM alerts ORDER BY id"
-        )).all()
+        return conn.execute(
+            sa.text(
+                "SELECT rule, run_id, state, channel, severity, status, attempts, last_error"
+                " FROM alerts ORDER BY id"
+            )
+        ).all()
 
 
 def _slack_message(request):
@@ -143,6 +150,7 @@ def _gaps(requests):
 
 # -- 1. severity and the Block Kit fields ----------------------------------------------------------
 
+
 def test_slack_and_webhook_messages_carry_the_rule_severity_and_the_values_that_decided(
     settings, engine, slack, hook, database_url
 ):
@@ -151,8 +159,14 @@ def test_slack_and_webhook_messages_carry_the_rule_severity_and_the_values_that_
     rules = {
         "channels": _channels(slack, hook, rate_per_minute=600),
         "rules": [
-            {"name": "val-loss-high", "metric": "val_loss", "above": 0.5, "for_epochs": 2,
-             "severity": "critical", "channels": ["team-slack", "ops"]},
+            {
+                "name": "val-loss-high",
+                "metric": "val_loss",
+                "above": 0.5,
+                "for_epochs": 2,
+                "severity": "critical",
+                "channels": ["team-slack", "ops"],
+            },
             {"name": "diverged", "nan": "loss", "severity": "info", "channels": ["team-slack"]},
         ],
     }
@@ -169,11 +183,13 @@ def test_slack_and_webhook_messages_carry_the_rule_severity_and_the_values_that_
     assert slack_messages == {
         "🚨 val-loss-high — firing": (
             {"Run": run, "Severity": "critical", "Value": "0.7 (threshold 0.5)", "Epoch": "2"},
-            "🚨 val-loss-high FIRING — digits-mlp: val_loss = 0.7 is above 0.5 for 2 epochs  " + sparkline([0.4, 0.6, 0.7]),
+            "🚨 val-loss-high FIRING — digits-mlp: val_loss = 0.7 is above 0.5 for 2 epochs  "
+            + sparkline([0.4, 0.6, 0.7]),
         ),
         "✅ val-loss-high — resolved": (
             {"Run": run, "Severity": "critical", "Value": "0.3 (threshold 0.5)", "Epoch": "4"},
-            "✅ val-loss-high RESOLVED — digits-mlp: val_loss = 0.3 is no longer above 0.5  " + sparkline([0.4, 0.6, 0.7, 0.8, 0.3]),
+            "✅ val-loss-high RESOLVED — digits-mlp: val_loss = 0.3 is no longer above 0.5  "
+            + sparkline([0.4, 0.6, 0.7, 0.8, 0.3]),
         ),
         "🚨 diverged — firing": (
             {"Run": run, "Severity": "info", "Epoch": "2"},
@@ -181,25 +197,33 @@ def test_slack_and_webhook_messages_carry_the_rule_severity_and_the_values_that_
         ),
         "✅ diverged — resolved": (
             {"Run": run, "Severity": "info", "Value": "0.25", "Epoch": "3"},
-            "✅ diverged RESOLVED — digits-mlp: loss is finite again (0.25)  " + sparkline([0.1, 0.1, None, 0.25]),
+            "✅ diverged RESOLVED — digits-mlp: loss is finite again (0.25)  "
+            + sparkline([0.1, 0.1, None, 0.25]),
         ),
     }
     facts = ("rule", "run_id", "run_name", "state", "severity", "value", "threshold", "epoch")
-    same = {"rule": "val-loss-high", "run_id": RUN_ID, "run_name": "digits-mlp", "severity": "critical",
-            "threshold": 0.5}
+    same = {
+        "rule": "val-loss-high",
+        "run_id": RUN_ID,
+        "run_name": "digits-mlp",
+        "severity": "critical",
+        "threshold": 0.5,
+    }
     assert [{k: r["json"][k] for k in facts} for r in hook.accepted] == [
         {**same, "state": "firing", "value": 0.7, "epoch": 2},
         {**same, "state": "resolved", "value": 0.3, "epoch": 4},
     ]
     # The webhook gets the curve as facts too: the metric, its sparkline, the epochs it covers.
     assert [(r["json"]["metric"], r["json"]["curve"], r["json"]["curve_epochs"]) for r in hook.accepted] == [
-        ("val_loss", sparkline([0.4, 0.6, 0.7]), [0, 2]), ("val_loss", sparkline([0.4, 0.6, 0.7, 0.8, 0.3]), [0, 4]),
+        ("val_loss", sparkline([0.4, 0.6, 0.7]), [0, 2]),
+        ("val_loss", sparkline([0.4, 0.6, 0.7, 0.8, 0.3]), [0, 4]),
     ]
     severities = sorted({(r.rule, r.severity) for r in _alerts(engine)})
     assert severities == [("diverged", "info"), ("val-loss-high", "critical")]
 
 
 # -- 2. rate_per_minute ---------------------------------------------------------------------------
+
 
 def test_a_channel_never_sends_faster_than_its_rate_per_minute(settings, engine, slack, database_url):
     if database_url.startswith("postgresql"):
@@ -222,6 +246,7 @@ def test_a_channel_never_sends_faster_than_its_rate_per_minute(settings, engine,
 
 
 # -- 3. 503 with Retry-After ----------------------------------------------------------------------
+
 
 def test_503_with_retry_after_is_honoured_by_every_attempt_and_delivers_once(
     settings, engine, slack, database_url
@@ -249,6 +274,7 @@ def test_503_with_retry_after_is_honoured_by_every_attempt_and_delivers_once(
 
 # -- 4. retry budget → undelivered → fitstream status → alerts list --------------------------------
 
+
 def test_an_alert_past_its_retry_budget_is_undelivered_and_status_and_alerts_list_say_so(
     settings, engine, slack, tmp_path
 ):
@@ -269,8 +295,11 @@ def test_an_alert_past_its_retry_budget_is_undelivered_and_status_and_alerts_lis
         report = json.loads(run_cli("status", "--json", env_extra=env).stdout)
         assert report["alerts"] == {"pending": 1}
 
-        [lost] = wait_for(lambda: [r for r in _alerts(engine) if r.status == "undelivered"], timeout=40,
-                          message="the alert given up")
+        [lost] = wait_for(
+            lambda: [r for r in _alerts(engine) if r.status == "undelivered"],
+            timeout=40,
+            message="the alert given up",
+        )
         assert (lost.rule, lost.run_id, lost.state) == ("loss-high", "lost", "firing") and lost.attempts >= 2
         assert "ConnectionError" in lost.last_error and "s3cr3t" not in lost.last_error
 
@@ -278,8 +307,10 @@ def test_an_alert_past_its_retry_budget_is_undelivered_and_status_and_alerts_lis
         assert report["alerts"] == {"undelivered": 1}
         human = run_cli("status", env_extra=env)
         assert "alerts: 0 pending, 1 undelivered" in human.stdout
-        assert "WARNING: some alerts could not be delivered; see: fitstream alerts list --status undelivered" \
+        assert (
+            "WARNING: some alerts could not be delivered; see: fitstream alerts list --status undelivered"
             in human.stderr
+        )
 
         listed = json.loads(
             run_cli("alerts", "list", "--status", "undelivered", "--json", env_extra=env).stdout
@@ -301,40 +332,56 @@ def test_an_alert_past_its_retry_budget_is_undelivered_and_status_and_alerts_lis
 
 # -- 5. stalled runs, through the running stall watcher -------------------------------------------
 
+
 def test_the_alerter_process_fires_stalled_once_for_a_silent_run_and_resolves_when_events_flow(
     settings, engine, slack, tmp_path
 ):
     stalled_s = 1.0
     rules = {
         "channels": _channels(slack),
-        "rules": [{"name": "stalled", "match": {"job": "watched-*"}, "stalled_seconds": stalled_s,
-                   "severity": "critical", "channels": ["team-slack"]}],
+        "rules": [
+            {
+                "name": "stalled",
+                "match": {"job": "watched-*"},
+                "stalled_seconds": stalled_s,
+                "severity": "critical",
+                "channels": ["team-slack"],
+            }
+        ],
     }
     job_rule = {"name": "job-stalled", "stalled_seconds": stalled_s, "channels": ["team-slack"]}
     env = _process_env(settings, rules, _environ(slack), tmp_path)
     stream = EventStream(settings=settings)
     quiet = _epochs("quiet", "watched-quiet", [0.3])
     stream.publish(quiet)
-    stream.publish(_epochs("done", "watched-done", [0.3]) + [
-        ev.build(ev.RunFinished, run_id="done", seq=2, status="completed", epochs_completed=1)])
+    stream.publish(
+        _epochs("done", "watched-done", [0.3])
+        + [ev.build(ev.RunFinished, run_id="done", seq=2, status="completed", epochs_completed=1)]
+    )
     # Queued, not started: waiting for a worker is not stalling.
     stream.publish([ev.build(ev.RunQueued, run_id="waiting", seq=0, name="watched-waiting", queue="gpu")])
     # A job's own stalled rule (a spec's `alerts:`) is watched like the file's.
-    own_queued = ev.build(ev.RunQueued, run_id="own", seq=0, name="own-rules", queue="gpu",
-                          spec={"alerts": [job_rule]})
+    own_queued = ev.build(
+        ev.RunQueued, run_id="own", seq=0, name="own-rules", queue="gpu", spec={"alerts": [job_rule]}
+    )
     stream.publish([own_queued, *_epochs("own", "own-rules", [0.3], seq0=1)])
     with AlerterProcess(env, tmp_path / "alerter.log"):
-        wait_for(lambda: {"watched-quiet", "own-rules"} <= {_run_name(t) for t in slack.texts()}, timeout=20,
-                 message="stalled alerts for the silent run and for the job with its own stalled rule")
+        wait_for(
+            lambda: {"watched-quiet", "own-rules"} <= {_run_name(t) for t in slack.texts()},
+            timeout=20,
+            message="stalled alerts for the silent run and for the job with its own stalled rule",
+        )
         # A run that goes silent later fires at a later check of the watcher; by then "quiet" has
         # been checked again, still silent, and must not have been alerted twice.
         late = _epochs("late", "watched-late", [0.3])
         stream.publish(late)
         wait_for(lambda: "watched-late" in map(_run_name, slack.texts()), message="the later run stalled")
-        stream.publish([
-            ev.build(ev.EpochEnd, run_id="quiet", seq=2, epoch=1, metrics={"loss": 0.1}),
-            ev.build(ev.RunFinished, run_id="quiet", seq=3, status="completed", epochs_completed=2),
-        ])
+        stream.publish(
+            [
+                ev.build(ev.EpochEnd, run_id="quiet", seq=2, epoch=1, metrics={"loss": 0.1}),
+                ev.build(ev.RunFinished, run_id="quiet", seq=3, status="completed", epochs_completed=2),
+            ]
+        )
         wait_for(lambda: any("RESOLVED" in t for t in slack.texts()), timeout=30, message="stalled resolved")
 
     texts = [t.split(":")[0] for t in slack.texts()]
@@ -348,5 +395,9 @@ def test_the_alerter_process_fires_stalled_once_for_a_silent_run_and_resolves_wh
     assert fields == {"Run": "watched-quiet (`quiet`)", "Severity": "critical"}
     assert "no event from this run for" in text
     rows = sorted((r.rule, r.run_id, r.state) for r in _alerts(engine))
-    assert rows == [("job-stalled", "own", "firing"), ("stalled", "late", "firing"),
-                    ("stalled", "quiet", "firing"), ("stalled", "quiet", "resolved")]
+    assert rows == [
+        ("job-stalled", "own", "firing"),
+        ("stalled", "late", "firing"),
+        ("stalled", "quiet", "firing"),
+        ("stalled", "quiet", "resolved"),
+    ]

@@ -17,7 +17,10 @@ def _rules(*rules):
 
 
 def _epochs(run_id, values, metric="val_loss", start_seq=1):
-    return [ev.build(ev.EpochEnd, run_id=run_id, seq=start_seq + i, epoch=i, metrics={metric: v}) for i, v in enumerate(values)]
+    return [
+        ev.build(ev.EpochEnd, run_id=run_id, seq=start_seq + i, epoch=i, metrics={metric: v})
+        for i, v in enumerate(values)
+    ]
 
 
 def _run(rule, events):
@@ -30,7 +33,9 @@ def _run(rule, events):
 
 
 def test_threshold_for_epochs_fires_once_and_resolves_once():
-    rule = _rules({"name": "high", "metric": "val_loss", "above": 0.5, "for_epochs": 2, "channels": ["team"]}).rules[0]
+    rule = _rules(
+        {"name": "high", "metric": "val_loss", "above": 0.5, "for_epochs": 2, "channels": ["team"]}
+    ).rules[0]
     _state, transitions = _run(rule, _epochs("r", [0.4, 0.6, 0.7, 0.8, 0.9, 0.3, 0.2]))
     assert transitions == [(2, "firing"), (5, "resolved")]
 
@@ -42,14 +47,34 @@ def test_nan_alerts_once_per_incident():
 
 
 def test_no_improvement_uses_the_early_stopping_rule():
-    rule = _rules({"name": "plateau", "metric": "val_loss", "no_improvement_epochs": 2, "min_delta": 0.01, "channels": ["team"]}).rules[0]
-    _state, transitions = _run(rule, _epochs("r", [1.0, 0.995, 0.999, 0.992, 0.5]))  # 0.995 is within min_delta
+    rule = _rules(
+        {
+            "name": "plateau",
+            "metric": "val_loss",
+            "no_improvement_epochs": 2,
+            "min_delta": 0.01,
+            "channels": ["team"],
+        }
+    ).rules[0]
+    _state, transitions = _run(
+        rule, _epochs("r", [1.0, 0.995, 0.999, 0.992, 0.5])
+    )  # 0.995 is within min_delta
     assert transitions == [(2, "firing"), (4, "resolved")]
 
 
 def test_gap_and_redelivery_are_idempotent():
-    rule = _rules({"name": "overfit", "gap": {"metric": "val_loss", "minus": "loss", "above": 0.3}, "for_epochs": 1, "channels": ["team"]}).rules[0]
-    events = [ev.build(ev.EpochEnd, run_id="r", seq=i + 1, epoch=i, metrics={"loss": 0.1, "val_loss": v}) for i, v in enumerate([0.2, 0.5, 0.5])]
+    rule = _rules(
+        {
+            "name": "overfit",
+            "gap": {"metric": "val_loss", "minus": "loss", "above": 0.3},
+            "for_epochs": 1,
+            "channels": ["team"],
+        }
+    ).rules[0]
+    events = [
+        ev.build(ev.EpochEnd, run_id="r", seq=i + 1, epoch=i, metrics={"loss": 0.1, "val_loss": v})
+        for i, v in enumerate([0.2, 0.5, 0.5])
+    ]
     state, transitions = _run(rule, events)
     assert transitions == [(1, "firing")]
     # Redelivered (or older) events change nothing.
@@ -59,7 +84,16 @@ def test_gap_and_redelivery_are_idempotent():
 
 def test_lifecycle_events():
     rule = _rules({"name": "life", "on": ["early_stopped", "run_failed"], "channels": ["team"]}).rules[0]
-    stopped = ev.build(ev.EarlyStopped, run_id="r", seq=9, stopped_epoch=6, best_epoch=3, best_value=0.2, monitor="val_loss", mode="min")
+    stopped = ev.build(
+        ev.EarlyStopped,
+        run_id="r",
+        seq=9,
+        stopped_epoch=6,
+        best_epoch=3,
+        best_value=0.2,
+        monitor="val_loss",
+        mode="min",
+    )
     state, transition = evaluate(rule, RuleState(), stopped)
     assert transition.state == "firing" and "early stopping at epoch 6" in transition.summary
     # A redelivery fires for the same event id again: the outbox keeps one message per id.
@@ -69,20 +103,42 @@ def test_lifecycle_events():
 def test_run_pruned_fires_for_a_pruned_trial_only():
     rule = _rules({"name": "pruned", "on": ["run_pruned"], "channels": ["team"]}).rules[0]
     reason = "pruned: val_loss 1.4 at epoch 3 is worse than the median 0.2 of 3 finished trials at that epoch"
-    pruned = ev.build(ev.RunFinished, run_id="r", seq=1_000_009, status="pruned", epochs_completed=4, reason=reason)
+    pruned = ev.build(
+        ev.RunFinished, run_id="r", seq=1_000_009, status="pruned", epochs_completed=4, reason=reason
+    )
     completed = ev.build(ev.RunFinished, run_id="q", seq=1_000_009, status="completed", epochs_completed=4)
     _state, transition = evaluate(rule, RuleState(), pruned)
-    assert transition.state == "firing" and transition.summary == f"run finished: pruned after 4 epochs ({reason})"
+    assert (
+        transition.state == "firing"
+        and transition.summary == f"run finished: pruned after 4 epochs ({reason})"
+    )
     assert evaluate(rule, RuleState(), completed)[1] is None
 
 
 def test_lifecycle_rules_fire_for_every_origin_whatever_the_sequence_watermark():
     """Issue 9, case 4: the promoter's events were numbered below the run's own and dropped as old."""
     rule = _rules({"name": "life", "on": ["early_stopped", "model_promoted"], "channels": ["team"]}).rules[0]
-    stopped = ev.build(ev.EarlyStopped, run_id="r", seq=ev.attempt_first_seq(1) + 40, stopped_epoch=9, best_epoch=1,
-                       best_value=0.2, monitor="val_loss", mode="min")
-    promoted = ev.build(ev.ModelPromoted, run_id="r", seq=ev.promotion_seq(stopped.seq, "model_promoted"), name="m", version=1, champion=True)
-    legacy = ev.build(ev.ModelPromoted, run_id="r", seq=999_001, name="m", version=2, champion=False)  # an older promoter's numbering
+    stopped = ev.build(
+        ev.EarlyStopped,
+        run_id="r",
+        seq=ev.attempt_first_seq(1) + 40,
+        stopped_epoch=9,
+        best_epoch=1,
+        best_value=0.2,
+        monitor="val_loss",
+        mode="min",
+    )
+    promoted = ev.build(
+        ev.ModelPromoted,
+        run_id="r",
+        seq=ev.promotion_seq(stopped.seq, "model_promoted"),
+        name="m",
+        version=1,
+        champion=True,
+    )
+    legacy = ev.build(
+        ev.ModelPromoted, run_id="r", seq=999_001, name="m", version=2, champion=False
+    )  # an older promoter's numbering
     state = RuleState()
     fired = []
     for event in (stopped, promoted, legacy):
@@ -93,31 +149,76 @@ def test_lifecycle_rules_fire_for_every_origin_whatever_the_sequence_watermark()
 
 
 def test_a_rule_without_mode_on_a_metric_whose_name_says_nothing_is_refused_by_name():
-    with pytest.raises(RulesError, match=r"rule 'f1-plateau': cannot tell whether 'val_f1' .* add mode: min or mode: max"):
+    with pytest.raises(
+        RulesError, match=r"rule 'f1-plateau': cannot tell whether 'val_f1' .* add mode: min or mode: max"
+    ):
         _rules({"name": "f1-plateau", "metric": "val_f1", "no_improvement_epochs": 3, "channels": ["team"]})
-    assert _rules({"name": "f1-plateau", "metric": "val_f1", "mode": "max", "no_improvement_epochs": 3, "channels": ["team"]}).rules[0].mode == "max"
+    assert (
+        _rules(
+            {
+                "name": "f1-plateau",
+                "metric": "val_f1",
+                "mode": "max",
+                "no_improvement_epochs": 3,
+                "channels": ["team"],
+            }
+        )
+        .rules[0]
+        .mode
+        == "max"
+    )
 
 
 def test_promotion_outcomes_can_be_alerted_on():
-    rule = _rules({"name": "models", "on": ["model_promoted", "promotion_skipped"], "channels": ["team"]}).rules[0]
-    promoted = ev.build(ev.ModelPromoted, run_id="a", seq=999_001, name="digits", version=4, champion=False,
-                        aliases=["latest"], previous_champion_version=2)
-    skipped = ev.build(ev.PromotionSkipped, run_id="b", seq=999_000, reason="the model store /m is full (No space left on device)")
+    rule = _rules(
+        {"name": "models", "on": ["model_promoted", "promotion_skipped"], "channels": ["team"]}
+    ).rules[0]
+    promoted = ev.build(
+        ev.ModelPromoted,
+        run_id="a",
+        seq=999_001,
+        name="digits",
+        version=4,
+        champion=False,
+        aliases=["latest"],
+        previous_champion_version=2,
+    )
+    skipped = ev.build(
+        ev.PromotionSkipped,
+        run_id="b",
+        seq=999_000,
+        reason="the model store /m is full (No space left on device)",
+    )
     assert evaluate(rule, RuleState(), promoted)[1].summary == "promoted as digits v4 — champion stays v2"
-    assert evaluate(rule, RuleState(), skipped)[1].summary == "not promoted: the model store /m is full (No space left on device)"
+    assert (
+        evaluate(rule, RuleState(), skipped)[1].summary
+        == "not promoted: the model store /m is full (No space left on device)"
+    )
 
 
 @pytest.mark.parametrize(
     ("rule", "expected"),
     [
         ({"name": "x", "metric": "val_loss", "above": 1, "channels": ["nope"]}, "unknown channel(s) nope"),
-        ({"name": "x", "metric": "val_loss", "above": 1, "nan": "loss", "channels": ["team"]}, "exactly one condition"),
+        (
+            {"name": "x", "metric": "val_loss", "above": 1, "nan": "loss", "channels": ["team"]},
+            "exactly one condition",
+        ),
         ({"name": "x", "channels": ["team"]}, "exactly one condition"),
         ({"name": "x", "stalled_seconds": -5, "channels": ["team"]}, "greater than 0"),
-        ({"name": "x", "metric": "val_loss", "above": 1, "below": 0, "channels": ["team"]}, "either above or below"),
+        (
+            {"name": "x", "metric": "val_loss", "above": 1, "below": 0, "channels": ["team"]},
+            "either above or below",
+        ),
         ({"name": "x", "above": 1, "channels": ["team"]}, "needs metric"),
-        ({"name": "x", "metric": "val_weird", "no_improvement_epochs": 3, "channels": ["team"]}, "rule 'x': cannot tell whether 'val_weird'"),
-        ({"name": "x", "metric": "val_loss", "above": 1, "channels": ["team"], "colour": "red"}, "Extra inputs are not permitted"),
+        (
+            {"name": "x", "metric": "val_weird", "no_improvement_epochs": 3, "channels": ["team"]},
+            "rule 'x': cannot tell whether 'val_weird'",
+        ),
+        (
+            {"name": "x", "metric": "val_loss", "above": 1, "channels": ["team"], "colour": "red"},
+            "Extra inputs are not permitted",
+        ),
         ({"name": "x", "on": ["exploded"], "channels": ["team"]}, "on.0"),
     ],
 )
@@ -129,7 +230,14 @@ def test_invalid_rules_are_refused_with_a_reason(rule, expected):
 
 
 def test_match_by_job_glob_and_tags():
-    rule = _rules({"name": "x", "match": {"job": "digits-*", "tags": {"team": "vision"}}, "nan": "loss", "channels": ["team"]}).rules[0]
+    rule = _rules(
+        {
+            "name": "x",
+            "match": {"job": "digits-*", "tags": {"team": "vision"}},
+            "nan": "loss",
+            "channels": ["team"],
+        }
+    ).rules[0]
     assert rule.matches("digits-mlp", {"team": "vision"})
     assert not rule.matches("digits-mlp", {"team": "nlp"}) and not rule.matches("cifar", {"team": "vision"})
 
@@ -139,13 +247,24 @@ def test_the_bundled_rules_file_is_valid():
     from tests.conftest import REPO
 
     rules = load_rules(REPO / "examples" / "alerts.yaml")
-    assert {r.kind for r in rules.rules} == {"threshold", "nan", "no_improvement", "gap", "stalled", "lifecycle"}
+    assert {r.kind for r in rules.rules} == {
+        "threshold",
+        "nan",
+        "no_improvement",
+        "gap",
+        "stalled",
+        "lifecycle",
+    }
 
 
 def test_repeat_interval_reminds_while_the_incident_holds():
-    rule = _rules({"name": "high", "metric": "val_loss", "above": 0.5, "repeat_seconds": 10, "channels": ["team"]}).rules[0]
-    events = [ev.build(ev.EpochEnd, run_id="r", seq=i + 1, ts=1000.0 + 4 * i, epoch=i, metrics={"val_loss": v})
-              for i, v in enumerate([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1])]  # t = 1000, 1004, …, 1024
+    rule = _rules(
+        {"name": "high", "metric": "val_loss", "above": 0.5, "repeat_seconds": 10, "channels": ["team"]}
+    ).rules[0]
+    events = [
+        ev.build(ev.EpochEnd, run_id="r", seq=i + 1, ts=1000.0 + 4 * i, epoch=i, metrics={"val_loss": v})
+        for i, v in enumerate([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1])
+    ]  # t = 1000, 1004, …, 1024
     state, out = RuleState(), []
     for event in events:
         state, transition = evaluate(rule, state, event)

@@ -86,11 +86,17 @@ def database_user(service: dict[str, Any]) -> str:
 
 # -- the file as written -------------------------------------------------------------------------
 def test_only_redis_flower_and_minio_publish_ports_and_all_on_the_bind_address():
-    published = {name: service["ports"] for name, service in raw_compose()["services"].items() if service.get("ports")}
-    assert set(published) == {"redis", "flower", "minio"}, "PostgreSQL and Fitstream's services stay on the compose network"
+    published = {
+        name: service["ports"] for name, service in raw_compose()["services"].items() if service.get("ports")
+    }
+    assert set(published) == {"redis", "flower", "minio"}, (
+        "PostgreSQL and Fitstream's services stay on the compose network"
+    )
     for name, ports in published.items():
         for port in ports:
-            assert str(port).startswith("${FITSTREAM_BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port!r} elsewhere"
+            assert str(port).startswith("${FITSTREAM_BIND_ADDRESS:-127.0.0.1}:"), (
+                f"{name} publishes {port!r} elsewhere"
+            )
 
 
 def test_no_variable_gives_a_secret_a_default_value():
@@ -110,7 +116,9 @@ def test_every_password_comes_from_a_secret_the_service_mounts():
                 assert value in ("", f"${{{key}:-}}"), f"{name}: {key} is given in the compose file"
             if key.endswith("_FILE") and SECRET_NAME.search(key):
                 secret = value.removeprefix("/run/secrets/")
-                assert secret in declared and secret in mounted_secrets(service), f"{name}: {key}={value} is no secret it mounts"
+                assert secret in declared and secret in mounted_secrets(service), (
+                    f"{name}: {key}={value} is no secret it mounts"
+                )
     for name, service in fitstream_services(compose).items():
         env = environment(service)
         assert env["FITSTREAM_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password", name
@@ -125,7 +133,9 @@ def test_the_fitstream_services_use_a_database_role_that_is_not_the_superuser():
     assert postgres["POSTGRES_USER"] not in users
     assert "POSTGRES_PASSWORD_FILE" in postgres and "POSTGRES_PASSWORD" not in postgres
 
-    init_mounts = [v for v in compose["services"]["postgres"]["volumes"] if "/docker-entrypoint-initdb.d/" in v]
+    init_mounts = [
+        v for v in compose["services"]["postgres"]["volumes"] if "/docker-entrypoint-initdb.d/" in v
+    ]
     assert init_mounts == ["./docker/postgres-init.sql:/docker-entrypoint-initdb.d/10-fitstream-roles.sql:ro"]
     script = " ".join((DOCKER_DIR / "postgres-init.sql").read_text().split())
     for role in ("fitstream", READER_ROLE):
@@ -164,7 +174,11 @@ def render(extra_env: dict[str, str]) -> subprocess.CompletedProcess:
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), **extra_env}
         return subprocess.run(
             [compose_binary(), "-f", "docker-compose.yml", "--profile", "s3", "--profile", "tools", "config"],
-            capture_output=True, text=True, cwd=project, env=env, timeout=60,
+            capture_output=True,
+            text=True,
+            cwd=project,
+            env=env,
+            timeout=60,
         )
 
 
@@ -192,7 +206,9 @@ def test_the_rendered_stack_publishes_on_loopback_unless_told_otherwise(secrets_
     result = render({"FITSTREAM_SECRETS_DIR": str(directory)})
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    addresses = {name: published_host_ips(service) for name, service in services.items() if service.get("ports")}
+    addresses = {
+        name: published_host_ips(service) for name, service in services.items() if service.get("ports")
+    }
     assert set(addresses) == {"redis", "flower", "minio"}
     for name, ips in addresses.items():
         assert all(ip == LOOPBACK for ip in ips), f"{name} publishes on {ips}"
@@ -217,9 +233,15 @@ def test_the_rendered_stack_holds_no_password(secrets_dir):
             if SECRET_NAME.search(key) and not key.endswith("_FILE"):
                 assert value == "", f"{name}: {key} has a value without the user setting one"
         words = " ".join(str(w) for key in ("command", "entrypoint") for w in (service.get(key) or []))
-        assert "requirepass" not in words and "basic_auth" not in words and not URL_CREDENTIALS.search(words), name
+        assert (
+            "requirepass" not in words and "basic_auth" not in words and not URL_CREDENTIALS.search(words)
+        ), name
     postgres = environment(config["services"]["postgres"])
-    assert {database_user(s) for s in fitstream_services(config).values()} == {"fitstream"} != {postgres["POSTGRES_USER"]}
+    assert (
+        {database_user(s) for s in fitstream_services(config).values()}
+        == {"fitstream"}
+        != {postgres["POSTGRES_USER"]}
+    )
 
 
 def test_compose_refuses_to_start_without_the_secrets():
@@ -236,14 +258,24 @@ def start_redis_entrypoint(tmp_path: Path, password_file: Path) -> tuple[subproc
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "docker-entrypoint.sh"
-    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\nshift\n'
-                    f'exec redis-server "$@" --port {port} --bind 127.0.0.1 --dir {tmp_path}\n')
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path}/args\nshift\n'
+        f'exec redis-server "$@" --port {port} --bind 127.0.0.1 --dir {tmp_path}\n'
+    )
     fake.chmod(0o755)
     conf = tmp_path / "etc" / "fitstream.conf"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FITSTREAM_REDIS_PASSWORD_FILE": str(password_file),
-           "FITSTREAM_REDIS_CONF": str(conf)}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FITSTREAM_REDIS_PASSWORD_FILE": str(password_file),
+        "FITSTREAM_REDIS_CONF": str(conf),
+    }
     proc = subprocess.Popen(
-        ["sh", str(DOCKER_DIR / "redis-entrypoint.sh")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        ["sh", str(DOCKER_DIR / "redis-entrypoint.sh")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     return proc, port, conf
 
@@ -266,8 +298,12 @@ def test_redis_requires_the_secret_and_keeps_it_off_its_command_line(tmp_path):
     password_file.write_text(password + "\n")
     proc, port, conf = start_redis_entrypoint(tmp_path, password_file)
     try:
-        wait_for(lambda: _refuses_without_password(port), timeout=10, message="redis from the entrypoint to start")
-        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_password_file=password_file, home=tmp_path)
+        wait_for(
+            lambda: _refuses_without_password(port), timeout=10, message="redis from the entrypoint to start"
+        )
+        settings = Settings(
+            redis_url=f"redis://127.0.0.1:{port}/0", redis_password_file=password_file, home=tmp_path
+        )
         stream = EventStream(settings=settings)
         assert stream.client.ping()
         config = stream.client.config_get("*")
@@ -316,23 +352,59 @@ class PasswordPostgres:
 
     def start(self) -> None:
         data = str(self.dir / "data")
-        self._as_postgres(postgres_binary("initdb"), "-D", data, "-U", "postgres", "--auth-local=trust",
-                          "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
+        self._as_postgres(
+            postgres_binary("initdb"),
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_postgres(postgres_binary("pg_ctl"), "-D", data, "-o", options, "-l", str(self.dir / "log"), "-w", "start")
+        self._as_postgres(
+            postgres_binary("pg_ctl"), "-D", data, "-o", options, "-l", str(self.dir / "log"), "-w", "start"
+        )
 
     def psql(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """psql as the superuser over the socket, as the image runs its init scripts."""
         command = [
-            postgres_binary("psql"), "-v", "ON_ERROR_STOP=1", "--username", "postgres", "--no-password", "--no-psqlrc",
-            "-h", str(self.dir), "-p", str(self.port), *args,
+            postgres_binary("psql"),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--username",
+            "postgres",
+            "--no-password",
+            "--no-psqlrc",
+            "-h",
+            str(self.dir),
+            "-p",
+            str(self.port),
+            *args,
         ]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+        )
 
     def destroy(self) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, postgres_binary("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                *prefix,
+                postgres_binary("pg_ctl"),
+                "-D",
+                str(self.dir / "data"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -350,7 +422,10 @@ def test_postgres_init_creates_a_non_superuser_owner_and_the_reader(password_pos
     app_file, reader_file = tmp_path / "postgres_app_password", tmp_path / "postgres_reader_password"
     reader_file.write_text(secrets.token_hex(16) + "\n")
     init = ["--dbname", "fitstream", "-f", str(DOCKER_DIR / "postgres-init.sql")]
-    files = {"FITSTREAM_DATABASE_PASSWORD_FILE": str(app_file), "FITSTREAM_READER_DATABASE_PASSWORD_FILE": str(reader_file)}
+    files = {
+        "FITSTREAM_DATABASE_PASSWORD_FILE": str(app_file),
+        "FITSTREAM_READER_DATABASE_PASSWORD_FILE": str(reader_file),
+    }
 
     refused = pg.psql(*init, env=files)  # the app's secret file does not exist yet
     assert refused.returncode != 0 and "no password for the role fitstream" in refused.stderr
@@ -358,22 +433,39 @@ def test_postgres_init_creates_a_non_superuser_owner_and_the_reader(password_pos
     app_file.write_text(secrets.token_hex(16) + "\n")
     done = pg.psql(*init, env=files)
     assert done.returncode == 0, done.stderr
-    roles = pg.psql("-d", "fitstream", "-At", "-c",
-                    "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
-                    "WHERE rolname IN ('fitstream', 'fitstream_reader') ORDER BY rolname").stdout.split()
+    roles = pg.psql(
+        "-d",
+        "fitstream",
+        "-At",
+        "-c",
+        "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
+        "WHERE rolname IN ('fitstream', 'fitstream_reader') ORDER BY rolname",
+    ).stdout.split()
     assert roles == ["fitstream|f|f|f|f|f", "fitstream_reader|f|f|f|f|f"]
 
-    env = {"FITSTREAM_DATABASE_URL": f"postgresql+psycopg://fitstream@127.0.0.1:{pg.port}/fitstream",
-           "FITSTREAM_DATABASE_PASSWORD_FILE": str(app_file), "FITSTREAM_HOME": str(tmp_path / "home")}
+    env = {
+        "FITSTREAM_DATABASE_URL": f"postgresql+psycopg://fitstream@127.0.0.1:{pg.port}/fitstream",
+        "FITSTREAM_DATABASE_PASSWORD_FILE": str(app_file),
+        "FITSTREAM_HOME": str(tmp_path / "home"),
+    }
     run_cli("db", "upgrade", env_extra=env)  # the migrations need no superuser
-    owners = pg.psql("-d", "fitstream", "-At", "-c",
-                     "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public' "
-                     "UNION SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public' "
-                     "UNION SELECT datdba::regrole::text FROM pg_database WHERE datname = 'fitstream'").stdout.split()
+    owners = pg.psql(
+        "-d",
+        "fitstream",
+        "-At",
+        "-c",
+        "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public' "
+        "UNION SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public' "
+        "UNION SELECT datdba::regrole::text FROM pg_database WHERE datname = 'fitstream'",
+    ).stdout.split()
     assert owners == ["fitstream"]
 
-    rows = run_cli("sql", "SELECT count(*) AS runs FROM runs", "--json",
-                   env_extra={**env, "FITSTREAM_READER_DATABASE_PASSWORD_FILE": str(reader_file)}).stdout
+    rows = run_cli(
+        "sql",
+        "SELECT count(*) AS runs FROM runs",
+        "--json",
+        env_extra={**env, "FITSTREAM_READER_DATABASE_PASSWORD_FILE": str(reader_file)},
+    ).stdout
     assert json.loads(rows) == [{"runs": 0}]
 
     with pytest.raises(psycopg.OperationalError, match="password"):
@@ -390,8 +482,14 @@ def run_flower_entrypoint(tmp_path: Path, env: dict[str, str]) -> subprocess.Com
     celery.chmod(0o755)
     return subprocess.run(
         [sys.executable, str(DOCKER_DIR / "flower-entrypoint.py"), "--port=5555"],
-        capture_output=True, text=True, timeout=30,
-        env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "FITSTREAM_BROKER_URL": "redis://redis:6379/0", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "FITSTREAM_BROKER_URL": "redis://redis:6379/0",
+            **env,
+        },
     )
 
 
@@ -399,16 +497,31 @@ def test_flower_gets_basic_auth_and_its_brokers_password_from_files(tmp_path):
     redis_file, flower_file = tmp_path / "redis_password", tmp_path / "flower_password"
     redis_file.write_text("r/e@dis\n")
     flower_file.write_text("flower-pw\n")
-    result = run_flower_entrypoint(tmp_path, {"FITSTREAM_REDIS_PASSWORD_FILE": str(redis_file),
-                                              "FITSTREAM_FLOWER_PASSWORD_FILE": str(flower_file)})
+    result = run_flower_entrypoint(
+        tmp_path,
+        {
+            "FITSTREAM_REDIS_PASSWORD_FILE": str(redis_file),
+            "FITSTREAM_FLOWER_PASSWORD_FILE": str(flower_file),
+        },
+    )
     assert result.returncode == 0, result.stderr
     broker, basic_auth, args = result.stdout.splitlines()
-    assert redis.connection.parse_url(broker) == {"host": "redis", "port": 6379, "db": 0, "password": "r/e@dis"}
+    assert redis.connection.parse_url(broker) == {
+        "host": "redis",
+        "port": 6379,
+        "db": 0,
+        "password": "r/e@dis",
+    }
     assert basic_auth == "admin:flower-pw"
     assert args == "flower --port=5555"
 
-    missing = run_flower_entrypoint(tmp_path, {"FITSTREAM_REDIS_PASSWORD_FILE": str(redis_file),
-                                               "FITSTREAM_FLOWER_PASSWORD_FILE": str(tmp_path / "nowhere")})
+    missing = run_flower_entrypoint(
+        tmp_path,
+        {
+            "FITSTREAM_REDIS_PASSWORD_FILE": str(redis_file),
+            "FITSTREAM_FLOWER_PASSWORD_FILE": str(tmp_path / "nowhere"),
+        },
+    )
     assert missing.returncode != 0 and "FITSTREAM_FLOWER_PASSWORD_FILE" in missing.stderr
 
 
@@ -417,7 +530,9 @@ def test_the_readmes_secrets_snippet_creates_every_secret_the_default_stack_moun
     snippet = readme.split("## Production shape", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     created = set(re.search(r"for s in (.*?); do", snippet, re.S).group(1).replace("\\", " ").split())
     compose = raw_compose()
-    default_stack = {name: service for name, service in compose["services"].items() if not service.get("profiles")}
+    default_stack = {
+        name: service for name, service in compose["services"].items() if not service.get("profiles")
+    }
     needed = set().union(*(mounted_secrets(service) for service in default_stack.values()))
     assert created == needed, f"README creates {sorted(created)}; `docker compose up` needs {sorted(needed)}"
 
@@ -425,8 +540,17 @@ def test_the_readmes_secrets_snippet_creates_every_secret_the_default_stack_moun
 def test_git_ignores_the_env_file_and_the_secret_files():
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    done = subprocess.run(["git", "check-ignore", ".env", "secrets/redis_password", "secrets/flower_password"],
-                          capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        ["git", "check-ignore", ".env", "secrets/redis_password", "secrets/flower_password"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.stdout.split() == [".env", "secrets/redis_password", "secrets/flower_password"]
-    kept = subprocess.run(["git", "check-ignore", "secrets/README.md", "secrets/.gitignore"], capture_output=True, text=True, cwd=REPO)
+    kept = subprocess.run(
+        ["git", "check-ignore", "secrets/README.md", "secrets/.gitignore"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert kept.stdout == "", "the secrets folder's README and .gitignore are committed"

@@ -65,7 +65,9 @@ def test_redis_runs_on_the_config_that_turns_on_the_append_only_file_and_noevict
     assert redis["entrypoint"] == ["sh", "/opt/fitstream/redis-entrypoint.sh"]
     mounts = volume_mounts(redis)
     assert mounts["./docker/redis-entrypoint.sh"] == "/opt/fitstream/redis-entrypoint.sh"
-    assert mounts["redis-data"] == "/data", "the append-only file lives on a volume, so it survives the container"
+    assert mounts["redis-data"] == "/data", (
+        "the append-only file lives on a volume, so it survives the container"
+    )
     script = (REPO / "docker" / "redis-entrypoint.sh").read_text()
     config = script.split("<<CONF\n", 1)[1].split("\nCONF\n", 1)[0].splitlines()
     assert "appendonly yes" in config and "maxmemory-policy noeviction" in config
@@ -104,7 +106,9 @@ def test_each_gpu_worker_reserves_one_nvidia_device_and_sees_one_device():
         reserved.append(device_id)
         visible = environment(service)["CUDA_VISIBLE_DEVICES"]
         # The container sees only the GPU it reserves, as its device 0, whatever the host's number.
-        assert visible == "0", f"{name}: CUDA_VISIBLE_DEVICES={visible!r}; inside the container its one GPU is device 0"
+        assert visible == "0", (
+            f"{name}: CUDA_VISIBLE_DEVICES={visible!r}; inside the container its one GPU is device 0"
+        )
         # Its image has TensorFlow's CUDA build (the cuda extra), not the CPU-only default.
         extras = service["build"]["args"]["FITSTREAM_EXTRAS"].split(",")
         assert "cuda" in extras, f"{name} builds without the cuda extra: it would train on the CPU"
@@ -145,7 +149,9 @@ def test_every_long_running_service_has_a_health_check_and_a_restart_policy():
     for name, service in long_running.items():
         check = service.get("healthcheck", {}).get("test")
         assert check and check[0] in ("CMD", "CMD-SHELL") and len(check) > 1, f"{name} has no health check"
-        assert service.get("restart") in ("always", "unless-stopped", "on-failure"), f"{name} is not restarted"
+        assert service.get("restart") in ("always", "unless-stopped", "on-failure"), (
+            f"{name} is not restarted"
+        )
     # A service waited on until it is healthy must have a health check, or it never becomes healthy.
     for name, service in SERVICES.items():
         for needed, condition in (service.get("depends_on") or {}).items():
@@ -212,18 +218,28 @@ SHARDED = yaml.safe_load((REPO / "docker-compose.shards.yml").read_text(encoding
 
 
 def test_the_sharded_variant_runs_two_recorders_on_each_of_four_shards_and_tells_every_process_the_shard_count():
-    shards = {name: s for name, s in SHARDED.items() if s.get("command", [])[:3] == ["fitstream", "consume", "recorder"]}
+    shards = {
+        name: s
+        for name, s in SHARDED.items()
+        if s.get("command", [])[:3] == ["fitstream", "consume", "recorder"]
+    }
     assert sorted(s["command"][-2:] for s in shards.values()) == [["--shard", str(i)] for i in range(4)]
     base_env = environment(SERVICES["recorder"])
     for name, service in shards.items():
         assert service["deploy"]["replicas"] == 2, name
-        assert environment(service) == {**base_env, "FITSTREAM_STREAM_SHARDS": "4"}, name  # same Redis, database, secrets
+        assert environment(service) == {**base_env, "FITSTREAM_STREAM_SHARDS": "4"}, (
+            name
+        )  # same Redis, database, secrets
         assert service["healthcheck"] and service["restart"] == "unless-stopped"
         assert set(service["secrets"]) == set(SERVICES["recorder"]["secrets"])
     # The unsharded recorder is off; every other Fitstream process learns the shard count.
     assert SHARDED["recorder"]["profiles"] == ["unsharded"]
-    fitstream = {name for name, s in SERVICES.items() if s.get("command", [""])[0] == "fitstream"} - {"recorder"}
-    assert fitstream and all(environment(SHARDED[name]).get("FITSTREAM_STREAM_SHARDS") == "4" for name in fitstream)
+    fitstream = {name for name, s in SERVICES.items() if s.get("command", [""])[0] == "fitstream"} - {
+        "recorder"
+    }
+    assert fitstream and all(
+        environment(SHARDED[name]).get("FITSTREAM_STREAM_SHARDS") == "4" for name in fitstream
+    )
 
 
 def test_the_sharded_variant_is_valid_compose_on_top_of_the_base_file(tmp_path):
@@ -243,6 +259,11 @@ def test_the_sharded_variant_is_valid_compose_on_top_of_the_base_file(tmp_path):
     result = subprocess.run([compose, *files, "config"], capture_output=True, text=True, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr
     merged = yaml.safe_load(result.stdout)["services"]
-    assert {f"recorder-shard{i}" for i in range(4)} <= set(merged) and merged["recorder"]["profiles"] == ["unsharded"]
+    assert {f"recorder-shard{i}" for i in range(4)} <= set(merged) and merged["recorder"]["profiles"] == [
+        "unsharded"
+    ]
     assert environment(merged["alerter"])["FITSTREAM_STREAM_SHARDS"] == "4"
-    assert environment(merged["alerter"])["FITSTREAM_REDIS_URL"] == environment(SERVICES["alerter"])["FITSTREAM_REDIS_URL"]
+    assert (
+        environment(merged["alerter"])["FITSTREAM_REDIS_URL"]
+        == environment(SERVICES["alerter"])["FITSTREAM_REDIS_URL"]
+    )

@@ -21,23 +21,39 @@ from tests.training_helpers import sha256, small_digits, small_model
 pytestmark = pytest.mark.slow
 
 
-def _fit(settings, tmp_path, *, publisher_first: bool, epochs: int = 12, patience: int = 2, learning_rate: float = 5e-2):
+def _fit(
+    settings,
+    tmp_path,
+    *,
+    publisher_first: bool,
+    epochs: int = 12,
+    patience: int = 2,
+    learning_rate: float = 5e-2,
+):
     (x, y), (x_val, y_val) = small_digits()
     model = small_model(learning_rate=learning_rate)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
     ckpt_path = tmp_path / "best.keras"
     checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt_path), monitor="val_loss", save_best_only=True)
     reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)
-    publisher = EventPublisher(name="core-path", watch=[stop, checkpoint, reduce_lr], settings=settings, batch_size=32)
+    publisher = EventPublisher(
+        name="core-path", watch=[stop, checkpoint, reduce_lr], settings=settings, batch_size=32
+    )
     keras_callbacks = [stop, checkpoint, reduce_lr]
     callbacks = [publisher, *keras_callbacks] if publisher_first else [*keras_callbacks, publisher]
-    history = model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks)
+    history = model.fit(
+        x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks
+    )
     return publisher, history, stop, ckpt_path
 
 
 def _recorded(engine, run_id):
     with engine.connect() as conn:
-        run = conn.execute(sa.text("SELECT * FROM runs WHERE run_id = :r"), {"r": run_id}).mappings().one_or_none()
+        run = (
+            conn.execute(sa.text("SELECT * FROM runs WHERE run_id = :r"), {"r": run_id})
+            .mappings()
+            .one_or_none()
+        )
         return run
 
 
@@ -55,11 +71,15 @@ def test_sql_rows_equal_keras_history(settings, engine, recorder, tmp_path, publ
     assert publisher.last_report is not None and publisher.last_report.complete
 
     run = wait_for(
-        lambda: (r := _recorded(engine, publisher.run_id)) is not None and r["status"] in TERMINAL_STATUSES and r,
+        lambda: (
+            (r := _recorded(engine, publisher.run_id)) is not None and r["status"] in TERMINAL_STATUSES and r
+        ),
         message="run to be recorded",
     )
     epochs_run = len(history.history["loss"])
-    assert stop.stopped_epoch > 0, "this seeded fit is expected to stop early; adjust epochs/patience if Keras changed"
+    assert stop.stopped_epoch > 0, (
+        "this seeded fit is expected to stop early; adjust epochs/patience if Keras changed"
+    )
     assert run["epochs_completed"] == epochs_run
     # Best and stopped epochs are exactly what EarlyStopping decided.
     assert run["best_epoch"] == stop.best_epoch
@@ -75,17 +95,28 @@ def test_sql_rows_equal_keras_history(settings, engine, recorder, tmp_path, publ
     assert run["monitor"] == "val_loss" and run["mode"] == "min"
 
     wait_for(
-        lambda: engine.connect().execute(sa.text("SELECT count(*) FROM epoch_metrics WHERE run_id = :r"), {"r": publisher.run_id}).scalar()
-        == sum(len(v) for v in history.history.values()),
+        lambda: (
+            engine.connect()
+            .execute(sa.text("SELECT count(*) FROM epoch_metrics WHERE run_id = :r"), {"r": publisher.run_id})
+            .scalar()
+            == sum(len(v) for v in history.history.values())
+        ),
         message="every metric row",
     )
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.text("SELECT name, epoch, value FROM epoch_metrics WHERE run_id = :r ORDER BY name, epoch"), {"r": publisher.run_id}
+            sa.text("SELECT name, epoch, value FROM epoch_metrics WHERE run_id = :r ORDER BY name, epoch"),
+            {"r": publisher.run_id},
         ).all()
-        lr_rows = conn.execute(sa.text("SELECT epoch, learning_rate FROM epochs WHERE run_id = :r ORDER BY epoch"), {"r": publisher.run_id}).all()
+        lr_rows = conn.execute(
+            sa.text("SELECT epoch, learning_rate FROM epochs WHERE run_id = :r ORDER BY epoch"),
+            {"r": publisher.run_id},
+        ).all()
         checkpoints = conn.execute(
-            sa.text("SELECT epoch, path, value, size_bytes, sha256 FROM checkpoints WHERE run_id = :r ORDER BY epoch"), {"r": publisher.run_id}
+            sa.text(
+                "SELECT epoch, path, value, size_bytes, sha256 FROM checkpoints WHERE run_id = :r ORDER BY epoch"
+            ),
+            {"r": publisher.run_id},
         ).all()
     recorded = {}
     for name, epoch, value in rows:
@@ -97,7 +128,11 @@ def test_sql_rows_equal_keras_history(settings, engine, recorder, tmp_path, publ
     assert [lr for _, lr in lr_rows] == [float(v) for v in history.history["learning_rate"]]
 
     # ModelCheckpoint(save_best_only) wrote at every improvement; the last row is the file on disk.
-    improving = [e for e in range(epochs_run) if e == 0 or history.history["val_loss"][e] < min(history.history["val_loss"][:e])]
+    improving = [
+        e
+        for e in range(epochs_run)
+        if e == 0 or history.history["val_loss"][e] < min(history.history["val_loss"][:e])
+    ]
     assert [c.epoch for c in checkpoints] == improving
     last = checkpoints[-1]
     assert last.path == str(ckpt_path.resolve()) and last.sha256 == sha256(ckpt_path)
@@ -107,17 +142,33 @@ def test_sql_rows_equal_keras_history(settings, engine, recorder, tmp_path, publ
 
 def test_cli_reads_back_the_run(settings, engine, recorder, tmp_path):
     publisher, history, stop, _ = _fit(settings, tmp_path, publisher_first=True, epochs=4)
-    wait_for(lambda: (r := _recorded(engine, publisher.run_id)) is not None and r["status"] in TERMINAL_STATUSES, message="run recorded")
+    wait_for(
+        lambda: (r := _recorded(engine, publisher.run_id)) is not None and r["status"] in TERMINAL_STATUSES,
+        message="run recorded",
+    )
     env = settings_env(settings)
 
     listing = json.loads(run_cli("runs", "--json", env_extra=env).stdout)
     assert [r["run_id"] for r in listing] == [publisher.run_id]
-    for key in ("run_id", "name", "status", "started_at", "finished_at", "epochs_completed", "best_epoch", "stopped_epoch", "monitor", "best_value"):
+    for key in (
+        "run_id",
+        "name",
+        "status",
+        "started_at",
+        "finished_at",
+        "epochs_completed",
+        "best_epoch",
+        "stopped_epoch",
+        "monitor",
+        "best_value",
+    ):
         assert key in listing[0]
 
     shown = json.loads(run_cli("show", publisher.run_id[:8], "--json", env_extra=env).stdout)
     assert shown["run_id"] == publisher.run_id
-    assert [e["metrics"]["val_loss"] for e in shown["epochs"]] == [float(v) for v in history.history["val_loss"]]
+    assert [e["metrics"]["val_loss"] for e in shown["epochs"]] == [
+        float(v) for v in history.history["val_loss"]
+    ]
 
     query = f"SELECT epoch, value FROM epoch_metrics WHERE run_id = '{publisher.run_id}' AND name = 'loss' ORDER BY epoch"
     as_json = json.loads(run_cli("sql", query, "--json", env_extra=env).stdout)
@@ -126,4 +177,6 @@ def test_cli_reads_back_the_run(settings, engine, recorder, tmp_path):
     assert as_csv[0] == "epoch,value" and len(as_csv) == len(history.history["loss"]) + 1
 
     missing = run_cli("show", "no-such-run", env_extra=env, check=False)
-    assert missing.returncode == 1 and "no run with id 'no-such-run'" in missing.stderr and missing.stdout == ""
+    assert (
+        missing.returncode == 1 and "no run with id 'no-such-run'" in missing.stderr and missing.stdout == ""
+    )

@@ -18,11 +18,19 @@ from tests.conftest import REPO, free_port, settings_env, wait_for
 pytestmark = pytest.mark.slow
 
 #: Job files (a sweep is trained by tests/test_sweeps.py, through a worker, not by the demo).
-EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml") if p.name != "alerts.yaml" and "\nsweep:" not in p.read_text())
+EXAMPLES = sorted(
+    p
+    for p in (REPO / "examples").glob("*.yaml")
+    if p.name != "alerts.yaml" and "\nsweep:" not in p.read_text()
+)
 
 
 def test_the_examples_are_found():
-    assert {p.name for p in EXAMPLES} >= {"digits_mlp.yaml", "digits_all_callbacks.yaml", "breast_cancer_auc.yaml"}
+    assert {p.name for p in EXAMPLES} >= {
+        "digits_mlp.yaml",
+        "digits_all_callbacks.yaml",
+        "breast_cancer_auc.yaml",
+    }
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -31,16 +39,34 @@ def test_demo_promotes_the_best_model_of_every_example(example, settings, engine
         pytest.skip("the demo runs on its embedded defaults (SQLite); checked once")
     env = {**os.environ, **settings_env(settings), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.main", "demo", "--spec", str(example), "--curves", str(settings.home / "curves.png")],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=420,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli.main",
+            "demo",
+            "--spec",
+            str(example),
+            "--curves",
+            str(settings.home / "curves.png"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=420,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "registered; champion is" in done.stdout and "champion loaded back from the store and evaluated" in done.stdout
+    assert (
+        "registered; champion is" in done.stdout
+        and "champion loaded back from the store and evaluated" in done.stdout
+    )
     # Not in a terminal: it says where the dashboard would show the run, and exits.
     assert "see it in the dashboard: fitstream ui, then open http://127.0.0.1:8765/runs/" in done.stdout
     spec = load_spec(example)
     with engine.connect() as conn:
-        version = conn.execute(sa.text("SELECT v.metric, v.mode, v.source, v.epoch, v.run_id FROM model_versions v")).one()
+        version = conn.execute(
+            sa.text("SELECT v.metric, v.mode, v.source, v.epoch, v.run_id FROM model_versions v")
+        ).one()
         kept = conn.execute(
             sa.text("SELECT epoch, value FROM epoch_metrics WHERE run_id = :r AND name = :m ORDER BY epoch"),
             {"r": version.run_id, "m": spec.checkpoint.monitor},
@@ -58,10 +84,29 @@ def test_demo_in_process_trains_here_promotes_and_evaluates_the_champion(setting
     env = {**os.environ, **settings_env(settings), "TF_CPP_MIN_LOG_LEVEL": "2"}
     curves = settings.home / "curves.png"
     port = free_port()
-    log = open(settings.home.parent / "demo-stderr.log", "w")  # read afterwards: a pipe nobody reads could fill up
+    log = open(
+        settings.home.parent / "demo-stderr.log", "w"
+    )  # read afterwards: a pipe nobody reads could fill up
     # --ui: what a terminal gets by default — the dashboard at the run's page, served until Ctrl-C.
-    demo = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "demo", "--in-process", "--curves", str(curves), "--ui",
-                             "--ui-port", str(port)], stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO)
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli.main",
+            "demo",
+            "--in-process",
+            "--curves",
+            str(curves),
+            "--ui",
+            "--ui-port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     lines: list[str] = []
     try:
         for line in demo.stdout:  # type: ignore[union-attr]
@@ -87,7 +132,9 @@ def test_demo_in_process_trains_here_promotes_and_evaluates_the_champion(setting
     assert "champion loaded back from the store and evaluated" in done.stdout
     assert f"learning curves: {curves}" in done.stdout and curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with engine.connect() as conn:
-        run = conn.execute(sa.text("SELECT run_id, name, status, best_epoch, epochs_completed FROM runs")).one()
+        run = conn.execute(
+            sa.text("SELECT run_id, name, status, best_epoch, epochs_completed FROM runs")
+        ).one()
         version = conn.execute(sa.text("SELECT run_id, epoch, metric FROM model_versions")).one()
     assert run.name == "demo-digits-mlp" and run.status == "early_stopped"
     assert (version.run_id, version.epoch, version.metric) == (run.run_id, run.best_epoch, "val_loss")

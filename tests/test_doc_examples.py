@@ -25,14 +25,24 @@ MODULES = sorted(
 
 
 def test_the_examples_are_found():
-    assert {"pipeline.store.copying", "pipeline.fingerprint", "pipeline.store.fs", "pipeline.monitor"} <= set(MODULES)
+    assert {"pipeline.store.copying", "pipeline.fingerprint", "pipeline.store.fs", "pipeline.monitor"} <= set(
+        MODULES
+    )
 
 
 @pytest.mark.parametrize("module_name", MODULES)
 def test_docstring_examples(module_name):
     module = importlib.import_module(module_name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
-    checked = [example for test in doctest.DocTestFinder().find(module) for example in test.examples
-               if example.want.strip() and not example.options.get(doctest.SKIP)]
+    result = doctest.testmod(
+        module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
+    )
+    checked = [
+        example
+        for test in doctest.DocTestFinder().find(module)
+        for example in test.examples
+        if example.want.strip() and not example.options.get(doctest.SKIP)
+    ]
     assert checked, f"{module_name}: no example runs and says what it prints (an import alone checks nothing)"
-    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {Path(module.__file__).name} failed (run python -m doctest -v on it)"
+    assert result.failed == 0, (
+        f"{result.failed} of {result.attempted} examples in {Path(module.__file__).name} failed (run python -m doctest -v on it)"
+    )

@@ -36,25 +36,69 @@ def record(engine, *events) -> None:
 
 
 def queued(run_id: str, sweep_id: str, trial: int, hidden: int, *, trials: int = 2) -> ev.RunQueued:
-    spec = {"name": "grid", "model": {"fn": "examples.digits:build_model", "kwargs": {"hidden": hidden}},
-            "fit": {"epochs": 3, "batch_size": 32, "shuffle": True}, "reduce_lr": None, "tags": {"team": "x"}}
-    return ev.build(ev.RunQueued, run_id=run_id, seq=ev.QUEUED_SEQ, name="grid", queue="gpu", spec=spec,
-                    params=spec_params(spec), sweep=ev.SweepTrial(id=sweep_id, name="grid", trial=trial, trials=trials, spec=SWEEP_SECTION))
+    spec = {
+        "name": "grid",
+        "model": {"fn": "examples.digits:build_model", "kwargs": {"hidden": hidden}},
+        "fit": {"epochs": 3, "batch_size": 32, "shuffle": True},
+        "reduce_lr": None,
+        "tags": {"team": "x"},
+    }
+    return ev.build(
+        ev.RunQueued,
+        run_id=run_id,
+        seq=ev.QUEUED_SEQ,
+        name="grid",
+        queue="gpu",
+        spec=spec,
+        params=spec_params(spec),
+        sweep=ev.SweepTrial(id=sweep_id, name="grid", trial=trial, trials=trials, spec=SWEEP_SECTION),
+    )
 
 
-def finished(run_id: str, status: str, best: float | None, *, epochs: int = 3, reason: str | None = None, seq: int = 1_000_010):
-    return ev.build(ev.RunFinished, run_id=run_id, seq=seq, status=status, epochs_completed=epochs, best_value=best,
-                    best_epoch=1 if best is not None else None, monitor="val_loss", mode="min", reason=reason)
+def finished(
+    run_id: str,
+    status: str,
+    best: float | None,
+    *,
+    epochs: int = 3,
+    reason: str | None = None,
+    seq: int = 1_000_010,
+):
+    return ev.build(
+        ev.RunFinished,
+        run_id=run_id,
+        seq=seq,
+        status=status,
+        epochs_completed=epochs,
+        best_value=best,
+        best_epoch=1 if best is not None else None,
+        monitor="val_loss",
+        mode="min",
+        reason=reason,
+    )
 
 
 def started(run_id: str) -> ev.RunStarted:
-    return ev.build(ev.RunStarted, run_id=run_id, seq=1_000_000, name="grid", epochs=3, monitor="val_loss", mode="min",
-                    params={"optimizer.learning_rate": 0.001, "optimizer.class_name": "Adam", "fit.batch_size": 999})
+    return ev.build(
+        ev.RunStarted,
+        run_id=run_id,
+        seq=1_000_000,
+        name="grid",
+        epochs=3,
+        monitor="val_loss",
+        mode="min",
+        params={"optimizer.learning_rate": 0.001, "optimizer.class_name": "Adam", "fit.batch_size": 999},
+    )
 
 
 def epoch(run_id: str, number: int, val_loss: float, val_accuracy: float) -> ev.EpochEnd:
-    return ev.build(ev.EpochEnd, run_id=run_id, seq=1_000_001 + number, epoch=number,
-                    metrics={"val_loss": val_loss, "val_accuracy": val_accuracy})
+    return ev.build(
+        ev.EpochEnd,
+        run_id=run_id,
+        seq=1_000_001 + number,
+        epoch=number,
+        metrics={"val_loss": val_loss, "val_accuracy": val_accuracy},
+    )
 
 
 def state(engine, sweep_id: str) -> str:
@@ -72,18 +116,34 @@ def test_params_sweeps_and_run_summary_are_recorded_idempotently(engine, databas
     record(engine, epoch(a, 1, 0.5, 0.8), queued(a, sweep_id, 0, 8), started(a))
     record(engine, finished(a, "completed", 0.5))
     assert state(engine, sweep_id) == "running"
-    record(engine, started(b), finished(b, "pruned", None, epochs=1, reason="pruned: val_loss 2.3 at epoch 0 is worse than the median"))
+    record(
+        engine,
+        started(b),
+        finished(
+            b, "pruned", None, epochs=1, reason="pruned: val_loss 2.3 at epoch 0 is worse than the median"
+        ),
+    )
     assert state(engine, sweep_id) == "finished"
 
     with engine.connect() as conn:
-        params = {(r.run_id, r.key): (r.value, r.value_num) for r in conn.execute(sa.text("SELECT * FROM params"))}
+        params = {
+            (r.run_id, r.key): (r.value, r.value_num) for r in conn.execute(sa.text("SELECT * FROM params"))
+        }
         summary = {r.run_id: r for r in conn.execute(sa.text("SELECT * FROM run_summary"))}
         sweep = conn.execute(sa.text("SELECT * FROM sweeps")).one()
-    assert params[(a, "model.kwargs.hidden")] == ("8", 8.0) and params[(b, "model.kwargs.hidden")] == ("32", 32.0)
+    assert params[(a, "model.kwargs.hidden")] == ("8", 8.0) and params[(b, "model.kwargs.hidden")] == (
+        "32",
+        32.0,
+    )
     assert params[(a, "model.fn")] == ("examples.digits:build_model", None)
     assert params[(a, "fit.shuffle")] == ("true", None) and params[(a, "reduce_lr")] == ("null", None)
-    assert params[(a, "optimizer.learning_rate")] == ("0.001", 0.001) and params[(a, "optimizer.class_name")] == ("Adam", None)
-    assert params[(a, "fit.batch_size")] == ("32", 32.0)  # the spec's value stays: the first one recorded wins
+    assert params[(a, "optimizer.learning_rate")] == ("0.001", 0.001) and params[
+        (a, "optimizer.class_name")
+    ] == ("Adam", None)
+    assert params[(a, "fit.batch_size")] == (
+        "32",
+        32.0,
+    )  # the spec's value stays: the first one recorded wins
     assert (a, "tags.team") not in params and (a, "name") not in params  # labels, not parameters
     assert len([k for k in params if k[0] == a]) == len({k for k in params if k[0] == a})
     assert (sweep.name, sweep.trials, json.loads(sweep.spec)) == ("grid", 2, SWEEP_SECTION)
@@ -100,7 +160,11 @@ def test_params_sweeps_and_run_summary_are_recorded_idempotently(engine, databas
         assert [(t.run_id, t.best) for t in view.trials] == [(a, True), (b, False)]
         assert view.varied == ["model.kwargs.hidden"] and view.mode == "min"
         by_accuracy = sweep_trials(reader, sweep_id, metric="val_accuracy")
-        assert (by_accuracy.trials[0].best_value, by_accuracy.trials[0].best_epoch, by_accuracy.trials[0].mode) == (0.85, 2, "max")
+        assert (
+            by_accuracy.trials[0].best_value,
+            by_accuracy.trials[0].best_epoch,
+            by_accuracy.trials[0].mode,
+        ) == (0.85, 2, "max")
         runs, differing = compare_runs(reader, [a, b])
         assert differing == ["model.kwargs.hidden"], differing
         assert [r.params["model.kwargs.hidden"] for r in runs] == [8, 32]
@@ -118,8 +182,17 @@ def test_params_sweeps_and_run_summary_are_recorded_idempotently(engine, databas
 def test_a_cancelled_sweep_says_so_once_every_trial_ended(engine):
     sweep_id, a, b = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
     record(engine, queued(a, sweep_id, 0, 8), queued(b, sweep_id, 1, 32), started(a))
-    record(engine, ev.build(ev.RunFinished, run_id=b, seq=ev.CANCELLED_BEFORE_START_SEQ, status="cancelled",
-                            epochs_completed=0, reason=SWEEP_CANCELLED_REASON))
+    record(
+        engine,
+        ev.build(
+            ev.RunFinished,
+            run_id=b,
+            seq=ev.CANCELLED_BEFORE_START_SEQ,
+            status="cancelled",
+            epochs_completed=0,
+            reason=SWEEP_CANCELLED_REASON,
+        ),
+    )
     assert state(engine, sweep_id) == "running"  # a still trains
     record(engine, finished(a, "cancelled", 0.7, reason=SWEEP_CANCELLED_REASON))
     assert state(engine, sweep_id) == "cancelled"
@@ -127,7 +200,9 @@ def test_a_cancelled_sweep_says_so_once_every_trial_ended(engine):
 
 def test_a_real_fit_records_its_own_params_and_the_optimizers(settings, engine, recorder, database_url):
     if database_url.startswith("postgresql"):
-        pytest.skip("the publisher's params do not depend on the database; their SQL is checked on both above")
+        pytest.skip(
+            "the publisher's params do not depend on the database; their SQL is checked on both above"
+        )
     import keras
 
     from pipeline import EventPublisher
@@ -135,14 +210,20 @@ def test_a_real_fit_records_its_own_params_and_the_optimizers(settings, engine, 
 
     (x, y), (x_val, y_val) = small_digits(200)
     model = small_model(learning_rate=0.02)
-    publisher = EventPublisher(name="own-script", settings=settings, batch_size=50,
-                               params={"hidden": 16, "data": {"augment": True, "crop": [24, 24]}, "note": "first try"})
+    publisher = EventPublisher(
+        name="own-script",
+        settings=settings,
+        batch_size=50,
+        params={"hidden": 16, "data": {"augment": True, "crop": [24, 24]}, "note": "first try"},
+    )
     model.fit(x, y, validation_data=(x_val, y_val), epochs=2, batch_size=50, verbose=0, callbacks=[publisher])
     from tests.conftest import wait_for
 
     def recorded() -> dict:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT key, value, value_num FROM params WHERE run_id = :r"), {"r": publisher.run_id}).all()
+            rows = conn.execute(
+                sa.text("SELECT key, value, value_num FROM params WHERE run_id = :r"), {"r": publisher.run_id}
+            ).all()
         return {k: (v, n) for k, v, n in rows}
 
     params = wait_for(lambda: recorded() or None, message="the run's params recorded")
@@ -151,7 +232,9 @@ def test_a_real_fit_records_its_own_params_and_the_optimizers(settings, engine, 
     assert params["fit.epochs"] == ("2", 2.0) and params["fit.batch_size"] == ("50", 50.0)
     assert params["optimizer.class_name"] == (type(model.optimizer).__name__, None)
     assert params["optimizer.learning_rate"][1] == pytest.approx(0.02)
-    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(params["optimizer.learning_rate"][1])
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(
+        params["optimizer.learning_rate"][1]
+    )
 
 
 def test_parameter_bounds_are_checked_when_the_publisher_is_made():
@@ -172,14 +255,21 @@ SWEEP = "name: s\nmodel: examples.digits:build_model\ndata: examples.digits:load
 
 
 def test_sweep_expansion_grid_random_and_their_errors():
-    grid = parse_sweep_text(SWEEP + "sweep:\n  grid: {model.kwargs.hidden: [8, 16], fit.batch_size: [32, 64, 128]}\n")
+    grid = parse_sweep_text(
+        SWEEP + "sweep:\n  grid: {model.kwargs.hidden: [8, 16], fit.batch_size: [32, 64, 128]}\n"
+    )
     assert [t.assignment for t in grid.trials][:4] == [
-        {"model.kwargs.hidden": 8, "fit.batch_size": 32}, {"model.kwargs.hidden": 8, "fit.batch_size": 64},
-        {"model.kwargs.hidden": 8, "fit.batch_size": 128}, {"model.kwargs.hidden": 16, "fit.batch_size": 32}]
+        {"model.kwargs.hidden": 8, "fit.batch_size": 32},
+        {"model.kwargs.hidden": 8, "fit.batch_size": 64},
+        {"model.kwargs.hidden": 8, "fit.batch_size": 128},
+        {"model.kwargs.hidden": 16, "fit.batch_size": 32},
+    ]
     assert [(t.spec.model.kwargs["hidden"], t.spec.fit.batch_size) for t in grid.trials][-1] == (16, 128)
-    text = SWEEP + ("sweep:\n  grid: {model.kwargs.hidden: [8, 16]}\n  random:\n    trials: 5\n    seed: 3\n"
-                    "    model.kwargs.learning_rate: {loguniform: [0.0001, 0.1]}\n    fit.epochs: {int: [1, 3]}\n"
-                    "    early_stopping.patience: {choice: [1, 5]}\n    early_stopping.min_delta: {uniform: [0.0, 0.5]}\n")
+    text = SWEEP + (
+        "sweep:\n  grid: {model.kwargs.hidden: [8, 16]}\n  random:\n    trials: 5\n    seed: 3\n"
+        "    model.kwargs.learning_rate: {loguniform: [0.0001, 0.1]}\n    fit.epochs: {int: [1, 3]}\n"
+        "    early_stopping.patience: {choice: [1, 5]}\n    early_stopping.min_delta: {uniform: [0.0, 0.5]}\n"
+    )
     drawn = parse_sweep_text(text)
     again = parse_sweep_text(text)
     assert [t.assignment for t in drawn.trials] == [t.assignment for t in again.trials]  # the seed decides
@@ -217,11 +307,16 @@ def test_sweep_expansion_grid_random_and_their_errors():
 
 def test_a_spec_path_is_set_whatever_shape_the_job_file_gave_its_section():
     base = {"name": "s", "model": "examples.digits:build_model", "early_stopping": True, "checkpoint": False}
-    assert apply(base, "model.kwargs.hidden", 8)["model"] == {"fn": "examples.digits:build_model", "kwargs": {"hidden": 8}}
+    assert apply(base, "model.kwargs.hidden", 8)["model"] == {
+        "fn": "examples.digits:build_model",
+        "kwargs": {"hidden": 8},
+    }
     assert apply(base, "early_stopping.patience", 2)["early_stopping"] == {"patience": 2}
     assert apply(base, "reduce_lr.factor", 0.5)["reduce_lr"] == {"factor": 0.5}
     assert base["model"] == "examples.digits:build_model"  # the base is not changed
-    with pytest.raises(ValueError, match="cannot set checkpoint.monitor: checkpoint is False in the job file, not a section"):
+    with pytest.raises(
+        ValueError, match="cannot set checkpoint.monitor: checkpoint is False in the job file, not a section"
+    ):
         apply(base, "checkpoint.monitor", "val_accuracy")
 
 
@@ -256,16 +351,27 @@ def test_two_recorders_ending_the_last_two_trials_at_once_finish_the_sweep(engin
 def test_numbers_past_a_float_and_long_spec_values_are_kept_not_refused():
     assert param_row("seed", 10**400) == ("seed", str(10**400), None)
     params = spec_params({"name": "x", "model": {"fn": "m:f", "kwargs": {"classes": list(range(1000))}}})
-    assert params["model.kwargs.classes"].endswith("… (4,890 characters)") and len(params["model.kwargs.classes"]) <= 2000
+    assert (
+        params["model.kwargs.classes"].endswith("… (4,890 characters)")
+        and len(params["model.kwargs.classes"]) <= 2000
+    )
     with pytest.raises(ParamsError, match="'a.b' is given twice"):
         flatten_params({"a.b": 1, "a": {"b": 2}})
     import numpy as np
 
-    assert flatten_params({"w": np.array([1, 2]), "lr": np.float32(0.5), "bad": np.float64("nan")}) == {"w": "[1, 2]", "lr": 0.5, "bad": "NaN"}
+    assert flatten_params({"w": np.array([1, 2]), "lr": np.float32(0.5), "bad": np.float64("nan")}) == {
+        "w": "[1, 2]",
+        "lr": 0.5,
+        "bad": "NaN",
+    }
 
 
 def test_grids_are_counted_before_they_are_made_and_hold_finite_numbers_only():
-    huge = "sweep:\n  grid: {" + ", ".join(f"model.kwargs.k{i}: [{', '.join(map(str, range(30)))}]" for i in range(8)) + "}\n"
+    huge = (
+        "sweep:\n  grid: {"
+        + ", ".join(f"model.kwargs.k{i}: [{', '.join(map(str, range(30)))}]" for i in range(8))
+        + "}\n"
+    )
     with pytest.raises(JobSpecError, match="makes 656,100,000,000 trials; at most 1,000"):
         parse_sweep_text(SWEEP + huge)  # eight keys of thirty values: refused without making one trial
     with pytest.raises(JobSpecError, match="makes 3,000,000 trials"):

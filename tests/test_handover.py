@@ -69,4 +69,6 @@ def test_a_zombie_counts_as_exited_and_a_live_process_does_not(tmp_path):
 def test_each_worker_has_its_own_handover_file(tmp_path):
     assert handover_path("gpu0@box", root=tmp_path) != handover_path("gpu1@box", root=tmp_path)
     assert handover_path("../../etc/x y", root=tmp_path).parent == tmp_path
-    assert handover_path("w1@test").parent.name == "fitstream-handover"  # local temp dir, never shared storage
+    assert (
+        handover_path("w1@test").parent.name == "fitstream-handover"
+    )  # local temp dir, never shared storage

@@ -80,23 +80,54 @@ def stream_events(settings, run_id: str) -> list[ev.Event]:
     return [e for e in (ev.decode(f) for _i, f in client.xrange(settings.stream)) if e.run_id == run_id]
 
 
-def test_every_job_spec_feature_through_a_real_worker(settings, engine, job_env, queue_name, start_worker, tmp_path, database_url):
+def test_every_job_spec_feature_through_a_real_worker(
+    settings, engine, job_env, queue_name, start_worker, tmp_path, database_url
+):
     if database_url.startswith("postgresql"):
         pytest.skip("what a spec makes Keras do does not depend on the database; checked once, on SQLite")
     start_worker()
     with RecorderThread(settings, engine), PromoterThread(settings, engine):
-        runs = {name: json.loads(run_cli("submit", spec_file(tmp_path, name, body), "--queue", queue_name, "--json",
-                                         env_extra=job_env).stdout)["run_id"] for name, body in JOBS.items()}
+        runs = {
+            name: json.loads(
+                run_cli(
+                    "submit",
+                    spec_file(tmp_path, name, body),
+                    "--queue",
+                    queue_name,
+                    "--json",
+                    env_extra=job_env,
+                ).stdout
+            )["run_id"]
+            for name, body in JOBS.items()
+        }
         for name, run_id in runs.items():
-            wait_for(lambda: rows(engine, "SELECT status FROM runs WHERE run_id = :r AND finished_at IS NOT NULL", run_id),
-                     timeout=240, message=f"{name} finished and recorded")
-            wait_for(lambda: any(e.type in ("run_finished", "run_failed") for e in stream_events(settings, run_id)), timeout=60,
-                     message=f"{name}'s last event")
-        wait_for(lambda: any(e.type == "model_promoted" for e in stream_events(settings, runs["restored-only"])), timeout=90,
-                 message="the restored model promoted")
+            wait_for(
+                lambda: rows(
+                    engine, "SELECT status FROM runs WHERE run_id = :r AND finished_at IS NOT NULL", run_id
+                ),
+                timeout=240,
+                message=f"{name} finished and recorded",
+            )
+            wait_for(
+                lambda: any(
+                    e.type in ("run_finished", "run_failed") for e in stream_events(settings, run_id)
+                ),
+                timeout=60,
+                message=f"{name}'s last event",
+            )
+        wait_for(
+            lambda: any(e.type == "model_promoted" for e in stream_events(settings, runs["restored-only"])),
+            timeout=90,
+            message="the restored model promoted",
+        )
 
     for name, expected in EXPECTED_LR.items():
-        trained_with = [lr for (lr,) in rows(engine, "SELECT learning_rate FROM epochs WHERE run_id = :r ORDER BY epoch", runs[name])]
+        trained_with = [
+            lr
+            for (lr,) in rows(
+                engine, "SELECT learning_rate FROM epochs WHERE run_id = :r ORDER BY epoch", runs[name]
+            )
+        ]
         assert trained_with == pytest.approx(expected, rel=1e-5), name
 
     # reduce_lr: two lr_changed events; validation_split made a validation set; tags; batch events.
@@ -112,31 +143,52 @@ def test_every_job_spec_feature_through_a_real_worker(settings, engine, job_env,
     assert batches == [(epoch, batch) for epoch in range(3) for batch in (4, 9)]
 
     # Datasets with steps_per_epoch: each epoch took exactly 4 steps.
-    steps = [s for (s,) in rows(engine, "SELECT steps FROM epochs WHERE run_id = :r ORDER BY epoch", runs["exponential-datasets"])]
+    steps = [
+        s
+        for (s,) in rows(
+            engine, "SELECT steps FROM epochs WHERE run_id = :r ORDER BY epoch", runs["exponential-datasets"]
+        )
+    ]
     assert steps == [4, 4, 4]
 
     # terminate_on_nan: the loss overflows in epoch 1; TerminateOnNaN stops training there; the run says why.
     (status, epochs_completed, error_type, error_message) = rows(
-        engine, "SELECT status, epochs_completed, error_type, error_message FROM runs WHERE run_id = :r", runs["nan"])[0]
+        engine,
+        "SELECT status, epochs_completed, error_type, error_message FROM runs WHERE run_id = :r",
+        runs["nan"],
+    )[0]
     assert epochs_completed == 2  # as Keras' History: epoch 0, and epoch 1 cut short at its first NaN batch
     assert (status, error_type) == ("failed", "TerminateOnNaN"), (status, error_type, error_message)
     assert error_message.startswith("training stopped: the loss became inf at epoch 1, batch "), error_message
 
     # Datasets: no fingerprint (the arrays are not at hand), as the README says.
-    assert rows(engine, "SELECT data_fingerprint FROM runs WHERE run_id = :r", runs["exponential-datasets"]) == [(None,)]
+    assert rows(
+        engine, "SELECT data_fingerprint FROM runs WHERE run_id = :r", runs["exponential-datasets"]
+    ) == [(None,)]
 
     # restore_best_weights: false, and a ModelCheckpoint filename with Keras' {epoch:02d}.
     files = runs["epoch-files-no-restore"]
-    assert rows(engine, "SELECT status, stopped_epoch, restored_best_weights FROM runs WHERE run_id = :r", files) == [("early_stopped", 1, False)]
-    saved = sorted(path.rsplit("/", 1)[1] for (path,) in rows(engine, "SELECT path FROM checkpoints WHERE run_id = :r", files))
+    assert rows(
+        engine, "SELECT status, stopped_epoch, restored_best_weights FROM runs WHERE run_id = :r", files
+    ) == [("early_stopped", 1, False)]
+    saved = sorted(
+        path.rsplit("/", 1)[1]
+        for (path,) in rows(engine, "SELECT path FROM checkpoints WHERE run_id = :r", files)
+    )
     assert saved == ["ckpt-01.keras", "ckpt-02.keras"]
 
     # save_freq: N batches — the checkpoints carry the batch they were saved at (7 batches per epoch).
     # Keras counts batches across epochs: the 5th batch (epoch 0, index 4), then the 10th (epoch 1, index 2).
-    batch_saves = rows(engine, "SELECT epoch, batch FROM checkpoints WHERE run_id = :r AND source = 'model_checkpoint' "
-                               "ORDER BY epoch, batch", runs["batch-files"])
+    batch_saves = rows(
+        engine,
+        "SELECT epoch, batch FROM checkpoints WHERE run_id = :r AND source = 'model_checkpoint' "
+        "ORDER BY epoch, batch",
+        runs["batch-files"],
+    )
     assert batch_saves == [(0, 4), (1, 2)]
 
     # checkpoint: false — the model EarlyStopping restored is saved and promoted (the default for queued jobs).
-    (source, epoch) = rows(engine, "SELECT source, epoch FROM model_versions WHERE run_id = :r", runs["restored-only"])[0]
+    (source, epoch) = rows(
+        engine, "SELECT source, epoch FROM model_versions WHERE run_id = :r", runs["restored-only"]
+    )[0]
     assert (source, epoch) == ("early_stopping_restore", 0)

@@ -13,18 +13,38 @@ BASE = "name: t\nmodel: examples.digits:build_model\ndata: examples.digits:load_
 BAD_SPECS = [
     ("not a mapping", "- a\n- b\n", "must be a mapping"),
     ("invalid yaml", "name: [unclosed\n", "not valid YAML"),
-    ("missing name", "model: examples.digits:build_model\ndata: examples.digits:load_data\n", "name: required"),
+    (
+        "missing name",
+        "model: examples.digits:build_model\ndata: examples.digits:load_data\n",
+        "name: required",
+    ),
     ("missing model", "name: t\ndata: examples.digits:load_data\n", "model: required"),
     ("misspelled top key", BASE + "earlystopping: {patience: 2}\n", "did you mean 'early_stopping'?"),
     ("section key at top level", BASE + "epochs: 3\n", "did you mean 'fit.epochs'?"),
     ("misspelled nested key", BASE + "fit: {epoch: 3}\n", "fit.epoch: unknown key; did you mean 'epochs'?"),
     ("wrong type", BASE + "fit: {epochs: many}\n", "fit.epochs: Input should be a valid integer"),
     ("zero epochs", BASE + "fit: {epochs: 0}\n", "fit.epochs: Input should be greater than or equal to 1"),
-    ("mode contradicts monitor", BASE + "early_stopping: {monitor: val_accuracy, mode: min}\n", "is a metric to maximise, but mode is 'min'"),
+    (
+        "mode contradicts monitor",
+        BASE + "early_stopping: {monitor: val_accuracy, mode: min}\n",
+        "is a metric to maximise, but mode is 'min'",
+    ),
     ("unknown direction", BASE + "early_stopping: {monitor: val_weirdness}\n", "set mode: min or mode: max"),
-    ("checkpoint outside run dir", BASE + "checkpoint: {filename: ../../elsewhere.keras}\n", "relative path inside the run's directory"),
-    ("absolute checkpoint", BASE + "checkpoint: {filename: /tmp/x.keras}\n", "relative path inside the run's directory"),
-    ("bad callable shape", "name: t\nmodel: examples.digits\ndata: examples.digits:load_data\n", "must look like 'package.module:function'"),
+    (
+        "checkpoint outside run dir",
+        BASE + "checkpoint: {filename: ../../elsewhere.keras}\n",
+        "relative path inside the run's directory",
+    ),
+    (
+        "absolute checkpoint",
+        BASE + "checkpoint: {filename: /tmp/x.keras}\n",
+        "relative path inside the run's directory",
+    ),
+    (
+        "bad callable shape",
+        "name: t\nmodel: examples.digits\ndata: examples.digits:load_data\n",
+        "must look like 'package.module:function'",
+    ),
     ("validation split out of range", BASE + "fit: {validation_split: 1.5}\n", "fit.validation_split"),
     ("negative patience", BASE + "early_stopping: {patience: -1}\n", "early_stopping.patience"),
     ("step schedule without every", BASE + "lr_schedule: {kind: step, factor: 0.5}\n", "needs every"),
@@ -33,10 +53,26 @@ BAD_SPECS = [
 ]
 
 BAD_IMPORTS = [
-    ("module not allowed", "name: t\nmodel: os:system\ndata: examples.digits:load_data\n", "module 'os' is not allowed on this deployment"),
-    ("module missing", "name: t\nmodel: examples.nothing_here:f\ndata: examples.digits:load_data\n", "cannot import module 'examples.nothing_here'"),
-    ("function missing", "name: t\nmodel: examples.digits:build_modle\ndata: examples.digits:load_data\n", "has no 'build_modle'; did you mean 'build_model'?"),
-    ("callback not allowed", BASE + "callbacks: [{class: 'subprocess:Popen'}]\n", "callbacks.0.class: module 'subprocess' is not allowed"),
+    (
+        "module not allowed",
+        "name: t\nmodel: os:system\ndata: examples.digits:load_data\n",
+        "module 'os' is not allowed on this deployment",
+    ),
+    (
+        "module missing",
+        "name: t\nmodel: examples.nothing_here:f\ndata: examples.digits:load_data\n",
+        "cannot import module 'examples.nothing_here'",
+    ),
+    (
+        "function missing",
+        "name: t\nmodel: examples.digits:build_modle\ndata: examples.digits:load_data\n",
+        "has no 'build_modle'; did you mean 'build_model'?",
+    ),
+    (
+        "callback not allowed",
+        BASE + "callbacks: [{class: 'subprocess:Popen'}]\n",
+        "callbacks.0.class: module 'subprocess' is not allowed",
+    ),
 ]
 
 
@@ -65,7 +101,11 @@ def test_defaults_follow_established_practice():
     assert off.early_stopping is None and off.checkpoint is None
 
 
-@pytest.mark.parametrize("path", sorted(p for p in (REPO / "examples").glob("*.yaml") if p.name != "alerts.yaml"), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (REPO / "examples").glob("*.yaml") if p.name != "alerts.yaml"),
+    ids=lambda p: p.name,
+)
 def test_bundled_examples_are_valid(path):
     from pipeline.sweeps import Sweep, load_job_file
 

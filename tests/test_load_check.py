@@ -30,7 +30,9 @@ def test_an_answer_is_reused_until_the_file_changes(checker, tmp_path):
     assert checker.submit(path) is first and checker.result(first) is None
     before = os.stat(path).st_mtime_ns
     _save(tmp_path / "best.keras", unsafe=True)  # overwritten by a later epoch (here: an unsafe model)
-    os.utime(path, ns=(before + 10**9, before + 10**9))  # a later modification time, whatever the clock's grain
+    os.utime(
+        path, ns=(before + 10**9, before + 10**9)
+    )  # a later modification time, whatever the clock's grain
     again = checker.submit(path)
     assert again is not first
     problem = checker.result(again)
@@ -51,7 +53,10 @@ def test_a_load_that_hangs_is_refused_after_its_timeout_and_the_helper_goes_on(t
     checker = KerasLoadCheck(timeout_s=3)
     try:
         assert checker.check(path) is None  # the helper is up (its Keras import is not timed)
-        assert checker.check(str(hang)) == "loading took longer than 3 s (FITSTREAM_PROMOTER_LOAD_TIMEOUT_SECONDS)"
+        assert (
+            checker.check(str(hang))
+            == "loading took longer than 3 s (FITSTREAM_PROMOTER_LOAD_TIMEOUT_SECONDS)"
+        )
         os.utime(path)
         assert checker.check(path) is None  # the same helper answers the next one
         assert str(hang) not in checker._answers and path in checker._answers  # failures are not remembered
@@ -97,9 +102,27 @@ def test_the_promoter_loads_ahead_only_checkpoints_that_may_be_promoted(sqlite_u
     promoter = Promoter(engine, open_store(str(tmp_path / "store")), load_check=check)
     values = {"r1": [0.5, 0.4, 0.45, 0.3], "r2": [0.9, 0.95]}  # val_loss: lower is better
     batch = [
-        Received(f"{i}-{j}", ev.build(ev.CheckpointSaved, run_id=run_id, seq=j + 1, path=f"/ckpt/{run_id}-{j}.keras", epoch=j, monitor="val_loss", value=v), "")
-        for i, (run_id, vals) in enumerate(values.items()) for j, v in enumerate(vals)
+        Received(
+            f"{i}-{j}",
+            ev.build(
+                ev.CheckpointSaved,
+                run_id=run_id,
+                seq=j + 1,
+                path=f"/ckpt/{run_id}-{j}.keras",
+                epoch=j,
+                monitor="val_loss",
+                value=v,
+            ),
+            "",
+        )
+        for i, (run_id, vals) in enumerate(values.items())
+        for j, v in enumerate(vals)
     ]
     promoter.handle(batch)
-    assert check.prefetched == ["/ckpt/r1-0.keras", "/ckpt/r1-1.keras", "/ckpt/r1-3.keras", "/ckpt/r2-0.keras"]
+    assert check.prefetched == [
+        "/ckpt/r1-0.keras",
+        "/ckpt/r1-1.keras",
+        "/ckpt/r1-3.keras",
+        "/ckpt/r2-0.keras",
+    ]
     engine.dispose()

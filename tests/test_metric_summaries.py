@@ -24,7 +24,9 @@ FROM metric_summaries s ORDER BY s.run_id, s.name"""
 
 def _from_epoch_metrics(conn: sa.Connection) -> list[tuple]:
     """The summary recomputed in Python from what epoch_metrics holds."""
-    rows = conn.execute(sa.text("SELECT run_id, name, epoch, value FROM epoch_metrics ORDER BY run_id, name, epoch")).all()
+    rows = conn.execute(
+        sa.text("SELECT run_id, name, epoch, value FROM epoch_metrics ORDER BY run_id, name, epoch")
+    ).all()
     out: dict[tuple, list] = {}
     for run_id, name, epoch, value in rows:
         number = None if value is None or math.isnan(value) else value
@@ -41,6 +43,7 @@ def _from_epoch_metrics(conn: sa.Connection) -> list[tuple]:
 def _same(a: list[tuple], b: list[tuple]) -> bool:
     def norm(row: tuple) -> tuple:
         return tuple("nan" if isinstance(v, float) and math.isnan(v) else v for v in row)
+
     return [norm(r) for r in a] == [norm(r) for r in b]
 
 
@@ -69,22 +72,45 @@ def test_summaries_agree_with_epoch_metrics_through_replays_reruns_and_nan(setti
     with RecorderThread(settings, engine):
         wait_for(lambda: _count(engine, RECORDED_EVENT_COUNT) == len(events), timeout=60, message="recorded")
         publish_all(stream, events[:30] + rerun, chunk=11)  # replays and the re-run
-        wait_for(lambda: _count(engine, "SELECT count(*) FROM epochs WHERE event_id IS NOT NULL") >= len(events)
-                 and _count(engine, "SELECT count(*) FROM events") == 0, timeout=30, message="settled")
-        wait_for(lambda: stream.groups() and all(g["pending"] == 0 and g["lag"] == 0 for g in stream.groups()),
-                 timeout=30, message="every message handled")
+        wait_for(
+            lambda: (
+                _count(engine, "SELECT count(*) FROM epochs WHERE event_id IS NOT NULL") >= len(events)
+                and _count(engine, "SELECT count(*) FROM events") == 0
+            ),
+            timeout=30,
+            message="settled",
+        )
+        wait_for(
+            lambda: stream.groups() and all(g["pending"] == 0 and g["lag"] == 0 for g in stream.groups()),
+            timeout=30,
+            message="every message handled",
+        )
     with engine.connect() as conn:
         got = [tuple(r) for r in conn.execute(sa.text(EXPECTED))]
         assert len(got) == 12 and _same(got, _from_epoch_metrics(conn))
         by_key = {(r[0], r[1]): r for r in got}
         assert by_key[("run3", "loss")][2:4] == (0.05, 3)
         assert by_key[("run1", "loss")][2] != -5.0  # the re-run's values are not in epoch_metrics, nor here
-        best = conn.execute(sa.text(
-            "SELECT run_id FROM metric_summaries WHERE name = 'val_accuracy' AND max_value IS NOT NULL "
-            "ORDER BY max_value DESC, run_id LIMIT 3")).scalars().all()
-        expected = conn.execute(sa.text(
-            "SELECT run_id FROM epoch_metrics WHERE name = 'val_accuracy' GROUP BY run_id "
-            "ORDER BY max(value) DESC, run_id LIMIT 3")).scalars().all()
+        best = (
+            conn.execute(
+                sa.text(
+                    "SELECT run_id FROM metric_summaries WHERE name = 'val_accuracy' AND max_value IS NOT NULL "
+                    "ORDER BY max_value DESC, run_id LIMIT 3"
+                )
+            )
+            .scalars()
+            .all()
+        )
+        expected = (
+            conn.execute(
+                sa.text(
+                    "SELECT run_id FROM epoch_metrics WHERE name = 'val_accuracy' GROUP BY run_id "
+                    "ORDER BY max(value) DESC, run_id LIMIT 3"
+                )
+            )
+            .scalars()
+            .all()
+        )
         assert best == expected
 
 
@@ -92,8 +118,12 @@ def test_the_migration_fills_summaries_from_an_existing_history(settings, databa
     migrate.upgrade(database_url, "0010")
     engine = make_engine(database_url)
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO epoch_metrics (name, run_id, epoch, value) VALUES "
-                             "('loss', 'a', 0, 0.9), ('loss', 'a', 1, 0.4), ('loss', 'a', 2, 0.6), ('acc', 'a', 0, 0.5)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO epoch_metrics (name, run_id, epoch, value) VALUES "
+                "('loss', 'a', 0, 0.9), ('loss', 'a', 1, 0.4), ('loss', 'a', 2, 0.6), ('acc', 'a', 0, 0.5)"
+            )
+        )
     engine.dispose()
     migrate.upgrade(database_url)
     with engine.connect() as conn:
@@ -114,7 +144,11 @@ def test_rebuild_summaries_command_recomputes_from_epoch_metrics(settings, engin
     from tests.conftest import run_cli, settings_env
 
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO epoch_metrics (name, run_id, epoch, value) VALUES ('loss', 'x', 0, 3.0), ('loss', 'x', 1, 2.0)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO epoch_metrics (name, run_id, epoch, value) VALUES ('loss', 'x', 0, 3.0), ('loss', 'x', 1, 2.0)"
+            )
+        )
     out = run_cli("db", "rebuild-summaries", "--json", env_extra=settings_env(settings))
     assert out.stdout.strip() == '{"summaries": 1}'
     with engine.connect() as conn:

@@ -29,7 +29,9 @@ def model_file(tmp_path):
 
 def test_put_hashes_while_copying_and_records_metadata(store, model_file, tmp_path):
     sha = hashlib.sha256(model_file.read_bytes()).hexdigest()
-    stored = store.put("digits", 1, str(model_file), {"run_id": "r1", "epoch": 4, "metric": "val_loss", "value": 0.05})
+    stored = store.put(
+        "digits", 1, str(model_file), {"run_id": "r1", "epoch": 4, "metric": "val_loss", "value": 0.05}
+    )
     assert stored.sha256 == sha and stored.size_bytes == model_file.stat().st_size
     assert stored.metadata["run_id"] == "r1" and stored.metadata["version"] == 1
     assert store.versions("digits") == [1]
@@ -99,7 +101,9 @@ def test_only_old_leftovers_are_discarded_when_asked_for_an_age(store, model_fil
     if store.local:  # a day-old leftover (memory:// stamps creation times it does not let us change)
         os.utime(f"{store.root}/digits/.staging-old", (time.time() - 86400, time.time() - 86400))
         assert store.discard_staging("digits", older_than_s=3600) == 1
-        assert store.discard_staging("digits", older_than_s=3600) == 0  # the young one may be a copy in progress
+        assert (
+            store.discard_staging("digits", older_than_s=3600) == 0
+        )  # the young one may be a copy in progress
     assert store.discard_staging("digits") == (1 if store.local else 2)
     store.put("digits", 1, str(model_file), {})
     assert store.names() == ["digits"] and store.discard_staging("digits", older_than_s=0) == 0
@@ -139,7 +143,9 @@ def test_a_read_only_store_is_refused_with_what_to_do(tmp_path, model_file):
     if subprocess.run(["chattr", "+i", str(root / "digits")], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not supported on this filesystem")
     try:
-        with pytest.raises(StoreError, match=r"is not writable \(Operation not permitted\); check its permissions"):
+        with pytest.raises(
+            StoreError, match=r"is not writable \(Operation not permitted\); check its permissions"
+        ):
             open_store(str(root)).put("digits", 1, str(model_file), {})
     finally:
         subprocess.run(["chattr", "-i", str(root / "digits")], check=True)
@@ -151,7 +157,9 @@ def small_disk(tmp_path):
     """A 4 MB tmpfs mounted for the test (needs root, as CI has)."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount_point
@@ -176,6 +184,8 @@ def test_running_out_of_space_mid_copy_is_refused_and_leaves_nothing(small_disk,
     real_usage = shutil.disk_usage
     monkeypatch.setattr(fs_module.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=10 << 20))
     store = open_store(str(small_disk / "store"))
-    with pytest.raises(StoreError, match=r"is full \(No space left on device\) while writing a 3\.1 MB model"):
+    with pytest.raises(
+        StoreError, match=r"is full \(No space left on device\) while writing a 3\.1 MB model"
+    ):
         store.put("digits", 1, str(big), {})
     assert store.versions("digits") == [] and store.discard_staging("digits") == 0

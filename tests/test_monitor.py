@@ -40,7 +40,9 @@ def test_is_improvement_edges():
     assert loss.is_improvement(1.0, None)
     assert not loss.is_improvement(float("nan"), None)
     assert not loss.is_improvement(1.0, 1.0)
-    acc = Monitor("val_accuracy", min_delta=-0.05)  # a negative min_delta means its absolute value, as in Keras
+    acc = Monitor(
+        "val_accuracy", min_delta=-0.05
+    )  # a negative min_delta means its absolute value, as in Keras
     assert acc.mode == "max" and acc.min_delta == 0.05
     assert not acc.is_improvement(0.54, 0.5) and acc.is_improvement(0.56, 0.5)
 

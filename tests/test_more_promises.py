@@ -58,20 +58,68 @@ def _openssl(*args: str, cwd: Path) -> None:
 def _certificate_authority(directory: Path, name: str) -> tuple[Path, Path]:
     """A self-signed CA (certificate, key) in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )
     return directory / "ca.crt", directory / "ca.key"
 
 
 def _server_certificate(directory: Path, ca_cert: Path, ca_key: Path) -> tuple[Path, Path]:
     """A server certificate for 127.0.0.1 and localhost, signed by the CA."""
     (directory / "server.ext").write_text(_SERVER_EXTENSIONS)
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=directory)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", str(ca_cert), "-CAkey", str(ca_key),
-             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext", cwd=directory)
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        str(ca_cert),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        cwd=directory,
+    )
     return directory / "server.crt", directory / "server.key"
 
 
@@ -145,17 +193,31 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
 
 def _tiny_fit(publisher: EventPublisher, *, samples: int = 64, epochs: int = 1, batch_size: int = 32) -> None:
     (x, y), (x_val, y_val) = small_digits(samples)
-    small_model().fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, verbose=0,
-                      callbacks=[publisher])
+    small_model().fit(
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=epochs,
+        batch_size=batch_size,
+        verbose=0,
+        callbacks=[publisher],
+    )
 
 
 def test_a_fit_publishes_over_verified_tls_and_an_untrusted_ca_is_refused(
-    tls_redis, tmp_path, redis_url, stream_name,
+    tls_redis,
+    tmp_path,
+    redis_url,
+    stream_name,
 ):
     # The settings name the suite's plain Redis; only the publisher's redis_url names the TLS one, so events
     # read back from the TLS server can only have come through the rediss:// URL.
-    settings = Settings(redis_url=redis_url, database_url=f"sqlite:///{tmp_path / 'unused.db'}",
-                        home=tmp_path / "home", stream=stream_name)
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'unused.db'}",
+        home=tmp_path / "home",
+        stream=stream_name,
+    )
     publisher = EventPublisher(name="tls-run", redis_url=tls_redis.url, settings=settings)
     _tiny_fit(publisher)
 
@@ -186,6 +248,7 @@ def test_a_fit_publishes_over_verified_tls_and_an_untrusted_ca_is_refused(
 
 # -- Promotion: a checkpoint changed after its event gives way to the next best -------------------
 
+
 def test_a_checkpoint_changed_after_its_event_gives_way_to_the_next_best(settings, engine, tmp_path):
     run_id, name = "tampered-run", "tampered-model"
     # val_loss per epoch (mode min): epoch 2 is best, epoch 1 next best. The next best is neither the
@@ -197,11 +260,32 @@ def test_a_checkpoint_changed_after_its_event_gives_way_to_the_next_best(setting
     stream.ensure_group("promoter")
     stream.publish(
         [ev.build(ev.RunStarted, run_id=run_id, seq=0, name=name, monitor="val_loss", mode="min")]
-        + [ev.build(ev.CheckpointSaved, run_id=run_id, seq=1 + epoch, path=str(paths[epoch]), epoch=epoch,
-                    monitor="val_loss", mode="min", value=value, sha256=shas[epoch])
-           for epoch, value in values.items()]
-        + [ev.build(ev.EarlyStopped, run_id=run_id, seq=10, stopped_epoch=3, best_epoch=2, best_value=0.20,
-                    monitor="val_loss", mode="min")]
+        + [
+            ev.build(
+                ev.CheckpointSaved,
+                run_id=run_id,
+                seq=1 + epoch,
+                path=str(paths[epoch]),
+                epoch=epoch,
+                monitor="val_loss",
+                mode="min",
+                value=value,
+                sha256=shas[epoch],
+            )
+            for epoch, value in values.items()
+        ]
+        + [
+            ev.build(
+                ev.EarlyStopped,
+                run_id=run_id,
+                seq=10,
+                stopped_epoch=3,
+                best_epoch=2,
+                best_value=0.20,
+                monitor="val_loss",
+                mode="min",
+            )
+        ]
     )
     # After its event, the best file is overwritten by another (valid, loadable) Keras model.
     _keras_file(paths[2], seed=99)
@@ -214,7 +298,12 @@ def test_a_checkpoint_changed_after_its_event_gives_way_to_the_next_best(setting
 
     assert outcome.type == "model_promoted", outcome
     assert (outcome.name, outcome.version, outcome.epoch, outcome.metric, outcome.value) == (
-        name, 1, 1, "val_loss", 0.30)
+        name,
+        1,
+        1,
+        "val_loss",
+        0.30,
+    )
     info = describe(engine, f"{name}@champion")
     assert (info["run_id"], info["epoch"], info["value"], info["sha256"]) == (run_id, 1, 0.30, shas[1])
     assert info["source_path"] == str(paths[1])
@@ -229,6 +318,7 @@ def test_a_checkpoint_changed_after_its_event_gives_way_to_the_next_best(setting
 
 # -- The epochs table: steps and rates of a real fit ----------------------------------------------
 
+
 def test_epochs_rows_hold_the_fits_steps_and_rates_that_agree_with_them(settings, engine, recorder):
     samples, batch_size, epochs = 600, 32, 2
     assert samples % batch_size, "a partial last batch is what ceil() is about"
@@ -241,9 +331,13 @@ def test_epochs_rows_hold_the_fits_steps_and_rates_that_agree_with_them(settings
         with engine.connect() as conn:
             run = {"r": publisher.run_id}
             status = conn.execute(sa.text("SELECT status FROM runs WHERE run_id = :r"), run).scalar()
-            rows = conn.execute(sa.text(
-                "SELECT epoch, steps, wall_time_s, samples_per_second, steps_per_second FROM epochs "
-                "WHERE run_id = :r ORDER BY epoch"), run).all()
+            rows = conn.execute(
+                sa.text(
+                    "SELECT epoch, steps, wall_time_s, samples_per_second, steps_per_second FROM epochs "
+                    "WHERE run_id = :r ORDER BY epoch"
+                ),
+                run,
+            ).all()
         return rows if status == "completed" and len(rows) == epochs else []
 
     rows = wait_for(recorded, message="the recorder to record both epochs and the run's end")

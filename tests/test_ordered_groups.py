@@ -21,7 +21,12 @@ def test_a_kept_lease_outlives_its_ttl_and_a_lost_one_is_noticed(redis_url, stre
     key = f"{stream_name}:lease-test"
     mine = RedisLease(client, key, owner="me", ttl_s=0.3)
     theirs = RedisLease(client, key, owner="them", ttl_s=0.3)
-    assert mine.acquire() and not mine.acquire() and mine.acquire(reentrant=True) and not theirs.acquire(reentrant=True)
+    assert (
+        mine.acquire()
+        and not mine.acquire()
+        and mine.acquire(reentrant=True)
+        and not theirs.acquire(reentrant=True)
+    )
     keeper = LeaseKeeper(mine)
     time.sleep(1.0)  # three lease lifetimes
     assert mine.holder() == "me" and not keeper.lost.is_set()
@@ -47,21 +52,33 @@ class SlowOrderedHandler:
 
 def test_a_leader_busy_longer_than_its_lease_keeps_the_lead(redis_url, stream_name, tmp_path):
     settings = Settings(
-        redis_url=redis_url, stream=stream_name, home=tmp_path, database_url=f"sqlite:///{tmp_path / 'history.db'}",
-        consumer_block_ms=100, leader_ttl_seconds=0.5,
+        redis_url=redis_url,
+        stream=stream_name,
+        home=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'history.db'}",
+        consumer_block_ms=100,
+        leader_ttl_seconds=0.5,
     )
     stream = EventStream(settings=settings)
     stream.ensure_group("ordered-test")
-    stream.publish([ev.build(ev.EpochEnd, run_id="r", seq=i, epoch=i, metrics={"loss": 1.0}) for i in range(1, 41)])
+    stream.publish(
+        [ev.build(ev.EpochEnd, run_id="r", seq=i, epoch=i, metrics={"loss": 1.0}) for i in range(1, 41)]
+    )
     leader_handler, standby_handler = SlowOrderedHandler(first_batch_s=1.5), SlowOrderedHandler()
-    leader = ConsumerLoop(leader_handler, EventStream(settings=settings), consumer_name="leader", batch_size=10)
-    standby = ConsumerLoop(standby_handler, EventStream(settings=settings), consumer_name="standby", batch_size=10)
+    leader = ConsumerLoop(
+        leader_handler, EventStream(settings=settings), consumer_name="leader", batch_size=10
+    )
+    standby = ConsumerLoop(
+        standby_handler, EventStream(settings=settings), consumer_name="standby", batch_size=10
+    )
     threads = [threading.Thread(target=loop.run, daemon=True) for loop in (leader, standby)]
     threads[0].start()
     wait_for(lambda: leader.leader.holder() == "leader", message="leader leads")
     threads[1].start()
     status = json.loads(run_cli("status", "--json", env_extra=settings_env(settings)).stdout)
-    assert {"group": "ordered-test", "leader": "leader"}.items() <= next(g for g in status["consumer_groups"] if g["group"] == "ordered-test").items()
+    assert {"group": "ordered-test", "leader": "leader"}.items() <= next(
+        g for g in status["consumer_groups"] if g["group"] == "ordered-test"
+    ).items()
     try:
         wait_for(lambda: len(leader_handler.seen) == 40, timeout=30, message="all events handled")
     finally:

@@ -17,20 +17,65 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _run(stream: EventStream, run_id: str, losses: list[float], *, stop_at: int | None = None, lr_drop_at: int | None = None) -> None:
+def _run(
+    stream: EventStream,
+    run_id: str,
+    losses: list[float],
+    *,
+    stop_at: int | None = None,
+    lr_drop_at: int | None = None,
+) -> None:
     best = losses.index(min(losses))
-    items: list[ev.Event] = [ev.build(ev.RunStarted, run_id=run_id, seq=0, name=f"net-{run_id[:4]}", monitor="val_loss", mode="min")]
+    items: list[ev.Event] = [
+        ev.build(
+            ev.RunStarted, run_id=run_id, seq=0, name=f"net-{run_id[:4]}", monitor="val_loss", mode="min"
+        )
+    ]
     for epoch, loss in enumerate(losses):
         lr = 1e-3 if lr_drop_at is None or epoch < lr_drop_at else 1e-4
-        items.append(ev.build(ev.EpochEnd, run_id=run_id, seq=epoch + 1, epoch=epoch, learning_rate=lr,
-                              metrics={"loss": loss * 0.9, "val_loss": loss, "accuracy": 1 - loss * 0.8, "val_accuracy": 1 - loss}))
+        items.append(
+            ev.build(
+                ev.EpochEnd,
+                run_id=run_id,
+                seq=epoch + 1,
+                epoch=epoch,
+                learning_rate=lr,
+                metrics={
+                    "loss": loss * 0.9,
+                    "val_loss": loss,
+                    "accuracy": 1 - loss * 0.8,
+                    "val_accuracy": 1 - loss,
+                },
+            )
+        )
     seq = len(losses) + 1
     if stop_at is not None:
-        items.append(ev.build(ev.EarlyStopped, run_id=run_id, seq=seq, stopped_epoch=stop_at, best_epoch=best, best_value=min(losses),
-                              monitor="val_loss", mode="min"))
+        items.append(
+            ev.build(
+                ev.EarlyStopped,
+                run_id=run_id,
+                seq=seq,
+                stopped_epoch=stop_at,
+                best_epoch=best,
+                best_value=min(losses),
+                monitor="val_loss",
+                mode="min",
+            )
+        )
         seq += 1
-    items.append(ev.build(ev.RunFinished, run_id=run_id, seq=seq, status="early_stopped" if stop_at is not None else "completed",
-                          epochs_completed=len(losses), best_epoch=best, best_value=min(losses), monitor="val_loss", mode="min"))
+    items.append(
+        ev.build(
+            ev.RunFinished,
+            run_id=run_id,
+            seq=seq,
+            status="early_stopped" if stop_at is not None else "completed",
+            epochs_completed=len(losses),
+            best_epoch=best,
+            best_value=min(losses),
+            monitor="val_loss",
+            mode="min",
+        )
+    )
     stream.publish(items)
 
 
@@ -47,8 +92,15 @@ def two_runs(settings, engine, recorder) -> tuple[str, str]:
     _run(stream, a, [0.9, 0.6, 0.45, 0.4, 0.42, 0.44], stop_at=5, lr_drop_at=3)
     _run(stream, b, [0.8, 0.5, 0.35, 0.3, 0.28, 0.27, 0.26, 0.25])
     env = settings_env(settings)
-    wait_for(lambda: len(json.loads(run_cli("runs", "--json", env_extra=env).stdout)) == 2
-             and all(r["status"] != "running" for r in json.loads(run_cli("runs", "--json", env_extra=env).stdout)), message="runs recorded")
+    wait_for(
+        lambda: (
+            len(json.loads(run_cli("runs", "--json", env_extra=env).stdout)) == 2
+            and all(
+                r["status"] != "running" for r in json.loads(run_cli("runs", "--json", env_extra=env).stdout)
+            )
+        ),
+        message="runs recorded",
+    )
     return a, b
 
 
@@ -72,14 +124,19 @@ def test_plot_writes_a_png_that_changes_with_the_runs_and_the_metrics(settings, 
 
 
 @sqlite_only
-def test_the_figure_marks_best_and_early_stop_epochs_and_draws_the_learning_rate_as_steps(settings, engine, two_runs):
+def test_the_figure_marks_best_and_early_stop_epochs_and_draws_the_learning_rate_as_steps(
+    settings, engine, two_runs
+):
     a, b = two_runs
     figure = build_figure(engine, [a, b])
     panels = [ax for ax in figure.axes if ax.get_ylabel() in ("loss", "accuracy")]
     assert [ax.get_ylabel() for ax in panels] == ["loss", "accuracy"]  # the monitored metric's family first
     loss = panels[0]
     stars = [line for line in loss.get_lines() if line.get_gid() == "best-epoch"]
-    assert sorted((float(s.get_xdata()[0]), round(float(s.get_ydata()[0]), 6)) for s in stars) == [(3.0, 0.4), (7.0, 0.25)]
+    assert sorted((float(s.get_xdata()[0]), round(float(s.get_ydata()[0]), 6)) for s in stars) == [
+        (3.0, 0.4),
+        (7.0, 0.25),
+    ]
     stops = [line for line in loss.get_lines() if line.get_gid() == "early-stop"]
     assert [float(s.get_xdata()[0]) for s in stops] == [5.0]  # only run a stopped early
     (twin,) = [ax for ax in figure.axes if ax.get_ylabel() == "learning rate"]
@@ -97,5 +154,11 @@ def test_plot_says_what_is_wrong(settings, engine, two_runs, tmp_path):
         plot_runs(engine, [a], tmp_path / "x.jpg2")
     with pytest.raises(RunNotFoundError):
         plot_runs(engine, ["nope"], tmp_path / "x.png")
-    result = run_cli("plot", "nope", "-o", str(tmp_path / "y.png"), env_extra=settings_env(settings), check=False)
-    assert result.returncode == 1 and "no run with id 'nope'" in result.stderr and not (tmp_path / "y.png").exists()
+    result = run_cli(
+        "plot", "nope", "-o", str(tmp_path / "y.png"), env_extra=settings_env(settings), check=False
+    )
+    assert (
+        result.returncode == 1
+        and "no run with id 'nope'" in result.stderr
+        and not (tmp_path / "y.png").exists()
+    )

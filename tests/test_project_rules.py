@@ -41,21 +41,44 @@ def test_tensorflow_only_where_training_happens():
     # ARCHITECTURE.md: Keras lives in pipeline/callbacks/ and pipeline/training.py (and at call time in demo/model loading).
     # consumers/load_check.py imports Keras only inside its helper process (the promoter's own process never does).
     allowed = {
-        REPO / "pipeline" / "training.py", REPO / "pipeline" / "cli" / "demo.py", REPO / "pipeline" / "model_registry.py",
+        REPO / "pipeline" / "training.py",
+        REPO / "pipeline" / "cli" / "demo.py",
+        REPO / "pipeline" / "model_registry.py",
         REPO / "pipeline" / "consumers" / "load_check.py",
     }
     offenders = [
         str(path.relative_to(REPO))
         for path in (REPO / "pipeline").rglob("*.py")
-        if path not in allowed and (REPO / "pipeline" / "callbacks") not in path.parents and any(n.split(".")[0] in {"tensorflow", "keras"} for n in _imports(path))
+        if path not in allowed
+        and (REPO / "pipeline" / "callbacks") not in path.parents
+        and any(n.split(".")[0] in {"tensorflow", "keras"} for n in _imports(path))
     ]
     assert offenders == []
 
 
 @pytest.mark.parametrize(
     "module",
-    ["pipeline", "pipeline.cli.main", "pipeline.consumers.recorder", "pipeline.callbacks.spool", "pipeline.bus",
-     "pipeline.jobs", "pipeline.store", "pipeline.consumers.promoter", "pipeline.consumers.load_check", "pipeline.consumers.pruner", "pipeline.sweeps", "pipeline.db.experiments", "pipeline.cli.experiments", "pipeline.model_registry", "workers.celery_app", "workers.tasks", "workers.cli", "alerts.engine", "alerts.cli"],
+    [
+        "pipeline",
+        "pipeline.cli.main",
+        "pipeline.consumers.recorder",
+        "pipeline.callbacks.spool",
+        "pipeline.bus",
+        "pipeline.jobs",
+        "pipeline.store",
+        "pipeline.consumers.promoter",
+        "pipeline.consumers.load_check",
+        "pipeline.consumers.pruner",
+        "pipeline.sweeps",
+        "pipeline.db.experiments",
+        "pipeline.cli.experiments",
+        "pipeline.model_registry",
+        "workers.celery_app",
+        "workers.tasks",
+        "workers.cli",
+        "alerts.engine",
+        "alerts.cli",
+    ],
 )
 def test_cli_and_consumers_start_without_tensorflow(module):
     code = f"import sys, {module}; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
@@ -73,10 +96,20 @@ def test_docker_compose_file_is_valid(tmp_path):
     for name in yaml.safe_load((REPO / "docker-compose.yml").read_text())["secrets"]:
         (tmp_path / name).write_text("not-a-real-secret\n")
     env = {**os.environ, "FITSTREAM_SECRETS_DIR": str(tmp_path)}
-    result = subprocess.run([compose, "-f", str(REPO / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=REPO, env=env)
+    result = subprocess.run(
+        [compose, "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     services = subprocess.run(
-        [compose, "-f", str(REPO / "docker-compose.yml"), "config", "--services"], capture_output=True, text=True, cwd=REPO, env=env,
+        [compose, "-f", str(REPO / "docker-compose.yml"), "config", "--services"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
     ).stdout.split()
     assert {"redis", "postgres", "migrate", "recorder", "worker-gpu0", "flower"} <= set(services)
 
@@ -86,7 +119,8 @@ def test_every_command_the_compose_file_names_exists():
 
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     commands = [
-        (name, service["command"]) for name, service in compose["services"].items()
+        (name, service["command"])
+        for name, service in compose["services"].items()
         if isinstance(service.get("command"), list) and service["command"][0] == "fitstream"
     ]
     assert {name for name, _ in commands} >= {"migrate", "recorder", "worker-gpu0", "alerter", "promoter"}
@@ -95,11 +129,18 @@ def test_every_command_the_compose_file_names_exists():
         if words and words[0] in ("worker",):
             words = words[:1]
         probe = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli.main", *words[:2], "--help"], capture_output=True, text=True, cwd=REPO,
+            [sys.executable, "-m", "pipeline.cli.main", *words[:2], "--help"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
         )
-        assert probe.returncode == 0, f"service {name}: `fitstream {' '.join(words[:2])}` does not exist: {probe.stderr}"
+        assert probe.returncode == 0, (
+            f"service {name}: `fitstream {' '.join(words[:2])}` does not exist: {probe.stderr}"
+        )
         for option in (w for w in command if w.startswith("--")):
-            assert option in probe.stdout, f"service {name}: option {option} unknown to fitstream {' '.join(words[:2])}"
+            assert option in probe.stdout, (
+                f"service {name}: option {option} unknown to fitstream {' '.join(words[:2])}"
+            )
     healthcheck = compose["services"]["worker-gpu0"]["healthcheck"]["test"][1]
     assert "-A workers.celery_app" in healthcheck
     __import__("workers.celery_app")

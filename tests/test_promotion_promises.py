@@ -43,8 +43,11 @@ def RunningPromoter(settings, engine, store, *, load_check: bool = False) -> Pro
 def _outcomes(settings, run_id):
     """The promoter's announcements about ``run_id`` (model_promoted, promotion_skipped), in order."""
     client = redis.Redis.from_url(settings.redis_url)
-    return [e for e in (ev.decode(f) for _i, f in client.xrange(settings.stream))
-            if e.run_id == run_id and e.type in ("model_promoted", "promotion_skipped")]
+    return [
+        e
+        for e in (ev.decode(f) for _i, f in client.xrange(settings.stream))
+        if e.run_id == run_id and e.type in ("model_promoted", "promotion_skipped")
+    ]
 
 
 def _outcome(settings, run_id, timeout=60):
@@ -58,22 +61,57 @@ def _drained(stream: EventStream, group: str = "promoter") -> bool:
     return bool(found) and found[0]["lag"] == 0 and found[0]["pending"] == 0
 
 
-def _run_events(run_id, name, path, sha, value, *, source="model_checkpoint", trigger=True, finished=None,
-                spec=None, data_fingerprint=None):
+def _run_events(
+    run_id,
+    name,
+    path,
+    sha,
+    value,
+    *,
+    source="model_checkpoint",
+    trigger=True,
+    finished=None,
+    spec=None,
+    data_fingerprint=None,
+):
     """What a run publishes: (run_queued), run_started, one checkpoint, (early_stopped), (run_finished)."""
     events = []
     if spec is not None:
-        events.append(ev.build(ev.RunQueued, run_id=run_id, seq=ev.QUEUED_SEQ, name=name, queue="cpu", spec=spec))
+        events.append(
+            ev.build(ev.RunQueued, run_id=run_id, seq=ev.QUEUED_SEQ, name=name, queue="cpu", spec=spec)
+        )
     events += [
         ev.build(ev.RunStarted, run_id=run_id, seq=1_000_000, name=name, data_fingerprint=data_fingerprint),
-        ev.build(ev.CheckpointSaved, run_id=run_id, seq=1_000_003, path=str(path), epoch=2, monitor="val_loss",
-                 mode="min", value=value, sha256=sha, source=source),
+        ev.build(
+            ev.CheckpointSaved,
+            run_id=run_id,
+            seq=1_000_003,
+            path=str(path),
+            epoch=2,
+            monitor="val_loss",
+            mode="min",
+            value=value,
+            sha256=sha,
+            source=source,
+        ),
     ]
     if trigger:
-        events.append(ev.build(ev.EarlyStopped, run_id=run_id, seq=1_000_006, stopped_epoch=5, best_epoch=2,
-                               best_value=value, monitor="val_loss", mode="min"))
+        events.append(
+            ev.build(
+                ev.EarlyStopped,
+                run_id=run_id,
+                seq=1_000_006,
+                stopped_epoch=5,
+                best_epoch=2,
+                best_value=value,
+                monitor="val_loss",
+                mode="min",
+            )
+        )
     if finished is not None:
-        events.append(ev.build(ev.RunFinished, run_id=run_id, seq=1_000_007, status=finished, epochs_completed=6))
+        events.append(
+            ev.build(ev.RunFinished, run_id=run_id, seq=1_000_007, status=finished, epochs_completed=6)
+        )
     return events
 
 
@@ -87,8 +125,16 @@ def _in_window(stamp, started: datetime, ended: datetime) -> bool:
 
 # -- promote: settings from a job spec, through a real worker ------------------------------------
 
-def _job(tmp_path, name, *, promote, epochs, early_stopping="{monitor: val_loss, patience: 50}",
-         model="tests.job_fixtures:small_model"):
+
+def _job(
+    tmp_path,
+    name,
+    *,
+    promote,
+    epochs,
+    early_stopping="{monitor: val_loss, patience: 50}",
+    model="tests.job_fixtures:small_model",
+):
     path = tmp_path / f"{name}.yaml"
     path.write_text(
         f"name: {name}\n"
@@ -115,19 +161,38 @@ def _spec_hash(path) -> str:
 
 @pytest.mark.slow
 def test_promote_settings_of_a_job_spec_are_obeyed_on_a_real_worker(
-    settings, engine, job_env, queue_name, start_worker, tmp_path, database_url,
+    settings,
+    engine,
+    job_env,
+    queue_name,
+    start_worker,
+    tmp_path,
+    database_url,
 ):
     if database_url.startswith("postgresql"):
         pytest.skip("the settings travel in run_queued and the promoter's own table; checked once, on SQLite")
-    first = _job(tmp_path, "promises-first", epochs=4,
-                 promote="{on_complete: true, on_early_stop: false, name: promises-model}")
+    first = _job(
+        tmp_path,
+        "promises-first",
+        epochs=4,
+        promote="{on_complete: true, on_early_stop: false, name: promises-model}",
+    )
     # Barely trained (learning rate 1e-6, one epoch): worse than the first, champion only by force.
-    worse = _job(tmp_path, "promises-worse", epochs=1,
-                 model="{fn: 'tests.job_fixtures:small_model', kwargs: {learning_rate: 0.000001}}",
-                 promote="{on_complete: true, on_early_stop: false, name: promises-model, force: true}")
+    worse = _job(
+        tmp_path,
+        "promises-worse",
+        epochs=1,
+        model="{fn: 'tests.job_fixtures:small_model', kwargs: {learning_rate: 0.000001}}",
+        promote="{on_complete: true, on_early_stop: false, name: promises-model, force: true}",
+    )
     # EarlyStopping fires at epoch 1 (no epoch beats the first by 100), but the job says: not on early stop.
-    stops = _job(tmp_path, "promises-stops", epochs=6, promote="{on_early_stop: false}",
-                 early_stopping="{monitor: val_loss, patience: 0, min_delta: 100}")
+    stops = _job(
+        tmp_path,
+        "promises-stops",
+        epochs=6,
+        promote="{on_early_stop: false}",
+        early_stopping="{monitor: val_loss, patience: 0, min_delta: 100}",
+    )
     start_worker()
     stream = EventStream(settings=settings)
     started = datetime.now(timezone.utc)
@@ -139,8 +204,13 @@ def test_promote_settings_of_a_job_spec_are_obeyed_on_a_real_worker(
         stopped_run = _submit(stops, queue_name, job_env)
         worse_run = _submit(worse, queue_name, job_env)
         [forced] = _outcome(settings, worse_run["run_id"], timeout=180)
-        finished = wait_for(lambda: next((e for e in _run_events_of(settings, stopped_run["run_id"])
-                                          if e.type == "run_finished"), None), timeout=180, message="the stopped job")
+        finished = wait_for(
+            lambda: next(
+                (e for e in _run_events_of(settings, stopped_run["run_id"]) if e.type == "run_finished"), None
+            ),
+            timeout=180,
+            message="the stopped job",
+        )
         wait_for(lambda: _drained(stream), timeout=60, message="the promoter to consume everything")
     ended = datetime.now(timezone.utc)
 
@@ -172,11 +242,17 @@ def test_promote_settings_of_a_job_spec_are_obeyed_on_a_real_worker(
     assert v1["epoch"] == best_epoch and v1["value"] == pytest.approx(min(val_losses), rel=1e-6)
     assert v1["spec_hash"] == _spec_hash(first) and v2["spec_hash"] == _spec_hash(worse)
     assert v1["spec_hash"] != v2["spec_hash"]
-    assert v1["source"] == "model_checkpoint" and v1["source_path"] == str(run_dir / "checkpoints" / "best.keras")
+    assert v1["source"] == "model_checkpoint" and v1["source_path"] == str(
+        run_dir / "checkpoints" / "best.keras"
+    )
     assert _in_window(v1["created_at"], started, ended) and _in_window(v2["created_at"], started, ended)
     metadata = open_store(settings.model_store_url).get("promises-model", 1).metadata
     assert (metadata["spec_hash"], metadata["source"], metadata["epoch"], metadata["run_id"]) == (
-        _spec_hash(first), "model_checkpoint", best_epoch, first_run["run_id"])
+        _spec_hash(first),
+        "model_checkpoint",
+        best_epoch,
+        first_run["run_id"],
+    )
     assert _in_window(metadata["created_at"], started, ended)
 
 
@@ -187,21 +263,37 @@ def _run_events_of(settings, run_id):
 
 # -- refusals turned into promotion_skipped by the promoter itself -------------------------------
 
+
 def test_a_cancelled_run_is_skipped_by_the_promoter_unless_its_job_forces_it(settings, engine, tmp_path):
     stream = EventStream(settings=settings)
     stream.ensure_group("promoter")
     plain, forced = tmp_path / "plain.keras", tmp_path / "forced.keras"
-    forcing_spec = load_spec_text("name: cancelled-model\nmodel: examples.digits:build_model\n"
-                                  "data: examples.digits:load_data\npromote: {force: true}\n")
+    forcing_spec = load_spec_text(
+        "name: cancelled-model\nmodel: examples.digits:build_model\n"
+        "data: examples.digits:load_data\npromote: {force: true}\n"
+    )
     # EarlyStopping fired, then the run was cancelled (say, while it saved the restored model): the promoter
     # reads both in one batch, so it knows the run ended cancelled when it acts on early_stopped.
     stream.publish(
         _run_events("cancelled", "cancelled-model", plain, _keras_file(plain, 1), 0.1, finished="cancelled")
-        + _run_events("cancelled-forced", "cancelled-model", forced, _keras_file(forced, 2), 0.2,
-                      finished="cancelled", spec=forcing_spec.model_dump(mode="json", by_alias=True))
+        + _run_events(
+            "cancelled-forced",
+            "cancelled-model",
+            forced,
+            _keras_file(forced, 2),
+            0.2,
+            finished="cancelled",
+            spec=forcing_spec.model_dump(mode="json", by_alias=True),
+        )
         # A sweep trial the pruner stopped is refused the same way (issue 12).
-        + _run_events("pruned", "cancelled-model", tmp_path / "pruned.keras", _keras_file(tmp_path / "pruned.keras", 3), 0.05,
-                      finished="pruned")
+        + _run_events(
+            "pruned",
+            "cancelled-model",
+            tmp_path / "pruned.keras",
+            _keras_file(tmp_path / "pruned.keras", 3),
+            0.05,
+            finished="pruned",
+        )
     )
     with RunningPromoter(settings, engine, open_store(settings.model_store_url)) as running:
         [skipped] = _outcome(settings, "cancelled")
@@ -210,7 +302,10 @@ def test_a_cancelled_run_is_skipped_by_the_promoter_unless_its_job_forces_it(set
         wait_for(lambda: _drained(stream), message="the promoter to consume everything")
     assert skipped.type == "promotion_skipped"
     assert "run cancelled ended cancelled; promote it anyway with --force" in skipped.reason
-    assert pruned.type == "promotion_skipped" and "run pruned ended pruned; promote it anyway with --force" in pruned.reason
+    assert (
+        pruned.type == "promotion_skipped"
+        and "run pruned ended pruned; promote it anyway with --force" in pruned.reason
+    )
     # The job's `promote: {force: true}` is the "unless the job says otherwise".
     assert promoted.type == "model_promoted" and (promoted.name, promoted.version) == ("cancelled-model", 1)
     registered = [(v["version"], v["run_id"]) for v in list_versions(engine, "cancelled-model")]
@@ -220,7 +315,9 @@ def test_a_cancelled_run_is_skipped_by_the_promoter_unless_its_job_forces_it(set
     assert running.loop.stats.dead_lettered == 0
 
 
-def test_a_store_that_is_not_writable_is_skipped_and_the_promoter_goes_on(settings, engine, tmp_path, database_url):
+def test_a_store_that_is_not_writable_is_skipped_and_the_promoter_goes_on(
+    settings, engine, tmp_path, database_url
+):
     if database_url.startswith("postgresql"):
         pytest.skip(SQLITE_ONLY)
     # Its parent is a regular file: no directory can be made there, whoever the test runs as (root too).
@@ -244,10 +341,16 @@ def test_a_store_that_is_not_writable_is_skipped_and_the_promoter_goes_on(settin
         assert running.loop.stats.dead_lettered == 0
     assert promoted.type == "model_promoted" and promoted.version == 1
     # And the refused run, by hand, through the same code path (README: "Once the cause is fixed …").
-    env = {**settings_env(settings), "FITSTREAM_MODEL_STORE": store_url, "FITSTREAM_PROMOTER_LOAD_CHECK": "false"}
+    env = {
+        **settings_env(settings),
+        "FITSTREAM_MODEL_STORE": store_url,
+        "FITSTREAM_PROMOTER_LOAD_CHECK": "false",
+    }
     assert "unwritable v2 registered" in run_cli("promote", "blocked", env_extra=env).stderr
     assert [(v["version"], v["run_id"], v["sha256"]) for v in list_versions(engine, "unwritable")] == [
-        (1, "after", second_sha), (2, "blocked", first_sha)]
+        (1, "after", second_sha),
+        (2, "blocked", first_sha),
+    ]
     assert open_store(store_url).versions("unwritable") == [1, 2]
 
 
@@ -256,8 +359,9 @@ def small_disk(tmp_path):
     """A 20 MB tmpfs of the test's own (CI runs as root, which may mount)."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (CI runs as root and can): {done.stderr.strip()}")
     yield mount_point
@@ -276,7 +380,11 @@ def _big_keras_file(path, size_bytes: int) -> str:
 
 
 def test_a_full_store_is_skipped_leaving_nothing_and_the_promoter_goes_on(
-    settings, engine, tmp_path, small_disk, database_url,
+    settings,
+    engine,
+    tmp_path,
+    small_disk,
+    database_url,
 ):
     if database_url.startswith("postgresql"):
         pytest.skip(SQLITE_ONLY)
@@ -302,6 +410,7 @@ def test_a_full_store_is_skipped_leaving_nothing_and_the_promoter_goes_on(
 
 # -- reading the registry: refs, the CLI, load_model's checksum, lineage values -----------------
 
+
 def _weights(path):
     return keras.saving.load_model(str(path), safe_mode=True).get_weights()
 
@@ -313,8 +422,9 @@ def _same_weights(got, expected):
 def test_refs_cli_lineage_and_a_changed_stored_file(settings, engine, tmp_path):
     stream = EventStream(settings=settings)
     stream.ensure_group("promoter")
-    spec = load_spec_text("name: refs\nmodel: examples.digits:build_model\ndata: examples.digits:load_data\n"
-                          "fit: {epochs: 3}\n").model_dump(mode="json", by_alias=True)
+    spec = load_spec_text(
+        "name: refs\nmodel: examples.digits:build_model\ndata: examples.digits:load_data\nfit: {epochs: 3}\n"
+    ).model_dump(mode="json", by_alias=True)
     fingerprint = "sha256:" + "ab" * 32
     files = {}
     for seed, run_id in enumerate(("r1", "r2", "r3")):
@@ -323,8 +433,11 @@ def test_refs_cli_lineage_and_a_changed_stored_file(settings, engine, tmp_path):
     started = datetime.now(timezone.utc)
     with RunningPromoter(settings, engine, open_store(settings.model_store_url), load_check=True):
         # v1, then a better v2 (champion), then a worse v3 — from the model EarlyStopping restored (latest only).
-        for run_id, value, extra in (("r1", 0.3, {"spec": spec, "data_fingerprint": fingerprint}), ("r2", 0.1, {}),
-                                     ("r3", 0.5, {"source": "early_stopping_restore"})):
+        for run_id, value, extra in (
+            ("r1", 0.3, {"spec": spec, "data_fingerprint": fingerprint}),
+            ("r2", 0.1, {}),
+            ("r3", 0.5, {"source": "early_stopping_restore"}),
+        ):
             stream.publish(_run_events(run_id, "refs", *files[run_id], value, **extra))
             [outcome] = _outcome(settings, run_id)
             assert outcome.type == "model_promoted", outcome
@@ -333,7 +446,10 @@ def test_refs_cli_lineage_and_a_changed_stored_file(settings, engine, tmp_path):
 
     listed = json.loads(run_cli("models", "refs", "--json", env_extra=env).stdout)
     assert [(r["version"], r["run_id"], r["aliases"]) for r in listed] == [
-        (1, "r1", []), (2, "r2", ["champion"]), (3, "r3", ["latest"])]
+        (1, "r1", []),
+        (2, "r2", ["champion"]),
+        (3, "r3", ["latest"]),
+    ]
 
     # NAME@3, NAME@ALIAS, and a bare NAME (= NAME@latest), in the registry, the CLI and load_model alike.
     for ref, version in (("refs@3", 3), ("refs@champion", 2), ("refs@latest", 3), ("refs", 3), ("refs@1", 1)):
@@ -341,13 +457,21 @@ def test_refs_cli_lineage_and_a_changed_stored_file(settings, engine, tmp_path):
     shown = json.loads(run_cli("models", "show", "refs", "--json", env_extra=env).stdout)
     assert (shown["version"], shown["run_id"], shown["aliases"]) == (3, "r3", ["latest"])
     for ref, run_id in (("refs@3", "r3"), ("refs@champion", "r2"), ("refs", "r3")):
-        assert _same_weights(load_model(ref, settings=settings).get_weights(), _weights(files[run_id][0])), ref
+        assert _same_weights(load_model(ref, settings=settings).get_weights(), _weights(files[run_id][0])), (
+            ref
+        )
 
     # fitstream alias: a new alias, and champion moved by hand (one champion at a time).
     assert "refs@production → v1" in run_cli("alias", "refs", "1", "production", env_extra=env).stderr
     run_cli("alias", "refs", "3", "champion", env_extra=env)
-    assert [r["aliases"] for r in list_versions(engine, "refs")] == [["production"], [], ["champion", "latest"]]
-    assert _same_weights(load_model("refs@production", settings=settings).get_weights(), _weights(files["r1"][0]))
+    assert [r["aliases"] for r in list_versions(engine, "refs")] == [
+        ["production"],
+        [],
+        ["champion", "latest"],
+    ]
+    assert _same_weights(
+        load_model("refs@production", settings=settings).get_weights(), _weights(files["r1"][0])
+    )
     missing = run_cli("alias", "refs", "7", "production", env_extra=env, check=False)
     assert missing.returncode == 1 and "model 'refs' has no version 7" in missing.stderr
     assert describe(engine, "refs@production")["version"] == 1
@@ -357,12 +481,17 @@ def test_refs_cli_lineage_and_a_changed_stored_file(settings, engine, tmp_path):
     store = open_store(settings.model_store_url)
     expected_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     for version, run_id, source, spec_hash, data_fingerprint in (
-        (1, "r1", "model_checkpoint", expected_hash, fingerprint), (3, "r3", "early_stopping_restore", None, None),
+        (1, "r1", "model_checkpoint", expected_hash, fingerprint),
+        (3, "r3", "early_stopping_restore", None, None),
     ):
         row, metadata = describe(engine, f"refs@{version}"), store.get("refs", version).metadata
         for record in (row, metadata):
             assert (record["run_id"], record["source"], record["spec_hash"], record["data_fingerprint"]) == (
-                run_id, source, spec_hash, data_fingerprint)
+                run_id,
+                source,
+                spec_hash,
+                data_fingerprint,
+            )
             assert record["source_path"] == str(files[run_id][0]) and record["sha256"] == files[run_id][1]
             assert (record["epoch"], record["metric"], record["mode"]) == (2, "val_loss", "min")
             assert _in_window(record["created_at"], started, ended)

@@ -46,7 +46,9 @@ def readme_signature(name: str) -> inspect.Signature:
     required = len(positional) - len(args.defaults)
     defaults = [inspect.Parameter.empty] * required + [ast.literal_eval(d) for d in args.defaults]
     for arg, default in zip(positional, defaults):
-        parameters.append(inspect.Parameter(arg.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+        parameters.append(
+            inspect.Parameter(arg.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+        )
     for arg, default in zip(args.kwonlyargs, args.kw_defaults):
         value = inspect.Parameter.empty if default is None else ast.literal_eval(default)
         parameters.append(inspect.Parameter(arg.arg, inspect.Parameter.KEYWORD_ONLY, default=value))
@@ -63,10 +65,13 @@ def stream_events(redis_url: str, stream: str) -> list[ev.Event]:
 
 # -- the signatures --------------------------------------------------------------------------------
 
+
 def test_event_publisher_takes_the_arguments_the_readme_prints_in_its_order_and_with_its_defaults():
     code = inspect.signature(EventPublisher)
     extra = {name: p for name, p in code.parameters.items() if name in UNDOCUMENTED}
-    documented = code.replace(parameters=[p for name, p in code.parameters.items() if name not in UNDOCUMENTED])
+    documented = code.replace(
+        parameters=[p for name, p in code.parameters.items() if name not in UNDOCUMENTED]
+    )
     assert shape(documented) == shape(readme_signature("EventPublisher"))
     # What the README leaves out cannot change a call written as the README says.
     assert {name: (p.kind.name, p.default) for name, p in extra.items()} == {
@@ -85,9 +90,14 @@ def test_resumable_backup_takes_the_arguments_the_readme_prints():
 
 # -- what the caller gives ends up in the events ----------------------------------------------------
 
-def test_run_id_redis_url_and_tags_given_by_the_caller_are_what_the_events_carry(tmp_path, redis_url, stream_name):
+
+def test_run_id_redis_url_and_tags_given_by_the_caller_are_what_the_events_carry(
+    tmp_path, redis_url, stream_name
+):
     # The settings point at a closed port: the events reach Redis only through the redis_url argument.
-    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", stream=stream_name, home=tmp_path / "home")
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", stream=stream_name, home=tmp_path / "home"
+    )
     run_id = f"caller-{uuid.uuid4().hex}"
     tags = {"team": "vision", "owner": "ada"}
     publisher = EventPublisher("api-arguments", run_id, redis_url, tags=tags, settings=settings)
@@ -110,6 +120,7 @@ def test_run_id_redis_url_and_tags_given_by_the_caller_are_what_the_events_carry
 
 
 # -- the bounded buffer and the spool --------------------------------------------------------------
+
 
 def test_the_buffer_holds_10000_events_and_a_full_buffer_spills_to_the_spool_in_order(tmp_path):
     documented = re.search(r"bounded in-memory buffer \(([\d,]+) events\)", PROSE).group(1)
@@ -149,12 +160,15 @@ def test_while_redis_is_unreachable_events_go_to_fitstream_home_spool_run_id_jso
     assert publisher.last_report.spool_path == path
     spooled = [ev.decode(json.loads(line)) for line in path.read_text().splitlines()]
     assert [(e.run_id, e.seq, e.type) for e in spooled] == [
-        (publisher.run_id, 0, "run_started"), (publisher.run_id, 1, "epoch_end"), (publisher.run_id, 2, "run_finished"),
+        (publisher.run_id, 0, "run_started"),
+        (publisher.run_id, 1, "epoch_end"),
+        (publisher.run_id, 2, "run_finished"),
     ]
     assert publisher.last_report.left_in_spool == len(spooled)
 
 
 # -- fail fast ------------------------------------------------------------------------------------
+
 
 def test_a_watched_monitor_the_model_does_not_log_stops_the_run_after_one_epoch_with_the_readmes_message(
     tmp_path, redis_url, stream_name
@@ -172,12 +186,21 @@ def test_a_watched_monitor_the_model_does_not_log_stops_the_run_after_one_epoch_
     )
     (x, y), (x_val, y_val) = small_digits(200)
     with pytest.raises(MonitorNotFoundError) as stopped:
-        small_model().fit(x, y, validation_data=(x_val, y_val), epochs=5, batch_size=50, verbose=0,
-                          callbacks=[stop, count, publisher])
+        small_model().fit(
+            x,
+            y,
+            validation_data=(x_val, y_val),
+            epochs=5,
+            batch_size=50,
+            verbose=0,
+            callbacks=[stop, count, publisher],
+        )
     assert str(stopped.value) == message
     assert epochs == [0] and batches == [(0, b) for b in range(4)], "one whole epoch trained, then it stopped"
     events = wait_for(
-        lambda: (found := stream_events(redis_url, stream_name)) and found[-1].type == "run_finished" and found,
+        lambda: (
+            (found := stream_events(redis_url, stream_name)) and found[-1].type == "run_finished" and found
+        ),
         message="the run's end published",
     )
     assert [e.type for e in events] == ["run_started", "run_failed", "run_finished"], "no epoch was published"

@@ -39,7 +39,9 @@ def test_no_batch_hook_unless_batch_work_is_asked_for(settings, tmp_path):
     # Keras' own test (CallbackList._configure_async_dispatch): a callback whose batch-end hooks are
     # all the default ones does not make it dispatch batches synchronously.
     def hooks_batches(publisher: EventPublisher) -> bool:
-        return not all(is_default(getattr(publisher, hook)) for hook in ("on_batch_end", "on_train_batch_end"))
+        return not all(
+            is_default(getattr(publisher, hook)) for hook in ("on_batch_end", "on_train_batch_end")
+        )
 
     assert not hooks_batches(EventPublisher(name="quiet", settings=settings))
     assert hooks_batches(EventPublisher(name="batch-events", settings=settings, batch_events_every=10))
@@ -62,7 +64,10 @@ def test_a_stop_request_from_another_thread_stops_at_the_next_batch_without_a_ba
     history = model.fit(x, y, epochs=20, batch_size=32, verbose=0, callbacks=[SlowBatches(), publisher])
     stopper.join()
     steps = int(model.optimizer.iterations.numpy())
-    assert len(history.epoch) == 1 and 1 <= steps < 40, (history.epoch, steps)  # mid-epoch, at a batch boundary
+    assert len(history.epoch) == 1 and 1 <= steps < 40, (
+        history.epoch,
+        steps,
+    )  # mid-epoch, at a batch boundary
     finished = [e for e in _events(settings, publisher.run_id) if e.type == "run_finished"]
     assert [(e.status, e.reason) for e in finished] == [("cancelled", "stopped from outside")]
 
@@ -71,7 +76,9 @@ def test_the_epoch_learning_rate_is_the_scheduled_one_wherever_the_scheduler_sta
     (x, y), _ = small_digits(320)
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
     publisher = EventPublisher(name="scheduled", settings=settings)
-    small_model().fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[publisher, schedule])  # scheduler after it
+    small_model().fit(
+        x, y, epochs=3, batch_size=64, verbose=0, callbacks=[publisher, schedule]
+    )  # scheduler after it
     epochs = [e for e in _events(settings, publisher.run_id) if e.type == "epoch_end"]
     assert [round(e.learning_rate, 6) for e in epochs] == [0.1, 0.05, round(0.1 / 3, 6)]
     assert [e.steps for e in epochs] == [5, 5, 5]
@@ -124,9 +131,13 @@ def test_batch_events_on_keras_thread_pool_arrive_in_order_one_per_batch(setting
     publisher._batch_ended = ended
     (x, y), _ = small_digits(320)  # 20 batches of 16
     # The jittery callback runs first in each pool call, so the publisher's calls start late and overlap.
-    small_model().fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[JitteryBatchEnds(seed=7), publisher])
+    small_model().fit(
+        x, y, epochs=3, batch_size=16, verbose=0, callbacks=[JitteryBatchEnds(seed=7), publisher]
+    )
 
-    assert threading.main_thread().name not in pool_threads and pool_threads, pool_threads  # really off-thread
+    assert threading.main_thread().name not in pool_threads and pool_threads, (
+        pool_threads
+    )  # really off-thread
     events = _events(settings, publisher.run_id)
     batches = [e for e in events if e.type == "batch_end"]
     assert [(e.epoch, e.batch) for e in batches] == [(epoch, b) for epoch in range(3) for b in range(20)]
@@ -136,7 +147,9 @@ def test_batch_events_on_keras_thread_pool_arrive_in_order_one_per_batch(setting
     # Every epoch's batch events precede its epoch_end (Keras waits for its pool before on_epoch_end).
     order = [(e.type, e.epoch) for e in events if e.type in ("batch_end", "epoch_end")]
     for epoch in range(3):
-        assert order.index(("epoch_end", epoch)) > max(i for i, o in enumerate(order) if o == ("batch_end", epoch))
+        assert order.index(("epoch_end", epoch)) > max(
+            i for i, o in enumerate(order) if o == ("batch_end", epoch)
+        )
     assert [e.steps for e in events if e.type == "epoch_end"] == [20, 20, 20]
 
 

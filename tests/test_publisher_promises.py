@@ -36,9 +36,17 @@ def test_batch_events_every_t_seconds_are_at_least_t_apart(settings, engine, rec
     gaps = [b.ts - a.ts for a, b in zip(batches, batches[1:])]
     assert min(gaps) >= 0.2 - 0.01, gaps
     with engine.connect() as conn:
+
         def steps():
-            return list(conn.execute(sa.text("SELECT step FROM batch_metrics WHERE run_id = :r AND name = 'loss' "
-                                                          "ORDER BY step"), {"r": publisher.run_id}).scalars())
+            return list(
+                conn.execute(
+                    sa.text(
+                        "SELECT step FROM batch_metrics WHERE run_id = :r AND name = 'loss' ORDER BY step"
+                    ),
+                    {"r": publisher.run_id},
+                ).scalars()
+            )
+
         wait_for(lambda: len(steps()) == len(batches), message="the batch events recorded")
         assert steps() == [b.step for b in batches] == [b.epoch * 20 + b.batch for b in batches]
 
@@ -47,25 +55,53 @@ def test_lr_changed_events_are_what_reduce_lr_on_plateau_did(settings, engine, r
     (x, y), (x_val, y_val) = small_digits(300)
     # min_delta above any real improvement: after epoch 0 (the first value is always "better"),
     # the learning rate is halved after every epoch.
-    reduce = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=0, min_delta=10.0, min_lr=1e-4)
+    reduce = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss", factor=0.5, patience=0, min_delta=10.0, min_lr=1e-4
+    )
     seen: list[float] = []
     model = small_model(learning_rate=1e-2)
-    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(float(model.optimizer.learning_rate.numpy())))
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(float(model.optimizer.learning_rate.numpy()))
+    )
     publisher = EventPublisher(name="plateau", watch=[reduce], settings=settings)
     initial = float(model.optimizer.learning_rate.numpy())
-    model.fit(x, y, validation_data=(x_val, y_val), epochs=4, batch_size=64, verbose=0, callbacks=[reduce, record, publisher])
+    model.fit(
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=4,
+        batch_size=64,
+        verbose=0,
+        callbacks=[reduce, record, publisher],
+    )
     changes = [e for e in stream_events(settings, publisher.run_id) if e.type == "lr_changed"]
     lrs = [initial, *seen]  # lrs[e] trained epoch e; lrs[e + 1] is what ReduceLROnPlateau left after it
     expected = [(epoch, lrs[epoch], lrs[epoch + 1]) for epoch in range(4) if lrs[epoch + 1] != lrs[epoch]]
     assert [epoch for epoch, _old, _new in expected] == [1, 2, 3]  # 1e-2 → 5e-3 → 2.5e-3 → 1.25e-3
-    assert [(e.epoch, e.old, e.new) for e in changes] == [(epoch, pytest.approx(o), pytest.approx(n)) for epoch, o, n in expected]
-    assert {(e.monitor, e.mode, e.reason) for e in changes} == {("val_loss", "min", "ReduceLROnPlateau on val_loss")}
+    assert [(e.epoch, e.old, e.new) for e in changes] == [
+        (epoch, pytest.approx(o), pytest.approx(n)) for epoch, o, n in expected
+    ]
+    assert {(e.monitor, e.mode, e.reason) for e in changes} == {
+        ("val_loss", "min", "ReduceLROnPlateau on val_loss")
+    }
     with engine.connect() as conn:
-        wait_for(lambda: conn.execute(sa.text("SELECT count(*) FROM events WHERE type = 'lr_changed' AND run_id = :r"),
-                                      {"r": publisher.run_id}).scalar() == 3, message="lr_changed recorded")
-        in_effect = conn.execute(sa.text("SELECT epoch, learning_rate FROM epochs WHERE run_id = :r ORDER BY epoch"),
-                                 {"r": publisher.run_id}).all()
-    assert [lr for _epoch, lr in in_effect] == pytest.approx(lrs[:4]), "each epoch records the rate it trained with"
+        wait_for(
+            lambda: (
+                conn.execute(
+                    sa.text("SELECT count(*) FROM events WHERE type = 'lr_changed' AND run_id = :r"),
+                    {"r": publisher.run_id},
+                ).scalar()
+                == 3
+            ),
+            message="lr_changed recorded",
+        )
+        in_effect = conn.execute(
+            sa.text("SELECT epoch, learning_rate FROM epochs WHERE run_id = :r ORDER BY epoch"),
+            {"r": publisher.run_id},
+        ).all()
+    assert [lr for _epoch, lr in in_effect] == pytest.approx(lrs[:4]), (
+        "each epoch records the rate it trained with"
+    )
 
 
 def test_events_left_in_the_spool_say_where_and_what_to_run(tmp_path, stream_name, private_redis, caplog):
@@ -77,6 +113,8 @@ def test_events_left_in_the_spool_say_where_and_what_to_run(tmp_path, stream_nam
         small_model().fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[publisher])
     report = publisher.last_report
     said = [r.getMessage() for r in caplog.records if "remain spooled" in r.getMessage()]
-    assert said == [f"fitstream: run {publisher.run_id}: 4 events could not reach Redis within 0.5s and remain spooled in "
-                    f"{report.spool_path}; send them with: fitstream spool flush"]
+    assert said == [
+        f"fitstream: run {publisher.run_id}: 4 events could not reach Redis within 0.5s and remain spooled in "
+        f"{report.spool_path}; send them with: fitstream spool flush"
+    ]
     assert report.spool_path.exists() and report.left_in_spool == 4

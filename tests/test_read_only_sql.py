@@ -22,13 +22,22 @@ def _stderr(result):
 
 
 def _refused(result):
-    return result.returncode == 1 and result.stdout == "" and "refused: fitstream sql is read-only" in _stderr(result)
+    return (
+        result.returncode == 1
+        and result.stdout == ""
+        and "refused: fitstream sql is read-only" in _stderr(result)
+    )
 
 
 @pytest.fixture
 def history(settings, engine):
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO runs (run_id, name, status, epochs_completed) VALUES ('r1', :name, 'completed', 3)"), {"name": "x-50%"})
+        conn.execute(
+            sa.text(
+                "INSERT INTO runs (run_id, name, status, epochs_completed) VALUES ('r1', :name, 'completed', 3)"
+            ),
+            {"name": "x-50%"},
+        )
     return settings
 
 
@@ -36,7 +45,10 @@ def test_postgres_bypasses_found_in_review_are_refused(history, engine, database
     if not database_url.startswith("postgresql"):
         pytest.skip("PostgreSQL's own bypasses; SQLite's are below")
     with engine.connect() as conn:  # the test connects as the cluster's superuser, as many installs do
-        assert conn.execute(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar() is True
+        assert (
+            conn.execute(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar()
+            is True
+        )
     pwned = tmp_path / "pwned"
     for query in (
         "BEGIN READ WRITE; CREATE TABLE t(x int); COMMIT",
@@ -54,7 +66,10 @@ def test_postgres_bypasses_found_in_review_are_refused(history, engine, database
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT to_regclass('t'), to_regclass('t2')")).one() == (None, None)
         assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
-        privileges = conn.execute(sa.text("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = :r"), {"r": READER_ROLE}).one()
+        privileges = conn.execute(
+            sa.text("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = :r"),
+            {"r": READER_ROLE},
+        ).one()
     assert tuple(privileges) == (False, False, False)
 
 
@@ -82,8 +97,11 @@ def test_reading_works_and_percent_signs_are_plain_text(history):
 
 
 def test_a_runaway_query_is_cancelled_at_its_time_limit(history, database_url):
-    slow = "SELECT pg_sleep(30)" if database_url.startswith("postgresql") else (
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
+    slow = (
+        "SELECT pg_sleep(30)"
+        if database_url.startswith("postgresql")
+        else ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
+    )
     result = _sql(history, slow, FITSTREAM_SQL_TIMEOUT_SECONDS="1")
     assert result.returncode == 1 and "ran longer than 1s and was cancelled" in _stderr(result)
     with pytest.raises(QueryTimeoutError):
@@ -118,7 +136,9 @@ def test_grant_reader_gives_the_reader_role_back_what_read_paths_need(settings, 
     refused = run_cli("sql", "SELECT count(*) AS n FROM runs", "--json", env_extra=env, check=False)
     assert refused.returncode == 1 and "permission denied" in refused.stderr, refused.stderr
     run_cli("db", "grant-reader", env_extra=env)
-    assert _json.loads(run_cli("sql", "SELECT count(*) AS n FROM runs", "--json", env_extra=env).stdout) == [{"n": 0}]
+    assert _json.loads(run_cli("sql", "SELECT count(*) AS n FROM runs", "--json", env_extra=env).stdout) == [
+        {"n": 0}
+    ]
     again = run_cli("db", "grant-reader", env_extra=env)  # idempotent
     assert again.returncode == 0
 
@@ -138,13 +158,28 @@ def test_every_read_command_reads_as_the_reader_role(settings, engine, database_
     from pipeline.db.session import transaction
     from tests.conftest import run_cli, settings_env
 
-    event = ev.build(ev.RunQueued, run_id="r-reader", seq=0, name="reader", queue="gpu", params={"fit.epochs": 3},
-                     sweep=ev.SweepTrial(id="s-reader", name="reader", trial=0, trials=1, spec={"grid": {"fit.epochs": [3]}}))
+    event = ev.build(
+        ev.RunQueued,
+        run_id="r-reader",
+        seq=0,
+        name="reader",
+        queue="gpu",
+        params={"fit.epochs": 3},
+        sweep=ev.SweepTrial(
+            id="s-reader", name="reader", trial=0, trials=1, spec={"grid": {"fit.epochs": [3]}}
+        ),
+    )
     with transaction(engine) as conn:
         write_batch(conn, [Received("1-0", event, ev.encode(event)[ev.PAYLOAD_FIELD])])
     env = settings_env(settings)
-    commands = [("runs", "--json"), ("show", "r-reader", "--json"), ("models", "--json"), ("sweeps", "--json"),
-                ("sweep", "show", "s-reader", "--json"), ("compare", "r-reader", "--json")]
+    commands = [
+        ("runs", "--json"),
+        ("show", "r-reader", "--json"),
+        ("models", "--json"),
+        ("sweeps", "--json"),
+        ("sweep", "show", "s-reader", "--json"),
+        ("compare", "r-reader", "--json"),
+    ]
     for command in commands:
         assert run_cli(*command, env_extra=env).returncode == 0, command
     with engine.begin() as conn:
@@ -155,7 +190,10 @@ def test_every_read_command_reads_as_the_reader_role(settings, engine, database_
             if command[0] == "models":  # models reads model_versions and model_aliases, not runs
                 assert refused.returncode == 0, refused.stderr
                 continue
-            assert refused.returncode == 1 and "permission denied" in refused.stderr, (command, refused.stderr)
+            assert refused.returncode == 1 and "permission denied" in refused.stderr, (
+                command,
+                refused.stderr,
+            )
             assert "Traceback" not in refused.stderr, refused.stderr  # one line a user can act on
         with engine.begin() as conn:
             conn.exec_driver_sql(f"REVOKE SELECT ON model_versions FROM {READER_ROLE}")

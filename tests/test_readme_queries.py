@@ -49,10 +49,24 @@ def train(name: str, settings, learning_rate: float) -> str:
     (x, y), (x_val, y_val) = small_digits(300)
     model = small_model(learning_rate=learning_rate)
     # min_delta far above any real improvement: EarlyStopping fires after `patience` epochs.
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, min_delta=5.0, restore_best_weights=True)
-    checkpoint = keras.callbacks.ModelCheckpoint(str(settings.home / f"{name}-{learning_rate}.keras"), monitor="val_loss", save_best_only=True)
-    publisher = EventPublisher(name=name, watch=[stop, checkpoint], settings=settings, batch_size=32, batch_events_every=5)
-    model.fit(x, y, validation_data=(x_val, y_val), epochs=10, batch_size=32, verbose=0, callbacks=[stop, checkpoint, publisher])
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=2, min_delta=5.0, restore_best_weights=True
+    )
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(settings.home / f"{name}-{learning_rate}.keras"), monitor="val_loss", save_best_only=True
+    )
+    publisher = EventPublisher(
+        name=name, watch=[stop, checkpoint], settings=settings, batch_size=32, batch_events_every=5
+    )
+    model.fit(
+        x,
+        y,
+        validation_data=(x_val, y_val),
+        epochs=10,
+        batch_size=32,
+        verbose=0,
+        callbacks=[stop, checkpoint, publisher],
+    )
     assert stop.stopped_epoch == 2
     return publisher.run_id
 
@@ -62,10 +76,31 @@ def test_every_readme_query_answers_from_a_real_history(settings, engine):
     env = {**settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url}
     with RecorderThread(settings, engine), PromoterThread(settings, engine):
         runs = [train("digits-mlp", settings, 1e-2), train("digits-mlp", settings, 3e-2)]
-        wait_for(lambda: json.loads(run_cli("sql", "SELECT count(*) AS n FROM model_versions", "--json", env_extra=env).stdout)[0]["n"] >= 1,
-                 timeout=90, message="a model promoted")
-        wait_for(lambda: json.loads(run_cli("sql", "SELECT count(*) AS n FROM runs WHERE status = 'early_stopped'", "--json",
-                                            env_extra=env).stdout)[0]["n"] == 2, timeout=60, message="both runs recorded")
+        wait_for(
+            lambda: (
+                json.loads(
+                    run_cli("sql", "SELECT count(*) AS n FROM model_versions", "--json", env_extra=env).stdout
+                )[0]["n"]
+                >= 1
+            ),
+            timeout=90,
+            message="a model promoted",
+        )
+        wait_for(
+            lambda: (
+                json.loads(
+                    run_cli(
+                        "sql",
+                        "SELECT count(*) AS n FROM runs WHERE status = 'early_stopped'",
+                        "--json",
+                        env_extra=env,
+                    ).stdout
+                )[0]["n"]
+                == 2
+            ),
+            timeout=60,
+            message="both runs recorded",
+        )
     for query in sql_examples():
         runnable = query.replace(EXAMPLE_RUN_ID, runs[0])
         done = run_cli("sql", runnable, "--json", env_extra=env, check=False)
@@ -82,7 +117,10 @@ def test_every_readme_query_answers_from_a_real_history(settings, engine):
     listed = json.loads(run_cli("runs", "--status", "early_stopped", "--json", env_extra=env).stdout)
     assert sorted(r["run_id"] for r in listed) == sorted(runs)
     assert json.loads(run_cli("runs", "--status", "failed", "--json", env_extra=env).stdout) == []
-    assert sorted(r["run_id"] for r in json.loads(run_cli("runs", "--name", "digits-mlp", "--json", env_extra=env).stdout)) == sorted(runs)
+    assert sorted(
+        r["run_id"]
+        for r in json.loads(run_cli("runs", "--name", "digits-mlp", "--json", env_extra=env).stdout)
+    ) == sorted(runs)
     assert json.loads(run_cli("runs", "--name", "someone-else", "--json", env_extra=env).stdout) == []
 
 
@@ -96,8 +134,15 @@ def test_a_query_may_start_with_a_comment_or_come_from_standard_input(settings, 
     env = settings_env(settings)
     commented = run_cli("sql", "-- how many runs?\nSELECT count(*) AS n FROM runs", "--json", env_extra=env)
     assert json.loads(commented.stdout) == [{"n": 0}]
-    piped = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "sql", "-", "--csv"], input="SELECT 41 + 1 AS answer\n",
-                           capture_output=True, text=True, env={**os.environ, **env}, cwd=REPO, timeout=60)
+    piped = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "sql", "-", "--csv"],
+        input="SELECT 41 + 1 AS answer\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO,
+        timeout=60,
+    )
     assert piped.returncode == 0 and piped.stdout.split() == ["answer", "42"], piped.stderr
 
 

@@ -31,7 +31,11 @@ def _start_recorder(settings, name: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, **settings_env(settings)}
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli.main", "consume", "recorder", "--name", name, *extra],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -74,17 +78,24 @@ def test_replaying_events_creates_no_duplicates_and_order_does_not_matter(settin
     # Newest first, then everything again in order: same result as a single in-order pass.
     publish_all(stream, list(reversed(items)) + items)
     with RecorderThread(settings, engine) as running:
-        wait_for(lambda: stream.groups() and stream.groups()[0]["lag"] == 0 and stream.groups()[0]["pending"] == 0, message="stream drained")
+        wait_for(
+            lambda: stream.groups() and stream.groups()[0]["lag"] == 0 and stream.groups()[0]["pending"] == 0,
+            message="stream drained",
+        )
     assert running.loop.stats.batch_fallbacks == 0, "batches with several runs must commit in one transaction"
     assert _count(engine, "events") == len(items)
     assert _count(engine, "epoch_metrics") == 3 * 5 * 3
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT run_id, status, epochs_completed, name FROM runs ORDER BY run_id")).all()
+        rows = conn.execute(
+            sa.text("SELECT run_id, status, epochs_completed, name FROM runs ORDER BY run_id")
+        ).all()
     assert [(r.status, r.epochs_completed) for r in rows] == [("completed", 5)] * 3
     assert all(r.name.startswith("synthetic-") for r in rows)
 
 
-def test_a_large_replayed_batch_is_written_once_and_the_new_rows_beside_it_too(settings, engine, database_url, monkeypatch):
+def test_a_large_replayed_batch_is_written_once_and_the_new_rows_beside_it_too(
+    settings, engine, database_url, monkeypatch
+):
     """Large batches go straight into the keyed tables (PostgreSQL: COPY). A batch that meets rows
     already there — a replay, a reclaimed batch — takes the slower, conflict-skipping path for that
     table, in the same transaction: every row once, the new ones included."""
@@ -92,27 +103,41 @@ def test_a_large_replayed_batch_is_written_once_and_the_new_rows_beside_it_too(s
 
     copied: list[str] = []
     real_copy = bulk._copy
-    monkeypatch.setattr(bulk, "_copy", lambda cursor, table, cols, rows: (copied.append(table), real_copy(cursor, table, cols, rows)))
-    first = epoch_events(30, 10, 4)          # 30 runs × 10 epochs × 4 metrics = 1,200 metric rows
-    later = epoch_events(40, 10, 4)[len(first):]  # 10 more runs
+    monkeypatch.setattr(
+        bulk,
+        "_copy",
+        lambda cursor, table, cols, rows: (copied.append(table), real_copy(cursor, table, cols, rows)),
+    )
+    first = epoch_events(30, 10, 4)  # 30 runs × 10 epochs × 4 metrics = 1,200 metric rows
+    later = epoch_events(40, 10, 4)[len(first) :]  # 10 more runs
     stream = EventStream(settings=settings)
     with RecorderThread(settings, engine):
         publish_all(stream, first)
         wait_for(lambda: _count(engine, "epoch_metrics") == 1200, message="the first batch recorded")
     # The same events again, with new ones mixed in, waiting in the stream: one read, one transaction.
-    mixed = [item for pair in zip(first, later) for item in pair] + first[len(later):]
+    mixed = [item for pair in zip(first, later) for item in pair] + first[len(later) :]
     publish_all(stream, mixed)
     running = RecorderThread(settings, engine)
     running.loop.batch_size = 10_000
     with running:
-        wait_for(lambda: _count(engine, "epoch_metrics") == 1600, message="the new runs recorded beside the replay")
-        wait_for(lambda: stream.groups()[0]["pending"] == 0 and stream.groups()[0]["lag"] == 0, message="stream drained")
+        wait_for(
+            lambda: _count(engine, "epoch_metrics") == 1600, message="the new runs recorded beside the replay"
+        )
+        wait_for(
+            lambda: stream.groups()[0]["pending"] == 0 and stream.groups()[0]["lag"] == 0,
+            message="stream drained",
+        )
     assert running.loop.stats.batches == 1
     assert running.loop.stats.batch_fallbacks == 0 and running.loop.stats.dead_lettered == 0
     assert _count(engine, "events") == len(first) + len(later)
     assert _count(engine, "epochs") == 400
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(DISTINCT run_id) FROM runs WHERE status = 'completed'")).scalar() == 40
+        assert (
+            conn.execute(
+                sa.text("SELECT count(DISTINCT run_id) FROM runs WHERE status = 'completed'")
+            ).scalar()
+            == 40
+        )
     if database_url.startswith("postgresql"):
         # The replayed batch did meet its rows in epoch_metrics, and went through the staging table.
         assert "_fitstream_stage_epoch_metrics" in copied and copied.count("epoch_metrics") >= 2, copied
@@ -157,7 +182,10 @@ def test_malformed_payloads_are_dead_lettered_with_reasons(settings, engine):
     pipe.execute()
 
     with RecorderThread(settings, engine) as rec:
-        wait_for(lambda: rec.loop.stats.processed + rec.loop.stats.dead_lettered == len(good) + bad_sent, message="all messages handled")
+        wait_for(
+            lambda: rec.loop.stats.processed + rec.loop.stats.dead_lettered == len(good) + bad_sent,
+            message="all messages handled",
+        )
     assert _count(engine, "events") == len(valid)
     assert stream.dead_letter_count("recorder") == bad_sent
     dead = client.xrange(stream.dead_letter_stream)
@@ -180,11 +208,19 @@ def test_consume_all_runs_the_recorder_and_stops_cleanly_on_sigterm(settings, en
     publish_all(stream, items)
     env = {**os.environ, **settings_env(settings)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.main", "consume", "all"], env=env, cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "pipeline.cli.main", "consume", "all"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        wait_for(lambda: _count(engine, "events") == len(items), timeout=60, message="events recorded by consume all")
+        wait_for(
+            lambda: _count(engine, "events") == len(items),
+            timeout=60,
+            message="events recorded by consume all",
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)

@@ -32,7 +32,9 @@ from tests.redis_cluster import LocalRedisCluster
 from tests.stream_helpers import RECORDED_EVENT_COUNT, epoch_events
 
 SHARDS = 4
-postgres_only = pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+postgres_only = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +49,45 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisClus
 
 @pytest.fixture
 def on_cluster(cluster: LocalRedisCluster, settings: Settings) -> Iterator[Settings]:
-    yield settings.model_copy(update={"redis_url": cluster.url, "stream_shards": SHARDS, "broker_url": REDIS_URL})
+    yield settings.model_copy(
+        update={"redis_url": cluster.url, "stream_shards": SHARDS, "broker_url": REDIS_URL}
+    )
     cluster.flush()
 
 
 def _env(settings: Settings) -> dict[str, str]:
     return {
-        "FITSTREAM_REDIS_URL": settings.redis_url, "FITSTREAM_BROKER_URL": REDIS_URL,
-        "FITSTREAM_DATABASE_URL": settings.database_url, "FITSTREAM_HOME": str(settings.home),
-        "FITSTREAM_STREAM": settings.stream, "FITSTREAM_STREAM_SHARDS": str(SHARDS), "FITSTREAM_CONSUMER_BLOCK_MS": "100",
+        "FITSTREAM_REDIS_URL": settings.redis_url,
+        "FITSTREAM_BROKER_URL": REDIS_URL,
+        "FITSTREAM_DATABASE_URL": settings.database_url,
+        "FITSTREAM_HOME": str(settings.home),
+        "FITSTREAM_STREAM": settings.stream,
+        "FITSTREAM_STREAM_SHARDS": str(SHARDS),
+        "FITSTREAM_CONSUMER_BLOCK_MS": "100",
     }
 
 
 def _recorder(settings: Settings, name: str, shards: Sequence[int] = ()) -> subprocess.Popen:
     args = [arg for s in shards for arg in ("--shard", str(s))]
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.main", "consume", "recorder", "--name", name, "--batch-size", "50",
-         "--claim-idle-ms", "1000", *args],
-        env={**os.environ, **_env(settings)}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli.main",
+            "consume",
+            "recorder",
+            "--name",
+            name,
+            "--batch-size",
+            "50",
+            "--claim-idle-ms",
+            "1000",
+            *args,
+        ],
+        env={**os.environ, **_env(settings)},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -88,7 +111,9 @@ def _count(engine: sa.Engine, sql: str) -> int:
         return int(conn.execute(sa.text(sql)).scalar() or 0)
 
 
-def _publish_concurrently(settings: Settings, items: list[ev.Event], publishers: int = 4, chunk: int = 37) -> None:
+def _publish_concurrently(
+    settings: Settings, items: list[ev.Event], publishers: int = 4, chunk: int = 37
+) -> None:
     """Several publishers at once, each with its own client, as training processes on many hosts."""
     by_run: dict[str, list[ev.Event]] = defaultdict(list)
     for event in items:
@@ -99,9 +124,15 @@ def _publish_concurrently(settings: Settings, items: list[ev.Event], publishers:
     def publish(mine: list[str]) -> None:
         try:
             stream = EventStream(settings=settings)
-            ordered = [e for step in range(max(len(by_run[r]) for r in mine)) for r in mine if step < len(by_run[r]) for e in [by_run[r][step]]]
+            ordered = [
+                e
+                for step in range(max(len(by_run[r]) for r in mine))
+                for r in mine
+                if step < len(by_run[r])
+                for e in [by_run[r][step]]
+            ]
             for start in range(0, len(ordered), chunk):
-                stream.publish(ordered[start:start + chunk])
+                stream.publish(ordered[start : start + chunk])
         except BaseException as exc:
             errors.append(exc)
 
@@ -117,8 +148,15 @@ def test_each_shard_lives_on_one_node_and_the_shards_spread_over_the_nodes(clust
     stream = EventStream(settings=on_cluster)
     nodes = set()
     for shard in stream.all_shards():
-        keys = [shard.stream, shard.dead_letter_stream, shard.dead_letter_counts_key, shard.dead_letter_kinds_key,
-                shard.forced_trims_key, leader_key(shard.stream, "alerter"), shard._states_key("recorder")]
+        keys = [
+            shard.stream,
+            shard.dead_letter_stream,
+            shard.dead_letter_counts_key,
+            shard.dead_letter_kinds_key,
+            shard.forced_trims_key,
+            leader_key(shard.stream, "alerter"),
+            shard._states_key("recorder"),
+        ]
         assert len({cluster.node_of(k) for k in keys}) == 1, keys
         assert len({stream.client.keyslot(k) for k in keys}) == 1, keys
         nodes.add(cluster.node_of(shard.stream))
@@ -131,10 +169,17 @@ def test_sharded_publishing_and_consuming_keep_each_runs_order_and_lose_nothing(
     recorders = [_recorder(on_cluster, "rec-a"), _recorder(on_cluster, "rec-b")]  # both take every shard
     try:
         # Both are reading every shard before the first event goes out, so that both share the work.
-        wait_for(lambda: all(_consumers(shard) == 2 for shard in EventStream(settings=on_cluster).all_shards()),
-                 timeout=60, message="both recorders reading every shard")
+        wait_for(
+            lambda: all(_consumers(shard) == 2 for shard in EventStream(settings=on_cluster).all_shards()),
+            timeout=60,
+            message="both recorders reading every shard",
+        )
         _publish_concurrently(on_cluster, items)
-        wait_for(lambda: _count(engine, RECORDED_EVENT_COUNT) == len(items), timeout=90, message="every event recorded")
+        wait_for(
+            lambda: _count(engine, RECORDED_EVENT_COUNT) == len(items),
+            timeout=90,
+            message="every event recorded",
+        )
     finally:
         _stop(*recorders)
     stream = EventStream(settings=on_cluster)
@@ -143,13 +188,17 @@ def test_sharded_publishing_and_consuming_keep_each_runs_order_and_lose_nothing(
         seqs: dict[str, list[int]] = defaultdict(list)
         for _mid, fields in shard.client.xrange(shard.stream):
             event = ev.decode(fields)
-            assert seen_on.setdefault(event.run_id, shard.shard) == shard.shard, "a run's events on two shards"
+            assert seen_on.setdefault(event.run_id, shard.shard) == shard.shard, (
+                "a run's events on two shards"
+            )
             seqs[event.run_id].append(event.seq)
         for run_id, run_seqs in seqs.items():
             assert run_seqs == list(range(14)), (run_id, run_seqs)
     assert len(seen_on) == 40 and len(set(seen_on.values())) == SHARDS
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT run_id, count(*), max(epoch) FROM epoch_metrics GROUP BY run_id")).all()
+        rows = conn.execute(
+            sa.text("SELECT run_id, count(*), max(epoch) FROM epoch_metrics GROUP BY run_id")
+        ).all()
     assert len(rows) == 40 and {(n, top) for _r, n, top in rows} == {(12 * 4, 11)}
     report = json.loads(run_cli("status", "--json", env_extra=_env(on_cluster)).stdout)
     assert report["stream"]["shards"] == SHARDS and report["stream"]["length"] == len(items)
@@ -170,17 +219,32 @@ def test_a_recorder_sigkilled_on_one_shard_loses_nothing(on_cluster, engine):
     try:
         half = len(items) // 2
         _publish_concurrently(on_cluster, items[:half], publishers=2)
-        wait_for(lambda: _count(engine, f"SELECT count(*) FROM epoch_metrics WHERE run_id IN ({','.join(repr(r) for r in on_one)})") > 0,
-                 timeout=60, message="shard 1 recording")
+        wait_for(
+            lambda: (
+                _count(
+                    engine,
+                    f"SELECT count(*) FROM epoch_metrics WHERE run_id IN ({','.join(repr(r) for r in on_one)})",
+                )
+                > 0
+            ),
+            timeout=60,
+            message="shard 1 recording",
+        )
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         _publish_concurrently(on_cluster, items[half:], publishers=2)
         replacement = _recorder(on_cluster, "rec-1b", [1])
-        wait_for(lambda: _count(engine, RECORDED_EVENT_COUNT) == len(items), timeout=120, message="every event recorded")
+        wait_for(
+            lambda: _count(engine, RECORDED_EVENT_COUNT) == len(items),
+            timeout=120,
+            message="every event recorded",
+        )
     finally:
         _stop(others, victim, *([replacement] if replacement else []))
     with engine.connect() as conn:
-        per_run = dict(conn.execute(sa.text("SELECT run_id, count(*) FROM epoch_metrics GROUP BY run_id")).all())
+        per_run = dict(
+            conn.execute(sa.text("SELECT run_id, count(*) FROM epoch_metrics GROUP BY run_id")).all()
+        )
     assert len(per_run) == 48 and set(per_run.values()) == {16 * 6}
     stream = EventStream(settings=on_cluster)
     shard = stream.for_shard(1)
@@ -208,11 +272,15 @@ def test_an_ordered_group_leads_each_shard_and_sees_every_run_in_order(on_cluste
     lock = threading.Lock()
     items = epoch_events(run_count=30, epochs=8)
     _publish_concurrently(on_cluster, items)
-    consumers = ShardedConsumers(lambda: _OrderProbe(seen, lock), EventStream(settings=on_cluster), consumer_name="probe", batch_size=7)
+    consumers = ShardedConsumers(
+        lambda: _OrderProbe(seen, lock), EventStream(settings=on_cluster), consumer_name="probe", batch_size=7
+    )
     consumers.run(idle_exit_after=1.0)
     assert len(seen) == 30 and all(seqs == list(range(10)) for seqs in seen.values()), dict(seen)
     stream = EventStream(settings=on_cluster)
-    assert [stream.client.get(leader_key(s.stream, "order-probe")) for s in stream.all_shards()] == [None] * SHARDS  # released
+    assert [stream.client.get(leader_key(s.stream, "order-probe")) for s in stream.all_shards()] == [
+        None
+    ] * SHARDS  # released
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -232,6 +300,13 @@ def test_dead_letters_are_replayed_on_their_shards_node(on_cluster, engine):
 
 
 def test_a_cluster_url_without_a_broker_is_refused_with_what_to_set(cluster, tmp_path: Path):
-    result = run_cli("status", env_extra={"FITSTREAM_REDIS_URL": cluster.url, "FITSTREAM_BROKER_URL": "",
-                                          "FITSTREAM_DATABASE_URL": f"sqlite:///{tmp_path / 'h.db'}"}, check=False)
+    result = run_cli(
+        "status",
+        env_extra={
+            "FITSTREAM_REDIS_URL": cluster.url,
+            "FITSTREAM_BROKER_URL": "",
+            "FITSTREAM_DATABASE_URL": f"sqlite:///{tmp_path / 'h.db'}",
+        },
+        check=False,
+    )
     assert result.returncode != 0 and "FITSTREAM_BROKER_URL" in result.stderr, result.stderr

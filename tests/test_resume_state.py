@@ -42,10 +42,20 @@ def _fit(tmp_path, backup_dir, *, interrupt_at=None, keep_state=True, epochs=40)
     keras.utils.set_random_seed(11)
     tf.config.experimental.enable_op_determinism()
     (x, y), (x_val, y_val) = small_digits(n_train=400)
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.02), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True)
-    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_accuracy", save_best_only=True)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(tmp_path / "best.keras"), monitor="val_accuracy", save_best_only=True
+    )
     reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
     history = keras.callbacks.History()
     backup = ResumableBackup(backup_dir, keep=[stop, checkpoint, reduce_lr] if keep_state else [])
@@ -53,14 +63,26 @@ def _fit(tmp_path, backup_dir, *, interrupt_at=None, keep_state=True, epochs=40)
     if interrupt_at is not None:
         callbacks.append(InterruptAt(interrupt_at))
     try:
-        model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=32, shuffle=False, verbose=0, callbacks=callbacks)
+        model.fit(
+            x,
+            y,
+            validation_data=(x_val, y_val),
+            epochs=epochs,
+            batch_size=32,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+        )
     except Interrupt:
         return None
     epochs_run = history.epoch
     return {
         "history": {k: dict(zip(epochs_run, v)) for k, v in history.history.items()},
-        "stopped_epoch": stop.stopped_epoch, "best_epoch": stop.best_epoch, "best": stop.best,
-        "weights": model.get_weights(), "resumed_from": backup.resumed_from_epoch,
+        "stopped_epoch": stop.stopped_epoch,
+        "best_epoch": stop.best_epoch,
+        "best": stop.best,
+        "weights": model.get_weights(),
+        "resumed_from": backup.resumed_from_epoch,
         "best_file": keras.saving.load_model(str(tmp_path / "best.keras")).get_weights(),
     }
 
@@ -72,7 +94,17 @@ def test_an_interrupted_fit_resumes_into_the_uninterrupted_twin(tmp_path):
     assert straight["stopped_epoch"] > straight["best_epoch"] + 1
     kill_epoch = straight["best_epoch"] + 1  # after the best epoch, mid-epoch
     assert _fit(resumed_dir, resumed_dir / "backup", interrupt_at=kill_epoch) is None
-    assert json.loads((resumed_dir / "backup" / (resumed_dir / "backup" / CURRENT).read_text() / "training_metadata.json").read_text())["epoch"] == kill_epoch
+    assert (
+        json.loads(
+            (
+                resumed_dir
+                / "backup"
+                / (resumed_dir / "backup" / CURRENT).read_text()
+                / "training_metadata.json"
+            ).read_text()
+        )["epoch"]
+        == kill_epoch
+    )
     resumed = _fit(resumed_dir, resumed_dir / "backup")
     assert resumed["resumed_from"] == kill_epoch
     # The resumed part of the history is the twin's, epoch by epoch.
@@ -80,11 +112,16 @@ def test_an_interrupted_fit_resumes_into_the_uninterrupted_twin(tmp_path):
         assert min(values) == kill_epoch
         for epoch, value in values.items():
             assert value == pytest.approx(straight["history"][name][epoch], rel=1e-5, abs=1e-7), (name, epoch)
-    assert (resumed["stopped_epoch"], resumed["best_epoch"]) == (straight["stopped_epoch"], straight["best_epoch"])
+    assert (resumed["stopped_epoch"], resumed["best_epoch"]) == (
+        straight["stopped_epoch"],
+        straight["best_epoch"],
+    )
     assert resumed["best"] == pytest.approx(straight["best"], rel=1e-6)
     for got, expected in zip(resumed["weights"], straight["weights"]):  # restored best weights
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
-    for got, expected in zip(resumed["best_file"], straight["best_file"]):  # ModelCheckpoint kept the same best
+    for got, expected in zip(
+        resumed["best_file"], straight["best_file"]
+    ):  # ModelCheckpoint kept the same best
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     assert not (resumed_dir / "backup").exists(), "the backup is removed when training ends"
 
@@ -97,7 +134,10 @@ def test_without_the_callbacks_state_the_resumed_fit_goes_wrong(tmp_path):
     kill_epoch = straight["best_epoch"] + 1
     assert _fit(resumed_dir, resumed_dir / "backup", interrupt_at=kill_epoch, keep_state=False) is None
     resumed = _fit(resumed_dir, resumed_dir / "backup", keep_state=False)
-    assert (resumed["stopped_epoch"], resumed["best_epoch"]) != (straight["stopped_epoch"], straight["best_epoch"])
+    assert (resumed["stopped_epoch"], resumed["best_epoch"]) != (
+        straight["stopped_epoch"],
+        straight["best_epoch"],
+    )
 
 
 def test_resumable_backup_refuses_what_it_cannot_keep(tmp_path):
@@ -112,7 +152,13 @@ def test_a_backup_in_keras_own_layout_still_resumes(tmp_path):
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     with pytest.raises(Interrupt):
-        model.fit(x, y, epochs=5, verbose=0, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path)), InterruptAt(3)])
+        model.fit(
+            x,
+            y,
+            epochs=5,
+            verbose=0,
+            callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path)), InterruptAt(3)],
+        )
     history = keras.callbacks.History()
     backup = ResumableBackup(tmp_path)
     model.fit(x, y, epochs=5, verbose=0, callbacks=[history, backup])

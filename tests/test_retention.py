@@ -46,7 +46,9 @@ def test_memory_cap_trims_loudly_and_is_counted(redis_url, stream_name, tmp_path
     assert stream.forced_trims()["events_dropped"] == 500 and stream.forced_trims()["times"] == 1
 
 
-def test_running_consumers_trim_on_their_own_schedule_and_status_reports_forced_trims(redis_url, stream_name, tmp_path, caplog):
+def test_running_consumers_trim_on_their_own_schedule_and_status_reports_forced_trims(
+    redis_url, stream_name, tmp_path, caplog
+):
     import json
     import threading
 
@@ -56,20 +58,33 @@ def test_running_consumers_trim_on_their_own_schedule_and_status_reports_forced_
     from pipeline.db.session import make_engine
     from tests.conftest import run_cli, settings_env, wait_for
 
-    settings = Settings(redis_url=redis_url, stream=stream_name, home=tmp_path, database_url=f"sqlite:///{tmp_path / 'h.db'}",
-                        stream_retention_seconds=0, stream_max_events=1000, consumer_block_ms=100)
+    settings = Settings(
+        redis_url=redis_url,
+        stream=stream_name,
+        home=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'h.db'}",
+        stream_retention_seconds=0,
+        stream_max_events=1000,
+        consumer_block_ms=100,
+    )
     migrate.upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     stream = EventStream(settings=settings)
     stream.ensure_group("recorder")
     stream.ensure_group("stuck")  # a group that never reads: only a forced trim may drop its events
-    loop = ConsumerLoop(Recorder(engine), EventStream(settings=settings), consumer_name="trimmer", trim_interval_s=0.5)
+    loop = ConsumerLoop(
+        Recorder(engine), EventStream(settings=settings), consumer_name="trimmer", trim_interval_s=0.5
+    )
     thread = threading.Thread(target=loop.run, daemon=True)
     publish_all(stream, epoch_events(3, 498))  # 1500 events, before the consumer starts: one forced trim
     with caplog.at_level(logging.ERROR):
         thread.start()
         try:
-            wait_for(lambda: stream.client.xlen(stream_name) <= 1000, timeout=30, message="the running recorder trims by itself")
+            wait_for(
+                lambda: stream.client.xlen(stream_name) <= 1000,
+                timeout=30,
+                message="the running recorder trims by itself",
+            )
         finally:
             loop.stop_event.set()
             thread.join(timeout=30)
@@ -77,6 +92,8 @@ def test_running_consumers_trim_on_their_own_schedule_and_status_reports_forced_
     assert stream.client.xlen(stream_name) == 1000
     assert "dropped 500 events" in caplog.text
     status = json.loads(run_cli("status", "--json", env_extra=settings_env(settings)).stdout)
-    assert status["forced_trims"]["events_dropped"] == 500 and status["forced_trims"]["times"] == 1, status["forced_trims"]
+    assert status["forced_trims"]["events_dropped"] == 500 and status["forced_trims"]["times"] == 1, status[
+        "forced_trims"
+    ]
     human = run_cli("status", env_extra=settings_env(settings))
     assert "force-trimmed 1 time(s), dropping 500 events" in human.stderr

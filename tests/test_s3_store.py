@@ -45,14 +45,18 @@ from tests.test_promotion_promises import (
 )
 
 pytest.importorskip("s3fs", reason="the S3 tests need s3fs (the dev extra: pip install -e '.[dev]')")
-pytest.importorskip("moto.server", reason="the S3 tests need moto's server (the dev extra: pip install -e '.[dev]')")
+pytest.importorskip(
+    "moto.server", reason="the S3 tests need moto's server (the dev extra: pip install -e '.[dev]')"
+)
 import boto3
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "fitstream-models"
 SQLITE_ONLY = "the S3 store is what is under test; checked once, on SQLite"
-_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/[0-9.]+(?:\x1b\[[0-9;]*m)*" (\d+)')
+_REQUEST = re.compile(
+    r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/[0-9.]+(?:\x1b\[[0-9;]*m)*" (\d+)'
+)
 
 
 class S3Server:
@@ -70,7 +74,8 @@ class S3Server:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_for(self._answers, timeout=30, message="moto's S3 server to answer")
         self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
@@ -111,10 +116,15 @@ def s3(tmp_path, monkeypatch, database_url):
     server = S3Server(tmp_path)
     # Child processes read these from the environment; this process's fsspec read its configuration
     # at import, so it gets the endpoint the same way, set in fsspec.config.conf.
-    for name, value in {"AWS_ACCESS_KEY_ID": "fitstream-test", "AWS_SECRET_ACCESS_KEY": "fitstream-test",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                        "FSSPEC_S3_ENDPOINT_URL": server.endpoint}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "fitstream-test",
+        "AWS_SECRET_ACCESS_KEY": "fitstream-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "FSSPEC_S3_ENDPOINT_URL": server.endpoint,
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": server.endpoint})
     server.start()
@@ -141,9 +151,14 @@ def _big_keras_file(path: Path, size_bytes: int) -> str:
 def _env(settings, s3: S3Server, **extra: str) -> dict[str, str]:
     """A promoter process's environment: the test's stream and database, the S3 store, no Keras load."""
     return {
-        **os.environ, **settings_env(settings), "FITSTREAM_MODEL_STORE": s3.url,
-        "FITSTREAM_PROMOTER_LOAD_CHECK": "false", "FITSTREAM_CLAIM_IDLE_MS": "1000",
-        "FITSTREAM_LEADER_TTL_SECONDS": "1", "PYTHONPATH": str(REPO), **extra,
+        **os.environ,
+        **settings_env(settings),
+        "FITSTREAM_MODEL_STORE": s3.url,
+        "FITSTREAM_PROMOTER_LOAD_CHECK": "false",
+        "FITSTREAM_CLAIM_IDLE_MS": "1000",
+        "FITSTREAM_LEADER_TTL_SECONDS": "1",
+        "PYTHONPATH": str(REPO),
+        **extra,
     }
 
 
@@ -151,8 +166,11 @@ def _promoter_process(settings, s3: S3Server, log: Path, *args: str) -> subproce
     """A real `fitstream consume promoter` on the S3 store, its stderr in ``log``."""
     with open(log, "wb") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "consume", "promoter", *args], env=_env(settings, s3),
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=output,
+            [sys.executable, "-m", "pipeline.cli.main", "consume", "promoter", *args],
+            env=_env(settings, s3),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
         )
 
 
@@ -160,12 +178,15 @@ def _staging_copies(s3: S3Server, name: str) -> set[str]:
     """The staging folders of copies in progress for ``name``: objects or multipart uploads under one."""
     prefix = f"models/{name}/"
     keys = s3.keys(prefix) + s3.uploads(prefix)
-    return {key[len(prefix):].split("/", 1)[0] for key in keys if key[len(prefix):].startswith(".staging-")}
+    return {key[len(prefix) :].split("/", 1)[0] for key in keys if key[len(prefix) :].startswith(".staging-")}
 
 
 # -- one promotion to S3, read back ---------------------------------------------------------------
 
-def test_a_checkpoint_promoted_to_s3_loads_back_and_its_metadata_is_written_last(s3, settings, engine, tmp_path):
+
+def test_a_checkpoint_promoted_to_s3_loads_back_and_its_metadata_is_written_last(
+    s3, settings, engine, tmp_path
+):
     stream = EventStream(settings=settings)
     stream.ensure_group("promoter")
     path = tmp_path / "ckpt.keras"
@@ -214,7 +235,9 @@ def test_a_reader_never_sees_a_version_before_its_model_file_is_complete(s3, tmp
                 found = s3.keys(f"models/watched/v{version}/model.keras")
                 assert found, f"v{version} listed, but its model file is not there yet"
                 head = s3.client.head_object(Bucket=BUCKET, Key=found[0])
-                assert head["ContentLength"] == stored.size_bytes, f"v{version} listed with a partial model file"
+                assert head["ContentLength"] == stored.size_bytes, (
+                    f"v{version} listed with a partial model file"
+                )
                 sizes[version] = head["ContentLength"]
             seen.append((versions, in_progress, sizes))
             if finished:
@@ -230,9 +253,12 @@ def test_a_reader_never_sees_a_version_before_its_model_file_is_complete(s3, tmp
     assert not failures, failures[0]
     assert stored.sha256 == big_sha and stored.size_bytes == big.stat().st_size
     # The reader looked while the copy was under way (else this proves nothing), and saw v2 only complete.
-    assert any(in_progress and 2 not in versions for versions, in_progress, _sizes in seen), \
+    assert any(in_progress and 2 not in versions for versions, in_progress, _sizes in seen), (
         "the reader never looked while the copy was under way"
-    assert seen[-1][0] == [1, 2] and seen[-1][2][2] == big.stat().st_size, "the reader does not see the new version"
+    )
+    assert seen[-1][0] == [1, 2] and seen[-1][2][2] == big.stat().st_size, (
+        "the reader does not see the new version"
+    )
     assert all(sizes.get(2, big.stat().st_size) == big.stat().st_size for _v, _p, sizes in seen)
 
 
@@ -245,8 +271,12 @@ def _recording(function, failures: list[BaseException]) -> None:
 
 # -- a promoter killed mid-upload ---------------------------------------------------------------
 
+
 def test_a_promoter_killed_mid_upload_leaves_nothing_visible_and_a_restart_promotes_once(
-    s3, settings, engine, tmp_path,
+    s3,
+    settings,
+    engine,
+    tmp_path,
 ):
     stream = EventStream(settings=settings)
     stream.ensure_group("promoter")
@@ -256,8 +286,12 @@ def test_a_promoter_killed_mid_upload_leaves_nothing_visible_and_a_restart_promo
     doomed = _promoter_process(settings, s3, tmp_path / "doomed.log", "--name", "doomed")
     try:
         # Killed once the server holds part of the model (a multipart upload under a staging name).
-        wait_for(lambda: doomed.poll() is not None or _parts_uploaded(s3, "models/large/") > 0, timeout=60,
-                 interval=0.02, message="the upload to begin")
+        wait_for(
+            lambda: doomed.poll() is not None or _parts_uploaded(s3, "models/large/") > 0,
+            timeout=60,
+            interval=0.02,
+            message="the upload to begin",
+        )
     finally:
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(timeout=10)
@@ -274,14 +308,29 @@ def test_a_promoter_killed_mid_upload_leaves_nothing_visible_and_a_restart_promo
     client.pexpire(lock, 1)
 
     survivor = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.main", "consume", "promoter", "--name", "survivor",
-         "--exit-when-idle", "3"],
-        env=_env(settings, s3), cwd=REPO, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli.main",
+            "consume",
+            "promoter",
+            "--name",
+            "survivor",
+            "--exit-when-idle",
+            "3",
+        ],
+        env=_env(settings, s3),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert survivor.returncode == 0, survivor.stderr[-3000:]
     [promoted] = _outcomes(settings, "killed")
     assert promoted.type == "model_promoted" and promoted.version == 1, promoted
-    assert [(v["version"], v["run_id"], v["sha256"]) for v in list_versions(engine, "large")] == [(1, "killed", sha)]
+    assert [(v["version"], v["run_id"], v["sha256"]) for v in list_versions(engine, "large")] == [
+        (1, "killed", sha)
+    ]
     assert store.versions("large") == [1] and store.get("large", 1).sha256 == sha
     # Exactly one complete version and nothing else visible (the dead upload never becomes an object).
     assert s3.keys("models/large/") == ["models/large/v1/metadata.json", "models/large/v1/model.keras"]
@@ -299,6 +348,7 @@ def _parts_uploaded(s3: S3Server, prefix: str) -> int:
 
 
 # -- the promotion lock, across real processes --------------------------------------------------
+
 
 class KeyWatch:
     """Redis MONITOR, keeping the commands that name one key (who tried to take a lock, and when)."""
@@ -333,8 +383,10 @@ def test_the_promoter_and_fitstream_promote_take_turns_across_processes(s3, sett
     stream.ensure_group("promoter")
     first, second = tmp_path / "first.keras", tmp_path / "second.keras"
     first_sha, second_sha = _big_keras_file(first, 200 << 20), _big_keras_file(second, 32 << 20)
-    stream.publish(_run_events("by-promoter", "turns", first, first_sha, 0.2, trigger=False)
-                   + _run_events("by-hand", "turns", second, second_sha, 0.1, trigger=False))
+    stream.publish(
+        _run_events("by-promoter", "turns", first, first_sha, 0.2, trigger=False)
+        + _run_events("by-hand", "turns", second, second_sha, 0.1, trigger=False)
+    )
     watch = KeyWatch(settings.redis_url, f"{settings.stream}:promoting:turns")
     promoter = _promoter_process(settings, s3, tmp_path / "promoter.log")
     by_hand = None
@@ -342,17 +394,27 @@ def test_the_promoter_and_fitstream_promote_take_turns_across_processes(s3, sett
     try:
         wait_for(lambda: _drained(stream), message="the promoter to record both runs")
         stream.publish(_run_events("by-promoter", "turns", first, first_sha, 0.2)[-1:])  # its early_stopped
-        wait_for(lambda: _staging_copies(s3, "turns"), timeout=60, interval=0.02,
-                 message="the promoter's copy to begin")
+        wait_for(
+            lambda: _staging_copies(s3, "turns"),
+            timeout=60,
+            interval=0.02,
+            message="the promoter's copy to begin",
+        )
         by_hand = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "promote", "by-hand"], env=_env(settings, s3), cwd=REPO,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "pipeline.cli.main", "promote", "by-hand"],
+            env=_env(settings, s3),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + 120
         while by_hand.poll() is None and time.monotonic() < deadline:
             copies.append(_staging_copies(s3, "turns"))
         stdout, stderr = by_hand.communicate(timeout=10)
-        wait_for(lambda: _outcomes(settings, "by-promoter"), timeout=60, message="the promoter's announcement")
+        wait_for(
+            lambda: _outcomes(settings, "by-promoter"), timeout=60, message="the promoter's announcement"
+        )
     finally:
         watch.stop()
         for process in (promoter, by_hand):
@@ -362,7 +424,9 @@ def test_the_promoter_and_fitstream_promote_take_turns_across_processes(s3, sett
     assert by_hand.returncode == 0, stderr
     # Mutual exclusion, seen on the server: never two copies of "turns" under way at once, though both copied.
     overlapping = [c for c in copies if len(c) > 1]
-    assert not overlapping, f"two promotions copied at once, seen {len(overlapping)} times: {sorted(overlapping[0])}"
+    assert not overlapping, (
+        f"two promotions copied at once, seen {len(overlapping)} times: {sorted(overlapping[0])}"
+    )
     assert len(set().union(*copies)) == 2, "the two copies were not both seen"
     # And the turn-taking itself: `fitstream promote` came while the promoter held the lock, and waited.
     assert watch.attempts(promoter.pid) == 1, watch.commands[:10]
@@ -370,13 +434,18 @@ def test_the_promoter_and_fitstream_promote_take_turns_across_processes(s3, sett
     [promoted] = _outcomes(settings, "by-promoter")
     assert promoted.type == "model_promoted" and (promoted.version, promoted.champion) == (1, True)
     assert "turns v2 registered and is the champion" in stderr  # 0.1 beats 0.2
-    assert [(v["version"], v["run_id"], v["sha256"], v["aliases"]) for v in list_versions(engine, "turns")] == [
-        (1, "by-promoter", first_sha, []), (2, "by-hand", second_sha, ["champion", "latest"])]
+    assert [
+        (v["version"], v["run_id"], v["sha256"], v["aliases"]) for v in list_versions(engine, "turns")
+    ] == [(1, "by-promoter", first_sha, []), (2, "by-hand", second_sha, ["champion", "latest"])]
     store = FsspecModelStore(s3.url, skip_instance_cache=True)
-    assert [(v, store.get("turns", v).sha256) for v in store.versions("turns")] == [(1, first_sha), (2, second_sha)]
+    assert [(v, store.get("turns", v).sha256) for v in store.versions("turns")] == [
+        (1, first_sha),
+        (2, second_sha),
+    ]
 
 
 # -- a long-running promoter sees what other processes wrote ------------------------------------
+
 
 def test_a_running_promoter_sees_versions_other_processes_left_in_the_store(s3, settings, engine, tmp_path):
     # A promotion killed between copying and registering leaves its version in the store only; the next
@@ -387,8 +456,10 @@ def test_a_running_promoter_sees_versions_other_processes_left_in_the_store(s3, 
     for seed, run_id in enumerate(("first", "later", "orphan")):
         path = tmp_path / f"{run_id}.keras"
         files[run_id] = (path, _keras_file(path, seed))
-    stream.publish(_run_events("first", "orphans", *files["first"], 0.3)
-                   + _run_events("later", "orphans", *files["later"], 0.2, trigger=False))
+    stream.publish(
+        _run_events("first", "orphans", *files["first"], 0.3)
+        + _run_events("later", "orphans", *files["later"], 0.2, trigger=False)
+    )
     with RunningPromoter(settings, engine, open_store(s3.url)):
         [first] = _outcome(settings, "first")
         wait_for(lambda: _drained(stream), message="both runs recorded")
@@ -410,13 +481,19 @@ def test_a_running_promoter_sees_versions_other_processes_left_in_the_store(s3, 
     assert later.version == 3
     # Straight to v3, copied once: not first into v2, found taken only after the upload (a listing from
     # before the orphan appeared would cost a whole wasted upload of the model).
-    copies = {p.split("/")[4] for m, p, _s in s3.requests()[before:] if m in ("PUT", "POST") and "/.staging-" in p}
+    copies = {
+        p.split("/")[4] for m, p, _s in s3.requests()[before:] if m in ("PUT", "POST") and "/.staging-" in p
+    }
     assert len(copies) == 1, copies
-    assert [(v["version"], v["run_id"]) for v in list_versions(engine, "orphans")] == [(1, "first"), (3, "later")]
+    assert [(v["version"], v["run_id"]) for v in list_versions(engine, "orphans")] == [
+        (1, "first"),
+        (3, "later"),
+    ]
     assert FsspecModelStore(s3.url, skip_instance_cache=True).versions("orphans") == [1, 2, 3]
 
 
 # -- leftovers of interrupted copies --------------------------------------------------------------
+
 
 def test_a_starting_promoter_clears_old_leftovers_on_s3_and_keeps_young_ones(s3, engine, monkeypatch):
     # A promoter killed between its upload and the move leaves a staging object behind. S3 has no folders,

@@ -57,7 +57,10 @@ def test_recorder_refuses_an_old_schema(database_url):
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
     head = migrate.head_revision()
     assert head == max(p.name[:4] for p in (REPO_ROOT / "migrations" / "versions").glob("0*.py"))
-    with pytest.raises(SchemaNotAtHeadError, match=rf"at schema revision 0000, this Fitstream needs {head}; run: fitstream db upgrade"):
+    with pytest.raises(
+        SchemaNotAtHeadError,
+        match=rf"at schema revision 0000, this Fitstream needs {head}; run: fitstream db upgrade",
+    ):
         Recorder(engine)
     engine.dispose()
 
@@ -71,7 +74,9 @@ def test_cli_recorder_exits_with_the_upgrade_command(settings):
 def test_sql_is_read_only_at_the_database(settings, engine):
     env = settings_env(settings)
     with engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO runs (run_id, name, status, epochs_completed) VALUES ('r1', 'x', 'completed', 3)")
+        conn.exec_driver_sql(
+            "INSERT INTO runs (run_id, name, status, epochs_completed) VALUES ('r1', 'x', 'completed', 3)"
+        )
     for statement in (
         "DELETE FROM runs",
         "UPDATE runs SET status = 'failed'",
@@ -88,7 +93,11 @@ def test_sql_is_read_only_at_the_database(settings, engine):
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT status FROM runs")).scalars().all() == ["completed"]
 
-    rows = json.loads(run_cli("sql", "SELECT run_id, epochs_completed FROM runs WHERE name LIKE 'x%'", "--json", env_extra=env).stdout)
+    rows = json.loads(
+        run_cli(
+            "sql", "SELECT run_id, epochs_completed FROM runs WHERE name LIKE 'x%'", "--json", env_extra=env
+        ).stdout
+    )
     assert rows == [{"run_id": "r1", "epochs_completed": 3}]
 
 
@@ -106,7 +115,12 @@ def test_a_run_id_prefix_is_matched_literally(engine):
 
     with engine.begin() as conn:
         for run_id in ("a_b1", "axb2", "c%d3", "cxd4"):
-            conn.execute(sa.text("INSERT INTO runs (run_id, name, status, epochs_completed) VALUES (:r, 'n', 'completed', 0)"), {"r": run_id})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO runs (run_id, name, status, epochs_completed) VALUES (:r, 'n', 'completed', 0)"
+                ),
+                {"r": run_id},
+            )
     assert resolve_run_id(engine, "a_b") == "a_b1"  # '_' is a character, not LIKE's "any one"
     assert resolve_run_id(engine, "c%d") == "c%d3"  # '%' too
     with pytest.raises(RunNotFoundError):

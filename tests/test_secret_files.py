@@ -22,7 +22,9 @@ from tests.conftest import PrivateRedis, run_cli, wait_for
 
 PASSWORD = "p@ss:w/rd %?#"  # every character a URL would otherwise misread
 FILE_VARIABLES = (
-    "FITSTREAM_REDIS_PASSWORD_FILE", "FITSTREAM_DATABASE_PASSWORD_FILE", "FITSTREAM_READER_DATABASE_PASSWORD_FILE",
+    "FITSTREAM_REDIS_PASSWORD_FILE",
+    "FITSTREAM_DATABASE_PASSWORD_FILE",
+    "FITSTREAM_READER_DATABASE_PASSWORD_FILE",
 )
 
 
@@ -42,22 +44,40 @@ def test_each_password_file_goes_into_the_url_it_belongs_to(tmp_path, monkeypatc
     monkeypatch.setenv("FITSTREAM_REDIS_URL", "redis://redis:6379/0")
     monkeypatch.setenv("FITSTREAM_REDIS_PASSWORD_FILE", str(secret_file(tmp_path, "redis", PASSWORD + "\n")))
     monkeypatch.setenv("FITSTREAM_DATABASE_URL", "postgresql+psycopg://fitstream@postgres:5432/fitstream")
-    monkeypatch.setenv("FITSTREAM_DATABASE_PASSWORD_FILE", str(secret_file(tmp_path, "app", "app-" + PASSWORD + "\r\n")))
-    monkeypatch.setenv("FITSTREAM_READER_DATABASE_PASSWORD_FILE", str(secret_file(tmp_path, "reader", "reader-" + PASSWORD)))
+    monkeypatch.setenv(
+        "FITSTREAM_DATABASE_PASSWORD_FILE", str(secret_file(tmp_path, "app", "app-" + PASSWORD + "\r\n"))
+    )
+    monkeypatch.setenv(
+        "FITSTREAM_READER_DATABASE_PASSWORD_FILE", str(secret_file(tmp_path, "reader", "reader-" + PASSWORD))
+    )
     settings = Settings()
 
-    assert redis.connection.parse_url(settings.redis_url) == {"host": "redis", "port": 6379, "db": 0, "password": PASSWORD}
+    assert redis.connection.parse_url(settings.redis_url) == {
+        "host": "redis",
+        "port": 6379,
+        "db": 0,
+        "password": PASSWORD,
+    }
     assert settings.celery_broker_url == settings.redis_url
     database = make_url(settings.database_url)
-    assert (database.username, database.password, database.host) == ("fitstream", "app-" + PASSWORD, "postgres")
+    assert (database.username, database.password, database.host) == (
+        "fitstream",
+        "app-" + PASSWORD,
+        "postgres",
+    )
     reader = make_url(settings.reader_database_url)
-    assert (reader.username, reader.password, reader.host) == ("fitstream_reader", "reader-" + PASSWORD, "postgres")
+    assert (reader.username, reader.password, reader.host) == (
+        "fitstream_reader",
+        "reader-" + PASSWORD,
+        "postgres",
+    )
     assert database.database == reader.database == "fitstream"
 
 
 def test_an_explicit_reader_url_and_an_acl_user_keep_their_user_names(tmp_path):
     settings = Settings(
-        redis_url="redis://fitstream@redis:6379/0", redis_password_file=secret_file(tmp_path, "redis", "r"),
+        redis_url="redis://fitstream@redis:6379/0",
+        redis_password_file=secret_file(tmp_path, "redis", "r"),
         database_url="postgresql+psycopg://fitstream@db/fitstream",
         reader_database_url="postgresql://analyst@replica:5433/fitstream?sslmode=verify-full",
         reader_database_password_file=secret_file(tmp_path, "reader", "s"),
@@ -69,12 +89,20 @@ def test_an_explicit_reader_url_and_an_acl_user_keep_their_user_names(tmp_path):
 
 def test_the_broker_gets_the_password_only_when_it_is_the_same_redis(tmp_path):
     password_file = secret_file(tmp_path, "redis", "pw")
-    same = Settings(redis_url="redis://redis:6379/0", broker_url="redis://redis/1", redis_password_file=password_file)
+    same = Settings(
+        redis_url="redis://redis:6379/0", broker_url="redis://redis/1", redis_password_file=password_file
+    )
     assert same.celery_broker_url == "redis://:pw@redis/1"
-    other = Settings(redis_url="redis://redis:6379/0", broker_url="redis://broker:6379/0", redis_password_file=password_file)
+    other = Settings(
+        redis_url="redis://redis:6379/0",
+        broker_url="redis://broker:6379/0",
+        redis_password_file=password_file,
+    )
     assert other.celery_broker_url == "redis://broker:6379/0"
     own = Settings(
-        redis_url="redis://redis:6379/0", broker_url="redis://:its-own@redis:6379/1", redis_password_file=password_file
+        redis_url="redis://redis:6379/0",
+        broker_url="redis://:its-own@redis:6379/1",
+        redis_password_file=password_file,
     )
     assert own.celery_broker_url == "redis://:its-own@redis:6379/1"
 
@@ -82,11 +110,16 @@ def test_the_broker_gets_the_password_only_when_it_is_the_same_redis(tmp_path):
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (None, "does not exist"), ("", "is empty"), ("\n", "is empty"), ("first\nsecond\n", "more than one line"),
+        (None, "does not exist"),
+        ("", "is empty"),
+        ("\n", "is empty"),
+        ("first\nsecond\n", "more than one line"),
         ("directory", "cannot read"),
     ],
 )
-def test_an_unusable_file_is_refused_naming_the_variable_not_the_password(tmp_path, monkeypatch, content, expected):
+def test_an_unusable_file_is_refused_naming_the_variable_not_the_password(
+    tmp_path, monkeypatch, content, expected
+):
     path = tmp_path / "redis_password"
     if content == "directory":
         path.mkdir()
@@ -110,11 +143,15 @@ def test_a_path_this_process_cannot_read_is_refused(tmp_path):
 
 def test_a_url_that_already_holds_a_password_is_refused(tmp_path):
     with pytest.raises(ConfigurationError, match="FITSTREAM_REDIS_URL already holds a password") as caught:
-        Settings(redis_url="redis://:in-the-url@redis:6379/0", redis_password_file=secret_file(tmp_path, "r", "in-the-file"))
+        Settings(
+            redis_url="redis://:in-the-url@redis:6379/0",
+            redis_password_file=secret_file(tmp_path, "r", "in-the-file"),
+        )
     assert "in-the-url" not in str(caught.value) and "in-the-file" not in str(caught.value)
     with pytest.raises(ConfigurationError, match="FITSTREAM_READER_DATABASE_URL already holds a password"):
         Settings(
-            database_url="postgresql+psycopg://fitstream@db/fitstream", reader_database_url="postgresql://r:x@db/fitstream",
+            database_url="postgresql+psycopg://fitstream@db/fitstream",
+            reader_database_url="postgresql://r:x@db/fitstream",
             reader_database_password_file=secret_file(tmp_path, "reader", "y"),
         )
 
@@ -122,13 +159,17 @@ def test_a_url_that_already_holds_a_password_is_refused(tmp_path):
 def test_a_sqlite_history_takes_no_password_file(tmp_path):
     expected = "FITSTREAM_DATABASE_PASSWORD_FILE is set, but FITSTREAM_DATABASE_URL is a SQLite file"
     with pytest.raises(ConfigurationError, match=expected):
-        Settings(database_url=f"sqlite:///{tmp_path / 'h.db'}", database_password_file=secret_file(tmp_path, "db", "pw"))
+        Settings(
+            database_url=f"sqlite:///{tmp_path / 'h.db'}",
+            database_password_file=secret_file(tmp_path, "db", "pw"),
+        )
 
 
 def test_passwords_stay_out_of_the_settings_repr(tmp_path):
     settings = Settings(
         redis_password_file=secret_file(tmp_path, "r", "redis-secret"),
-        database_url="postgresql+psycopg://fitstream@db/fitstream", database_password_file=secret_file(tmp_path, "d", "db-secret"),
+        database_url="postgresql+psycopg://fitstream@db/fitstream",
+        database_password_file=secret_file(tmp_path, "d", "db-secret"),
     )
     assert "redis-secret" in settings.redis_url and "db-secret" in settings.database_url
     assert "secret" not in repr(settings) and "secret" not in str(settings)
@@ -163,8 +204,21 @@ class PasswordRedis(PrivateRedis):
         if binary is None:
             pytest.fail("redis-server is not installed; ./dev test installs it")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--requirepass", self.password],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--requirepass",
+                self.password,
+            ],
             stdout=subprocess.DEVNULL,
         )
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)

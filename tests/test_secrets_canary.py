@@ -53,7 +53,9 @@ def sql_dump(database_url: str) -> str:
     try:
         with engine.connect() as conn:
             tables = sa.inspect(conn).get_table_names()
-            return "\n".join(repr(row) for table in tables for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')))
+            return "\n".join(
+                repr(row) for table in tables for row in conn.execute(sa.text(f'SELECT * FROM "{table}"'))
+            )
     finally:
         engine.dispose()
 
@@ -68,18 +70,39 @@ def test_no_secret_reaches_a_log_a_row_an_event_or_an_error(tmp_path, stream_nam
     home = tmp_path / "home"
     database_url = f"sqlite:///{tmp_path / 'history.db'}"
     rules = tmp_path / "alerts.yaml"
-    rules.write_text(yaml.safe_dump({
-        "channels": {
-            "team": {"type": "slack", "url_env": "SLACK_WEBHOOK_URL"},
-            "ops": {"type": "webhook", "url_env": "OPS_WEBHOOK_URL", "secret_env": "OPS_WEBHOOK_SECRET"},
-        },
-        "rules": [{"name": "lifecycle", "on": ["run_started", "run_finished", "model_promoted"], "channels": ["team", "ops"]}],
-    }))
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "channels": {
+                    "team": {"type": "slack", "url_env": "SLACK_WEBHOOK_URL"},
+                    "ops": {
+                        "type": "webhook",
+                        "url_env": "OPS_WEBHOOK_URL",
+                        "secret_env": "OPS_WEBHOOK_SECRET",
+                    },
+                },
+                "rules": [
+                    {
+                        "name": "lifecycle",
+                        "on": ["run_started", "run_finished", "model_promoted"],
+                        "channels": ["team", "ops"],
+                    }
+                ],
+            }
+        )
+    )
     slack_url = slack.url.replace("s3cr3t-token", WEBHOOK_TOKEN)
     env = {
-        **os.environ, "FITSTREAM_REDIS_URL": server.url, "FITSTREAM_DATABASE_URL": database_url, "FITSTREAM_HOME": str(home),
-        "FITSTREAM_STREAM": stream_name, "FITSTREAM_ALERT_RULES": str(rules), "SLACK_WEBHOOK_URL": slack_url,
-        "OPS_WEBHOOK_URL": f"{hook.url}?token={WEBHOOK_TOKEN}", "OPS_WEBHOOK_SECRET": HMAC_SECRET, "TF_CPP_MIN_LOG_LEVEL": "2",
+        **os.environ,
+        "FITSTREAM_REDIS_URL": server.url,
+        "FITSTREAM_DATABASE_URL": database_url,
+        "FITSTREAM_HOME": str(home),
+        "FITSTREAM_STREAM": stream_name,
+        "FITSTREAM_ALERT_RULES": str(rules),
+        "SLACK_WEBHOOK_URL": slack_url,
+        "OPS_WEBHOOK_URL": f"{hook.url}?token={WEBHOOK_TOKEN}",
+        "OPS_WEBHOOK_SECRET": HMAC_SECRET,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     slack.respond(500)  # the first delivery fails: its error text is logged and kept in SQL
     hook.respond(200, delay=12.0)  # the first signed POST times out
@@ -88,13 +111,28 @@ def test_no_secret_reaches_a_log_a_row_an_event_or_an_error(tmp_path, stream_nam
     try:
         run_cli("db", "upgrade", env_extra=fitstream_env)
         with open(alerter_log, "wb") as log:
-            alerter = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "consume", "alerter", "--name", "canary"],
-                                       env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            alerter = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli.main", "consume", "alerter", "--name", "canary"],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             try:
-                demo = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "demo"], capture_output=True, text=True,
-                                      env=env, cwd=REPO, timeout=420)
+                demo = subprocess.run(
+                    [sys.executable, "-m", "pipeline.cli.main", "demo"],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=REPO,
+                    timeout=420,
+                )
                 assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-                wait_for(lambda: len(slack.accepted) >= 3 and len(hook.accepted) >= 3, timeout=120, message="alerts delivered")
+                wait_for(
+                    lambda: len(slack.accepted) >= 3 and len(hook.accepted) >= 3,
+                    timeout=120,
+                    message="alerts delivered",
+                )
             finally:
                 alerter.send_signal(signal.SIGTERM)
                 alerter.wait(timeout=60)

@@ -24,7 +24,9 @@ class FlakyStream:
 
 def test_outage_spools_in_order_and_drains_when_back(tmp_path):
     stream = FlakyStream()
-    sender = EventSender(publish=stream.publish, spool_path=tmp_path / "s.jsonl", buffer_size=50, send_batch=10)
+    sender = EventSender(
+        publish=stream.publish, spool_path=tmp_path / "s.jsonl", buffer_size=50, send_batch=10
+    )
     sender.start()
     for n in range(100):
         sender.submit({"n": str(n)})

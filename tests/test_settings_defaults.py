@@ -34,7 +34,9 @@ def no_fitstream_env(monkeypatch, tmp_path):
 def test_every_setting_has_a_row_and_every_row_a_setting():
     documented = set(table()) - TEST_ONLY
     fields = {f"FITSTREAM_{name.upper()}" for name in Settings.model_fields}
-    assert documented == fields, f"undocumented: {sorted(fields - documented)}; not settings: {sorted(documented - fields)}"
+    assert documented == fields, (
+        f"undocumented: {sorted(fields - documented)}; not settings: {sorted(documented - fields)}"
+    )
 
 
 def test_the_defaults_the_table_shows_are_the_defaults(no_fitstream_env):
@@ -54,7 +56,9 @@ def test_the_defaults_the_table_shows_are_the_defaults(no_fitstream_env):
         elif literal is None:
             pytest.fail(f"{variable}: the table shows no default literal: {shown!r}")
         else:
-            expected = literal.group(1).replace("$PWD", str(cwd)).replace("$FITSTREAM_HOME", str(settings.home))
+            expected = (
+                literal.group(1).replace("$PWD", str(cwd)).replace("$FITSTREAM_HOME", str(settings.home))
+            )
             if variable == "FITSTREAM_MODEL_STORE":
                 assert settings.model_store_url == expected, variable
             elif isinstance(value, bool):

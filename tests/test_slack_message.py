@@ -36,7 +36,7 @@ SECTION = README.split("## Get Slack alerts", 1)[1].split("\n## ", 1)[0]
 
 def _fenced(text: str, language: str, after: str = "") -> str:
     """The first ```language block of ``text`` after the words ``after``."""
-    return re.search(rf"```{language}\n(.*?)```", text[text.index(after):], re.S).group(1)
+    return re.search(rf"```{language}\n(.*?)```", text[text.index(after) :], re.S).group(1)
 
 
 #: The Block Kit message the README shows for a threshold alert.
@@ -86,22 +86,34 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 # -- the message ----------------------------------------------------------------------------------
 
+
 @sqlite_only
 def test_a_firing_alert_posts_exactly_the_block_kit_message_the_readme_shows(settings, engine, slack):
     # val_loss above 0.5 at epochs 1 and 2: the README's rule (for_epochs: 2) fires at epoch 2 on 0.7.
     [message] = _sent_to_slack(settings, engine, slack, [0.4, 0.6, 0.7], count=1)
     footer = f"{RUN_ID[:12]}…"
-    assert footer in json.dumps(README_MESSAGE, ensure_ascii=False), "the README's footer shows the run id cut short"
+    assert footer in json.dumps(README_MESSAGE, ensure_ascii=False), (
+        "the README's footer shows the run id cut short"
+    )
     expected = json.loads(json.dumps(README_MESSAGE, ensure_ascii=False).replace(footer, RUN_ID))
     assert message == expected
     # Spelled out, so that a failure says which promise broke.
-    assert message["text"] == "🚨 val-loss-high FIRING — digits-mlp: val_loss = 0.7 is above 0.5 for 2 epochs  ▁▆█"
+    assert (
+        message["text"]
+        == "🚨 val-loss-high FIRING — digits-mlp: val_loss = 0.7 is above 0.5 for 2 epochs  ▁▆█"
+    )
     assert [b["type"] for b in message["blocks"]] == ["header", "section", "section", "context"]
     assert message["blocks"][0]["text"] == {"type": "plain_text", "text": "🚨 val-loss-high — firing"}
     assert _fields(message) == {
-        "Run": "digits-mlp (`3f2c0d1e4a5b`)", "Severity": "warning", "Value": "0.7 (threshold 0.5)", "Epoch": "2",
+        "Run": "digits-mlp (`3f2c0d1e4a5b`)",
+        "Severity": "warning",
+        "Value": "0.7 (threshold 0.5)",
+        "Epoch": "2",
     }
-    assert message["blocks"][2]["text"]["text"] == "val_loss = 0.7 is above 0.5 for 2 epochs\n`▁▆█` val_loss, epochs 0–2"
+    assert (
+        message["blocks"][2]["text"]["text"]
+        == "val_loss = 0.7 is above 0.5 for 2 epochs\n`▁▆█` val_loss, epochs 0–2"
+    )
     assert message["blocks"][3]["elements"][0]["text"] == f"`fitstream show {RUN_ID}`"
 
 
@@ -126,22 +138,56 @@ def test_the_resolved_message_says_resolved_with_the_value_that_cleared_it(setti
 
 
 @sqlite_only
-def test_a_lifecycle_alert_shows_the_runs_monitored_metric_even_when_its_epochs_came_in_earlier_batches(settings, engine, slack):
+def test_a_lifecycle_alert_shows_the_runs_monitored_metric_even_when_its_epochs_came_in_earlier_batches(
+    settings, engine, slack
+):
     stream = EventStream(settings=settings)
-    rules = {"channels": {"team-slack": README_RULES["channels"]["team-slack"]},
-             "rules": [{"name": "stopped", "on": ["early_stopped"], "channels": ["team-slack"]}]}
+    rules = {
+        "channels": {"team-slack": README_RULES["channels"]["team-slack"]},
+        "rules": [{"name": "stopped", "on": ["early_stopped"], "channels": ["team-slack"]}],
+    }
     values = [0.9, 0.5, 0.3, 0.35, 0.4]
     with AlerterThreads(settings, engine, rules, _environ(slack)):
-        stream.publish([ev.build(ev.RunStarted, run_id=RUN_ID, seq=0, name="digits-mlp", monitor="val_loss", mode="min")])
+        stream.publish(
+            [ev.build(ev.RunStarted, run_id=RUN_ID, seq=0, name="digits-mlp", monitor="val_loss", mode="min")]
+        )
         for epoch, value in enumerate(values):  # one batch each: the alerter must remember them
-            stream.publish([ev.build(ev.EpochEnd, run_id=RUN_ID, seq=epoch + 1, epoch=epoch, metrics={"val_loss": value, "loss": 0.1})])
-            wait_for(lambda e=epoch: _alert_run_epochs(engine) == e + 1, message=f"epoch {epoch} seen by the alerter")
-        stream.publish([ev.build(ev.EarlyStopped, run_id=RUN_ID, seq=6, stopped_epoch=4, best_epoch=2, best_value=0.3,
-                                 monitor="val_loss", mode="min")])
+            stream.publish(
+                [
+                    ev.build(
+                        ev.EpochEnd,
+                        run_id=RUN_ID,
+                        seq=epoch + 1,
+                        epoch=epoch,
+                        metrics={"val_loss": value, "loss": 0.1},
+                    )
+                ]
+            )
+            wait_for(
+                lambda e=epoch: _alert_run_epochs(engine) == e + 1,
+                message=f"epoch {epoch} seen by the alerter",
+            )
+        stream.publish(
+            [
+                ev.build(
+                    ev.EarlyStopped,
+                    run_id=RUN_ID,
+                    seq=6,
+                    stopped_epoch=4,
+                    best_epoch=2,
+                    best_value=0.3,
+                    monitor="val_loss",
+                    mode="min",
+                )
+            ]
+        )
         wait_for(lambda: len(slack.accepted) >= 1, message="the lifecycle alert")
     message = slack.accepted[0]["json"]
     curve = sparkline(values, width=20)
-    assert message["text"].endswith(f"  {curve}") and f"`{curve}` val_loss, epochs 0–4" in message["blocks"][2]["text"]["text"]
+    assert (
+        message["text"].endswith(f"  {curve}")
+        and f"`{curve}` val_loss, epochs 0–4" in message["blocks"][2]["text"]["text"]
+    )
 
 
 def _alert_run_epochs(engine) -> int:
@@ -152,6 +198,7 @@ def _alert_run_epochs(engine) -> int:
 
 # -- where a channel's URL comes from ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("channel", "named", "advice"),
     [
@@ -159,8 +206,11 @@ def _alert_run_epochs(engine) -> int:
         ({"type": "slack", "url_env": "SLACK_WEBHOOK_URL", "url": URL}, "url", ("url_env", "url_file")),
         ({"type": "slack", "url_env": URL}, "url_env", ("environment variable",)),
         ({"type": "slack", "url_file": URL}, "url_file", ("secrets file",)),
-        ({"type": "webhook", "url_env": "OPS_WEBHOOK_URL", "secret": "whsec-XXXXsecrettoken"}, "secret",
-         ("secret_env", "secret_file")),
+        (
+            {"type": "webhook", "url_env": "OPS_WEBHOOK_URL", "secret": "whsec-XXXXsecrettoken"},
+            "secret",
+            ("secret_env", "secret_file"),
+        ),
     ],
     ids=["url", "url-beside-url_env", "url-as-url_env", "url-as-url_file", "webhook-secret"],
 )
@@ -174,7 +224,9 @@ def test_a_rules_file_that_holds_a_url_or_secret_itself_is_refused_saying_what_t
     message = str(refused.value)
     assert f"channels.team-slack: {named}" in message
     assert all(word in message for word in advice), message
-    assert "XXXXsecrettoken" not in message and "hooks.slack.com" not in message, "the error quotes the secret"
+    assert "XXXXsecrettoken" not in message and "hooks.slack.com" not in message, (
+        "the error quotes the secret"
+    )
 
 
 def test_the_readmes_channels_read_their_urls_from_the_variable_or_the_file_they_name(tmp_path):
@@ -183,8 +235,11 @@ def test_the_readmes_channels_read_their_urls_from_the_variable_or_the_file_they
     secret_file.write_text("https://hooks.slack.com/services/T1/B1/oncall\n")
     assert rules["channels"]["oncall"].pop("url_file") == "/run/secrets/oncall_slack_webhook"
     rules["channels"]["oncall"]["url_file"] = str(secret_file)
-    environ = {"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T1/B1/team",
-               "OPS_WEBHOOK_URL": "https://ops.example/hook", "OPS_WEBHOOK_SECRET": "whsec-ops"}
+    environ = {
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T1/B1/team",
+        "OPS_WEBHOOK_URL": "https://ops.example/hook",
+        "OPS_WEBHOOK_SECRET": "whsec-ops",
+    }
     channels = build_channels(parse_rules(rules), environ)
     assert {name: (type(c).__name__, c._url) for name, c in channels.items()} == {
         "team-slack": ("SlackChannel", environ["SLACK_WEBHOOK_URL"]),
@@ -195,6 +250,7 @@ def test_the_readmes_channels_read_their_urls_from_the_variable_or_the_file_they
 
 
 # -- the defaults the README states -----------------------------------------------------------------
+
 
 def test_a_rule_without_severity_is_a_warning_and_only_info_warning_critical_are_accepted():
     # "Optional per rule: `severity` (info/warning/critical)"; the sample's rule sets none and shows warning.
@@ -218,18 +274,27 @@ def test_a_channel_without_rate_per_minute_sends_at_most_60_a_minute():
     rules = parse_rules({"channels": {k: v for k, v in README_RULES["channels"].items() if k != "oncall"}})
     assert all("rate_per_minute" not in README_RULES["channels"][name] for name in rules.channels)
     assert {name: c.rate_per_minute for name, c in rules.channels.items()} == {"team-slack": 60, "ops": 60}
-    channels = build_channels(rules, {"SLACK_WEBHOOK_URL": URL, "OPS_WEBHOOK_URL": URL, "OPS_WEBHOOK_SECRET": "s"})
+    channels = build_channels(
+        rules, {"SLACK_WEBHOOK_URL": URL, "OPS_WEBHOOK_URL": URL, "OPS_WEBHOOK_SECRET": "s"}
+    )
     # What the deliverer waits between two sends of a channel: 60 s / rate.
     intervals = {name: c._limit.interval for name, c in channels.items()}
     assert intervals == {"team-slack": 60 / documented, "ops": 60 / documented}
-    assert SlackChannel("a", url=URL)._limit.interval == WebhookChannel("b", url=URL)._limit.interval == 60 / documented
+    assert (
+        SlackChannel("a", url=URL)._limit.interval
+        == WebhookChannel("b", url=URL)._limit.interval
+        == 60 / documented
+    )
 
 
 # -- delivered_at ----------------------------------------------------------------------------------
 
+
 def _alert_rows(engine):
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT status, attempts, created_at, delivered_at, last_error FROM alerts")).all()
+        return conn.execute(
+            sa.text("SELECT status, attempts, created_at, delivered_at, last_error FROM alerts")
+        ).all()
 
 
 def _utc(value) -> datetime:
@@ -261,7 +326,9 @@ def test_delivered_at_is_set_when_the_alert_is_delivered_and_not_before(settings
 
     slack.answer_all(200)
     before = datetime.now(timezone.utc)
-    wait_for(lambda: deliverer.deliver_once() == 1, message="the retry delivered")  # after the deliverer's backoff
+    wait_for(
+        lambda: deliverer.deliver_once() == 1, message="the retry delivered"
+    )  # after the deliverer's backoff
     after = datetime.now(timezone.utc)
     [delivered] = _alert_rows(engine)
     assert (delivered.status, delivered.attempts, delivered.last_error) == ("delivered", 2, None)

@@ -38,11 +38,15 @@ class CountingReader(io.BytesIO):
 def test_copies_every_byte_once_and_hashes_what_it_wrote():
     payload = os.urandom(5 * 1024 + 17)
     reader, writer, seen = CountingReader(payload), io.BytesIO(), []
-    sha256, size = copy_hashing(reader, writer, chunk_bytes=1024, after_write=lambda offset, length: seen.append((offset, length)))
+    sha256, size = copy_hashing(
+        reader, writer, chunk_bytes=1024, after_write=lambda offset, length: seen.append((offset, length))
+    )
     assert writer.getvalue() == payload and size == len(payload)
     assert sha256 == hashlib.sha256(payload).hexdigest()
     assert reader.reads == 7  # six chunks and the empty read at the end: nothing read twice
-    assert [offset for offset, _ in seen] == [0, 1024, 2048, 3072, 4096, 5120] and sum(n for _, n in seen) == len(payload)
+    assert [offset for offset, _ in seen] == [0, 1024, 2048, 3072, 4096, 5120] and sum(
+        n for _, n in seen
+    ) == len(payload)
 
 
 def test_an_empty_file_copies_to_an_empty_file():
@@ -91,5 +95,7 @@ def test_an_error_while_hashing_stops_every_thread(monkeypatch):
     monkeypatch.setattr(copying.hashlib, "sha256", ExplodingDigest)
     before = threading.active_count()
     with pytest.raises(KeyboardInterrupt):
-        copy_hashing(io.BytesIO(os.urandom(64 * 1024)), io.BytesIO(), chunk_bytes=1000)  # 65 chunks > queue depth
+        copy_hashing(
+            io.BytesIO(os.urandom(64 * 1024)), io.BytesIO(), chunk_bytes=1000
+        )  # 65 chunks > queue depth
     assert threading.active_count() == before

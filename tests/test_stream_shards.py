@@ -39,7 +39,9 @@ def sharded(settings: Settings) -> Settings:
 def _entries_by_shard(stream: EventStream) -> dict[int, list[tuple[str, ev.Event]]]:
     out = {}
     for shard in stream.all_shards():
-        out[shard.shard] = [(mid.decode(), ev.decode(fields)) for mid, fields in shard.client.xrange(shard.stream)]
+        out[shard.shard] = [
+            (mid.decode(), ev.decode(fields)) for mid, fields in shard.client.xrange(shard.stream)
+        ]
     return out
 
 
@@ -102,7 +104,11 @@ def test_one_process_consumes_every_shard_and_status_reports_lag_per_shard(shard
     stream = EventStream(settings=sharded)
     items = epoch_events(run_count=20, epochs=6)
     stream.publish(items)
-    env = {**settings_env(sharded), "FITSTREAM_STREAM_SHARDS": str(SHARDS), "FITSTREAM_CONSUMER_BLOCK_MS": "100"}
+    env = {
+        **settings_env(sharded),
+        "FITSTREAM_STREAM_SHARDS": str(SHARDS),
+        "FITSTREAM_CONSUMER_BLOCK_MS": "100",
+    }
     before = json.loads(run_cli("status", "--json", env_extra=env).stdout)
     assert before["stream"] == {"name": sharded.stream, "length": len(items), "shards": SHARDS}
     assert [s["stream"] for s in before["shards"]] == [f"{{{sharded.stream}:{i}}}" for i in range(SHARDS)]
@@ -126,13 +132,34 @@ def test_consumers_split_by_shard_and_a_sigkilled_one_loses_nothing(sharded, eng
     """Two recorder processes, shards 0-1 and 2-3. The second is SIGKILLed mid-stream with batches
     pending; its replacement (another name) reclaims them. Every event is recorded exactly once."""
     stream = EventStream(settings=sharded)
-    env = {**os.environ, **settings_env(sharded), "FITSTREAM_STREAM_SHARDS": str(SHARDS), "FITSTREAM_CONSUMER_BLOCK_MS": "100"}
+    env = {
+        **os.environ,
+        **settings_env(sharded),
+        "FITSTREAM_STREAM_SHARDS": str(SHARDS),
+        "FITSTREAM_CONSUMER_BLOCK_MS": "100",
+    }
 
     def start(name: str, *shards: int) -> subprocess.Popen:
         args = [arg for s in shards for arg in ("--shard", str(s))]
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli.main", "consume", "recorder", "--name", name, "--batch-size", "50",
-             "--claim-idle-ms", "1000", *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli.main",
+                "consume",
+                "recorder",
+                "--name",
+                name,
+                "--batch-size",
+                "50",
+                "--claim-idle-ms",
+                "1000",
+                *args,
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     first, second = start("rec-a", 0, 1), start("rec-b", 2, 3)
@@ -146,7 +173,11 @@ def test_consumers_split_by_shard_and_a_sigkilled_one_loses_nothing(sharded, eng
         stream.publish(items[half:])
         replacement = start("rec-c", 2, 3)
         try:
-            wait_for(lambda: _count(engine, RECORDED_EVENT_COUNT) == len(items), timeout=90, message="every event recorded")
+            wait_for(
+                lambda: _count(engine, RECORDED_EVENT_COUNT) == len(items),
+                timeout=90,
+                message="every event recorded",
+            )
         finally:
             replacement.send_signal(signal.SIGTERM)
             replacement.wait(timeout=30)
@@ -156,7 +187,9 @@ def test_consumers_split_by_shard_and_a_sigkilled_one_loses_nothing(sharded, eng
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
     with engine.connect() as conn:
-        per_run = dict(conn.execute(sa.text("SELECT run_id, count(*) FROM epoch_metrics GROUP BY run_id")).all())
+        per_run = dict(
+            conn.execute(sa.text("SELECT run_id, count(*) FROM epoch_metrics GROUP BY run_id")).all()
+        )
     assert len(per_run) == 60 and set(per_run.values()) == {20 * 8}
     for shard in stream.all_shards():
         assert int(shard.client.xpending(shard.stream, "recorder")["pending"]) == 0
@@ -177,7 +210,14 @@ def test_dead_letters_name_their_shard_and_replay_onto_it(sharded, engine):
     (new_id,) = replay(stream, [letter.id])
     assert shard.client.xrange(shard.stream, new_id, new_id)
     assert list_dead_letters(stream) == []
-    assert run_cli("dead-letters", "list", env_extra={**settings_env(sharded), "FITSTREAM_STREAM_SHARDS": str(SHARDS)}).returncode == 0
+    assert (
+        run_cli(
+            "dead-letters",
+            "list",
+            env_extra={**settings_env(sharded), "FITSTREAM_STREAM_SHARDS": str(SHARDS)},
+        ).returncode
+        == 0
+    )
 
 
 def test_following_a_run_reads_its_shard(sharded):
@@ -196,7 +236,9 @@ def test_a_cluster_url_needs_a_plain_redis_broker():
     settings = Settings(redis_url="redis+cluster://127.0.0.1:7000")
     with pytest.raises(ConfigurationError, match="FITSTREAM_BROKER_URL"):
         settings.celery_broker_url  # noqa: B018
-    assert Settings(redis_url="redis+cluster://127.0.0.1:7000", broker_url="redis://127.0.0.1:6379/0").celery_broker_url.startswith("redis://")
+    assert Settings(
+        redis_url="redis+cluster://127.0.0.1:7000", broker_url="redis://127.0.0.1:6379/0"
+    ).celery_broker_url.startswith("redis://")
     with pytest.raises(ValueError, match="redis\\+cluster://"):
         Settings(redis_url="http://127.0.0.1:7000")
 

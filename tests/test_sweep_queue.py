@@ -15,8 +15,10 @@ from pipeline.job_store import JobStore
 from pipeline.sweeps import parse_sweep_text
 from workers.submit import cancel_job, release_open_sweeps, release_trials, submit_sweep
 
-SWEEP = ("name: q\nmodel: examples.digits:build_model\ndata: examples.digits:load_data\n"
-         "sweep:\n  grid: {model.kwargs.hidden: [8, 16, 32]}\n  max_parallel: 1\n")
+SWEEP = (
+    "name: q\nmodel: examples.digits:build_model\ndata: examples.digits:load_data\n"
+    "sweep:\n  grid: {model.kwargs.hidden: [8, 16, 32]}\n  max_parallel: 1\n"
+)
 
 
 def _once(database_url: str) -> None:
@@ -44,20 +46,26 @@ def test_an_interrupted_release_is_finished_by_the_next_worker_to_start(settings
     store = JobStore(redis.Redis.from_url(settings.redis_url))
     broker = redis.Redis.from_url(settings.celery_broker_url)
     first, second, third = submitted.run_ids
-    assert [store.state(r) for r in submitted.run_ids] == ["queued", "waiting", "waiting"] and broker.llen(queue_name) == 1
+    assert [store.state(r) for r in submitted.run_ids] == ["queued", "waiting", "waiting"] and broker.llen(
+        queue_name
+    ) == 1
     assert submitted.sweep_id in store.open_sweeps()
     # The first trial ended, but its process died before it could release the next (no release call).
     broker.delete(queue_name)
     store.set_state(first, "finished")
     assert release_open_sweeps(settings=settings) == 1  # what a starting worker does
-    assert [store.state(r) for r in submitted.run_ids] == ["finished", "queued", "waiting"] and broker.llen(queue_name) == 1
+    assert [store.state(r) for r in submitted.run_ids] == ["finished", "queued", "waiting"] and broker.llen(
+        queue_name
+    ) == 1
     assert release_open_sweeps(settings=settings) == 0  # the sweep is full: nothing more, nothing twice
     store.set_state(second, "finished")
     assert release_trials(submitted.sweep_id, settings=settings) == 1 and store.state(third) == "queued"
     assert submitted.sweep_id not in store.open_sweeps()  # nothing waits any more
 
 
-def test_cancelling_a_sweep_skips_a_trial_that_ended_meanwhile(settings, queue_name, database_url, monkeypatch):
+def test_cancelling_a_sweep_skips_a_trial_that_ended_meanwhile(
+    settings, queue_name, database_url, monkeypatch
+):
     _once(database_url)
     submitted = _sweep(settings, queue_name)
     store = JobStore(redis.Redis.from_url(settings.redis_url))
@@ -85,16 +93,22 @@ def test_a_run_stopped_while_it_trained_and_then_killed_still_ends_with_its_stat
     from pipeline.training import run_job
 
     store = JobStore(redis.Redis.from_url(settings.redis_url))
-    stopped, never = uuid.uuid4().hex, uuid.uuid4().hex  # fresh ids: attempt counters live in the shared Redis
+    stopped, never = (
+        uuid.uuid4().hex,
+        uuid.uuid4().hex,
+    )  # fresh ids: attempt counters live in the shared Redis
     spec = load_spec_text("name: p\nmodel: examples.digits:build_model\ndata: examples.digits:load_data\n")
     store.save(stopped, spec)
     store.set_state(stopped, "running")  # attempt 1 trained, then its process was killed…
     store.next_attempt(stopped)
-    store.request_cancel(stopped, status="pruned", reason="pruned: behind the median")  # …after the pruner asked
+    store.request_cancel(
+        stopped, status="pruned", reason="pruned: behind the median"
+    )  # …after the pruner asked
     assert run_job(stopped, settings=settings) == "pruned"
     events = [ev.decode(f) for _i, f in redis.Redis.from_url(settings.redis_url).xrange(settings.stream)]
     assert [(e.type, e.status, e.reason, e.seq) for e in events] == [
-        ("run_finished", "pruned", "pruned: behind the median", ev.attempt_first_seq(2))]
+        ("run_finished", "pruned", "pruned: behind the median", ev.attempt_first_seq(2))
+    ]
     assert store.state(stopped) == "finished"
     # A cancel asked before it ever started: `fitstream cancel` announced it; the delivery adds nothing.
     store.save(never, spec)

@@ -15,12 +15,16 @@ pytestmark = pytest.mark.slow
 def read_logs(directory):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(directory), size_guidance={"histograms": 0, "scalars": 0, "tensors": 0})
+    accumulator = EventAccumulator(
+        str(directory), size_guidance={"histograms": 0, "scalars": 0, "tensors": 0}
+    )
     accumulator.Reload()
     return accumulator
 
 
-def test_a_queued_job_writes_tensorboard_logs_with_histograms(settings, engine, job_env, queue_name, start_worker, tmp_path, database_url):
+def test_a_queued_job_writes_tensorboard_logs_with_histograms(
+    settings, engine, job_env, queue_name, start_worker, tmp_path, database_url
+):
     if database_url.startswith("postgresql"):
         pytest.skip("TensorBoard's files do not depend on the database; checked once, on SQLite")
     spec = tmp_path / "tb.yaml"
@@ -31,12 +35,27 @@ def test_a_queued_job_writes_tensorboard_logs_with_histograms(settings, engine, 
     )
     start_worker()
     with RecorderThread(settings, engine):
-        done = json.loads(run_cli("submit", str(spec), "--queue", queue_name, "--json", "--wait", "--timeout", "180",
-                                  env_extra=job_env).stdout)
+        done = json.loads(
+            run_cli(
+                "submit",
+                str(spec),
+                "--queue",
+                queue_name,
+                "--json",
+                "--wait",
+                "--timeout",
+                "180",
+                env_extra=job_env,
+            ).stdout
+        )
     assert done["status"] == "completed"
     logs = settings.home / "runs" / done["run_id"] / "tensorboard"
     train = read_logs(logs / "train")
-    scalars = {tag: [event.step for event in train.Tensors(tag)] for tag in train.Tags()["tensors"] if tag.startswith("epoch_")}
+    scalars = {
+        tag: [event.step for event in train.Tensors(tag)]
+        for tag in train.Tags()["tensors"]
+        if tag.startswith("epoch_")
+    }
     assert scalars["epoch_loss"] == [0, 1, 2]
     histograms = [tag for tag in train.Tags()["tensors"] if "kernel" in tag or "bias" in tag]
     assert histograms, train.Tags()  # histogram_freq: 1 wrote the weights' histograms
@@ -51,9 +70,13 @@ def test_tensorboard_settings_are_keras_own_and_checked_at_submit(tmp_path):
     base = "name: tb\nmodel: examples.digits:build_model\ndata: examples.digits:load_data\n"
     assert load_spec_text(base + "tensorboard: true\n").tensorboard.histogram_freq == 0
     assert load_spec_text(base + "tensorboard: false\n").tensorboard is None
-    custom = load_spec_text(base + "tensorboard: {histogram_freq: 2, profile_batch: [2, 4], update_freq: 50}\n").tensorboard
+    custom = load_spec_text(
+        base + "tensorboard: {histogram_freq: 2, profile_batch: [2, 4], update_freq: 50}\n"
+    ).tensorboard
     assert (custom.histogram_freq, custom.profile_batch, custom.update_freq) == (2, [2, 4], 50)
-    with pytest.raises(JobSpecError, match="tensorboard.histogram_frq: unknown key; did you mean 'histogram_freq'"):
+    with pytest.raises(
+        JobSpecError, match="tensorboard.histogram_frq: unknown key; did you mean 'histogram_freq'"
+    ):
         load_spec_text(base + "tensorboard: {histogram_frq: 1}\n")
     with pytest.raises(JobSpecError, match="tensorboard.update_freq"):
         load_spec_text(base + "tensorboard: {update_freq: sometimes}\n")

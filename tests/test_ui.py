@@ -20,7 +20,9 @@ def _sse(url: str, *, headers: dict[str, str] | None = None, count: int) -> list
     """The first ``count`` messages (id, event, data) of an event stream."""
     out: list[tuple[str, str, dict]] = []
     with requests.get(url, headers=headers or {}, stream=True, timeout=20) as response:
-        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        assert response.status_code == 200 and response.headers["content-type"].startswith(
+            "text/event-stream"
+        )
         message: dict[str, str] = {}
         for line in response.iter_lines(decode_unicode=True):
             if line == "" and "data" in message:
@@ -48,11 +50,27 @@ def test_the_api_answers_in_the_contracts_shapes(settings, ui):
     for n, loss in enumerate([0.9, 0.6, 0.5]):
         epoch(stream, RUN, n, loss)
     finish(stream, RUN, 4, 3, (2, 0.5))
-    wait_for(lambda: requests.get(ui.url + "/api/runs", timeout=5).json()[:1] and
-             requests.get(ui.url + "/api/runs", timeout=5).json()[0]["status"] == "completed", message="run recorded")
+    wait_for(
+        lambda: (
+            requests.get(ui.url + "/api/runs", timeout=5).json()[:1]
+            and requests.get(ui.url + "/api/runs", timeout=5).json()[0]["status"] == "completed"
+        ),
+        message="run recorded",
+    )
     (row,) = requests.get(ui.url + "/api/runs", timeout=5).json()
-    assert {"run_id", "name", "status", "epochs_completed", "monitor", "mode", "best_value", "best_epoch", "started_at",
-            "finished_at", "sweep_id"} <= set(row)
+    assert {
+        "run_id",
+        "name",
+        "status",
+        "epochs_completed",
+        "monitor",
+        "mode",
+        "best_value",
+        "best_epoch",
+        "started_at",
+        "finished_at",
+        "sweep_id",
+    } <= set(row)
     assert (row["run_id"], row["epochs_completed"], row["best_value"], row["best_epoch"]) == (RUN, 3, 0.5, 2)
     metrics = requests.get(ui.url + f"/api/runs/{RUN[:6]}/metrics", timeout=5)
     assert metrics.json()["val_loss"] == [[0, 0.9], [1, 0.6], [2, 0.5]]
@@ -74,7 +92,12 @@ def test_the_event_stream_resumes_after_the_last_event_id_with_nothing_missed_or
     start_run(stream, other, name="other")  # not this run's: never sent on this run's stream
     sent = [epoch(stream, RUN, n, 1.0 / (n + 1)) for n in range(3)]
     first = _sse(ui.url + f"/api/runs/{RUN}/events?after=0-0", count=4)
-    assert [(kind, data.get("epoch")) for _id, kind, data in first] == [("run_started", None), ("epoch_end", 0), ("epoch_end", 1), ("epoch_end", 2)]
+    assert [(kind, data.get("epoch")) for _id, kind, data in first] == [
+        ("run_started", None),
+        ("epoch_end", 0),
+        ("epoch_end", 1),
+        ("epoch_end", 2),
+    ]
     assert all(data["run_id"] == RUN for _id, _kind, data in first)
     # The connection drops after epoch 1; meanwhile epochs 3 and 4 are published; the browser
     # reconnects with Last-Event-ID = the last id it saw.
@@ -88,20 +111,51 @@ def test_the_event_stream_resumes_after_the_last_event_id_with_nothing_missed_or
 
 
 @sqlite_only
-def test_a_token_is_needed_on_every_route_but_healthz_and_for_any_address_but_loopback(settings, engine, tmp_path):
-    refused = run_cli("ui", "--host", "0.0.0.0", "--port", "0", env_extra={**settings_env(settings), "FITSTREAM_UI_TOKEN": ""}, check=False)
+def test_a_token_is_needed_on_every_route_but_healthz_and_for_any_address_but_loopback(
+    settings, engine, tmp_path
+):
+    refused = run_cli(
+        "ui",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        env_extra={**settings_env(settings), "FITSTREAM_UI_TOKEN": ""},
+        check=False,
+    )
     assert refused.returncode == 1 and "--token" in refused.stderr and "FITSTREAM_UI_TOKEN" in refused.stderr
     server = UiServer({**settings_env(settings), "FITSTREAM_UI_TOKEN": "s3cret-token"}, tmp_path / "ui.log")
     try:
-        routes = ["/", f"/runs/{RUN}", "/compare?runs=x", "/models", "/api/runs", f"/api/runs/{RUN}/metrics",
-                  f"/api/runs/{RUN}/events", "/api/models", "/static/app.js"]
+        routes = [
+            "/",
+            f"/runs/{RUN}",
+            "/compare?runs=x",
+            "/models",
+            "/api/runs",
+            f"/api/runs/{RUN}/metrics",
+            f"/api/runs/{RUN}/events",
+            "/api/models",
+            "/static/app.js",
+        ]
         for route in routes:
             assert requests.get(server.url + route, timeout=5).status_code == 401, route
-            assert requests.get(server.url + route, headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 401, route
+            assert (
+                requests.get(
+                    server.url + route, headers={"Authorization": "Bearer wrong"}, timeout=5
+                ).status_code
+                == 401
+            ), route
         assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
-        assert requests.get(server.url + "/api/runs", headers={"Authorization": "Bearer s3cret-token"}, timeout=5).status_code == 200
+        assert (
+            requests.get(
+                server.url + "/api/runs", headers={"Authorization": "Bearer s3cret-token"}, timeout=5
+            ).status_code
+            == 200
+        )
         assert requests.get(server.url + "/api/runs?token=s3cret-token", timeout=5).status_code == 200
-        with requests.get(server.url + f"/api/runs/{RUN}/events?token=s3cret-token&after=0-0", stream=True, timeout=5) as live:
+        with requests.get(
+            server.url + f"/api/runs/{RUN}/events?token=s3cret-token&after=0-0", stream=True, timeout=5
+        ) as live:
             assert live.status_code == 200
     finally:
         server.stop()

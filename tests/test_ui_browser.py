@@ -17,8 +17,15 @@ from tests.ui_helpers import UiServer, epoch, finish, start_run
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 A, B = "a7" * 16, "b8" * 16
 README_SCREENSHOT = REPO / "docs" / "run-page.png"
 
@@ -62,7 +69,12 @@ def test_runs_page_run_page_live_points_reconnect_and_compare_in_chromium(settin
             epoch(stream, run_id, n, loss)
     finish(stream, B, 5, 4, (3, 0.35))
     wait_for(lambda: len(requests.get(ui.url + "/api/runs", timeout=5).json()) == 2, message="runs recorded")
-    wait_for(lambda: len(requests.get(ui.url + f"/api/runs/{A}/metrics", timeout=5).json().get("val_loss", [])) == 3, message="epochs recorded")
+    wait_for(
+        lambda: (
+            len(requests.get(ui.url + f"/api/runs/{A}/metrics", timeout=5).json().get("val_loss", [])) == 3
+        ),
+        message="epochs recorded",
+    )
     errors: list[str] = []
     page = _page(browser, errors)
 
@@ -80,7 +92,9 @@ def test_runs_page_run_page_live_points_reconnect_and_compare_in_chromium(settin
     wait_for(lambda: _points(page, "loss") == 6, timeout=10, message="history drawn")
     published = time.monotonic()
     epoch(stream, A, 3, 0.42)
-    page.wait_for_function("document.querySelector('.chart[data-family=\"loss\"]').dataset.points === '8'", timeout=2_000)
+    page.wait_for_function(
+        "document.querySelector('.chart[data-family=\"loss\"]').dataset.points === '8'", timeout=2_000
+    )
     assert time.monotonic() - published < 2.0
 
     # Cut the connection: the server goes away while the page stays open; epochs 4 and 5 are published
@@ -93,9 +107,13 @@ def test_runs_page_run_page_live_points_reconnect_and_compare_in_chromium(settin
     epoch(stream, A, 5, 0.43)
     back = UiServer(settings_env(settings), tmp_path / "ui.log", port=ui.port)
     try:
-        page.wait_for_function("document.querySelector('.chart[data-family=\"loss\"]').dataset.points === '12'", timeout=15_000)
+        page.wait_for_function(
+            "document.querySelector('.chart[data-family=\"loss\"]').dataset.points === '12'", timeout=15_000
+        )
         epoch(stream, A, 6, 0.44)
-        page.wait_for_function("document.querySelector('.chart[data-family=\"loss\"]').dataset.points === '14'", timeout=5_000)
+        page.wait_for_function(
+            "document.querySelector('.chart[data-family=\"loss\"]').dataset.points === '14'", timeout=5_000
+        )
         received = page.evaluate("window.fitstreamReceived")
         ids = [r[0] for r in received]
         assert len(ids) == len(set(ids)), "an event was delivered twice"
@@ -105,10 +123,16 @@ def test_runs_page_run_page_live_points_reconnect_and_compare_in_chromium(settin
     finally:
         back.stop()
     # While the server was away, only its absence: the stream it cut, the connections it refused.
-    outage = [e for e in errors if "net::ERR_CONNECTION_REFUSED" not in e and "net::ERR_INCOMPLETE_CHUNKED_ENCODING" not in e]
+    outage = [
+        e
+        for e in errors
+        if "net::ERR_CONNECTION_REFUSED" not in e and "net::ERR_INCOMPLETE_CHUNKED_ENCODING" not in e
+    ]
     assert outage == [], outage
     errors.clear()
-    if os.environ.get("FITSTREAM_UPDATE_SCREENSHOTS"):  # the README's picture: FITSTREAM_UPDATE_SCREENSHOTS=1 ./dev test -k browser
+    if os.environ.get(
+        "FITSTREAM_UPDATE_SCREENSHOTS"
+    ):  # the README's picture: FITSTREAM_UPDATE_SCREENSHOTS=1 ./dev test -k browser
         shutil.copyfile(tmp_path / "run-page.png", README_SCREENSHOT)
 
 

@@ -22,8 +22,25 @@ pytestmark = pytest.mark.slow
 
 def celery_inspect(env: dict[str, str], destination: str, *command: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "inspect", *command, "-d", destination, "--json", "--timeout", "10"],
-        capture_output=True, text=True, env={**os.environ, **env}, cwd=REPO, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "inspect",
+            *command,
+            "-d",
+            destination,
+            "--json",
+            "--timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)[destination]
@@ -40,20 +57,52 @@ def children(pid: int) -> list[int]:
 
 
 def test_the_running_worker_says_how_it_is_configured_and_keeps_tensorflow_out_of_its_parent(
-        settings, engine, job_env, queue_name, start_worker, tmp_path, database_url):
+    settings, engine, job_env, queue_name, start_worker, tmp_path, database_url
+):
     if database_url.startswith("postgresql"):
         pytest.skip("the worker's configuration does not depend on the database; checked once, on SQLite")
     worker = start_worker("w1")
     destination = "w1@test"
-    wait_for(lambda: "w1@test" in (subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "inspect", "ping", "-d", destination, "--timeout", "5"],
-        capture_output=True, text=True, env={**os.environ, **job_env}, cwd=REPO).stdout), timeout=90, message="the worker answers")
+    wait_for(
+        lambda: (
+            "w1@test"
+            in (
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "workers.celery_app",
+                        "inspect",
+                        "ping",
+                        "-d",
+                        destination,
+                        "--timeout",
+                        "5",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, **job_env},
+                    cwd=REPO,
+                ).stdout
+            )
+        ),
+        timeout=90,
+        message="the worker answers",
+    )
     conf = celery_inspect(job_env, destination, "conf")
     assert conf["task_acks_late"] is True and conf["task_reject_on_worker_lost"] is True
     assert conf["worker_prefetch_multiplier"] == 1 and conf["worker_max_tasks_per_child"] == 1
-    assert conf["worker_concurrency"] == 2 and conf["worker_disable_prefetch"] is True  # the one training + a warm spare
+    assert (
+        conf["worker_concurrency"] == 2 and conf["worker_disable_prefetch"] is True
+    )  # the one training + a warm spare
     assert conf["worker_pool"] == "workers.pool:OneJobPerChildPool"
-    assert conf["task_serializer"] == "json" and conf["accept_content"] == ["json"] and conf["result_serializer"] == "json"
+    assert (
+        conf["task_serializer"] == "json"
+        and conf["accept_content"] == ["json"]
+        and conf["result_serializer"] == "json"
+    )
     stats = celery_inspect(job_env, destination, "stats")
     # Two children, one task reserved at a time (prefetch 1 although the pool has two processes).
     assert stats["pool"]["max-concurrency"] == 2 and stats["prefetch_count"] == 1
@@ -64,33 +113,56 @@ def test_the_running_worker_says_how_it_is_configured_and_keeps_tensorflow_out_o
     assert done["status"] == "completed"
     assert not tensorflow_mapped(parent), "TensorFlow was imported in the worker's parent process"
     # The job ran in a child that has since been replaced (one child per job): TensorFlow lives there.
-    wait_for(lambda: any(tensorflow_mapped(child) for child in children(parent)), timeout=60, message="a warm child with TensorFlow")
+    wait_for(
+        lambda: any(tensorflow_mapped(child) for child in children(parent)),
+        timeout=60,
+        message="a warm child with TensorFlow",
+    )
     after = celery_inspect(job_env, destination, "stats")
     assert after["pid"] == parent and after["total"].get("fitstream.train") == 1
 
 
-def test_a_module_outside_the_workers_allowed_list_is_refused_by_the_worker(settings, engine, job_env, queue_name,
-                                                                            start_worker, tmp_path, database_url):
+def test_a_module_outside_the_workers_allowed_list_is_refused_by_the_worker(
+    settings, engine, job_env, queue_name, start_worker, tmp_path, database_url
+):
     if database_url.startswith("postgresql"):
         pytest.skip("the refusal does not depend on the database; checked once, on SQLite")
     from tests.conftest import RecorderThread, run_cli
 
-    start_worker("w1", FITSTREAM_ALLOWED_MODULES="examples")  # the submitter allows tests.*, the worker does not
+    start_worker(
+        "w1", FITSTREAM_ALLOWED_MODULES="examples"
+    )  # the submitter allows tests.*, the worker does not
     with RecorderThread(settings, engine):
-        done = run_cli("submit", _spec(tmp_path, "not-allowed", epochs=1), "--queue", queue_name, "--json", "--wait",
-                       "--timeout", "180", env_extra=job_env, check=False)
+        done = run_cli(
+            "submit",
+            _spec(tmp_path, "not-allowed", epochs=1),
+            "--queue",
+            queue_name,
+            "--json",
+            "--wait",
+            "--timeout",
+            "180",
+            env_extra=job_env,
+            check=False,
+        )
         assert done.returncode == 1, done.stderr  # --wait exits 1 for a run that failed
         result = json.loads(done.stdout)
-        run = wait_for(lambda: (r := _run_row(engine, result["run_id"])) is not None and r["status"] == "failed" and r,
-                       timeout=60, message="the refused run recorded")
+        run = wait_for(
+            lambda: (r := _run_row(engine, result["run_id"])) is not None and r["status"] == "failed" and r,
+            timeout=60,
+            message="the refused run recorded",
+        )
     assert result["status"] == "failed"
     assert run["error_type"] == "JobSpecError", run
-    assert "tests.job_fixtures" in run["error_message"] and "FITSTREAM_ALLOWED_MODULES" in run["error_message"]
+    assert (
+        "tests.job_fixtures" in run["error_message"] and "FITSTREAM_ALLOWED_MODULES" in run["error_message"]
+    )
     assert run["epochs_completed"] == 0
 
 
 def test_back_to_back_jobs_run_one_at_a_time_the_next_in_the_warm_spare(
-        settings, engine, job_env, queue_name, start_worker, tmp_path, database_url):
+    settings, engine, job_env, queue_name, start_worker, tmp_path, database_url
+):
     if database_url.startswith("postgresql"):
         pytest.skip("the worker's process model does not depend on the database; checked once, on SQLite")
     from tests.test_workers import _stream_events
@@ -98,8 +170,11 @@ def test_back_to_back_jobs_run_one_at_a_time_the_next_in_the_warm_spare(
     worker = start_worker("w2")
     parent = worker.proc.pid  # `fitstream worker` runs Celery's main process in-process
     # Both children of a fresh worker import TensorFlow while it is idle.
-    wait_for(lambda: len([c for c in children(parent) if tensorflow_mapped(c)]) >= 2, timeout=120,
-             message="two warm children")
+    wait_for(
+        lambda: len([c for c in children(parent) if tensorflow_mapped(c)]) >= 2,
+        timeout=120,
+        message="two warm children",
+    )
     first = _submit(_spec(tmp_path, "first", epochs=3, slow=0.05), queue_name, job_env)
     second = _submit(_spec(tmp_path, "second", epochs=1), queue_name, job_env)
 
@@ -120,5 +195,7 @@ def test_back_to_back_jobs_run_one_at_a_time_the_next_in_the_warm_spare(
     first_finished, second_started = finished(first["run_id"]), started(second["run_id"])
     assert first_finished.status == "completed" and finished(second["run_id"]).status == "completed"
     assert second_started.ts >= first_finished.ts  # one job at a time
-    assert second_started.pid in warm_while_first_ran  # it ran in a child that was warm before the first ended
+    assert (
+        second_started.pid in warm_while_first_ran
+    )  # it ran in a child that was warm before the first ended
     assert second_started.pid != first_started.pid  # a fresh process per job

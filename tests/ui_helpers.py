@@ -21,7 +21,10 @@ class UiServer:
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli.main", "ui", "--port", str(self.port), *args],
-            env={**os.environ, **env}, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_for(self._up, timeout=30, message="fitstream ui to answer")
 
@@ -42,16 +45,37 @@ class UiServer:
 
 
 def start_run(stream: EventStream, run_id: str, name: str = "digits-mlp") -> None:
-    stream.publish([ev.build(ev.RunStarted, run_id=run_id, seq=0, name=name, monitor="val_loss", mode="min", epochs=50)])
+    stream.publish(
+        [ev.build(ev.RunStarted, run_id=run_id, seq=0, name=name, monitor="val_loss", mode="min", epochs=50)]
+    )
 
 
 def epoch(stream: EventStream, run_id: str, n: int, loss: float) -> ev.Event:
-    event = ev.build(ev.EpochEnd, run_id=run_id, seq=n + 1, epoch=n, learning_rate=1e-3,
-                     metrics={"loss": loss * 0.9, "val_loss": loss, "accuracy": 1 - loss * 0.8, "val_accuracy": 1 - loss})
+    event = ev.build(
+        ev.EpochEnd,
+        run_id=run_id,
+        seq=n + 1,
+        epoch=n,
+        learning_rate=1e-3,
+        metrics={"loss": loss * 0.9, "val_loss": loss, "accuracy": 1 - loss * 0.8, "val_accuracy": 1 - loss},
+    )
     stream.publish([event])
     return event
 
 
 def finish(stream: EventStream, run_id: str, seq: int, epochs: int, best: tuple[int, float]) -> None:
-    stream.publish([ev.build(ev.RunFinished, run_id=run_id, seq=seq, status="completed", epochs_completed=epochs,
-                             best_epoch=best[0], best_value=best[1], monitor="val_loss", mode="min")])
+    stream.publish(
+        [
+            ev.build(
+                ev.RunFinished,
+                run_id=run_id,
+                seq=seq,
+                status="completed",
+                epochs_completed=epochs,
+                best_epoch=best[0],
+                best_value=best[1],
+                monitor="val_loss",
+                mode="min",
+            )
+        ]
+    )

@@ -117,7 +117,9 @@ def _warm_child(**_kwargs: object) -> None:
         logging.getLogger(__name__).debug("child up: importing the training stack")
         import pipeline.training  # noqa: F401
 
-        logging.getLogger(__name__).info("child warm: training stack imported in %.2f s", time.monotonic() - t0)
+        logging.getLogger(__name__).info(
+            "child warm: training stack imported in %.2f s", time.monotonic() - t0
+        )
 
 
 @worker_shutdown.connect

@@ -21,9 +21,16 @@ from pipeline.run_events import follow_run
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--queue", default=None, help="Queue to use instead of the spec's (default gpu).")
-@click.option("--wait", is_flag=True, help="Wait until the run (every trial of a sweep) ends and report its status.")
+@click.option(
+    "--wait", is_flag=True, help="Wait until the run (every trial of a sweep) ends and report its status."
+)
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
-@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"run_id": …} or, for a sweep, {"sweep_id": …, "run_ids": [...]}.')
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='One JSON object: {"run_id": …} or, for a sweep, {"sweep_id": …, "run_ids": [...]}.',
+)
 def submit(spec: str, queue: str | None, wait: bool, timeout: float | None, as_json: bool) -> None:
     """Validate the job file SPEC and queue it. Prints the run id.
 
@@ -37,15 +44,23 @@ def submit(spec: str, queue: str | None, wait: bool, timeout: float | None, as_j
     job = load_job_file(spec)
     if isinstance(job, Sweep):
         submitted_sweep = submit_sweep(job, queue=queue, settings=settings)
-        result: dict[str, object] = {"sweep_id": submitted_sweep.sweep_id, "run_ids": list(submitted_sweep.run_ids),
-                                     "queue": submitted_sweep.queue}
+        result: dict[str, object] = {
+            "sweep_id": submitted_sweep.sweep_id,
+            "run_ids": list(submitted_sweep.run_ids),
+            "queue": submitted_sweep.queue,
+        }
         if not as_json:
             click.echo(submitted_sweep.sweep_id)
             waiting = len(submitted_sweep.run_ids) - submitted_sweep.queued_now
             click.echo(
                 f"queued sweep {job.name!r}: {len(submitted_sweep.run_ids)} trials on '{submitted_sweep.queue}'"
-                + (f" ({submitted_sweep.queued_now} now, {waiting} waiting for max_parallel)" if waiting else "")
-                + f"; follow it with: fitstream sweep show {submitted_sweep.sweep_id}", err=True,
+                + (
+                    f" ({submitted_sweep.queued_now} now, {waiting} waiting for max_parallel)"
+                    if waiting
+                    else ""
+                )
+                + f"; follow it with: fitstream sweep show {submitted_sweep.sweep_id}",
+                err=True,
             )
         run_ids, start_id = list(submitted_sweep.run_ids), submitted_sweep.stream_id
     else:
@@ -53,7 +68,10 @@ def submit(spec: str, queue: str | None, wait: bool, timeout: float | None, as_j
         result = {"run_id": submitted.run_id, "queue": submitted.queue}
         if not as_json:
             click.echo(submitted.run_id)
-            click.echo(f"queued {job.name!r} on '{submitted.queue}'; follow it with: fitstream watch {submitted.run_id}", err=True)
+            click.echo(
+                f"queued {job.name!r} on '{submitted.queue}'; follow it with: fitstream watch {submitted.run_id}",
+                err=True,
+            )
         run_ids, start_id = [submitted.run_id], submitted.stream_id
     ok = True
     if wait:
@@ -64,7 +82,9 @@ def submit(spec: str, queue: str | None, wait: bool, timeout: float | None, as_j
             final = None
             for event in follow_run(EventStream(settings=settings), run_id, start_id=start_id, timeout=left):
                 final = event
-            statuses[run_id] = final.status if final is not None and final.type == "run_finished" else "unknown"
+            statuses[run_id] = (
+                final.status if final is not None and final.type == "run_finished" else "unknown"
+            )
         # A sweep's trial may end pruned: that is the sweep working, not a failure.
         fine = ev.SUCCESSFUL_STATUSES if "run_id" in result else (*ev.SUCCESSFUL_STATUSES, "pruned")
         ok = all(status in fine for status in statuses.values())
@@ -99,7 +119,9 @@ def cancel(run: str) -> None:
 
 @click.command()
 @click.option("--queues", "-Q", default="gpu", show_default=True, help="Comma-separated queues to consume.")
-@click.option("--name", "-n", default=None, help="Worker name, e.g. gpu0@%h (default fitstream-<pid>@<host>).")
+@click.option(
+    "--name", "-n", default=None, help="Worker name, e.g. gpu0@%h (default fitstream-<pid>@<host>)."
+)
 @click.option("--gpu", "gpu", default=None, help="Pin this worker to one GPU (sets CUDA_VISIBLE_DEVICES).")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(queues: str, name: str | None, gpu: str | None, loglevel: str) -> None:
@@ -116,8 +138,23 @@ def worker(queues: str, name: str | None, gpu: str | None, loglevel: str) -> Non
     # One job at a time in any case; the other children are warm spares (FITSTREAM_WORKER_WARM_SPARES).
     processes = str(worker_processes(get_settings()))
     app.worker_main(
-        ["worker", "-Q", queues, "-n", node, "--loglevel", loglevel, "--pool", "prefork",
-         "--concurrency", processes, "--max-tasks-per-child", "1", "--without-gossip", "--without-mingle"]
+        [
+            "worker",
+            "-Q",
+            queues,
+            "-n",
+            node,
+            "--loglevel",
+            loglevel,
+            "--pool",
+            "prefork",
+            "--concurrency",
+            processes,
+            "--max-tasks-per-child",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+        ]
     )
 
 
@@ -143,7 +180,12 @@ def status(as_json: bool) -> None:
         replies = app.control.inspect(timeout=1.0).ping() or {}
     except Exception:
         replies = {}
-    report = {"alerts": _alert_counts(settings.database_url), "queues": queues, "workers": sorted(replies), **stream_report(stream)}
+    report = {
+        "alerts": _alert_counts(settings.database_url),
+        "queues": queues,
+        "workers": sorted(replies),
+        **stream_report(stream),
+    }
     groups = report["consumer_groups"]
     if as_json:
         print_json(report)
@@ -159,30 +201,56 @@ def status(as_json: bool) -> None:
         names = [g["group"] for g in groups]
         print_rows(
             ["shard", "stream", "events", *[f"{name} lag" for name in names], "dead letters"],
-            [(s["shard"], s["stream"], s["length"],
-              *[next((g["lag"] for g in s["consumer_groups"] if g["group"] == name), "—") for name in names], s["dead_letters"])
-             for s in report["shards"]],
+            [
+                (
+                    s["shard"],
+                    s["stream"],
+                    s["length"],
+                    *[
+                        next((g["lag"] for g in s["consumer_groups"] if g["group"] == name), "—")
+                        for name in names
+                    ],
+                    s["dead_letters"],
+                )
+                for s in report["shards"]
+            ],
             title="shards",
         )
     for g in groups:
         for consumer, state in g["paused"].items():
-            click.echo(f"WARNING: {g['group']} consumer {consumer} is paused since {_ago(state.get('since'))}: {state.get('reason')}", err=True)
-    by_reason = ", ".join(f"{kind} {count}" for kind, count in sorted(report["dead_letters_by_reason"].items()))
-    click.echo(f"dead letters: {report['dead_letters']}" + (f" ({by_reason}; see: fitstream dead-letters list)" if by_reason else ""))
+            click.echo(
+                f"WARNING: {g['group']} consumer {consumer} is paused since {_ago(state.get('since'))}: {state.get('reason')}",
+                err=True,
+            )
+    by_reason = ", ".join(
+        f"{kind} {count}" for kind, count in sorted(report["dead_letters_by_reason"].items())
+    )
+    click.echo(
+        f"dead letters: {report['dead_letters']}"
+        + (f" ({by_reason}; see: fitstream dead-letters list)" if by_reason else "")
+    )
     alerts = report["alerts"]
     if alerts:
         click.echo(f"alerts: {alerts.get('pending', 0)} pending, {alerts.get('undelivered', 0)} undelivered")
         if alerts.get("undelivered"):
-            click.echo("WARNING: some alerts could not be delivered; see: fitstream alerts list --status undelivered", err=True)
+            click.echo(
+                "WARNING: some alerts could not be delivered; see: fitstream alerts list --status undelivered",
+                err=True,
+            )
     for warning in report["redis_warnings"]:
         click.echo(f"WARNING: {warning}", err=True)
     if report["forced_trims"]:
         trims = report["forced_trims"]
-        last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(trims["last_at"])) if "last_at" in trims else "?"
+        last = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(trims["last_at"]))
+            if "last_at" in trims
+            else "?"
+        )
         click.echo(
             f"WARNING: the stream was force-trimmed {trims.get('times', 0)} time(s), dropping {trims.get('events_dropped', 0)} "
             f"events some consumer group had not acknowledged (last at {last}); start more consumers or raise "
-            "FITSTREAM_STREAM_MAX_EVENTS", err=True,
+            "FITSTREAM_STREAM_MAX_EVENTS",
+            err=True,
         )
 
 

@@ -79,14 +79,22 @@ def wait_for_previous_job(path: Path, *, poll_s: float = 0.01, warn_every_s: flo
             break
         except BlockingIOError:
             if time.monotonic() >= next_warning:
-                log.warning("waiting %.0f s for the previous job on this worker to end (%s)", time.monotonic() - t0, path)
+                log.warning(
+                    "waiting %.0f s for the previous job on this worker to end (%s)",
+                    time.monotonic() - t0,
+                    path,
+                )
                 next_warning += warn_every_s
             time.sleep(poll_s)
     previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
     if previous.isdigit() and int(previous) != os.getpid():
         while not _exited(int(previous)):
             if time.monotonic() >= next_warning:
-                log.warning("waiting %.0f s for process %s (the previous job) to exit", time.monotonic() - t0, previous)
+                log.warning(
+                    "waiting %.0f s for process %s (the previous job) to exit",
+                    time.monotonic() - t0,
+                    previous,
+                )
                 next_warning += warn_every_s
             time.sleep(poll_s)
     os.ftruncate(fd, 0)

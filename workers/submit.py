@@ -52,8 +52,15 @@ def _run_queued(spec: JobSpec, run_id: str, queue: str, sweep: ev.SweepTrial | N
         where = f"trial {sweep.trial + 1}: " if sweep is not None else ""
         raise JobSpecError([f"{where}{exc}"]) from None
     return ev.build(
-        ev.RunQueued, run_id=run_id, seq=ev.QUEUED_SEQ, name=spec.name, queue=queue, spec=dump, tags=spec.tags,
-        params=params, sweep=sweep,
+        ev.RunQueued,
+        run_id=run_id,
+        seq=ev.QUEUED_SEQ,
+        name=spec.name,
+        queue=queue,
+        spec=dump,
+        tags=spec.tags,
+        params=params,
+        sweep=sweep,
     )
 
 
@@ -80,7 +87,9 @@ def _check(spec: JobSpec, settings: Settings) -> None:
         check_job_alerts(spec, settings)
 
 
-def submit_sweep(sweep: Sweep, *, queue: str | None = None, settings: Settings | None = None) -> SubmittedSweep:
+def submit_sweep(
+    sweep: Sweep, *, queue: str | None = None, settings: Settings | None = None
+) -> SubmittedSweep:
     """Queue every trial of ``sweep`` as an ordinary run sharing one ``sweep_id``: all are announced
     (``run_queued``, so the history lists them at once), ``max_parallel`` of them go to the queue and
     the rest wait in Redis until :func:`release_trials` gives them a free place. Every trial is checked
@@ -88,7 +97,9 @@ def submit_sweep(sweep: Sweep, *, queue: str | None = None, settings: Settings |
     settings = settings or get_settings()
     checked: set[str] = set()
     for trial in sweep.trials:  # trials differ in values, rarely in code: check each code reference once
-        refs = trial.spec.model_dump_json(include={"model": {"fn"}, "data": {"fn"}, "callbacks": True, "lr_schedule": True, "alerts": True})
+        refs = trial.spec.model_dump_json(
+            include={"model": {"fn"}, "data": {"fn"}, "callbacks": True, "lr_schedule": True, "alerts": True}
+        )
         if refs not in checked:
             checked.add(refs)
             try:
@@ -100,7 +111,12 @@ def submit_sweep(sweep: Sweep, *, queue: str | None = None, settings: Settings |
     run_ids = tuple(uuid.uuid4().hex for _ in sweep.trials)
     section = sweep.settings.as_json()
     events = [  # made (and their parameters checked) before anything is written
-        _run_queued(trial.spec, run_id, queue, ev.SweepTrial(id=sweep_id, name=sweep.name, trial=trial.index, trials=len(run_ids), spec=section))
+        _run_queued(
+            trial.spec,
+            run_id,
+            queue,
+            ev.SweepTrial(id=sweep_id, name=sweep.name, trial=trial.index, trials=len(run_ids), spec=section),
+        )
         for run_id, trial in zip(run_ids, sweep.trials)
     ]
     client = connect(settings.redis_url)
@@ -110,7 +126,9 @@ def submit_sweep(sweep: Sweep, *, queue: str | None = None, settings: Settings |
         store.set_state(run_id, "waiting")
     # Open from here on: should this process die before it queues the first trials, the next worker
     # to start queues them (release_open_sweeps).
-    store.save_sweep(sweep_id, SweepRecord(sweep.name, list(run_ids), queue, sweep.settings.max_parallel, time.time()))
+    store.save_sweep(
+        sweep_id, SweepRecord(sweep.name, list(run_ids), queue, sweep.settings.max_parallel, time.time())
+    )
     stream_ids = EventStream(client=client, settings=settings).publish(events)
     connect(settings.celery_broker_url).sadd(QUEUES_USED_KEY, queue)
     queued_now = release_trials(sweep_id, settings=settings)
@@ -196,7 +214,9 @@ def cancel_job(run_id: str, *, settings: Settings | None = None) -> str:
 def _cancel_run(run_id: str, store: JobStore, settings: Settings, *, reason: str | None = None) -> str:
     state = store.state(run_id)
     if state is None:
-        raise RunNotFoundError(f"no queued or running job (or sweep) with id {run_id!r}; list runs with: fitstream runs")
+        raise RunNotFoundError(
+            f"no queued or running job (or sweep) with id {run_id!r}; list runs with: fitstream runs"
+        )
     if state == "finished":
         raise ConfigurationError(f"run {run_id} has already finished; nothing to cancel")
     store.request_cancel(run_id, reason=reason)
@@ -205,8 +225,16 @@ def _cancel_run(run_id: str, store: JobStore, settings: Settings, *, reason: str
             make_app(settings).control.revoke(run_id)
         store.set_state(run_id, "finished")
         EventStream(client=store.client, settings=settings).publish(
-            [ev.build(ev.RunFinished, run_id=run_id, seq=ev.CANCELLED_BEFORE_START_SEQ, status="cancelled",
-                      epochs_completed=0, reason=reason)]
+            [
+                ev.build(
+                    ev.RunFinished,
+                    run_id=run_id,
+                    seq=ev.CANCELLED_BEFORE_START_SEQ,
+                    status="cancelled",
+                    epochs_completed=0,
+                    reason=reason,
+                )
+            ]
         )
         return "revoked"
     return "stopping"
@@ -234,12 +262,27 @@ def check_job_alerts(spec: JobSpec, settings: Settings) -> None:
     from alerts.rules import RulesError, load_rules, parse_rules
 
     if settings.alert_rules is None:
-        raise JobSpecError(["alerts: the job defines alert rules, but FITSTREAM_ALERT_RULES is not set (channels are defined there)"])
+        raise JobSpecError(
+            [
+                "alerts: the job defines alert rules, but FITSTREAM_ALERT_RULES is not set (channels are defined there)"
+            ]
+        )
     global_rules = load_rules(settings.alert_rules)
     try:
-        job_rules = parse_rules({"channels": dict(global_rules.channels), "rules": spec.alerts}, source="alerts")
+        job_rules = parse_rules(
+            {"channels": dict(global_rules.channels), "rules": spec.alerts}, source="alerts"
+        )
     except RulesError as exc:
-        raise JobSpecError([line.strip().removeprefix("- ").replace("rules.", "alerts.", 1) for line in str(exc).splitlines()[1:]]) from None
+        raise JobSpecError(
+            [
+                line.strip().removeprefix("- ").replace("rules.", "alerts.", 1)
+                for line in str(exc).splitlines()[1:]
+            ]
+        ) from None
     clashes = sorted({r.name for r in job_rules.rules} & {r.name for r in global_rules.rules})
     if clashes:
-        raise JobSpecError([f"alerts: rule name(s) {', '.join(clashes)} already used in {settings.alert_rules}; pick other names"])
+        raise JobSpecError(
+            [
+                f"alerts: rule name(s) {', '.join(clashes)} already used in {settings.alert_rules}; pick other names"
+            ]
+        )

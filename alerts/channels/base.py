@@ -126,7 +126,14 @@ class SecretMasker(logging.Filter):
 
 
 SECRET_MASKER = SecretMasker()
-_MASKED_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3", "requests", "alerts", "alerts.engine")
+_MASKED_LOGGERS = (
+    "urllib3.connectionpool",
+    "urllib3.util.retry",
+    "urllib3",
+    "requests",
+    "alerts",
+    "alerts.engine",
+)
 for _name in _MASKED_LOGGERS:
     logging.getLogger(_name).addFilter(SECRET_MASKER)
 
@@ -157,15 +164,20 @@ def mask(text: str, secrets: list[str]) -> str:
     return text
 
 
-def post_json(session: requests.Session, url: str, body: bytes, headers: dict[str, str], *, secrets: list[str]) -> None:
+def post_json(
+    session: requests.Session, url: str, body: bytes, headers: dict[str, str], *, secrets: list[str]
+) -> None:
     """POST and raise :class:`DeliveryError` (with secrets masked) unless the answer is 2xx."""
     try:
-        response = session.post(url, data=body, headers={"Content-Type": "application/json", **headers}, timeout=TIMEOUT_S)
+        response = session.post(
+            url, data=body, headers={"Content-Type": "application/json", **headers}, timeout=TIMEOUT_S
+        )
     except requests.RequestException as exc:
         raise DeliveryError(mask(f"{type(exc).__name__}: {exc}", secrets)) from None
     if not 200 <= response.status_code < 300:
         raise DeliveryError(
-            mask(f"HTTP {response.status_code}: {response.text[:200]}", secrets), retry_after_s=_retry_after(response)
+            mask(f"HTTP {response.status_code}: {response.text[:200]}", secrets),
+            retry_after_s=_retry_after(response),
         )
 
 

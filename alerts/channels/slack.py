@@ -53,7 +53,10 @@ def slack_payload(message: AlertMessage) -> dict:
             {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
             {"type": "section", "fields": fields},
             {"type": "section", "text": {"type": "mrkdwn", "text": explained}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": f"`fitstream show {message.run_id}`"}]},
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": f"`fitstream show {message.run_id}`"}],
+            },
         ],
     }
 
@@ -71,4 +74,10 @@ class SlackChannel:
     def send(self, message: AlertMessage) -> None:
         self._limit.acquire()
         body = json.dumps(slack_payload(message)).encode()
-        post_json(self._session, self._url, body, {"X-Fitstream-Idempotency-Key": message.key}, secrets=sorted(SECRET_MASKER.secrets, key=len, reverse=True))
+        post_json(
+            self._session,
+            self._url,
+            body,
+            {"X-Fitstream-Idempotency-Key": message.key},
+            secrets=sorted(SECRET_MASKER.secrets, key=len, reverse=True),
+        )

@@ -48,4 +48,10 @@ class WebhookChannel:
         headers = {"Idempotency-Key": message.key, "X-Fitstream-Timestamp": timestamp}
         if self._secret:
             headers["X-Fitstream-Signature"] = sign(self._secret, timestamp, body)
-        post_json(self._session, self._url, body, headers, secrets=sorted(SECRET_MASKER.secrets, key=len, reverse=True))
+        post_json(
+            self._session,
+            self._url,
+            body,
+            headers,
+            secrets=sorted(SECRET_MASKER.secrets, key=len, reverse=True),
+        )

@@ -6,6 +6,7 @@ Create Date: 2026-11-23
 
 Self-contained: it never imports the live ORM models.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -7,6 +7,7 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-26
 """
+
 from __future__ import annotations
 
 from alembic import op

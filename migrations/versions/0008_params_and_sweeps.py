@@ -8,6 +8,7 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-26
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -21,9 +22,9 @@ depends_on = None
 #: The parameters as one JSON object, numbers as numbers, in each dialect's own JSON functions.
 PARAMS_JSON = {
     "sqlite": "(SELECT json_group_object(p.key, CASE WHEN p.value_num IS NOT NULL THEN p.value_num ELSE p.value END) "
-              "FROM params p WHERE p.run_id = r.run_id)",
+    "FROM params p WHERE p.run_id = r.run_id)",
     "postgresql": "(SELECT coalesce(json_object_agg(p.key, CASE WHEN p.value_num IS NOT NULL THEN to_json(p.value_num) "
-                  "ELSE to_json(p.value) END ORDER BY p.key), '{}'::json) FROM params p WHERE p.run_id = r.run_id)",
+    "ELSE to_json(p.value) END ORDER BY p.key), '{}'::json) FROM params p WHERE p.run_id = r.run_id)",
 }
 
 

@@ -17,6 +17,7 @@ Revision ID: 0010
 Revises: 0009
 Create Date: 2026-11-26
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -33,7 +34,11 @@ PARTITIONS = 16
 TABLES: dict[str, tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]] = {
     "epoch_metrics": ("run_id", ("name", "run_id", "epoch"), {}),
     "batch_metrics": ("run_id", ("run_id", "name", "step"), {}),
-    "events": ("event_id", ("event_id",), {"ix_events_run_id_seq": ("run_id", "seq"), "ix_events_type": ("type",)}),
+    "events": (
+        "event_id",
+        ("event_id",),
+        {"ix_events_run_id_seq": ("run_id", "seq"), "ix_events_type": ("type",)},
+    ),
 }
 
 
@@ -43,9 +48,16 @@ def _is_postgresql() -> bool:
 
 def _key_name(table: str) -> str:
     """The name of ``table``'s primary-key constraint, whatever an earlier migration called it."""
-    name = op.get_bind().execute(
-        sa.text("SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) AND contype = 'p'"), {"t": table}
-    ).scalar()
+    name = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) AND contype = 'p'"
+            ),
+            {"t": table},
+        )
+        .scalar()
+    )
     return name or f"{table}_pkey"
 
 

@@ -7,6 +7,7 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-11-26
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

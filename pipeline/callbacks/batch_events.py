@@ -47,7 +47,13 @@ class BatchThrottle:
 
 
 def batch_event_maker(
-    *, run_id: str, seq: int, epoch: int, batch: int, logs: dict[str, Any] | None, step: int | None = None,
+    *,
+    run_id: str,
+    seq: int,
+    epoch: int,
+    batch: int,
+    logs: dict[str, Any] | None,
+    step: int | None = None,
 ) -> Callable[[], dict[str, str]]:
     """Captures a batch's values now (on the training thread); the returned function builds and
     encodes the ``batch_end`` event later, on the sender thread. ``step`` counts batches across epochs."""
@@ -55,7 +61,18 @@ def batch_event_maker(
 
     def make() -> dict[str, str]:
         metrics = {str(k): ev.to_float(v) for k, v in values.items()}
-        return ev.encode(ev.build(ev.BatchEnd, run_id=run_id, seq=seq, ts=ts, epoch=epoch, batch=batch, step=step, metrics=metrics))
+        return ev.encode(
+            ev.build(
+                ev.BatchEnd,
+                run_id=run_id,
+                seq=seq,
+                ts=ts,
+                epoch=epoch,
+                batch=batch,
+                step=step,
+                metrics=metrics,
+            )
+        )
 
     return make
 

@@ -25,7 +25,13 @@ class CheckpointWatcher:
         self._seen: dict[str, tuple[int, int]] = {}
 
     def written(
-        self, callback: Any, epoch: int, logs: dict[str, Any] | None, since_ns: int, *, batch: int | None = None
+        self,
+        callback: Any,
+        epoch: int,
+        logs: dict[str, Any] | None,
+        since_ns: int,
+        *,
+        batch: int | None = None,
     ) -> str | None:
         """The absolute path written for ``epoch`` (or for ``batch`` of it, for a batch-level
         ModelCheckpoint) since ``since_ns``, else None."""
@@ -73,7 +79,9 @@ class CheckpointReporter:
 
     def __init__(self, watch: Sequence[Any]) -> None:
         self._watcher = CheckpointWatcher()
-        self._per_epoch = tuple(c for c in watch if isinstance(c, MODEL_CHECKPOINT) and c.save_freq == "epoch")
+        self._per_epoch = tuple(
+            c for c in watch if isinstance(c, MODEL_CHECKPOINT) and c.save_freq == "epoch"
+        )
         #: Batch-level ModelCheckpoints: empty for most fits, so the per-batch hook does nothing.
         self.per_batch = batch_level_checkpoints(watch)
         self._previous_batch: tuple[int, dict[str, Any]] | None = None
@@ -86,7 +94,9 @@ class CheckpointReporter:
             if path is not None:
                 yield self._fields(callback, path, epoch, logs)
 
-    def batch_files(self, epoch: int, batch: int | None, logs: dict[str, Any] | None, since_ns: int) -> Iterator[Saved]:
+    def batch_files(
+        self, epoch: int, batch: int | None, logs: dict[str, Any] | None, since_ns: int
+    ) -> Iterator[Saved]:
         """The files batch-level ModelCheckpoints wrote by ``batch`` (None: the epoch's last look)."""
         # A ModelCheckpoint later in callbacks= saves after the publisher's hook: look at the
         # previous batch's file too (and at the last batch's, at the end of the epoch).
@@ -104,10 +114,16 @@ class CheckpointReporter:
                     yield self._fields(callback, path, epoch, seen_logs, batch=seen_batch)
 
     @staticmethod
-    def _fields(callback: Any, path: str, epoch: int, logs: dict[str, Any], *, batch: int | None = None) -> Saved:
+    def _fields(
+        callback: Any, path: str, epoch: int, logs: dict[str, Any], *, batch: int | None = None
+    ) -> Saved:
         return {
-            "path": path, "epoch": epoch, "monitor": callback.monitor, "value": ev.to_float(logs.get(callback.monitor)),
-            "mode": resolved_mode(callback), "batch": batch,
+            "path": path,
+            "epoch": epoch,
+            "monitor": callback.monitor,
+            "value": ev.to_float(logs.get(callback.monitor)),
+            "mode": resolved_mode(callback),
+            "batch": batch,
         }
 
     def save_restored(self, model: Any, stopper: Any, path: str | os.PathLike[str]) -> None:
@@ -122,11 +138,17 @@ class CheckpointReporter:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             model.save(target, overwrite=True)
         except Exception:
-            log.exception("fitstream: could not save the restored best model to %s (training is not affected)", target)
+            log.exception(
+                "fitstream: could not save the restored best model to %s (training is not affected)", target
+            )
             return
         self._restored = {
-            "path": target, "epoch": int(stopper.best_epoch), "monitor": stopper.monitor,
-            "value": ev.to_float(stopper.best), "mode": resolved_mode(stopper), "source": "early_stopping_restore",
+            "path": target,
+            "epoch": int(stopper.best_epoch),
+            "monitor": stopper.monitor,
+            "value": ev.to_float(stopper.best),
+            "mode": resolved_mode(stopper),
+            "source": "early_stopping_restore",
         }
 
     def take_restored(self) -> Saved | None:
@@ -142,8 +164,16 @@ def _improved_now(callback: Any, logs: dict[str, Any] | None) -> bool:
 
 
 def checkpoint_event_maker(
-    *, run_id: str, seq: int, path: str, epoch: int, monitor: str, value: float | None, mode: str | None = None,
-    source: str = "model_checkpoint", batch: int | None = None,
+    *,
+    run_id: str,
+    seq: int,
+    path: str,
+    epoch: int,
+    monitor: str,
+    value: float | None,
+    mode: str | None = None,
+    source: str = "model_checkpoint",
+    batch: int | None = None,
 ) -> Callable[[], dict[str, str]]:
     """A function that builds the ``checkpoint_saved`` event, hashing the file when called
     (on the sender thread: hashing a large checkpoint must not hold up training)."""
@@ -155,8 +185,18 @@ def checkpoint_event_maker(
             size, digest = None, None
         return ev.encode(
             ev.build(
-                ev.CheckpointSaved, run_id=run_id, seq=seq, path=path, epoch=epoch, monitor=monitor, value=value,
-                size_bytes=size, sha256=digest, mode=mode, source=source, batch=batch,
+                ev.CheckpointSaved,
+                run_id=run_id,
+                seq=seq,
+                path=path,
+                epoch=epoch,
+                monitor=monitor,
+                value=value,
+                size_bytes=size,
+                sha256=digest,
+                mode=mode,
+                source=source,
+                batch=batch,
             )
         )
 

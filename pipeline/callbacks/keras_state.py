@@ -34,7 +34,9 @@ def check_watchable(watch: Iterable[Any]) -> tuple[Any, ...]:
     return watch
 
 
-def primary_monitor(watch: Iterable[Any], logs: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+def primary_monitor(
+    watch: Iterable[Any], logs: dict[str, Any] | None = None
+) -> tuple[str | None, str | None]:
     """The run's monitor and mode: EarlyStopping's, else ModelCheckpoint's, else ReduceLROnPlateau's,
     else val_loss (or loss) when the logs are known."""
     for kind in (EARLY_STOPPING, MODEL_CHECKPOINT, REDUCE_LR):
@@ -70,18 +72,25 @@ def callback_settings(callback: Any) -> dict[str, Any]:
     """The settings of a watched callback, as reported in ``run_started``."""
     if isinstance(callback, EARLY_STOPPING):
         return {
-            "patience": callback.patience, "min_delta": abs(float(callback.min_delta)),
-            "baseline": callback.baseline, "restore_best_weights": callback.restore_best_weights,
+            "patience": callback.patience,
+            "min_delta": abs(float(callback.min_delta)),
+            "baseline": callback.baseline,
+            "restore_best_weights": callback.restore_best_weights,
             "start_from_epoch": callback.start_from_epoch,
         }
     if isinstance(callback, MODEL_CHECKPOINT):
         return {
-            "filepath": str(callback.filepath), "save_best_only": callback.save_best_only,
-            "save_weights_only": callback.save_weights_only, "save_freq": callback.save_freq,
+            "filepath": str(callback.filepath),
+            "save_best_only": callback.save_best_only,
+            "save_weights_only": callback.save_weights_only,
+            "save_freq": callback.save_freq,
         }
     return {
-        "factor": callback.factor, "patience": callback.patience, "min_lr": callback.min_lr,
-        "cooldown": callback.cooldown, "min_delta": abs(float(callback.min_delta)),
+        "factor": callback.factor,
+        "patience": callback.patience,
+        "min_lr": callback.min_lr,
+        "cooldown": callback.cooldown,
+        "min_delta": abs(float(callback.min_delta)),
     }
 
 
@@ -95,16 +104,25 @@ def describe_model(model: Any) -> dict[str, Any]:
     optimizer_info = None
     if optimizer is not None:
         try:
-            optimizer_info = {"class_name": type(optimizer).__name__, "config": json_safe(optimizer.get_config())}
+            optimizer_info = {
+                "class_name": type(optimizer).__name__,
+                "config": json_safe(optimizer.get_config()),
+            }
         except Exception:
             optimizer_info = {"class_name": type(optimizer).__name__, "config": {}}
-    return {"model_name": getattr(model, "name", None), "params_count": params_count, "optimizer": optimizer_info}
+    return {
+        "model_name": getattr(model, "name", None),
+        "params_count": params_count,
+        "optimizer": optimizer_info,
+    }
 
 
 def describe_callbacks(watch: Iterable[Any]) -> list[ev.MonitoringCallback]:
     return [
         ev.MonitoringCallback(
-            kind=callback_kind(c), monitor=c.monitor, mode=str(getattr(c, "mode", "auto")),
+            kind=callback_kind(c),
+            monitor=c.monitor,
+            mode=str(getattr(c, "mode", "auto")),
             settings=json_safe(callback_settings(c)),
         )
         for c in watch

@@ -144,7 +144,9 @@ class EventPublisher(keras.callbacks.Callback):
         self.tags = dict(tags or {})
         self.data_fingerprint = data_fingerprint
         if save_restored_model is not None and not str(save_restored_model).endswith(".keras"):
-            raise ConfigurationError(f"save_restored_model must be a .keras path; got {str(save_restored_model)!r}")
+            raise ConfigurationError(
+                f"save_restored_model must be a .keras path; got {str(save_restored_model)!r}"
+            )
         self.save_restored_model = save_restored_model
         self.flush_timeout = flush_timeout
         self.settings = settings or get_settings()
@@ -253,7 +255,10 @@ class EventPublisher(keras.callbacks.Callback):
             log.warning(
                 "fitstream: run %s: %d events could not reach Redis within %.1fs and remain spooled in %s; "
                 "send them with: fitstream spool flush",
-                self.run_id, report.left_in_spool, timeout, report.spool_path,
+                self.run_id,
+                report.left_in_spool,
+                timeout,
+                report.spool_path,
             )
         return report
 
@@ -290,8 +295,14 @@ class EventPublisher(keras.callbacks.Callback):
                 ev.RunStarted,
                 name=self.name,
                 **model_facts,
-                params=run_params(model_facts.get("optimizer"), self.run_params,
-                                  fit={"epochs": self.params.get("epochs") if self.params else None, "batch_size": self.batch_size}),
+                params=run_params(
+                    model_facts.get("optimizer"),
+                    self.run_params,
+                    fit={
+                        "epochs": self.params.get("epochs") if self.params else None,
+                        "batch_size": self.batch_size,
+                    },
+                ),
                 epochs=self.params.get("epochs") if self.params else None,
                 steps_per_epoch=self.params.get("steps") if self.params else None,
                 batch_size=self.batch_size,
@@ -354,13 +365,21 @@ class EventPublisher(keras.callbacks.Callback):
         self._last_train_logs = logs
         self._last_batch = batch
         if self._checkpoints.per_batch:
-            self._emit_checkpoints(self._checkpoints.batch_files(self._current_epoch, batch, logs, self._epoch_start_ns))
+            self._emit_checkpoints(
+                self._checkpoints.batch_files(self._current_epoch, batch, logs, self._epoch_start_ns)
+            )
         if self._batch_throttle.enabled and self._batch_throttle.due():
             # Only capture here; building and encoding happen on the sender thread.
-            self._emit_deferred(batch_event_maker(
-                run_id=self.run_id, seq=self._next_seq(), epoch=self._current_epoch, batch=batch, logs=logs,
-                step=self._steps_before_epoch + batch,
-            ))
+            self._emit_deferred(
+                batch_event_maker(
+                    run_id=self.run_id,
+                    seq=self._next_seq(),
+                    epoch=self._current_epoch,
+                    batch=batch,
+                    logs=logs,
+                    step=self._steps_before_epoch + batch,
+                )
+            )
 
     def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
         # During fit, validation ends before any callback's on_epoch_end: the first moment
@@ -374,7 +393,9 @@ class EventPublisher(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._checkpoints.per_batch:
-            self._emit_checkpoints(self._checkpoints.batch_files(self._current_epoch, None, None, self._epoch_start_ns))
+            self._emit_checkpoints(
+                self._checkpoints.batch_files(self._current_epoch, None, None, self._epoch_start_ns)
+            )
         logs = logs if logs is not None else {}
         self._last_epoch_logs = logs
         if not self._checked_monitors:
@@ -421,13 +442,18 @@ class EventPublisher(keras.callbacks.Callback):
             wall_time_s=wall,
             steps=steps,
             steps_per_second=(steps / wall) if steps and wall > 0 else None,
-            samples_per_second=(steps * self.batch_size / wall) if steps and self.batch_size and wall > 0 else None,
+            samples_per_second=(steps * self.batch_size / wall)
+            if steps and self.batch_size and wall > 0
+            else None,
         )
         new_lr = self._learning_rate()
         if self._epoch_lr is not None and new_lr is not None and new_lr != self._epoch_lr:
             reducer = next((c for c in self.watch if isinstance(c, REDUCE_LR)), None)
             self._emit(
-                ev.LearningRateChanged, epoch=epoch, old=self._epoch_lr, new=new_lr,
+                ev.LearningRateChanged,
+                epoch=epoch,
+                old=self._epoch_lr,
+                new=new_lr,
                 reason=f"ReduceLROnPlateau on {reducer.monitor}" if reducer is not None else None,
                 monitor=reducer.monitor if reducer is not None else None,
                 mode=resolved_mode(reducer) if reducer is not None else None,
@@ -488,8 +514,10 @@ class EventPublisher(keras.callbacks.Callback):
             return None
         batch = self._last_batch if self._last_batch is not None else self._batches_this_epoch()
         where = f"epoch {self._current_epoch}" + (f", batch {batch}" if batch is not None else "")
-        return (f"training stopped: the loss became {value} at {where} "
-                "(TerminateOnNaN); lower the learning rate, clip gradients or look for NaN in the data")
+        return (
+            f"training stopped: the loss became {value} at {where} "
+            "(TerminateOnNaN); lower the learning rate, clip gradients or look for NaN in the data"
+        )
 
     def _batches_this_epoch(self) -> int | None:
         """The last batch index of the current epoch, from the optimizer's step counter (no batch hook
@@ -531,7 +559,9 @@ class EventPublisher(keras.callbacks.Callback):
             best_value=best_value,
             monitor=monitor,
             mode=mode,
-            restored_best_weights=bool(stopper is not None and stopper.restore_best_weights and stopper.best_weights is not None),
+            restored_best_weights=bool(
+                stopper is not None and stopper.restore_best_weights and stopper.best_weights is not None
+            ),
             reason=reason,
         )
         self._state = "finished"
@@ -557,7 +587,11 @@ class EventPublisher(keras.callbacks.Callback):
             except Exception:
                 log.exception("fitstream: could not start the event sender")
             self._emit(
-                ev.RunStarted, name=self.name, tags=self.tags, host=socket.gethostname(), pid=os.getpid(),
+                ev.RunStarted,
+                name=self.name,
+                tags=self.tags,
+                host=socket.gethostname(),
+                pid=os.getpid(),
                 data_fingerprint=self.data_fingerprint,
             )
         if self._state != "running":
@@ -569,7 +603,9 @@ class EventPublisher(keras.callbacks.Callback):
                 ev.RunFailed,
                 error_type=type(error).__name__,
                 message=str(error)[:4000],
-                traceback="".join(traceback.format_exception(type(error), error, error.__traceback__))[-8000:],
+                traceback="".join(traceback.format_exception(type(error), error, error.__traceback__))[
+                    -8000:
+                ],
             )
         self._finish("cancelled" if cancelled else "failed", timeout=timeout)
 

@@ -101,11 +101,14 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     kept, only once that epoch's events are in Redis or in the publisher's disk spool.
     """
 
-    def __init__(self, backup_dir: str | os.PathLike[str], keep: Sequence[Any] = (), *, delete_checkpoint: bool = True) -> None:
+    def __init__(
+        self, backup_dir: str | os.PathLike[str], keep: Sequence[Any] = (), *, delete_checkpoint: bool = True
+    ) -> None:
         super().__init__(os.fspath(backup_dir), save_freq="epoch", delete_checkpoint=delete_checkpoint)
         for callback in keep:
             if _attributes(callback) is None and not (
-                callable(getattr(callback, "get_resume_state", None)) and callable(getattr(callback, "set_resume_state", None))
+                callable(getattr(callback, "get_resume_state", None))
+                and callable(getattr(callback, "set_resume_state", None))
             ):
                 raise ConfigurationError(
                     "ResumableBackup keeps EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, EventPublisher, or objects "
@@ -158,13 +161,17 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             return None
         snapshot = self.root / name
         if not name.startswith(SNAPSHOT_PREFIX) or not (snapshot / METADATA).is_file():
-            log.warning("fitstream: backup pointer %s names no complete snapshot (%r); starting over", pointer, name)
+            log.warning(
+                "fitstream: backup pointer %s names no complete snapshot (%r); starting over", pointer, name
+            )
             return None
         return snapshot
 
     def _load_snapshot(self, snapshot: Path) -> None:
         if not self.model.built:
-            raise ValueError("ResumableBackup needs a built model before fit(); call it on a batch of data first")
+            raise ValueError(
+                "ResumableBackup needs a built model before fit(); call it on a batch of data first"
+            )
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
@@ -175,7 +182,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self._current_epoch = epoch
         self.resumed_from_epoch = epoch
         state_path = snapshot / CALLBACKS
-        self._restored_state = {"folder": snapshot, **json.loads(state_path.read_text())} if state_path.exists() else None
+        self._restored_state = (
+            {"folder": snapshot, **json.loads(state_path.read_text())} if state_path.exists() else None
+        )
         log.info("fitstream: resuming at epoch %d from %s", epoch, snapshot)
 
     def _save_snapshot(self, epochs_done: int) -> None:
@@ -208,7 +217,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         for callback in self.keep:
             persist = getattr(callback, "persist_events", None)
             if callable(persist) and not persist(EVENTS_PERSIST_TIMEOUT_S):
-                log.warning("fitstream: the epoch's events were spooled to disk before the backup (Redis is slow or away)")
+                log.warning(
+                    "fitstream: the epoch's events were spooled to disk before the backup (Redis is slow or away)"
+                )
         pointer = self.root / f".{CURRENT}.partial"
         pointer.write_text(name)
         _fsync_file(pointer)
@@ -225,8 +236,13 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             if names is None:
                 callbacks.append({"kind": type(callback).__name__, "state": callback.get_resume_state()})
                 continue
-            entry: dict[str, Any] = {"kind": type(callback).__name__, "state": {n: _plain(getattr(callback, n, None)) for n in names}}
-            best_weights = getattr(callback, "best_weights", None) if isinstance(callback, EARLY_STOPPING) else None
+            entry: dict[str, Any] = {
+                "kind": type(callback).__name__,
+                "state": {n: _plain(getattr(callback, n, None)) for n in names},
+            }
+            best_weights = (
+                getattr(callback, "best_weights", None) if isinstance(callback, EARLY_STOPPING) else None
+            )
             if best_weights is not None:
                 weights_file = f"best_weights_{index}.npz"
                 np.savez(folder / weights_file, *best_weights)
@@ -237,11 +253,19 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def _apply_state(self, saved: dict[str, Any]) -> None:
         entries = saved.get("callbacks", [])
         if len(entries) != len(self.keep):
-            log.warning("fitstream: the backup kept %d callbacks, this fit keeps %d; their state is not restored", len(entries), len(self.keep))
+            log.warning(
+                "fitstream: the backup kept %d callbacks, this fit keeps %d; their state is not restored",
+                len(entries),
+                len(self.keep),
+            )
             return
         for callback, entry in zip(self.keep, entries):
             if entry.get("kind") != type(callback).__name__:
-                log.warning("fitstream: backup holds %s state where this fit has %s; not restored", entry.get("kind"), type(callback).__name__)
+                log.warning(
+                    "fitstream: backup holds %s state where this fit has %s; not restored",
+                    entry.get("kind"),
+                    type(callback).__name__,
+                )
                 continue
             names = _attributes(callback)
             if names is None:

@@ -167,7 +167,12 @@ class EventSender:
                         continue
                     if self._closing.is_set() and self._past_deadline():
                         return
-                    time.sleep(min(backoff.next_delay(), max(0.0, (self._deadline or float("inf")) - time.monotonic())))
+                    time.sleep(
+                        min(
+                            backoff.next_delay(),
+                            max(0.0, (self._deadline or float("inf")) - time.monotonic()),
+                        )
+                    )
                     continue
                 batch = self._take_batch()
                 if not batch:
@@ -194,7 +199,9 @@ class EventSender:
         wake-up of this thread, not one per event (each would take the GIL from the training thread)."""
         try:
             # Once closing, never block: the wake-up sentinel may already have been consumed.
-            first = self._queue.get_nowait() if self._closing.is_set() else self._queue.get(timeout=IDLE_WAIT_S)
+            first = (
+                self._queue.get_nowait() if self._closing.is_set() else self._queue.get(timeout=IDLE_WAIT_S)
+            )
         except queue.Empty:
             return []
         batch = [] if first is _WAKE else [first]

@@ -24,19 +24,35 @@ def consume() -> None:
 @consume.command()
 @click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=None, help="Messages per read.")
-@click.option("--claim-idle-ms", type=click.IntRange(100), default=None, help="Reclaim messages idle this long on a dead consumer.")
-@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
+@click.option(
+    "--claim-idle-ms",
+    type=click.IntRange(100),
+    default=None,
+    help="Reclaim messages idle this long on a dead consumer.",
+)
+@click.option(
+    "--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages."
+)
 @shard_option
-def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: int | None, exit_when_idle: float | None,
-             shards: tuple[int, ...]) -> None:
+def recorder(
+    consumer_name: str | None,
+    batch_size: int | None,
+    claim_idle_ms: int | None,
+    exit_when_idle: float | None,
+    shards: tuple[int, ...],
+) -> None:
     """Persist runs, epoch and batch metrics, checkpoints and lifecycle events into SQL."""
     from pipeline.consumers.recorder import Recorder
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
     loop = ShardedConsumers(
-        lambda: Recorder(engine, settings), EventStream(settings=settings), shards=shards,
-        consumer_name=consumer_name, batch_size=batch_size, claim_idle_ms=claim_idle_ms,
+        lambda: Recorder(engine, settings),
+        EventStream(settings=settings),
+        shards=shards,
+        consumer_name=consumer_name,
+        batch_size=batch_size,
+        claim_idle_ms=claim_idle_ms,
     )
     loop.install_signal_handlers()
     click.echo(f"recorder {loop.consumer_name} consuming {loop.describe()} (group {loop.group})", err=True)
@@ -50,7 +66,9 @@ def recorder(consumer_name: str | None, batch_size: int | None, claim_idle_ms: i
 
 @consume.command()
 @click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
-@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
+@click.option(
+    "--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages."
+)
 @shard_option
 def promoter(consumer_name: str | None, exit_when_idle: float | None, shards: tuple[int, ...]) -> None:
     """Copy best checkpoints into the model store when EarlyStopping fires; move `champion` if better."""
@@ -62,13 +80,18 @@ def promoter(consumer_name: str | None, exit_when_idle: float | None, shards: tu
     settings = get_settings()
     stream = EventStream(settings=settings)
     handler = Promoter(
-        make_engine(settings.database_url), open_store(settings.model_store_url), publish=stream.publish,
-        load_check=configured_load_check(settings), locks=PromotionLocks(stream.client, stream.base_stream),
+        make_engine(settings.database_url),
+        open_store(settings.model_store_url),
+        publish=stream.publish,
+        load_check=configured_load_check(settings),
+        locks=PromotionLocks(stream.client, stream.base_stream),
     )
     # One handler for every shard: promotions are serialized by the global promotion locks.
     loop = ShardedConsumers(lambda: handler, stream, shards=shards, consumer_name=consumer_name)
     loop.install_signal_handlers()
-    click.echo(f"promoter {loop.consumer_name} consuming {loop.describe()} → {settings.model_store_url}", err=True)
+    click.echo(
+        f"promoter {loop.consumer_name} consuming {loop.describe()} → {settings.model_store_url}", err=True
+    )
     try:
         stats = loop.run(idle_exit_after=exit_when_idle)
     finally:
@@ -79,7 +102,9 @@ def promoter(consumer_name: str | None, exit_when_idle: float | None, shards: tu
 
 @consume.command()
 @click.option("--name", "consumer_name", default=None, help="Consumer name in the group (default host-pid).")
-@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages.")
+@click.option(
+    "--exit-when-idle", type=float, default=None, help="Exit after this many seconds without messages."
+)
 @shard_option
 def pruner(consumer_name: str | None, exit_when_idle: float | None, shards: tuple[int, ...]) -> None:
     """Stop sweep trials that fall behind their sweep (sweeps with `prune:`); they end `pruned`."""
@@ -107,7 +132,9 @@ def consume_all(batch_size: int | None) -> None:
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
-    loop = ShardedConsumers(lambda: Recorder(engine, settings), EventStream(settings=settings), batch_size=batch_size)
+    loop = ShardedConsumers(
+        lambda: Recorder(engine, settings), EventStream(settings=settings), batch_size=batch_size
+    )
     loop.install_signal_handlers()
     click.echo(f"consuming {loop.describe()} with: {loop.group}", err=True)
     loop.run()

@@ -62,19 +62,31 @@ def grant_reader() -> None:
         with engine.begin() as conn:
             for statement in grant_reader_statements():
                 conn.exec_driver_sql(statement)
-            exists = conn.execute(sa.text("SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = :r"), {"r": READER_ROLE}).scalar()
+            exists = conn.execute(
+                sa.text("SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = :r"), {"r": READER_ROLE}
+            ).scalar()
     finally:
         engine.dispose()
     if not exists:
-        raise click.ClickException(f"could not create the role {READER_ROLE}: connect as a user who may create roles")
+        raise click.ClickException(
+            f"could not create the role {READER_ROLE}: connect as a user who may create roles"
+        )
     click.echo(f"{mask_url(url)}: {READER_ROLE} may SELECT the history tables", err=True)
 
 
 @db.command("compact-batch-metrics")
-@click.option("--older-than-days", type=click.FloatRange(min=0), default=None,
-              help="Downsample runs quiet for this long. Default: FITSTREAM_BATCH_METRICS_RETENTION_DAYS (30).")
-@click.option("--bucket-steps", type=click.IntRange(min=1), default=None,
-              help="Steps per bucket. Default: FITSTREAM_BATCH_METRICS_BUCKET_STEPS (100).")
+@click.option(
+    "--older-than-days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Downsample runs quiet for this long. Default: FITSTREAM_BATCH_METRICS_RETENTION_DAYS (30).",
+)
+@click.option(
+    "--bucket-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps per bucket. Default: FITSTREAM_BATCH_METRICS_BUCKET_STEPS (100).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {runs, raw_rows_removed, buckets_written}.")
 def compact_batch_metrics(older_than_days: float | None, bucket_steps: int | None, as_json: bool) -> None:
     """Replace old runs' raw batch_metrics rows by their downsampled copy (batch_metric_buckets).
@@ -93,7 +105,9 @@ def compact_batch_metrics(older_than_days: float | None, bucket_steps: int | Non
         require_head(engine)
         report = compact(
             engine,
-            retention_days=settings.batch_metrics_retention_days if older_than_days is None else older_than_days,
+            retention_days=settings.batch_metrics_retention_days
+            if older_than_days is None
+            else older_than_days,
             bucket_steps=bucket_steps or settings.batch_metrics_bucket_steps,
         )
     finally:
@@ -101,8 +115,11 @@ def compact_batch_metrics(older_than_days: float | None, bucket_steps: int | Non
     if as_json:
         click.echo(json.dumps(asdict(report)))
     else:
-        click.echo(f"downsampled {report.runs} runs: {report.raw_rows_removed:,} raw batch rows replaced by "
-                   f"{report.buckets_written:,} buckets", err=True)
+        click.echo(
+            f"downsampled {report.runs} runs: {report.raw_rows_removed:,} raw batch rows replaced by "
+            f"{report.buckets_written:,} buckets",
+            err=True,
+        )
 
 
 @db.command("rebuild-summaries")

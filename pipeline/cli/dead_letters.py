@@ -27,8 +27,15 @@ def _when(at: float) -> str:
 
 def _row(letter: DeadLetter) -> dict:
     return {
-        "id": letter.id, "group": letter.group, "kind": letter.kind, "reason": letter.reason, "event_type": letter.event_type,
-        "run_id": letter.run_id, "event_id": letter.event_id, "source_id": letter.source_id, "time": _when(letter.at),
+        "id": letter.id,
+        "group": letter.group,
+        "kind": letter.kind,
+        "reason": letter.reason,
+        "event_type": letter.event_type,
+        "run_id": letter.run_id,
+        "event_id": letter.event_id,
+        "source_id": letter.source_id,
+        "time": _when(letter.at),
     }
 
 
@@ -84,7 +91,11 @@ def replay_command(letter_ids: tuple[str, ...], replay_all: bool, group: str | N
         raise click.UsageError("give dead-letter ids, or --all (with --group to narrow it)")
     if group and not replay_all:
         raise click.UsageError("--group goes with --all")
-    ids = [letter.id for letter in reversed(list_dead_letters(stream, group=group, limit=1_000_000))] if replay_all else list(letter_ids)
+    ids = (
+        [letter.id for letter in reversed(list_dead_letters(stream, group=group, limit=1_000_000))]
+        if replay_all
+        else list(letter_ids)
+    )
     new_ids = replay(stream, ids)
     click.echo(f"replayed {len(new_ids)} dead letter(s) onto {stream.base_stream}", err=True)
 

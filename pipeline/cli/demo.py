@@ -59,11 +59,18 @@ def _wait_promoted(engine, run_id: str, timeout: float) -> dict | None:  # type:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with engine.connect() as conn:
-            row = conn.execute(sa.select(SqlModelVersion.name, SqlModelVersion.version).where(SqlModelVersion.run_id == run_id)).first()
+            row = conn.execute(
+                sa.select(SqlModelVersion.name, SqlModelVersion.version).where(
+                    SqlModelVersion.run_id == run_id
+                )
+            ).first()
         if row is not None:
             return {"name": row.name, "version": row.version}
         time.sleep(0.2)
-    click.echo(f"the promoter registered no model for run {run_id} (see {get_settings().home / 'demo-logs' / 'promoter.log'})", err=True)
+    click.echo(
+        f"the promoter registered no model for run {run_id} (see {get_settings().home / 'demo-logs' / 'promoter.log'})",
+        err=True,
+    )
     return None
 
 
@@ -119,7 +126,13 @@ class _Processes:
     def start(self, name: str, args: list[str], log: Path) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         handle = open(log, "ab")
-        proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
         self.procs.append((name, proc))
 
     def stop(self) -> None:
@@ -134,19 +147,39 @@ class _Processes:
 
 
 @click.command()
-@click.option("--spec", type=click.Path(exists=True, dir_okay=False), default=str(EXAMPLE_SPEC), show_default="examples/digits_mlp.yaml")
-@click.option("--in-process", is_flag=True, help="Train here with the EventPublisher instead of queueing a job.")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=40, show_default=True, help="With --in-process.")
-@click.option("--curves", type=click.Path(dir_okay=False, path_type=Path), default=Path("curves.png"), show_default=True,
-              help="Where to draw the run's learning curves (fitstream plot).")
-@click.option("--ui/--no-ui", "serve_ui", default=None,
-              help="Serve the dashboard at the end until Ctrl-C. Default: when run in a terminal (not in scripts or CI).")
+@click.option(
+    "--spec",
+    type=click.Path(exists=True, dir_okay=False),
+    default=str(EXAMPLE_SPEC),
+    show_default="examples/digits_mlp.yaml",
+)
+@click.option(
+    "--in-process", is_flag=True, help="Train here with the EventPublisher instead of queueing a job."
+)
+@click.option(
+    "--epochs", type=click.IntRange(1, 1000), default=40, show_default=True, help="With --in-process."
+)
+@click.option(
+    "--curves",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("curves.png"),
+    show_default=True,
+    help="Where to draw the run's learning curves (fitstream plot).",
+)
+@click.option(
+    "--ui/--no-ui",
+    "serve_ui",
+    default=None,
+    help="Serve the dashboard at the end until Ctrl-C. Default: when run in a terminal (not in scripts or CI).",
+)
 @click.option("--ui-port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 def demo(spec: str, in_process: bool, epochs: int, curves: Path, serve_ui: bool | None, ui_port: int) -> None:
     """Queue an example job, run it on a worker started here, watch it live, print it from SQL."""
     console = Console(stderr=True)
     settings = get_settings()
-    console.print(f"database: {mask_url(settings.database_url)}   redis: {mask_url(settings.redis_url)}   stream: {settings.stream}")
+    console.print(
+        f"database: {mask_url(settings.database_url)}   redis: {mask_url(settings.redis_url)}   stream: {settings.stream}"
+    )
     migrate.upgrade(settings.database_url)
     logs = settings.home / "demo-logs"
     processes = _Processes()
@@ -157,9 +190,15 @@ def demo(spec: str, in_process: bool, epochs: int, curves: Path, serve_ui: bool 
             run_id = _train_in_process(console, epochs=epochs)
         else:
             queue = f"demo-{os.getpid()}"
-            processes.start("worker", _fitstream("worker", "-Q", queue, "-n", f"demo-{os.getpid()}@%h"), logs / "worker.log")
+            processes.start(
+                "worker",
+                _fitstream("worker", "-Q", queue, "-n", f"demo-{os.getpid()}@%h"),
+                logs / "worker.log",
+            )
             console.print(f"started a worker (queue {queue}) and a recorder; logs in {logs}")
-            submitted = subprocess.run(_fitstream("submit", spec, "--queue", queue, "--json"), capture_output=True, text=True)
+            submitted = subprocess.run(
+                _fitstream("submit", spec, "--queue", queue, "--json"), capture_output=True, text=True
+            )
             if submitted.returncode != 0:
                 raise FitstreamError(submitted.stderr.strip())
             run_id = json.loads(submitted.stdout)["run_id"]
@@ -178,11 +217,15 @@ def demo(spec: str, in_process: bool, epochs: int, curves: Path, serve_ui: bool 
 
     engine = make_engine(settings.database_url, read_only=True)
     try:
-        click.echo(f"learning curves: {plot_runs(engine, [run_id], curves)}   (fitstream plot {run_id[:8]} -o curves.png)")
+        click.echo(
+            f"learning curves: {plot_runs(engine, [run_id], curves)}   (fitstream plot {run_id[:8]} -o curves.png)"
+        )
     finally:
         engine.dispose()
     if promoted is None:
-        raise FitstreamError(f"the promoter registered no model for run {run_id}; see {logs / 'promoter.log'}")
+        raise FitstreamError(
+            f"the promoter registered no model for run {run_id}; see {logs / 'promoter.log'}"
+        )
     _evaluate_champion(promoted, None if in_process else spec)
     if serve_ui is None:
         serve_ui = sys.stdin.isatty() and sys.stdout.isatty()
@@ -206,14 +249,27 @@ def _print_run(detail: RunDetail) -> None:
     print_rows(
         ["epoch", *names, *lr_column, "wall_time_s"],
         [
-            (e.epoch, *(e.metrics.get(n) for n in names), *([e.learning_rate] if lr_column else []), e.wall_time_s)
+            (
+                e.epoch,
+                *(e.metrics.get(n) for n in names),
+                *([e.learning_rate] if lr_column else []),
+                e.wall_time_s,
+            )
             for e in detail.epochs
         ],
         title=f"run {run.run_id} ({run.name}) — read back from SQL",
     )
-    best = f" best_epoch={run.best_epoch} best_{run.monitor}={run.best_value:.4f}" if run.best_value is not None else ""
-    click.echo(f"status={run.status} epochs_completed={run.epochs_completed}{best} stopped_epoch={run.stopped_epoch}")
-    click.echo(f"query it yourself: fitstream sql \"SELECT epoch, name, value FROM epoch_metrics WHERE run_id = '{run.run_id}'\"")
+    best = (
+        f" best_epoch={run.best_epoch} best_{run.monitor}={run.best_value:.4f}"
+        if run.best_value is not None
+        else ""
+    )
+    click.echo(
+        f"status={run.status} epochs_completed={run.epochs_completed}{best} stopped_epoch={run.stopped_epoch}"
+    )
+    click.echo(
+        f"query it yourself: fitstream sql \"SELECT epoch, name, value FROM epoch_metrics WHERE run_id = '{run.run_id}'\""
+    )
 
 
 def _train_in_process(console: Console, *, epochs: int) -> str:
@@ -230,13 +286,20 @@ def _train_in_process(console: Console, *, epochs: int) -> str:
     publisher = EventPublisher(name="demo-digits-mlp", batch_size=32)
     run_dir = settings.runs_dir / publisher.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(run_dir / "best.keras"), monitor="val_loss", save_best_only=True
+    )
     reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
     publisher.watch = (stop, checkpoint, reduce_lr)
     console.print(f"training run {publisher.run_id} (digits MLP, up to {epochs} epochs)…")
     with publisher:
         model.fit(
-            x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=32, verbose=2,
+            x,
+            y,
+            validation_data=(x_val, y_val),
+            epochs=epochs,
+            batch_size=32,
+            verbose=2,
             callbacks=[publisher, stop, checkpoint, reduce_lr],
         )
     return publisher.run_id

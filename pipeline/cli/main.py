@@ -54,7 +54,9 @@ class FitstreamGroup(PluginGroup):
         except FitstreamError as exc:
             # The message quotes what the user typed: escaped, so that "[red]" in a run id is shown
             # and not taken for markup; not wrapped, so that it stays one line in logs and pipes.
-            stderr_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            stderr_console.print(
+                f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             sys.exit(1)
 
 
@@ -78,7 +80,9 @@ def cli(verbose: int) -> None:
     Settings come from FITSTREAM_* environment variables (see the README).
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 cli.add_command(db.db)

@@ -13,7 +13,17 @@ from pipeline.db.session import make_engine, transaction
 from pipeline.errors import ConfigurationError
 from pipeline.model_registry import describe, list_versions
 
-LIST_COLUMNS = ("name", "version", "aliases", "run_id", "epoch", "metric", "value", "size_bytes", "created_at")
+LIST_COLUMNS = (
+    "name",
+    "version",
+    "aliases",
+    "run_id",
+    "epoch",
+    "metric",
+    "value",
+    "size_bytes",
+    "created_at",
+)
 #: Version numbers are SQL integers: 1 to 2³¹ - 1.
 MAX_VERSION = 2**31 - 1
 
@@ -27,13 +37,17 @@ def _checked_ref(ref: str) -> str:
     """
     _name, _, selector = ref.partition("@")
     if selector.isdigit() and not (selector.isascii() and 1 <= int(selector) <= MAX_VERSION):
-        raise ConfigurationError(f"a model version is a number from 1 to {MAX_VERSION}; got {selector!r} in {ref!r}")
+        raise ConfigurationError(
+            f"a model version is a number from 1 to {MAX_VERSION}; got {selector!r} in {ref!r}"
+        )
     return ref
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("args", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="JSON: an array of objects (list) or one object (show).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="JSON: an array of objects (list) or one object (show)."
+)
 def models(args: tuple[str, ...], as_json: bool) -> None:
     """List model versions: `fitstream models [NAME]`; show one: `fitstream models show NAME[@VERSION|@ALIAS]`.
 
@@ -62,13 +76,18 @@ def models(args: tuple[str, ...], as_json: bool) -> None:
     if as_json:  # aliases stay a list, as `models show --json` gives them
         print_rows(LIST_COLUMNS, [tuple(r[c] for c in LIST_COLUMNS) for r in rows], fmt="json")
         return
-    print_rows(LIST_COLUMNS, [tuple(", ".join(r[c]) if c == "aliases" else r[c] for c in LIST_COLUMNS) for r in rows],
-               title="models")
+    print_rows(
+        LIST_COLUMNS,
+        [tuple(", ".join(r[c]) if c == "aliases" else r[c] for c in LIST_COLUMNS) for r in rows],
+        title="models",
+    )
 
 
 @click.command()
 @click.argument("run")
-@click.option("--alias", "aliases", multiple=True, help="Also point this alias at the new version (repeatable).")
+@click.option(
+    "--alias", "aliases", multiple=True, help="Also point this alias at the new version (repeatable)."
+)
 @click.option("--force", is_flag=True, help="Move `champion` even if the version is not better.")
 def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
     """Promote RUN's best checkpoint by hand (the promoter's own code path)."""
@@ -83,7 +102,12 @@ def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
     load_check = configured_load_check(settings)
     try:
         result = promote_run(
-            engine, open_store(settings.model_store_url), run, aliases=aliases, force=force, load_check=load_check,
+            engine,
+            open_store(settings.model_store_url),
+            run,
+            aliases=aliases,
+            force=force,
+            load_check=load_check,
             locks=PromotionLocks(stream.client, stream.base_stream),
         )
     finally:
@@ -91,7 +115,10 @@ def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
         if load_check is not None:
             load_check.close()
     state = "registered" if result.created else "already registered"
-    click.echo(f"{result.name} v{result.version} {state}" + (" and is the champion" if result.champion else ""), err=True)
+    click.echo(
+        f"{result.name} v{result.version} {state}" + (" and is the champion" if result.champion else ""),
+        err=True,
+    )
 
 
 @click.command()
@@ -106,12 +133,22 @@ def alias(name: str, version: int, alias: str) -> None:
     engine = make_engine(get_settings().database_url)
     try:
         with transaction(engine) as conn:
-            exists = conn.execute(sa.select(SqlModelVersion.version).where(SqlModelVersion.name == name, SqlModelVersion.version == version)).first()
+            exists = conn.execute(
+                sa.select(SqlModelVersion.version).where(
+                    SqlModelVersion.name == name, SqlModelVersion.version == version
+                )
+            ).first()
             if exists is None:
-                raise RunNotFoundError(f"model {name!r} has no version {version}; list them with: fitstream models {name}")
+                raise RunNotFoundError(
+                    f"model {name!r} has no version {version}; list them with: fitstream models {name}"
+                )
             table = SqlModelAlias.__table__
             conn.execute(table.delete().where(table.c.name == name, table.c.alias == alias))
-            conn.execute(table.insert().values(name=name, alias=alias, version=version, updated_at=datetime.now(timezone.utc)))
+            conn.execute(
+                table.insert().values(
+                    name=name, alias=alias, version=version, updated_at=datetime.now(timezone.utc)
+                )
+            )
     finally:
         engine.dispose()
     click.echo(f"{name}@{alias} → v{version}", err=True)

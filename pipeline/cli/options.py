@@ -19,6 +19,9 @@ def shard_option(function: Any) -> Any:
         (0, 2)
     """
     return click.option(
-        "--shard", "shards", type=click.IntRange(0), multiple=True,
+        "--shard",
+        "shards",
+        type=click.IntRange(0),
+        multiple=True,
         help="Consume only this shard of the stream (repeat for several). Default: every shard (FITSTREAM_STREAM_SHARDS).",
     )(function)

@@ -24,7 +24,9 @@ stderr_console = Console(stderr=True)
 def make_console(*, stderr: bool = False) -> Console:
     """A console that neither wraps nor cuts values when output goes to a file or a pipe."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 100_000)  # tables keep their natural width
+    return Console(
+        stderr=stderr, width=None if stream.isatty() else 100_000
+    )  # tables keep their natural width
 
 
 def jsonable(value: Any) -> Any:
@@ -67,8 +69,14 @@ def print_json(payload: Any) -> None:
 
 
 def print_rows(
-    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: str = "table", title: str | None = None,
-    compact: bool = False, fold_last: bool = False, shrink: str | None = None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    fmt: str = "table",
+    title: str | None = None,
+    compact: bool = False,
+    fold_last: bool = False,
+    shrink: str | None = None,
 ) -> None:
     """Print ``rows`` as a table, a JSON array of objects, or CSV. ``compact``: no box, one space
     between columns (to fit a narrow terminal); ``fold_last``: the last column wraps instead of the
@@ -86,8 +94,18 @@ def print_rows(
     console = make_console()
     cells = [[cell(v) for v in row] for row in rows]
     if shrink in columns:
-        _fit(cells, list(columns), columns.index(shrink), console.width - (len(columns) - 1 + 2 if compact else 3 * len(columns) + 1))
-    table = Table(title=title, show_lines=False, header_style="bold", **({"box": box.SIMPLE_HEAD, "padding": (0, 0), "pad_edge": False} if compact else {}))
+        _fit(
+            cells,
+            list(columns),
+            columns.index(shrink),
+            console.width - (len(columns) - 1 + 2 if compact else 3 * len(columns) + 1),
+        )
+    table = Table(
+        title=title,
+        show_lines=False,
+        header_style="bold",
+        **({"box": box.SIMPLE_HEAD, "padding": (0, 0), "pad_edge": False} if compact else {}),
+    )
     for i, column in enumerate(columns):
         folds = fold_last and i == len(columns) - 1
         table.add_column(str(column), no_wrap=not folds, overflow="fold" if folds else "ellipsis")

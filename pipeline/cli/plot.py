@@ -12,9 +12,20 @@ from pipeline.db.session import make_engine
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--metric", "metrics", multiple=True, help="Only this metric (repeat for several). Default: every metric recorded.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("curves.png"), show_default=True,
-              help="The image to write: .png, .svg or .pdf.")
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="Only this metric (repeat for several). Default: every metric recorded.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("curves.png"),
+    show_default=True,
+    help="The image to write: .png, .svg or .pdf.",
+)
 def plot(runs: tuple[str, ...], metrics: tuple[str, ...], output: Path) -> None:
     """Draw the learning curves of RUNS (ids or their first characters), overlaid: one panel per
     metric family, best epochs starred, early stops dotted, the learning rate as steps.

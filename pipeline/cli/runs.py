@@ -13,7 +13,18 @@ from pipeline.db.queries import get_run, list_runs, monitored_curves
 from pipeline.db.session import make_engine
 from pipeline.sparkline import sparkline
 
-LIST_COLUMNS = ("run_id", "name", "status", "started_at", "finished_at", "epochs_completed", "best_epoch", "stopped_epoch", "monitor", "best_value")
+LIST_COLUMNS = (
+    "run_id",
+    "name",
+    "status",
+    "started_at",
+    "finished_at",
+    "epochs_completed",
+    "best_epoch",
+    "stopped_epoch",
+    "monitor",
+    "best_value",
+)
 #: The narrow table's columns (fits 100 columns): ``--wide`` shows LIST_COLUMNS instead.
 NARROW_COLUMNS = ("run", "name", "status", "epochs", "best", "started", "took", "curve")
 SPARK_WIDTH = 12
@@ -39,8 +50,16 @@ def narrow_row(run: Run, curve: list[float | None]) -> tuple[str, ...]:
         value = cell(run.best_value) if run.best_value is not None else "–"
         best = f"{run.monitor}{ARROWS.get(run.mode or '', '')}={value}"
     started = run.started_at.strftime("%m-%d %H:%M") if run.started_at is not None else ""
-    return (run.run_id[:8], run.name or "", run.status, str(run.epochs_completed or 0), best, started, _took(run),
-            sparkline(curve, width=SPARK_WIDTH))
+    return (
+        run.run_id[:8],
+        run.name or "",
+        run.status,
+        str(run.epochs_completed or 0),
+        best,
+        started,
+        _took(run),
+        sparkline(curve, width=SPARK_WIDTH),
+    )
 
 
 @click.command()
@@ -62,7 +81,13 @@ def runs(status: str | None, name: str | None, limit: int, wide: bool, as_json: 
         rows = [tuple(r.as_dict()[c] for c in LIST_COLUMNS) for r in found]
         print_rows(LIST_COLUMNS, rows, fmt="json" if as_json else "table", title="runs")
         return
-    print_rows(NARROW_COLUMNS, [narrow_row(r, curves.get(r.run_id, [])) for r in found], title="runs", compact=True, shrink="name")
+    print_rows(
+        NARROW_COLUMNS,
+        [narrow_row(r, curves.get(r.run_id, [])) for r in found],
+        title="runs",
+        compact=True,
+        shrink="name",
+    )
 
 
 @click.command()
@@ -80,8 +105,13 @@ def show(run: str, as_json: bool) -> None:
             {
                 **detail.run.as_dict(),
                 "epochs": [
-                    {"epoch": e.epoch, "metrics": e.metrics, "learning_rate": e.learning_rate,
-                     "wall_time_s": e.wall_time_s, "samples_per_second": e.samples_per_second}
+                    {
+                        "epoch": e.epoch,
+                        "metrics": e.metrics,
+                        "learning_rate": e.learning_rate,
+                        "wall_time_s": e.wall_time_s,
+                        "samples_per_second": e.samples_per_second,
+                    }
                     for e in detail.epochs
                 ],
                 "checkpoints": detail.checkpoints,
@@ -104,15 +134,29 @@ def show(run: str, as_json: bool) -> None:
         console.print(f"trial of sweep {r.sweep_id} (fitstream sweep show {r.sweep_id})", markup=False)
     names = sorted({n for e in detail.epochs for n in e.metrics})
     columns = ["epoch", *names, "lr", "time_s"]
-    rows = [(e.epoch, *(e.metrics.get(n) for n in names), e.learning_rate, e.wall_time_s) for e in detail.epochs]
+    rows = [
+        (e.epoch, *(e.metrics.get(n) for n in names), e.learning_rate, e.wall_time_s) for e in detail.epochs
+    ]
     print_rows(columns, rows, title="epochs")
     if detail.checkpoints:
         # Short columns first, the long path last: a narrow terminal folds the path, never the numbers.
         print_rows(
             ["epoch", "monitor", "value", "size", "saved", "sha256", "path"],
-            [(c["epoch"], c["monitor"], c["value"], _size(c["size_bytes"]), c["saved_at"], (c["sha256"] or "")[:12], c["path"])
-             for c in detail.checkpoints],
-            title="checkpoints", compact=True, fold_last=True,
+            [
+                (
+                    c["epoch"],
+                    c["monitor"],
+                    c["value"],
+                    _size(c["size_bytes"]),
+                    c["saved_at"],
+                    (c["sha256"] or "")[:12],
+                    c["path"],
+                )
+                for c in detail.checkpoints
+            ],
+            title="checkpoints",
+            compact=True,
+            fold_last=True,
         )
 
 

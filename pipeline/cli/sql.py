@@ -35,5 +35,6 @@ def sql(query: str, fmt: str | None) -> None:
     if result.truncated:
         click.echo(
             f"truncated: only the first {len(result.rows)} rows are shown (FITSTREAM_SQL_MAX_ROWS); "
-            "narrow the query or add LIMIT", err=True,
+            "narrow the query or add LIMIT",
+            err=True,
         )

@@ -24,9 +24,16 @@ def is_loopback(host: str) -> bool:
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; anything but loopback needs a token.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; anything but loopback needs a token.",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
-@click.option("--token", default=None, help=f"Require this token on every request (default ${TOKEN_VARIABLE}).")
+@click.option(
+    "--token", default=None, help=f"Require this token on every request (default ${TOKEN_VARIABLE})."
+)
 def ui(host: str, port: int, token: str | None) -> None:
     """Serve the dashboard: runs, a run's curves (live), comparisons, models.
 
@@ -46,5 +53,7 @@ def ui(host: str, port: int, token: str | None) -> None:
             "(clients send it as 'Authorization: Bearer <token>' or ?token=)"
         )
     app = create_app(get_settings(), token=token)
-    click.echo(f"Fitstream dashboard on http://{host}:{port}/" + ("  (token required)" if token else ""), err=True)
+    click.echo(
+        f"Fitstream dashboard on http://{host}:{port}/" + ("  (token required)" if token else ""), err=True
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -50,7 +50,11 @@ def watch(run: str, timeout: float | None, as_json: bool) -> None:
     else:
         final = _watch_rich(stream, run, start, timeout)
     if final is None or final.type != "run_finished":
-        raise click.ClickException(f"run {run} did not finish within {timeout}s" if timeout else f"run {run} ended without run_finished")
+        raise click.ClickException(
+            f"run {run} did not finish within {timeout}s"
+            if timeout
+            else f"run {run} ended without run_finished"
+        )
     sys.exit(0 if final.status in ev.SUCCESSFUL_STATUSES else 1)
 
 
@@ -58,8 +62,15 @@ def _watch_rich(stream: EventStream, run: str, start: str, timeout: float | None
     console = make_console()
     final = None
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         task = progress.add_task(f"run {run[:12]}", total=None)
         for event in follow_run(stream, run, start_id=start, timeout=timeout):
@@ -68,16 +79,28 @@ def _watch_rich(stream: EventStream, run: str, start: str, timeout: float | None
                 progress.console.print(f"queued on '{event.queue}' as {event.name}")
             elif isinstance(event, ev.RunStarted):
                 progress.update(task, total=event.epochs, description=f"{event.name}")
-                progress.console.print(f"started on {event.host} (pid {event.pid}): {event.model_name}, {event.params_count:,} parameters" if event.params_count else f"started on {event.host}")
+                progress.console.print(
+                    f"started on {event.host} (pid {event.pid}): {event.model_name}, {event.params_count:,} parameters"
+                    if event.params_count
+                    else f"started on {event.host}"
+                )
             elif isinstance(event, ev.EpochEnd):
                 progress.update(task, completed=event.epoch + 1)
-                progress.console.print(f"epoch {event.epoch:>3}  {_format_metrics(event.metrics)}  ({event.wall_time_s or 0:.2f}s)")
+                progress.console.print(
+                    f"epoch {event.epoch:>3}  {_format_metrics(event.metrics)}  ({event.wall_time_s or 0:.2f}s)"
+                )
             elif isinstance(event, ev.CheckpointSaved):
-                progress.console.print(f"          checkpoint saved: {event.path} ({event.monitor}={event.value:.4g})" if event.value is not None else f"          checkpoint saved: {event.path}")
+                progress.console.print(
+                    f"          checkpoint saved: {event.path} ({event.monitor}={event.value:.4g})"
+                    if event.value is not None
+                    else f"          checkpoint saved: {event.path}"
+                )
             elif isinstance(event, ev.LearningRateChanged):
                 progress.console.print(f"          learning rate {event.old:.3g} → {event.new:.3g}")
             elif isinstance(event, ev.EarlyStopped):
-                progress.console.print(f"early stopping at epoch {event.stopped_epoch}: best {event.monitor}={event.best_value:.4g} at epoch {event.best_epoch}")
+                progress.console.print(
+                    f"early stopping at epoch {event.stopped_epoch}: best {event.monitor}={event.best_value:.4g} at epoch {event.best_epoch}"
+                )
             elif isinstance(event, ev.RunFailed):
                 progress.console.print(f"[red]failed: {event.error_type}: {event.message}[/red]")
             elif isinstance(event, ev.RunFinished):

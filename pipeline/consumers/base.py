@@ -139,9 +139,16 @@ class ConsumerLoop:
         self._standing_by = False
         self._paused_since: float | None = None
         self._keeper: LeaseKeeper | None = None
-        self.leader = RedisLease(
-            stream.client, leader_key(stream.stream, self.group), owner=self.consumer_name, ttl_s=settings.leader_ttl_seconds,
-        ) if self.ordered else None
+        self.leader = (
+            RedisLease(
+                stream.client,
+                leader_key(stream.stream, self.group),
+                owner=self.consumer_name,
+                ttl_s=settings.leader_ttl_seconds,
+            )
+            if self.ordered
+            else None
+        )
         #: Read the next batch while this one is written (never for an ordered group).
         self.read_ahead = read_ahead and not self.ordered
         self._reader: ThreadPoolExecutor | None = None
@@ -179,7 +186,9 @@ class ConsumerLoop:
                     backoff.reset()
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     delay = backoff.next_delay()
-                    log.warning("%s: Redis unavailable (%s); retrying in %.1fs", self.consumer_name, exc, delay)
+                    log.warning(
+                        "%s: Redis unavailable (%s); retrying in %.1fs", self.consumer_name, exc, delay
+                    )
                     self.stop_event.wait(delay)
                     continue
                 except redis.ResponseError as exc:
@@ -190,7 +199,10 @@ class ConsumerLoop:
                     # are gone. Recreate the group from the start of whatever stream there is now.
                     log.warning(
                         "%s: consumer group %s is gone (%s) — did Redis restart without persistence? "
-                        "recreating it from the start of the stream", self.consumer_name, self.group, exc,
+                        "recreating it from the start of the stream",
+                        self.consumer_name,
+                        self.group,
+                        exc,
                     )
                     self.stats.groups_recreated += 1
                     self.stream.ensure_group(self.group)
@@ -218,27 +230,40 @@ class ConsumerLoop:
             if self._keeper is not None and not self._keeper.lost.is_set():
                 return True
             self._stop_keeping()
-            log.warning("%s: lost the lead of group %s to %s; standing by", self.consumer_name, self.group, self.leader.holder())
+            log.warning(
+                "%s: lost the lead of group %s to %s; standing by",
+                self.consumer_name,
+                self.group,
+                self.leader.holder(),
+            )
             return False
         if not self.leader.acquire(reentrant=True):
             if not self._standing_by:
                 self._standing_by = True
-                log.info("%s: %s leads group %s; standing by", self.consumer_name, self.leader.holder(), self.group)
+                log.info(
+                    "%s: %s leads group %s; standing by", self.consumer_name, self.leader.holder(), self.group
+                )
             return False
         self._standing_by = False
         self._keeper = LeaseKeeper(self.leader)
         log.info("%s: leading group %s", self.consumer_name, self.group)
         taken_over = 0
         while not self.stop_event.is_set() and not self._keeper.lost.is_set():
-            pending = self.stream.claim_stale(self.group, self.consumer_name, min_idle_ms=0, count=self.batch_size)
+            pending = self.stream.claim_stale(
+                self.group, self.consumer_name, min_idle_ms=0, count=self.batch_size
+            )
             if not pending:
                 break
             self.stats.reclaimed += len(pending)
             taken_over += len(pending)
             self.process(pending)
         if taken_over:
-            log.warning("%s: took the lead of group %s and handled %d messages left pending before anything newer",
-                        self.consumer_name, self.group, taken_over)
+            log.warning(
+                "%s: took the lead of group %s and handled %d messages left pending before anything newer",
+                self.consumer_name,
+                self.group,
+                taken_over,
+            )
         return True
 
     def _maintain(self) -> None:
@@ -256,7 +281,9 @@ class ConsumerLoop:
         """One round: reclaim stale messages when due, read new ones, process them."""
         now = time.monotonic()
         count = self._claim_when_due(now)
-        messages = self.stream.read(self.group, self.consumer_name, count=self.batch_size, block_ms=self.block_ms)
+        messages = self.stream.read(
+            self.group, self.consumer_name, count=self.batch_size, block_ms=self.block_ms
+        )
         count += self.process(messages)
         self._trim_when_due(now)
         return count
@@ -265,7 +292,9 @@ class ConsumerLoop:
         if now - self._last_claim < self.claim_idle_ms / 2000:
             return 0
         self._last_claim = now
-        claimed = self.stream.claim_stale(self.group, self.consumer_name, min_idle_ms=self.claim_idle_ms, count=self.batch_size)
+        claimed = self.stream.claim_stale(
+            self.group, self.consumer_name, min_idle_ms=self.claim_idle_ms, count=self.batch_size
+        )
         claimed = [m for m in claimed if m.message_id not in skip]
         if not claimed:
             return 0
@@ -285,7 +314,9 @@ class ConsumerLoop:
     def _drain_own_pending(self) -> None:
         """Messages delivered to this consumer name before a restart, not yet acknowledged."""
         while not self.stop_event.is_set():
-            pending = self.stream.read(self.group, self.consumer_name, count=self.batch_size, block_ms=None, pending=True)
+            pending = self.stream.read(
+                self.group, self.consumer_name, count=self.batch_size, block_ms=None, pending=True
+            )
             if not pending:
                 return
             self.process(pending)
@@ -312,7 +343,9 @@ class ConsumerLoop:
         return count
 
     def _read_new(self) -> _ReadBatch:
-        messages = self.stream.read(self.group, self.consumer_name, count=self.batch_size, block_ms=self.block_ms)
+        messages = self.stream.read(
+            self.group, self.consumer_name, count=self.batch_size, block_ms=self.block_ms
+        )
         return self._decode(messages)
 
     def _finish_read_ahead(self) -> None:
@@ -328,7 +361,11 @@ class ConsumerLoop:
             try:
                 self._process_read(pending.result())
             except Exception as exc:  # Redis or the handler failing on the way out: left pending
-                log.warning("%s: the batch read ahead stays pending (%s); it is handled after a restart", self.consumer_name, exc)
+                log.warning(
+                    "%s: the batch read ahead stays pending (%s); it is handled after a restart",
+                    self.consumer_name,
+                    exc,
+                )
         if self._reader is not None:
             self._reader.shutdown(wait=True)
             self._reader = None
@@ -351,7 +388,11 @@ class ConsumerLoop:
                 invalid.append((message, str(exc)))
                 continue
             raw = message.fields.get(ev.PAYLOAD_FIELD.encode(), b"")
-            received.append(Received(message.message_id, event, raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)))
+            received.append(
+                Received(
+                    message.message_id, event, raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+                )
+            )
         read = _ReadBatch(messages, received, invalid)
         prepare = getattr(self.handler, "prepare", None)
         if prepare is not None and received:
@@ -397,7 +438,9 @@ class ConsumerLoop:
         if len(batch) > 1:
             log.warning(
                 "%s: a batch of %d failed (%s); retrying its events one by one to isolate the bad one",
-                self.consumer_name, len(batch), _describe(failure),
+                self.consumer_name,
+                len(batch),
+                _describe(failure),
             )
             self.stats.batch_fallbacks += 1
             for item in batch:
@@ -410,7 +453,8 @@ class ConsumerLoop:
         log.error("%s: %s fails on its own: %s", self.consumer_name, item.message_id, _describe(failure))
         self._dead_letter(
             StreamMessage(item.message_id, {ev.PAYLOAD_FIELD.encode(): item.payload.encode()}),
-            f"{self.group} handler failed: {_describe(failure)}", kind="handler_failed",
+            f"{self.group} handler failed: {_describe(failure)}",
+            kind="handler_failed",
         )
         self._handled = True
 
@@ -446,11 +490,17 @@ class ConsumerLoop:
             self.stats.pauses += 1
             log.warning(
                 "%s: the database is unavailable (%s); paused — nothing is dead-lettered, the batch is retried "
-                "with backoff until it succeeds", self.consumer_name, _describe(error),
+                "with backoff until it succeeds",
+                self.consumer_name,
+                _describe(error),
             )
             state = {"state": "paused", "since": self._paused_since, "reason": _describe(error)[:500]}
         else:
-            log.warning("%s: the database answers again after %.1fs; resumed", self.consumer_name, time.time() - (self._paused_since or 0))
+            log.warning(
+                "%s: the database answers again after %.1fs; resumed",
+                self.consumer_name,
+                time.time() - (self._paused_since or 0),
+            )
             self._paused_since = None
             state = None
         try:

@@ -69,8 +69,10 @@ def _prepare_helper() -> None:
     try:
         import keras  # noqa: F401  (imported once, while the promoter waits for events)
     except ImportError as exc:
-        _startup_error = (f"Keras is not installed where the promoter runs ({exc}); install fitstream with TensorFlow "
-                          "there, or set FITSTREAM_PROMOTER_LOAD_CHECK=false to check the sha256 and structure only")
+        _startup_error = (
+            f"Keras is not installed where the promoter runs ({exc}); install fitstream with TensorFlow "
+            "there, or set FITSTREAM_PROMOTER_LOAD_CHECK=false to check the sha256 and structure only"
+        )
     except Exception as exc:  # a broken installation: say so with every answer, rather than crash the helper
         _startup_error = f"Keras could not be imported where the promoter runs: {type(exc).__name__}: {exc}"
 
@@ -133,7 +135,9 @@ class KerasLoadCheck:
         with self._lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_prepare_helper,
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_prepare_helper,
                 )
             return self._pool
 

@@ -37,7 +37,15 @@ from pipeline.promotion import (
 )
 from pipeline.store import ModelStore, StoreError
 
-__all__ = ["GROUP", "Promoter", "Promotion", "PromotionLocks", "PromotionRefused", "check_keras_file", "promote_run"]
+__all__ = [
+    "GROUP",
+    "Promoter",
+    "Promotion",
+    "PromotionLocks",
+    "PromotionRefused",
+    "check_keras_file",
+    "promote_run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +61,13 @@ def _promote_settings(event: ev.RunQueued) -> dict[str, Any]:
     try:
         return PromoteSettings.model_validate(raw or {}).model_dump()
     except ValidationError as exc:
-        log.warning("run %s: its promote settings are not valid (%s); using the defaults", event.run_id,
-                    "; ".join(error["msg"] for error in exc.errors())[:500])
+        log.warning(
+            "run %s: its promote settings are not valid (%s); using the defaults",
+            event.run_id,
+            "; ".join(error["msg"] for error in exc.errors())[:500],
+        )
         return PromoteSettings().model_dump()
+
 
 GROUP = "promoter"
 #: A staging copy this old is a leftover of an interrupted promotion, not a copy in progress.
@@ -72,8 +84,13 @@ class Promoter:
     ordered = True
 
     def __init__(
-        self, engine: Engine, store: ModelStore, *, publish: Callable[[list[Any]], object] | None = None,
-        load_check: KerasLoadCheck | None = None, locks: PromotionLocks | None = None,
+        self,
+        engine: Engine,
+        store: ModelStore,
+        *,
+        publish: Callable[[list[Any]], object] | None = None,
+        load_check: KerasLoadCheck | None = None,
+        locks: PromotionLocks | None = None,
     ) -> None:
         require_head(engine)
         self.engine = engine
@@ -81,7 +98,9 @@ class Promoter:
         self.publish = publish
         self.load_check = load_check
         self.locks = locks
-        self._best_seen: dict[str, float] = {}  # run, source, monitor → best value seen (prefetch only improvements)
+        self._best_seen: dict[
+            str, float
+        ] = {}  # run, source, monitor → best value seen (prefetch only improvements)
         if load_check is not None:
             load_check.warm()
         self._discard_stale_copies()
@@ -92,16 +111,24 @@ class Promoter:
             for event in events:
                 if isinstance(event, ev.RunQueued):
                     promote = _promote_settings(event)
-                    self._run(conn, event.run_id, event.name, json.dumps(promote), spec_hash=_spec_hash(event.spec))
+                    self._run(
+                        conn, event.run_id, event.name, json.dumps(promote), spec_hash=_spec_hash(event.spec)
+                    )
                 elif isinstance(event, ev.RunStarted):
                     self._run(
-                        conn, event.run_id, event.name, None, data_fingerprint=event.data_fingerprint,
+                        conn,
+                        event.run_id,
+                        event.name,
+                        None,
+                        data_fingerprint=event.data_fingerprint,
                         monitor_modes=_monitor_modes(event),
                     )
                 elif isinstance(event, ev.RunFinished):
                     finished = upsert_insert(conn, SqlPromoterRun.__table__)
                     conn.execute(
-                        finished.on_conflict_do_update(index_elements=["run_id"], set_={"status": finished.excluded.status}),
+                        finished.on_conflict_do_update(
+                            index_elements=["run_id"], set_={"status": finished.excluded.status}
+                        ),
                         {"run_id": event.run_id, "status": event.status},
                     )
                 elif isinstance(event, ev.CheckpointSaved):
@@ -126,20 +153,30 @@ class Promoter:
         replaced = ("monitor", "value", "sha256", "mode", "source", "batch", "seq")
         conn.execute(
             insert.on_conflict_do_update(
-                index_elements=["run_id", "epoch", "path"], set_={c: insert.excluded[c] for c in replaced},
+                index_elements=["run_id", "epoch", "path"],
+                set_={c: insert.excluded[c] for c in replaced},
                 where=sa.or_(table.c.seq.is_(None), table.c.seq < insert.excluded.seq),
             ),
             {
-                "run_id": event.run_id, "epoch": event.epoch, "path": event.path, "monitor": event.monitor,
-                "value": event.value, "sha256": event.sha256, "mode": event.mode, "source": event.source,
-                "batch": event.batch, "seq": event.seq,
+                "run_id": event.run_id,
+                "epoch": event.epoch,
+                "path": event.path,
+                "monitor": event.monitor,
+                "value": event.value,
+                "sha256": event.sha256,
+                "mode": event.mode,
+                "source": event.source,
+                "batch": event.batch,
+                "seq": event.seq,
             },
         )
 
     def _discard_stale_copies(self) -> None:
         """Remove what promoters killed mid-copy left behind (they are never visible, but take space)."""
         try:
-            removed = sum(self.store.discard_staging(name, older_than_s=STALE_STAGING_S) for name in self.store.names())
+            removed = sum(
+                self.store.discard_staging(name, older_than_s=STALE_STAGING_S) for name in self.store.names()
+            )
         except (OSError, StoreError) as exc:
             log.warning("could not clear old partial copies from the model store: %s", exc)
             return
@@ -167,26 +204,44 @@ class Promoter:
 
     @staticmethod
     def _run(
-        conn: Connection, run_id: str, name: str, settings: str | None, spec_hash: str | None = None,
-        data_fingerprint: str | None = None, monitor_modes: str | None = None,
+        conn: Connection,
+        run_id: str,
+        name: str,
+        settings: str | None,
+        spec_hash: str | None = None,
+        data_fingerprint: str | None = None,
+        monitor_modes: str | None = None,
     ) -> None:
         table = SqlPromoterRun.__table__
         insert = upsert_insert(conn, table)
         conn.execute(
-            insert.on_conflict_do_update(index_elements=["run_id"], set_={
-                "name": sa.func.coalesce(table.c.name, insert.excluded.name),
-                "settings": sa.func.coalesce(insert.excluded.settings, table.c.settings),
-                "spec_hash": sa.func.coalesce(insert.excluded.spec_hash, table.c.spec_hash),
-                "data_fingerprint": sa.func.coalesce(insert.excluded.data_fingerprint, table.c.data_fingerprint),
-                "monitor_modes": sa.func.coalesce(insert.excluded.monitor_modes, table.c.monitor_modes),
-            }),
-            {"run_id": run_id, "name": name, "settings": settings, "spec_hash": spec_hash, "data_fingerprint": data_fingerprint,
-             "monitor_modes": monitor_modes},
+            insert.on_conflict_do_update(
+                index_elements=["run_id"],
+                set_={
+                    "name": sa.func.coalesce(table.c.name, insert.excluded.name),
+                    "settings": sa.func.coalesce(insert.excluded.settings, table.c.settings),
+                    "spec_hash": sa.func.coalesce(insert.excluded.spec_hash, table.c.spec_hash),
+                    "data_fingerprint": sa.func.coalesce(
+                        insert.excluded.data_fingerprint, table.c.data_fingerprint
+                    ),
+                    "monitor_modes": sa.func.coalesce(insert.excluded.monitor_modes, table.c.monitor_modes),
+                },
+            ),
+            {
+                "run_id": run_id,
+                "name": name,
+                "settings": settings,
+                "spec_hash": spec_hash,
+                "data_fingerprint": data_fingerprint,
+                "monitor_modes": monitor_modes,
+            },
         )
 
     def _settings(self, run_id: str) -> dict[str, Any]:
         with transaction(self.engine) as conn:
-            raw = conn.execute(sa.select(SqlPromoterRun.settings).where(SqlPromoterRun.run_id == run_id)).scalar()
+            raw = conn.execute(
+                sa.select(SqlPromoterRun.settings).where(SqlPromoterRun.run_id == run_id)
+            ).scalar()
         return json.loads(raw) if raw else {}
 
     def _promote(self, trigger: ev.EarlyStopped | ev.RunFinished, settings: dict[str, Any]) -> None:
@@ -196,27 +251,56 @@ class Promoter:
             # Announced again on redelivery (a crash may have come between the commit and the first
             # announcement); the stable id and seq make consumers keep one.
             seq = ev.promotion_seq(trigger.seq, outcome)
-            self._emit(ev.build(cls, run_id=run_id, seq=seq, event_id=ev.stable_event_id(run_id, seq), **fields))
+            self._emit(
+                ev.build(cls, run_id=run_id, seq=seq, event_id=ev.stable_event_id(run_id, seq), **fields)
+            )
 
         try:
             result = promote_run(
-                self.engine, self.store, run_id, force=bool(settings.get("force")), name=settings.get("name"),
-                load_check=self.load_check, locks=self.locks, metric=trigger.monitor,
+                self.engine,
+                self.store,
+                run_id,
+                force=bool(settings.get("force")),
+                name=settings.get("name"),
+                load_check=self.load_check,
+                locks=self.locks,
+                metric=trigger.monitor,
             )
         except PromotionRefused as exc:
             log.warning("run %s not promoted: %s", run_id, exc)
             announce(ev.PromotionSkipped, "promotion_skipped", name=settings.get("name"), reason=str(exc))
             return
         if result.created:
-            log.info("run %s promoted as %s v%d%s", run_id, result.name, result.version, " (champion)" if result.champion else "")
+            log.info(
+                "run %s promoted as %s v%d%s",
+                run_id,
+                result.name,
+                result.version,
+                " (champion)" if result.champion else "",
+            )
         announce(
-            ev.ModelPromoted, "model_promoted", name=result.name, version=result.version, champion=result.champion,
-            aliases=[LATEST] + ([CHAMPION] if result.champion else []), previous_champion_version=result.previous_champion,
-            previous_champion_value=result.previous_value, metric=result.metric, value=result.value, mode=result.mode,
-            epoch=result.epoch, source=result.source, champion_reason=result.champion_reason,
+            ev.ModelPromoted,
+            "model_promoted",
+            name=result.name,
+            version=result.version,
+            champion=result.champion,
+            aliases=[LATEST] + ([CHAMPION] if result.champion else []),
+            previous_champion_version=result.previous_champion,
+            previous_champion_value=result.previous_value,
+            metric=result.metric,
+            value=result.value,
+            mode=result.mode,
+            epoch=result.epoch,
+            source=result.source,
+            champion_reason=result.champion_reason,
         )
         if result.champion_reason is not None:
-            announce(ev.PromotionSkipped, "champion_kept", name=result.name, reason=f"champion not moved: {result.champion_reason}")
+            announce(
+                ev.PromotionSkipped,
+                "champion_kept",
+                name=result.name,
+                reason=f"champion not moved: {result.champion_reason}",
+            )
 
     def _emit(self, event: ev.Event) -> None:
         if self.publish is not None:

@@ -65,25 +65,46 @@ class Pruner:
         if isinstance(event, ev.RunQueued):
             prune = (event.sweep.spec or {}).get("prune") if event.sweep is not None else None
             if prune:
-                _upsert_trial(conn, {
-                    "run_id": event.run_id, "sweep_id": event.sweep.id, "status": "queued",  # type: ignore[union-attr]
-                    "warmup_epochs": int(prune.get("warmup_epochs") or 0), "min_trials": int(prune.get("min_trials") or 1),
-                    "monitor": prune.get("monitor"), "mode": prune.get("mode"),
-                })
+                _upsert_trial(
+                    conn,
+                    {
+                        "run_id": event.run_id,
+                        "sweep_id": event.sweep.id,
+                        "status": "queued",  # type: ignore[union-attr]
+                        "warmup_epochs": int(prune.get("warmup_epochs") or 0),
+                        "min_trials": int(prune.get("min_trials") or 1),
+                        "monitor": prune.get("monitor"),
+                        "mode": prune.get("mode"),
+                    },
+                )
             return
         if not isinstance(event, (ev.RunStarted, ev.EpochEnd, ev.RunFinished)):
             return
-        trial = conn.execute(sa.select(SqlPrunerTrial.__table__).where(SqlPrunerTrial.run_id == event.run_id)).first()
+        trial = conn.execute(
+            sa.select(SqlPrunerTrial.__table__).where(SqlPrunerTrial.run_id == event.run_id)
+        ).first()
         if trial is None:
             return
         if isinstance(event, ev.RunStarted):
             monitor = trial.monitor or event.monitor or DEFAULT_MONITOR
             mode = trial.mode or (event.mode if monitor == event.monitor else None) or _mode(monitor)
-            conn.execute(sa.update(SqlPrunerTrial.__table__).where(SqlPrunerTrial.run_id == event.run_id)
-                         .values(monitor=monitor, mode=mode, status=sa.case((SqlPrunerTrial.status == "queued", "running"),
-                                                                            else_=SqlPrunerTrial.status)))
+            conn.execute(
+                sa.update(SqlPrunerTrial.__table__)
+                .where(SqlPrunerTrial.run_id == event.run_id)
+                .values(
+                    monitor=monitor,
+                    mode=mode,
+                    status=sa.case(
+                        (SqlPrunerTrial.status == "queued", "running"), else_=SqlPrunerTrial.status
+                    ),
+                )
+            )
         elif isinstance(event, ev.RunFinished):
-            conn.execute(sa.update(SqlPrunerTrial.__table__).where(SqlPrunerTrial.run_id == event.run_id).values(status=event.status))
+            conn.execute(
+                sa.update(SqlPrunerTrial.__table__)
+                .where(SqlPrunerTrial.run_id == event.run_id)
+                .values(status=event.status)
+            )
         else:
             self._epoch(conn, trial, event)
 
@@ -91,30 +112,55 @@ class Pruner:
         if not trial.monitor or trial.monitor not in event.metrics:
             return
         value = event.metrics[trial.monitor]
-        bulk.insert_ignore(conn, "pruner_values", ("run_id", "epoch", "sweep_id", "value"),
-                           [(trial.run_id, event.epoch, trial.sweep_id, value)])
+        bulk.insert_ignore(
+            conn,
+            "pruner_values",
+            ("run_id", "epoch", "sweep_id", "value"),
+            [(trial.run_id, event.epoch, trial.sweep_id, value)],
+        )
         if trial.status != "running" or not trial.mode:
             return
-        finished = conn.execute(
-            sa.text("SELECT v.value FROM pruner_values v JOIN pruner_trials t ON t.run_id = v.run_id "
-                    "WHERE t.sweep_id = :sweep AND v.epoch = :epoch AND t.status IN :counted")
-            .bindparams(sa.bindparam("counted", expanding=True)),
-            {"sweep": trial.sweep_id, "epoch": event.epoch, "counted": list(COUNTED)},
-        ).scalars().all()
-        reason = prune_reason(trial.monitor, trial.mode, epoch=event.epoch, value=value, finished=finished,
-                              warmup_epochs=trial.warmup_epochs, min_trials=trial.min_trials)
+        finished = (
+            conn.execute(
+                sa.text(
+                    "SELECT v.value FROM pruner_values v JOIN pruner_trials t ON t.run_id = v.run_id "
+                    "WHERE t.sweep_id = :sweep AND v.epoch = :epoch AND t.status IN :counted"
+                ).bindparams(sa.bindparam("counted", expanding=True)),
+                {"sweep": trial.sweep_id, "epoch": event.epoch, "counted": list(COUNTED)},
+            )
+            .scalars()
+            .all()
+        )
+        reason = prune_reason(
+            trial.monitor,
+            trial.mode,
+            epoch=event.epoch,
+            value=value,
+            finished=finished,
+            warmup_epochs=trial.warmup_epochs,
+            min_trials=trial.min_trials,
+        )
         if reason is None:
             return
         log.info("pruning run %s of sweep %s: %s", trial.run_id, trial.sweep_id, reason)
-        self.jobs.request_cancel(trial.run_id, status="pruned", reason=f"pruned: {reason}")  # before the commit
-        conn.execute(sa.update(SqlPrunerTrial.__table__).where(SqlPrunerTrial.run_id == trial.run_id).values(status="pruning"))
+        self.jobs.request_cancel(
+            trial.run_id, status="pruned", reason=f"pruned: {reason}"
+        )  # before the commit
+        conn.execute(
+            sa.update(SqlPrunerTrial.__table__)
+            .where(SqlPrunerTrial.run_id == trial.run_id)
+            .values(status="pruning")
+        )
 
 
 def _mode(monitor: str | None) -> str | None:
     try:
         return infer_mode(monitor) if monitor else None
     except ConfigurationError:
-        log.warning("pruning: cannot tell whether %r is minimised or maximised; set prune: {monitor: …, mode: …}", monitor)
+        log.warning(
+            "pruning: cannot tell whether %r is minimised or maximised; set prune: {monitor: …, mode: …}",
+            monitor,
+        )
         return None
 
 

@@ -59,7 +59,14 @@ log = logging.getLogger(__name__)
 EVENT_COLUMNS = ("event_id", "run_id", "seq", "type", "ts", "payload")
 METRIC_COLUMNS = ("run_id", "name", "epoch", "value")
 EPOCH_COLUMNS = (
-    "run_id", "epoch", "learning_rate", "wall_time_s", "steps", "samples_per_second", "steps_per_second", "ended_at",
+    "run_id",
+    "epoch",
+    "learning_rate",
+    "wall_time_s",
+    "steps",
+    "samples_per_second",
+    "steps_per_second",
+    "ended_at",
     "event_id",
 )
 BATCH_METRIC_COLUMNS = ("run_id", "name", "step", "epoch", "value", "ts")
@@ -67,7 +74,17 @@ BATCH_METRIC_COLUMNS = ("run_id", "name", "step", "epoch", "value", "ts")
 #: JSON is not kept in ``events`` as well (it would be most of the database's writes).
 ROW_RECORDED_TYPES = frozenset({"epoch_end", "batch_end"})
 CHECKPOINT_COLUMNS = (
-    "run_id", "epoch", "path", "monitor", "value", "size_bytes", "sha256", "saved_at", "mode", "source", "batch",
+    "run_id",
+    "epoch",
+    "path",
+    "monitor",
+    "value",
+    "size_bytes",
+    "sha256",
+    "saved_at",
+    "mode",
+    "source",
+    "batch",
 )
 
 # How each runs column merges an incoming value with the stored one.
@@ -75,9 +92,28 @@ STATUS_RANK = {"queued": 0, "running": 1}
 _FIRST_WINS = ("started_at", "queued_at")
 _MAXIMUM = ("epochs_completed", "last_event_at")
 _LATEST_NON_NULL = (
-    "name", "finished_at", "epochs_planned", "best_epoch", "stopped_epoch", "monitor", "mode", "best_value",
-    "restored_best_weights", "model_name", "params_count", "optimizer", "batch_size", "host", "tags",
-    "wall_time_s", "error_type", "error_message", "queue", "data_fingerprint", "sweep_id", "status_reason",
+    "name",
+    "finished_at",
+    "epochs_planned",
+    "best_epoch",
+    "stopped_epoch",
+    "monitor",
+    "mode",
+    "best_value",
+    "restored_best_weights",
+    "model_name",
+    "params_count",
+    "optimizer",
+    "batch_size",
+    "host",
+    "tags",
+    "wall_time_s",
+    "error_type",
+    "error_message",
+    "queue",
+    "data_fingerprint",
+    "sweep_id",
+    "status_reason",
 )
 PARAM_COLUMNS = ("run_id", "key", "value", "value_num")
 
@@ -159,15 +195,26 @@ def rows_for(batch: Sequence[Received]) -> BatchRows:
             rows.metrics += [(run_id, name, epoch, value) for name, value in event.metrics.items()]
             summaries.accumulate(rows.summaries, run_id, epoch, event.metrics)
             rows.epochs.append(
-                (run_id, epoch, event.learning_rate, event.wall_time_s, event.steps,
-                 event.samples_per_second, event.steps_per_second, at, event.id)
+                (
+                    run_id,
+                    epoch,
+                    event.learning_rate,
+                    event.wall_time_s,
+                    event.steps,
+                    event.samples_per_second,
+                    event.steps_per_second,
+                    at,
+                    event.id,
+                )
             )
             if epoch + 1 > run.epochs:
                 run.epochs = epoch + 1
         elif isinstance(event, ev.BatchEnd):
             if event.step is not None:  # publishers before batch_metrics sent no step: kept in events
                 run_id, step, epoch = event.run_id, event.step, event.epoch
-                rows.batch_metrics += [(run_id, name, step, epoch, value, at) for name, value in event.metrics.items()]
+                rows.batch_metrics += [
+                    (run_id, name, step, epoch, value, at) for name, value in event.metrics.items()
+                ]
         elif isinstance(event, ev.RunQueued):
             run.promote("queued")
             run.set_first("queued_at", at)
@@ -179,29 +226,54 @@ def rows_for(batch: Sequence[Received]) -> BatchRows:
         elif isinstance(event, ev.RunStarted):
             run.set_first("started_at", at)
             run.set(
-                name=event.name, epochs_planned=event.epochs, monitor=event.monitor, mode=event.mode,
-                model_name=event.model_name, params_count=event.params_count,
+                name=event.name,
+                epochs_planned=event.epochs,
+                monitor=event.monitor,
+                mode=event.mode,
+                model_name=event.model_name,
+                params_count=event.params_count,
                 optimizer=json.dumps(event.optimizer) if event.optimizer is not None else None,
-                batch_size=event.batch_size, host=event.host,
-                tags=json.dumps(event.tags) if event.tags else None, data_fingerprint=event.data_fingerprint,
+                batch_size=event.batch_size,
+                host=event.host,
+                tags=json.dumps(event.tags) if event.tags else None,
+                data_fingerprint=event.data_fingerprint,
             )
             rows.params += [(event.run_id, *param_row(k, v)) for k, v in event.params.items()]
         elif isinstance(event, ev.CheckpointSaved):
             rows.checkpoints.append(
-                (event.run_id, event.epoch, event.path, event.monitor, event.value, event.size_bytes, event.sha256, at,
-                 event.mode, event.source, event.batch)
+                (
+                    event.run_id,
+                    event.epoch,
+                    event.path,
+                    event.monitor,
+                    event.value,
+                    event.size_bytes,
+                    event.sha256,
+                    at,
+                    event.mode,
+                    event.source,
+                    event.batch,
+                )
             )
         elif isinstance(event, ev.EarlyStopped):
             run.set(
-                stopped_epoch=event.stopped_epoch, best_epoch=event.best_epoch, best_value=event.best_value,
-                monitor=event.monitor, mode=event.mode,
+                stopped_epoch=event.stopped_epoch,
+                best_epoch=event.best_epoch,
+                best_value=event.best_value,
+                monitor=event.monitor,
+                mode=event.mode,
             )
         elif isinstance(event, ev.RunFinished):
             run.promote(event.status)
             run.set(
-                finished_at=at, wall_time_s=event.wall_time_s, best_epoch=event.best_epoch,
-                best_value=event.best_value, monitor=event.monitor, mode=event.mode,
-                restored_best_weights=int(event.restored_best_weights), status_reason=event.reason,
+                finished_at=at,
+                wall_time_s=event.wall_time_s,
+                best_epoch=event.best_epoch,
+                best_value=event.best_value,
+                monitor=event.monitor,
+                mode=event.mode,
+                restored_best_weights=int(event.restored_best_weights),
+                status_reason=event.reason,
             )
             run.bump("epochs_completed", event.epochs_completed)
         elif isinstance(event, ev.RunFailed):
@@ -214,8 +286,17 @@ def rows_for(batch: Sequence[Received]) -> BatchRows:
 
 
 def _sweep_row(sweeps: dict[str, dict[str, Any]], sweep: ev.SweepTrial, at: datetime) -> None:
-    row = sweeps.setdefault(sweep.id, {"id": sweep.id, "name": sweep.name, "spec": None, "created_at": at,
-                                       "trials": sweep.trials, "state": "queued"})
+    row = sweeps.setdefault(
+        sweep.id,
+        {
+            "id": sweep.id,
+            "name": sweep.name,
+            "spec": None,
+            "created_at": at,
+            "trials": sweep.trials,
+            "state": "queued",
+        },
+    )
     row["created_at"] = min(row["created_at"], at)
     if sweep.spec is not None:
         row["spec"] = json.dumps(sweep.spec)
@@ -229,7 +310,10 @@ def _upsert_sweeps(conn: Connection, sweeps: dict[str, dict[str, Any]]) -> None:
     current, excluded = table.c, insert.excluded
     statement = insert.on_conflict_do_update(
         index_elements=[current.id],
-        set_={"spec": sa.func.coalesce(current.spec, excluded.spec), "created_at": sa.func.coalesce(current.created_at, excluded.created_at)},
+        set_={
+            "spec": sa.func.coalesce(current.spec, excluded.spec),
+            "created_at": sa.func.coalesce(current.created_at, excluded.created_at),
+        },
     )
     conn.execute(statement, [sweeps[k] for k in sorted(sweeps)])
 
@@ -249,7 +333,8 @@ _SWEEPS_OF = sa.text(
     "SELECT DISTINCT sweep_id FROM runs WHERE sweep_id IS NOT NULL AND run_id IN :run_ids"
 ).bindparams(sa.bindparam("run_ids", expanding=True))
 _LOCK_SWEEPS = sa.text("SELECT id FROM sweeps WHERE id IN :sweep_ids ORDER BY id FOR UPDATE").bindparams(
-    sa.bindparam("sweep_ids", expanding=True))
+    sa.bindparam("sweep_ids", expanding=True)
+)
 
 
 def _update_sweep_states(conn: Connection, run_ids: Sequence[str]) -> None:
@@ -274,16 +359,21 @@ def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
     table = SqlRun.__table__
     insert = bulk.upsert_insert(conn, table)
     excluded, current = insert.excluded, table.c
+
     def rank(column: Any) -> Any:
         return sa.case((column == "queued", 0), (column == "running", 1), else_=2)
 
     merge: dict[str, Any] = {
-        "status": sa.case((rank(current.status) >= rank(excluded.status), current.status), else_=excluded.status),
+        "status": sa.case(
+            (rank(current.status) >= rank(excluded.status), current.status), else_=excluded.status
+        ),
     }
     for name in _FIRST_WINS:
         merge[name] = sa.func.coalesce(current[name], excluded[name])
     for name in _MAXIMUM:
-        merge[name] = sa.func.coalesce(bulk.greatest(conn, current[name], excluded[name]), excluded[name], current[name])
+        merge[name] = sa.func.coalesce(
+            bulk.greatest(conn, current[name], excluded[name]), excluded[name], current[name]
+        )
     for name in _LATEST_NON_NULL:
         merge[name] = sa.func.coalesce(excluded[name], current[name])
     statement = insert.on_conflict_do_update(index_elements=[current.run_id], set_=merge)
@@ -341,7 +431,9 @@ class Recorder:
         require_head(engine)
         self.engine = engine
         self.settings = settings or get_settings()
-        self._next_compaction = time.monotonic() + min(COMPACTION_DELAY_S, self.settings.batch_metrics_compact_every_seconds)
+        self._next_compaction = time.monotonic() + min(
+            COMPACTION_DELAY_S, self.settings.batch_metrics_compact_every_seconds
+        )
 
     def prepare(self, batch: Sequence[Received]) -> BatchRows:
         """The batch's rows, built ahead on the consumer's reader thread (no database involved)."""
@@ -361,14 +453,20 @@ class Recorder:
         self._next_compaction = time.monotonic() + settings.batch_metrics_compact_every_seconds
         try:
             report = compact_batch_metrics(
-                self.engine, retention_days=settings.batch_metrics_retention_days,
-                bucket_steps=settings.batch_metrics_bucket_steps, max_runs=COMPACTION_MAX_RUNS,
+                self.engine,
+                retention_days=settings.batch_metrics_retention_days,
+                bucket_steps=settings.batch_metrics_bucket_steps,
+                max_runs=COMPACTION_MAX_RUNS,
             )
         except Exception as exc:
             log.warning("recorder: downsampling old batch curves failed (%s); trying again later", exc)
             return
         if report.runs:
-            log.info("recorder: downsampled the batch curves of %d runs (%d raw rows into %d buckets)",
-                     report.runs, report.raw_rows_removed, report.buckets_written)
+            log.info(
+                "recorder: downsampled the batch curves of %d runs (%d raw rows into %d buckets)",
+                report.runs,
+                report.raw_rows_removed,
+                report.buckets_written,
+            )
         if report.runs >= COMPACTION_MAX_RUNS:
             self._next_compaction = time.monotonic()  # more are due: go on after the next batch

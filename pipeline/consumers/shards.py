@@ -57,7 +57,9 @@ class ShardedConsumers:
             )
         self.consumer_name = consumer_name or default_consumer_name()
         self.loops = [
-            ConsumerLoop(make_handler(), stream.for_shard(shard), consumer_name=self.consumer_name, **loop_options)
+            ConsumerLoop(
+                make_handler(), stream.for_shard(shard), consumer_name=self.consumer_name, **loop_options
+            )
             for shard in chosen
         ]
 
@@ -94,11 +96,18 @@ class ShardedConsumers:
             try:
                 loop.run(idle_exit_after=idle_exit_after)
             except BaseException as exc:
-                log.exception("%s: the consumer of %s failed; stopping the others", self.consumer_name, loop.stream.stream)
+                log.exception(
+                    "%s: the consumer of %s failed; stopping the others",
+                    self.consumer_name,
+                    loop.stream.stream,
+                )
                 errors.append(exc)
                 self.stop()
 
-        threads = [threading.Thread(target=_run, args=(loop,), name=f"{loop.group}-{loop.stream.shard}") for loop in self.loops]
+        threads = [
+            threading.Thread(target=_run, args=(loop,), name=f"{loop.group}-{loop.stream.shard}")
+            for loop in self.loops
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

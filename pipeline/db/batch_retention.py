@@ -48,7 +48,8 @@ ON CONFLICT DO NOTHING
 """
 
 _DELETE = sa.text("DELETE FROM batch_metrics WHERE run_id IN :run_ids").bindparams(
-    sa.bindparam("run_ids", expanding=True))
+    sa.bindparam("run_ids", expanding=True)
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,11 @@ class CompactionReport:
 
 
 def compact_batch_metrics(
-    engine: Engine, *, retention_days: float, bucket_steps: int, now: datetime | None = None,
+    engine: Engine,
+    *,
+    retention_days: float,
+    bucket_steps: int,
+    now: datetime | None = None,
     max_runs: int | None = None,
 ) -> CompactionReport:
     """Downsample the batch curves of every run quiet for ``retention_days`` (at most ``max_runs``)."""

@@ -30,7 +30,9 @@ def sqlite_timestamp(value: datetime | None) -> str | None:
     return value.isoformat(sep=" ", timespec="microseconds")[:26]  # drop the "+00:00"
 
 
-def insert_ignore(conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def insert_ignore(
+    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
     """Insert ``rows`` (tuples in ``columns`` order) into ``table``, skipping key conflicts."""
     if not rows:
         return

@@ -66,21 +66,34 @@ class SweepView:
 def list_sweeps(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
     """Most recent sweeps first, with how many trials ended and the best one so far."""
     with transaction(engine) as conn:
-        sweeps = [_sweep(row) for row in conn.execute(
-            sa.text("SELECT id, name, state, trials, created_at, spec FROM sweeps ORDER BY created_at DESC, id LIMIT :limit"),
-            {"limit": limit},
-        )]
+        sweeps = [
+            _sweep(row)
+            for row in conn.execute(
+                sa.text(
+                    "SELECT id, name, state, trials, created_at, spec FROM sweeps ORDER BY created_at DESC, id LIMIT :limit"
+                ),
+                {"limit": limit},
+            )
+        ]
         out = []
         for sweep in sweeps:
             trials = _compared(conn, _sweep_run_ids(conn, sweep.id), None)
             _ranked(trials, next((t.mode for t in trials if t.mode), None))  # marks the best
             ended = sum(1 for t in trials if t.status in _terminal())
             best = next((t for t in trials if t.best), None)
-            out.append({
-                "sweep_id": sweep.id, "name": sweep.name, "state": sweep.state, "trials": sweep.trials, "ended": ended,
-                "created_at": sweep.created_at, "monitor": best.metric if best else None,
-                "best_value": best.best_value if best else None, "best_run_id": best.run_id if best else None,
-            })
+            out.append(
+                {
+                    "sweep_id": sweep.id,
+                    "name": sweep.name,
+                    "state": sweep.state,
+                    "trials": sweep.trials,
+                    "ended": ended,
+                    "created_at": sweep.created_at,
+                    "monitor": best.metric if best else None,
+                    "best_value": best.best_value if best else None,
+                    "best_run_id": best.run_id if best else None,
+                }
+            )
     return out
 
 
@@ -95,7 +108,9 @@ def sweep_trials(engine: Engine, sweep_ref: str, *, metric: str | None = None) -
     return SweepView(sweep, trials[0].metric if trials else metric, mode, varied, _ranked(trials, mode))
 
 
-def compare_runs(engine: Engine, refs: Sequence[str], *, metric: str | None = None) -> tuple[list[Compared], list[str]]:
+def compare_runs(
+    engine: Engine, refs: Sequence[str], *, metric: str | None = None
+) -> tuple[list[Compared], list[str]]:
     """The runs that ``refs`` name (run ids or their first characters, sweep ids for all their
     trials), and the parameter keys whose values differ between them."""
     if not refs:
@@ -113,7 +128,9 @@ def compare_runs(engine: Engine, refs: Sequence[str], *, metric: str | None = No
     with transaction(engine) as conn:
         compared = _compared(conn, resolved, metric)
     keys = sorted({k for c in compared for k in c.params})
-    differing = [k for k in keys if len({json.dumps(c.params.get(k, "<unset>"), sort_keys=True) for c in compared}) > 1]
+    differing = [
+        k for k in keys if len({json.dumps(c.params.get(k, "<unset>"), sort_keys=True) for c in compared}) > 1
+    ]
     mode = next((c.mode for c in compared if c.mode), None)
     _ranked(compared, mode)  # marks the best
     return compared, differing
@@ -133,14 +150,18 @@ def _sweep(row: Any) -> Sweep:
 
 def _find_sweep(conn: Connection, ref: str) -> Sweep | None:
     rows = conn.execute(
-        sa.text("SELECT id, name, state, trials, created_at, spec FROM sweeps WHERE id = :ref OR id LIKE :prefix ESCAPE '\\' ORDER BY id LIMIT 6"),
+        sa.text(
+            "SELECT id, name, state, trials, created_at, spec FROM sweeps WHERE id = :ref OR id LIKE :prefix ESCAPE '\\' ORDER BY id LIMIT 6"
+        ),
         {"ref": ref, "prefix": ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"},
     ).all()
     exact = [r for r in rows if r.id == ref]
     if exact:
         return _sweep(exact[0])
     if len(rows) > 1:
-        raise RunNotFoundError(f"{ref!r} matches several sweeps ({', '.join(r.id for r in rows[:5])}…); give more characters")
+        raise RunNotFoundError(
+            f"{ref!r} matches several sweeps ({', '.join(r.id for r in rows[:5])}…); give more characters"
+        )
     return _sweep(rows[0]) if rows and ref else None
 
 
@@ -154,9 +175,12 @@ def _resolve_sweep(conn: Connection, ref: str) -> Sweep:
 
 
 def _sweep_run_ids(conn: Connection, sweep_id: str) -> list[str]:
-    return list(conn.execute(
-        sa.text("SELECT run_id FROM runs WHERE sweep_id = :id ORDER BY queued_at, run_id"), {"id": sweep_id}
-    ).scalars())
+    return list(
+        conn.execute(
+            sa.text("SELECT run_id FROM runs WHERE sweep_id = :id ORDER BY queued_at, run_id"),
+            {"id": sweep_id},
+        ).scalars()
+    )
 
 
 def _sweep_keys(section: dict[str, Any] | None) -> list[str]:
@@ -171,7 +195,8 @@ def _params(conn: Connection, run_ids: Sequence[str]) -> dict[str, dict[str, Any
     if not run_ids:
         return out
     query = sa.text("SELECT run_id, key, value, value_num FROM params WHERE run_id IN :ids").bindparams(
-        sa.bindparam("ids", expanding=True))
+        sa.bindparam("ids", expanding=True)
+    )
     for row in conn.execute(query, {"ids": list(run_ids)}):
         # A number's text is its JSON (pipeline.params.param_row): read back as the int or float it was.
         out[row.run_id][row.key] = json.loads(row.value) if row.value_num is not None else row.value
@@ -183,7 +208,8 @@ def _compared(conn: Connection, run_ids: Sequence[str], metric: str | None) -> l
         return []
     query = sa.text(
         "SELECT run_id, name, status, status_reason, epochs_completed, sweep_id, monitor, mode, best_value, best_epoch "
-        "FROM runs WHERE run_id IN :ids").bindparams(sa.bindparam("ids", expanding=True))
+        "FROM runs WHERE run_id IN :ids"
+    ).bindparams(sa.bindparam("ids", expanding=True))
     rows = {row.run_id: row for row in conn.execute(query, {"ids": list(run_ids)})}
     params = _params(conn, run_ids)
     out = []
@@ -192,9 +218,17 @@ def _compared(conn: Connection, run_ids: Sequence[str], metric: str | None) -> l
         if row is None:
             continue
         compared = Compared(
-            run_id=run_id, name=row.name, status=row.status, epochs=int(row.epochs_completed or 0), sweep_id=row.sweep_id,
-            metric=metric or row.monitor, mode=row.mode, best_value=row.best_value, best_epoch=row.best_epoch,
-            params=params.get(run_id, {}), status_reason=row.status_reason,
+            run_id=run_id,
+            name=row.name,
+            status=row.status,
+            epochs=int(row.epochs_completed or 0),
+            sweep_id=row.sweep_id,
+            metric=metric or row.monitor,
+            mode=row.mode,
+            best_value=row.best_value,
+            best_epoch=row.best_epoch,
+            params=params.get(run_id, {}),
+            status_reason=row.status_reason,
         )
         if metric is not None and (metric != row.monitor or row.best_value is None):
             _best_from_epochs(conn, compared, metric, run_monitor=row.monitor)
@@ -211,19 +245,23 @@ def _best_from_epochs(conn: Connection, compared: Compared, metric: str, *, run_
     except ConfigurationError:
         raise ConfigurationError(
             f"cannot tell whether {metric!r} should be minimised or maximised; compare by a metric whose name says "
-            "(e.g. val_loss, val_accuracy) or by the runs' own monitor (leave out --metric)") from None
+            "(e.g. val_loss, val_accuracy) or by the runs' own monitor (leave out --metric)"
+        ) from None
     epochs = conn.execute(
         sa.text("SELECT epoch, value FROM epoch_metrics WHERE run_id = :id AND name = :name ORDER BY epoch"),
         {"id": compared.run_id, "name": metric},
     ).all()
     best = rule.best_of(value for _, value in epochs)
     compared.mode = rule.mode
-    compared.best_value, compared.best_epoch = (epochs[best[0]][1], epochs[best[0]][0]) if best else (None, None)
+    compared.best_value, compared.best_epoch = (
+        (epochs[best[0]][1], epochs[best[0]][0]) if best else (None, None)
+    )
 
 
 def _ranked(trials: list[Compared], mode: str | None) -> list[Compared]:
     """Best first in ``mode``'s direction (each trial's own mode when they have one); no value last.
     Marks the first with a value as the best."""
+
     def key(t: Compared) -> tuple[int, float]:
         value = t.best_value
         if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -20,9 +20,25 @@ from pipeline.db.session import transaction
 from pipeline.errors import ConfigurationError, RunNotFoundError
 
 RUN_FIELDS = (
-    "run_id", "name", "status", "started_at", "finished_at", "epochs_completed", "best_epoch",
-    "stopped_epoch", "monitor", "best_value", "mode", "model_name", "params_count", "wall_time_s",
-    "error_type", "error_message", "data_fingerprint", "status_reason", "sweep_id",
+    "run_id",
+    "name",
+    "status",
+    "started_at",
+    "finished_at",
+    "epochs_completed",
+    "best_epoch",
+    "stopped_epoch",
+    "monitor",
+    "best_value",
+    "mode",
+    "model_name",
+    "params_count",
+    "wall_time_s",
+    "error_type",
+    "error_message",
+    "data_fingerprint",
+    "status_reason",
+    "sweep_id",
 )
 _RUNS = SqlRun.__table__
 _RUN_SELECT = sa.select(*(_RUNS.c[f] for f in RUN_FIELDS))
@@ -32,7 +48,9 @@ def _run(row: Any) -> Run:
     return Run(**dict(row._mapping))
 
 
-def list_runs(engine: Engine, *, status: str | None = None, name: str | None = None, limit: int = 50) -> list[Run]:
+def list_runs(
+    engine: Engine, *, status: str | None = None, name: str | None = None, limit: int = 50
+) -> list[Run]:
     """Most recent runs first."""
     query = _RUN_SELECT
     if status:
@@ -50,8 +68,9 @@ def monitored_curves(engine: Engine, runs: list[Run]) -> dict[str, list[float | 
     curves: dict[str, list[float | None]] = {run_id: [] for run_id in wanted}
     if not wanted:
         return curves
-    query = sa.text("SELECT run_id, name, value FROM epoch_metrics WHERE run_id IN :ids ORDER BY run_id, epoch").bindparams(
-        sa.bindparam("ids", expanding=True))
+    query = sa.text(
+        "SELECT run_id, name, value FROM epoch_metrics WHERE run_id IN :ids ORDER BY run_id, epoch"
+    ).bindparams(sa.bindparam("ids", expanding=True))
     with transaction(engine) as conn:
         for run_id, name, value in conn.execute(query, {"ids": list(wanted)}):
             if wanted[run_id] == name:
@@ -64,17 +83,28 @@ def resolve_run_id(engine: Engine, run_ref: str) -> str:
     if not run_ref:
         raise ConfigurationError("a run id (or the start of one) is required")
     with transaction(engine) as conn:
-        rows = conn.execute(
-            # A prefix is matched literally: '\\' escapes LIKE's wildcards on both databases.
-            sa.text("SELECT run_id FROM runs WHERE run_id = :ref OR run_id LIKE :prefix ESCAPE '\\' ORDER BY run_id LIMIT 6"),
-            {"ref": run_ref, "prefix": run_ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"},
-        ).scalars().all()
+        rows = (
+            conn.execute(
+                # A prefix is matched literally: '\\' escapes LIKE's wildcards on both databases.
+                sa.text(
+                    "SELECT run_id FROM runs WHERE run_id = :ref OR run_id LIKE :prefix ESCAPE '\\' ORDER BY run_id LIMIT 6"
+                ),
+                {
+                    "ref": run_ref,
+                    "prefix": run_ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",
+                },
+            )
+            .scalars()
+            .all()
+        )
     if run_ref in rows:
         return run_ref
     if not rows:
         raise RunNotFoundError(f"no run with id {run_ref!r}; list runs with: fitstream runs")
     if len(rows) > 1:
-        raise RunNotFoundError(f"{run_ref!r} matches several runs ({', '.join(rows[:5])}…); give more characters")
+        raise RunNotFoundError(
+            f"{run_ref!r} matches several runs ({', '.join(rows[:5])}…); give more characters"
+        )
     return rows[0]
 
 
@@ -83,8 +113,10 @@ def run_checkpoints(conn: Any, run_id: str) -> list[dict[str, Any]]:
     return [
         dict(row._mapping)
         for row in conn.execute(
-            sa.text("SELECT epoch, path, monitor, value, size_bytes, sha256, saved_at FROM checkpoints "
-                    "WHERE run_id = :id ORDER BY epoch, path"),
+            sa.text(
+                "SELECT epoch, path, monitor, value, size_bytes, sha256, saved_at FROM checkpoints "
+                "WHERE run_id = :id ORDER BY epoch, path"
+            ),
             {"id": run_id},
         )
     ]
@@ -111,7 +143,9 @@ def get_run(engine: Engine, run_ref: str) -> RunDetail:
         extra = {
             row.epoch: row
             for row in conn.execute(
-                sa.text("SELECT epoch, learning_rate, wall_time_s, samples_per_second FROM epochs WHERE run_id = :id"),
+                sa.text(
+                    "SELECT epoch, learning_rate, wall_time_s, samples_per_second FROM epochs WHERE run_id = :id"
+                ),
                 {"id": run_id},
             )
         }
@@ -131,7 +165,9 @@ def get_run(engine: Engine, run_ref: str) -> RunDetail:
     return RunDetail(run=run, epochs=epochs, checkpoints=checkpoints)
 
 
-def run_sql(database_url: str, query: str, *, max_rows: int | None = None, settings: Any = None) -> QueryResult:
+def run_sql(
+    database_url: str, query: str, *, max_rows: int | None = None, settings: Any = None
+) -> QueryResult:
     """Run a user's ``query`` through the one read-only path (:func:`pipeline.db.readonly.run_query`).
 
     Example:
@@ -142,6 +178,9 @@ def run_sql(database_url: str, query: str, *, max_rows: int | None = None, setti
 
     settings = settings or get_settings()
     return run_query(
-        database_url, query, max_rows=max_rows or settings.sql_max_rows, timeout_s=settings.sql_timeout_seconds,
+        database_url,
+        query,
+        max_rows=max_rows or settings.sql_max_rows,
+        timeout_s=settings.sql_timeout_seconds,
         reader_database_url=settings.reader_database_url,
     )

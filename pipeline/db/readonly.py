@@ -37,10 +37,25 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_ROWS = 10_000
 
 # -- SQLite -----------------------------------------------------------------------------------
-_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+_ALLOWED_ACTIONS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    getattr(sqlite3, "SQLITE_RECURSIVE", 33),
+}
 #: Pragmas whose value may be read (never set): what SQLAlchemy asks on connect, and a few more.
 #: (The schema itself is readable as ``SELECT sql FROM sqlite_master``.)
-_VALUE_PRAGMAS = {"read_uncommitted", "query_only", "user_version", "schema_version", "data_version", "encoding", "page_size", "page_count", "database_list"}
+_VALUE_PRAGMAS = {
+    "read_uncommitted",
+    "query_only",
+    "user_version",
+    "schema_version",
+    "data_version",
+    "encoding",
+    "page_size",
+    "page_count",
+    "database_list",
+}
 _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
 #: Progress-handler granularity (SQLite VM instructions between two looks at the clock).
 _PROGRESS_STEPS = 10_000
@@ -70,7 +85,9 @@ def connect_sqlite(url: str, *, busy_timeout_s: float = 30.0) -> sqlite3.Connect
         conn = sqlite3.connect(":memory:", timeout=busy_timeout_s, check_same_thread=False)
     else:
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_s, check_same_thread=False)
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_s, check_same_thread=False
+            )
         except sqlite3.OperationalError as exc:
             raise DatabaseError(f"cannot open the history database {path} for reading: {exc}") from None
     conn.execute("PRAGMA query_only=ON")
@@ -89,7 +106,9 @@ def _sqlite_query(url: str, query: str, *, max_rows: int, timeout_s: float) -> Q
     except sqlite3.DatabaseError as exc:
         message = str(exc)
         if message == "interrupted":
-            raise QueryTimeoutError(f"the query ran longer than {timeout_s:g}s and was cancelled (FITSTREAM_SQL_TIMEOUT_SECONDS)") from None
+            raise QueryTimeoutError(
+                f"the query ran longer than {timeout_s:g}s and was cancelled (FITSTREAM_SQL_TIMEOUT_SECONDS)"
+            ) from None
         if "authoriz" in message or "readonly" in message or "read-only" in message:
             raise ReadOnlyViolationError(f"refused: fitstream sql is read-only ({message})") from None
         if "one statement at a time" in message:
@@ -108,7 +127,14 @@ def reader_url(database_url: str, explicit: str | None = None) -> str:
     the history database's URL as ``fitstream_reader`` without a password."""
     url = make_url(explicit or database_url)
     if not explicit:  # URL.create, not URL.set: set() ignores None and would keep the owner's password
-        url = URL.create("postgresql", username=READER_ROLE, host=url.host, port=url.port, database=url.database, query=url.query)
+        url = URL.create(
+            "postgresql",
+            username=READER_ROLE,
+            host=url.host,
+            port=url.port,
+            database=url.database,
+            query=url.query,
+        )
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
@@ -116,7 +142,9 @@ def _reader_options(timeout_s: float) -> str:
     return f"-c default_transaction_read_only=on -c statement_timeout={int(timeout_s * 1000)}"
 
 
-def connect_postgres(database_url: str, *, explicit_reader_url: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
+def connect_postgres(
+    database_url: str, *, explicit_reader_url: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Any:
     """A psycopg connection as the reader role, every transaction read-only and time-limited."""
     import psycopg
 
@@ -138,7 +166,7 @@ _LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 
 
 def _first_word(query: str) -> str:
-    rest = query[_LEADING.match(query).end():]  # type: ignore[union-attr]
+    rest = query[_LEADING.match(query).end() :]  # type: ignore[union-attr]
     return rest.split(None, 1)[0] if rest.split() else ""
 
 
@@ -155,7 +183,9 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _postgres_query(database_url: str, query: str, *, max_rows: int, timeout_s: float, explicit_reader_url: str | None) -> QueryResult:
+def _postgres_query(
+    database_url: str, query: str, *, max_rows: int, timeout_s: float, explicit_reader_url: str | None
+) -> QueryResult:
     import psycopg
     from psycopg import errors
 
@@ -168,7 +198,9 @@ def _postgres_query(database_url: str, query: str, *, max_rows: int, timeout_s: 
             rows = cursor.fetchmany(max_rows + 1)
             columns = [d.name for d in cursor.description or ()]
     except errors.QueryCanceled:
-        raise QueryTimeoutError(f"the query ran longer than {timeout_s:g}s and was cancelled (FITSTREAM_SQL_TIMEOUT_SECONDS)") from None
+        raise QueryTimeoutError(
+            f"the query ran longer than {timeout_s:g}s and was cancelled (FITSTREAM_SQL_TIMEOUT_SECONDS)"
+        ) from None
     except (errors.InsufficientPrivilege, errors.ReadOnlySqlTransaction) as exc:
         raise ReadOnlyViolationError(f"refused: fitstream sql is read-only ({_first_line(exc)})") from None
     except errors.SyntaxError as exc:
@@ -226,7 +258,11 @@ class QueryResult:
 
 
 def run_query(
-    database_url: str, query: str, *, max_rows: int = DEFAULT_MAX_ROWS, timeout_s: float = DEFAULT_TIMEOUT_S,
+    database_url: str,
+    query: str,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     reader_database_url: str | None = None,
 ) -> QueryResult:
     """Run one read-only ``query`` against the history database (see the module docstring).
@@ -240,11 +276,19 @@ def run_query(
     if backend == "sqlite":
         return _sqlite_query(database_url, query, max_rows=max_rows, timeout_s=timeout_s)
     if backend == "postgresql":
-        return _postgres_query(database_url, query, max_rows=max_rows, timeout_s=timeout_s, explicit_reader_url=reader_database_url)
+        return _postgres_query(
+            database_url,
+            query,
+            max_rows=max_rows,
+            timeout_s=timeout_s,
+            explicit_reader_url=reader_database_url,
+        )
     raise ConfigurationError(f"unsupported database {backend!r}: use a sqlite:/// or postgresql:// URL")
 
 
-def engine_creator(database_url: str, *, reader_database_url: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Callable[[], Any]:
+def engine_creator(
+    database_url: str, *, reader_database_url: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Callable[[], Any]:
     """DBAPI connections for a read-only SQLAlchemy engine (the CLI's own read queries)."""
     if make_url(database_url).get_backend_name() == "sqlite":
         return lambda: connect_sqlite(database_url)

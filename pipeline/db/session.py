@@ -56,7 +56,9 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         from pipeline.db.readonly import engine_creator
 
         settings = get_settings()
-        creator = engine_creator(url, reader_database_url=settings.reader_database_url, timeout_s=settings.sql_timeout_seconds)
+        creator = engine_creator(
+            url, reader_database_url=settings.reader_database_url, timeout_s=settings.sql_timeout_seconds
+        )
         return sa.create_engine(url, creator=creator, pool_pre_ping=backend == "postgresql")
     if backend == "sqlite":
         engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
@@ -113,7 +115,9 @@ def _refused_by_the_driver(exc: BaseException) -> bool:
     """psycopg refuses some values before sending them (a NUL in a text field): a ``DataError``
     with no SQLSTATE, raised on the client. Retrying the same rows cannot help."""
     original = getattr(exc, "orig", None) or exc
-    return any(f"{cls.__module__}.{cls.__qualname__}" == "psycopg.DataError" for cls in type(original).__mro__)
+    return any(
+        f"{cls.__module__}.{cls.__qualname__}" == "psycopg.DataError" for cls in type(original).__mro__
+    )
 
 
 @contextlib.contextmanager
@@ -143,5 +147,7 @@ def _is_driver_error(exc: BaseException) -> bool:
 def _database_error(engine: Engine, original: BaseException) -> DatabaseError:
     code = _sqlstate(original) or getattr(original, "sqlite_errorname", None)
     return DatabaseError(
-        f"database error on {mask_url(str(engine.url))}: {original}", transient=not caused_by_the_data(original), code=code,
+        f"database error on {mask_url(str(engine.url))}: {original}",
+        transient=not caused_by_the_data(original),
+        code=code,
     )

@@ -51,7 +51,9 @@ def _fold(acc: dict[tuple[str, str], list[Any]], run_id: str, name: str, epoch: 
         s[4], s[5] = value, epoch
 
 
-def accumulate(acc: dict[tuple[str, str], list[Any]], run_id: str, epoch: int, metrics: dict[str, Any]) -> None:
+def accumulate(
+    acc: dict[tuple[str, str], list[Any]], run_id: str, epoch: int, metrics: dict[str, Any]
+) -> None:
     """Fold one epoch's metrics into ``acc``, as the recorder builds a batch's rows (its reader
     thread: off the write path)."""
     for name, value in metrics.items():
@@ -85,12 +87,14 @@ def recorded_epochs(conn: Connection, epochs: Sequence[tuple[str, int]]) -> set[
     found: set[tuple[str, int]] = set()
     items = sorted(spans.items())
     for start in range(0, len(items), 300):  # 900 parameters a statement at most
-        chunk = items[start:start + 300]
+        chunk = items[start : start + 300]
         values = ", ".join(f"(:r{i}, :lo{i}, :hi{i})" for i in range(len(chunk)))
         params: dict[str, Any] = {}
         for i, (run_id, (lo, hi)) in enumerate(chunk):
             params.update({f"r{i}": run_id, f"lo{i}": lo, f"hi{i}": hi})
-        found.update((r, int(e)) for r, e in conn.execute(sa.text(_EXISTING_EPOCHS.format(values=values)), params))
+        found.update(
+            (r, int(e)) for r, e in conn.execute(sa.text(_EXISTING_EPOCHS.format(values=values)), params)
+        )
     return found
 
 
@@ -101,19 +105,38 @@ def fold(conn: Connection, rows: Sequence[SummaryRow]) -> None:
     table = SqlMetricSummary.__table__
     insert = bulk.upsert_insert(conn, table)
     cur, new = table.c, insert.excluded
-    lower = sa.or_(cur.min_value.is_(None), sa.and_(new.min_value.is_not(None), sa.or_(
-        new.min_value < cur.min_value, sa.and_(new.min_value == cur.min_value, new.min_epoch < cur.min_epoch))))
-    higher = sa.or_(cur.max_value.is_(None), sa.and_(new.max_value.is_not(None), sa.or_(
-        new.max_value > cur.max_value, sa.and_(new.max_value == cur.max_value, new.max_epoch < cur.max_epoch))))
+    lower = sa.or_(
+        cur.min_value.is_(None),
+        sa.and_(
+            new.min_value.is_not(None),
+            sa.or_(
+                new.min_value < cur.min_value,
+                sa.and_(new.min_value == cur.min_value, new.min_epoch < cur.min_epoch),
+            ),
+        ),
+    )
+    higher = sa.or_(
+        cur.max_value.is_(None),
+        sa.and_(
+            new.max_value.is_not(None),
+            sa.or_(
+                new.max_value > cur.max_value,
+                sa.and_(new.max_value == cur.max_value, new.max_epoch < cur.max_epoch),
+            ),
+        ),
+    )
     later = new.last_epoch > cur.last_epoch
-    statement = insert.on_conflict_do_update(index_elements=[cur.run_id, cur.name], set_={
-        "min_value": sa.case((lower, new.min_value), else_=cur.min_value),
-        "min_epoch": sa.case((lower, new.min_epoch), else_=cur.min_epoch),
-        "max_value": sa.case((higher, new.max_value), else_=cur.max_value),
-        "max_epoch": sa.case((higher, new.max_epoch), else_=cur.max_epoch),
-        "last_value": sa.case((later, new.last_value), else_=cur.last_value),  # NaN as recorded
-        "last_epoch": sa.case((later, new.last_epoch), else_=cur.last_epoch),
-    })
+    statement = insert.on_conflict_do_update(
+        index_elements=[cur.run_id, cur.name],
+        set_={
+            "min_value": sa.case((lower, new.min_value), else_=cur.min_value),
+            "min_epoch": sa.case((lower, new.min_epoch), else_=cur.min_epoch),
+            "max_value": sa.case((higher, new.max_value), else_=cur.max_value),
+            "max_epoch": sa.case((higher, new.max_epoch), else_=cur.max_epoch),
+            "last_value": sa.case((later, new.last_value), else_=cur.last_value),  # NaN as recorded
+            "last_epoch": sa.case((later, new.last_epoch), else_=cur.last_epoch),
+        },
+    )
     conn.execute(statement, [dict(zip(COLUMNS, row)) for row in rows])
 
 
@@ -122,17 +145,20 @@ def rebuild(conn: Connection) -> int:
     # NaN: kept as NaN by PostgreSQL (and sorted above every number), stored as NULL by SQLite.
     number = "value <> 'NaN'" if conn.dialect.name == "postgresql" else "value IS NOT NULL"
     conn.execute(sa.text("DELETE FROM metric_summaries"))
-    conn.execute(sa.text(f"""
+    conn.execute(
+        sa.text(f"""
 INSERT INTO metric_summaries (run_id, name, min_value, max_value, last_epoch)
 SELECT run_id, name, min(value) FILTER (WHERE {number}), max(value) FILTER (WHERE {number}), max(epoch)
-FROM epoch_metrics GROUP BY run_id, name"""))
-    conn.execute(sa.text("""
+FROM epoch_metrics GROUP BY run_id, name""")
+    )
+    conn.execute(
+        sa.text("""
 UPDATE metric_summaries SET
   min_epoch = (SELECT min(m.epoch) FROM epoch_metrics m WHERE m.run_id = metric_summaries.run_id
                AND m.name = metric_summaries.name AND m.value = metric_summaries.min_value),
   max_epoch = (SELECT min(m.epoch) FROM epoch_metrics m WHERE m.run_id = metric_summaries.run_id
                AND m.name = metric_summaries.name AND m.value = metric_summaries.max_value),
   last_value = (SELECT m.value FROM epoch_metrics m WHERE m.run_id = metric_summaries.run_id
-                AND m.name = metric_summaries.name AND m.epoch = metric_summaries.last_epoch)"""))
+                AND m.name = metric_summaries.name AND m.epoch = metric_summaries.last_epoch)""")
+    )
     return int(conn.execute(sa.text("SELECT count(*) FROM metric_summaries")).scalar() or 0)
-

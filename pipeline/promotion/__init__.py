@@ -12,4 +12,12 @@ from pipeline.promotion.service import (
     promote_run,
 )
 
-__all__ = ["CHAMPION", "LATEST", "Promotion", "PromotionLocks", "PromotionRefused", "check_keras_file", "promote_run"]
+__all__ = [
+    "CHAMPION",
+    "LATEST",
+    "Promotion",
+    "PromotionLocks",
+    "PromotionRefused",
+    "check_keras_file",
+    "promote_run",
+]

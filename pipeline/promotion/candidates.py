@@ -57,7 +57,9 @@ def _rule(candidate: Candidate, known_modes: Mapping[str, str]) -> Monitor:
     return Monitor.from_event(candidate, known_mode=known_modes.get(candidate.monitor or ""))
 
 
-def _group_rank(candidates: list[Candidate], known_modes: Mapping[str, str], prefer_monitor: str | None, notes: list[str]) -> list[tuple[Candidate, Monitor]]:
+def _group_rank(
+    candidates: list[Candidate], known_modes: Mapping[str, str], prefer_monitor: str | None, notes: list[str]
+) -> list[tuple[Candidate, Monitor]]:
     usable: list[tuple[Candidate, Monitor]] = []
     for candidate in candidates:
         try:
@@ -74,13 +76,22 @@ def _group_rank(candidates: list[Candidate], known_modes: Mapping[str, str], pre
     valued = [(c, r) for c, r in usable if c.value is not None and c.value == c.value]
     unvalued = [(c, r) for c, r in usable if (c, r) not in valued]
     # Keras keeps the first of equal values (a strict improvement rule): earlier first among ties.
-    valued.sort(key=lambda item: (item[0].value if item[1].mode == "min" else -item[0].value, item[0].seq or 0, item[0].epoch))  # type: ignore[operator]
+    valued.sort(
+        key=lambda item: (
+            item[0].value if item[1].mode == "min" else -item[0].value,
+            item[0].seq or 0,
+            item[0].epoch,
+        )
+    )  # type: ignore[operator]
     unvalued.sort(key=lambda item: (item[0].seq or 0, item[0].epoch), reverse=True)  # newest first
     return valued + unvalued
 
 
 def rank_candidates(
-    candidates: Iterable[Candidate], *, known_modes: Mapping[str, str] | None = None, prefer_monitor: str | None = None,
+    candidates: Iterable[Candidate],
+    *,
+    known_modes: Mapping[str, str] | None = None,
+    prefer_monitor: str | None = None,
 ) -> Ranking:
     """ModelCheckpoint's files best first by their own rule, then EarlyStopping's restored model.
 
@@ -92,5 +103,7 @@ def rank_candidates(
     candidates = list(candidates)
     kept = [c for c in candidates if (c.source or MODEL_CHECKPOINT) != EARLY_STOPPING_RESTORE]
     restored = [c for c in candidates if c.source == EARLY_STOPPING_RESTORE]
-    ranked = _group_rank(kept, known_modes, prefer_monitor, notes) + _group_rank(restored, known_modes, prefer_monitor, notes)
+    ranked = _group_rank(kept, known_modes, prefer_monitor, notes) + _group_rank(
+        restored, known_modes, prefer_monitor, notes
+    )
     return Ranking(ranked, notes)

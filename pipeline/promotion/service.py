@@ -87,22 +87,30 @@ class PromotionLocks:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        lease = RedisLease(self.client, f"{self.stream_key}:promoting:{name}", owner=self.owner, ttl_s=LOCK_TTL_S)
+        lease = RedisLease(
+            self.client, f"{self.stream_key}:promoting:{name}", owner=self.owner, ttl_s=LOCK_TTL_S
+        )
         try:
             with held(lease, wait_s=self.wait_s):
                 yield
         except LeaseBusyError as exc:
-            raise PromotionRefused(f"another promotion of {name} is still running after {self.wait_s:g} s ({exc}); "
-                                   "promote again later with: fitstream promote RUN") from None
+            raise PromotionRefused(
+                f"another promotion of {name} is still running after {self.wait_s:g} s ({exc}); "
+                "promote again later with: fitstream promote RUN"
+            ) from None
         except redis.ConnectionError as exc:
-            raise PromotionRefused(f"cannot reach Redis to take turns with other promotions of {name} ({exc}); "
-                                   "start Redis or check FITSTREAM_REDIS_URL") from None
+            raise PromotionRefused(
+                f"cannot reach Redis to take turns with other promotions of {name} ({exc}); "
+                "start Redis or check FITSTREAM_REDIS_URL"
+            ) from None
 
 
 def check_keras_file(path: str) -> None:
     """A ``.keras`` file is a zip holding config.json and the weights (checked without TensorFlow)."""
     if path.endswith(".weights.h5"):
-        raise PromotionRefused(f"{path} holds weights only (save_weights_only=True), not a model that can be loaded")
+        raise PromotionRefused(
+            f"{path} holds weights only (save_weights_only=True), not a model that can be loaded"
+        )
     if path.endswith(".h5"):
         return  # legacy H5: checked by its sha256 only
     try:
@@ -115,7 +123,9 @@ def check_keras_file(path: str) -> None:
     except zipfile.BadZipFile:
         raise PromotionRefused(f"{path} is not a Keras .keras file (not a zip archive)") from None
     if "config.json" not in names or not any(n.endswith(".weights.h5") or n.endswith(".h5") for n in names):
-        raise PromotionRefused(f"{path} is not a complete Keras model file (has: {', '.join(sorted(names)) or 'nothing'})")
+        raise PromotionRefused(
+            f"{path} is not a complete Keras model file (has: {', '.join(sorted(names)) or 'nothing'})"
+        )
 
 
 def promote_run(
@@ -150,10 +160,13 @@ def promote_run(
     with transaction(engine) as conn:
         run = conn.execute(sa.select(SqlPromoterRun.__table__).where(SqlPromoterRun.run_id == run_id)).first()
         rows = conn.execute(
-            sa.select(SqlPromoterCheckpoint.__table__).where(SqlPromoterCheckpoint.run_id == run_id)
+            sa.select(SqlPromoterCheckpoint.__table__)
+            .where(SqlPromoterCheckpoint.run_id == run_id)
             .order_by(SqlPromoterCheckpoint.seq, SqlPromoterCheckpoint.epoch)
         ).all()
-    model_name = name or (json.loads(run.settings or "{}").get("name") if run else None) or (run.name if run else None)
+    model_name = (
+        name or (json.loads(run.settings or "{}").get("name") if run else None) or (run.name if run else None)
+    )
     if not model_name:
         raise PromotionRefused(f"run {run_id}: no model name known (no run_started/run_queued event seen)")
     if run is not None and run.status in ("failed", *ev.STOPPED_FROM_OUTSIDE) and not force:
@@ -165,17 +178,39 @@ def promote_run(
         )
     known_modes = json.loads(run.monitor_modes) if run is not None and run.monitor_modes else {}
     ranking = rank_candidates(
-        (Candidate(epoch=r.epoch, path=r.path, monitor=r.monitor, mode=r.mode, value=r.value, sha256=r.sha256,
-                   seq=r.seq, source=r.source, batch=r.batch) for r in rows),
-        known_modes=known_modes, prefer_monitor=metric,
+        (
+            Candidate(
+                epoch=r.epoch,
+                path=r.path,
+                monitor=r.monitor,
+                mode=r.mode,
+                value=r.value,
+                sha256=r.sha256,
+                seq=r.seq,
+                source=r.source,
+                batch=r.batch,
+            )
+            for r in rows
+        ),
+        known_modes=known_modes,
+        prefer_monitor=metric,
     )
     if not ranking.ranked:
         raise PromotionRefused(f"run {run_id}: no checkpoint can be ranked: " + "; ".join(ranking.notes))
 
-    with locks(model_name) if locks is not None else contextlib.nullcontext():  # the version is picked and taken under it
+    with (
+        locks(model_name) if locks is not None else contextlib.nullcontext()
+    ):  # the version is picked and taken under it
         return _store_and_register(
-            engine, store, run=run, run_id=run_id, model_name=model_name, ranking=ranking, force=force,
-            aliases=aliases, load_check=load_check,
+            engine,
+            store,
+            run=run,
+            run_id=run_id,
+            model_name=model_name,
+            ranking=ranking,
+            force=force,
+            aliases=aliases,
+            load_check=load_check,
         )
 
 
@@ -183,20 +218,42 @@ def _registered(engine: Engine, model_name: str, run_id: str) -> Promotion | Non
     """The version this run already has (a redelivered trigger registers nothing new)."""
     table = SqlModelVersion.__table__
     with transaction(engine) as conn:
-        existing = conn.execute(sa.select(table).where(table.c.name == model_name, table.c.run_id == run_id)).first()
+        existing = conn.execute(
+            sa.select(table).where(table.c.name == model_name, table.c.run_id == run_id)
+        ).first()
         if existing is None:
             return None
-        champion = conn.execute(sa.select(SqlModelAlias.version).where(
-            SqlModelAlias.name == model_name, SqlModelAlias.alias == CHAMPION)).scalar()
+        champion = conn.execute(
+            sa.select(SqlModelAlias.version).where(
+                SqlModelAlias.name == model_name, SqlModelAlias.alias == CHAMPION
+            )
+        ).scalar()
     return Promotion(
-        model_name, existing.version, champion == existing.version, None, None, created=False, metric=existing.metric,
-        value=existing.value, mode=existing.mode, epoch=existing.epoch, source=existing.source,
+        model_name,
+        existing.version,
+        champion == existing.version,
+        None,
+        None,
+        created=False,
+        metric=existing.metric,
+        value=existing.value,
+        mode=existing.mode,
+        epoch=existing.epoch,
+        source=existing.source,
     )
 
 
 def _store_and_register(
-    engine: Engine, store: ModelStore, *, run: Any, run_id: str, model_name: str, ranking: Ranking, force: bool,
-    aliases: Sequence[str], load_check: KerasLoadCheck | None,
+    engine: Engine,
+    store: ModelStore,
+    *,
+    run: Any,
+    run_id: str,
+    model_name: str,
+    ranking: Ranking,
+    force: bool,
+    aliases: Sequence[str],
+    load_check: KerasLoadCheck | None,
 ) -> Promotion:
     """Copy the best intact candidate into the store as a new version of ``model_name``, register it,
     move the aliases."""
@@ -214,9 +271,16 @@ def _store_and_register(
             notes.append(f"{chosen.where}: its sha256 was not recorded, so it cannot be checked")
             continue
         metadata = {
-            "run_id": run_id, "epoch": chosen.epoch, "batch": chosen.batch, "metric": rule.metric, "mode": rule.mode,
-            "value": chosen.value, "source": chosen.source or MODEL_CHECKPOINT, "source_path": chosen.path,
-            "spec_hash": run.spec_hash if run else None, "data_fingerprint": run.data_fingerprint if run else None,
+            "run_id": run_id,
+            "epoch": chosen.epoch,
+            "batch": chosen.batch,
+            "metric": rule.metric,
+            "mode": rule.mode,
+            "value": chosen.value,
+            "source": chosen.source or MODEL_CHECKPOINT,
+            "source_path": chosen.path,
+            "spec_hash": run.spec_hash if run else None,
+            "data_fingerprint": run.data_fingerprint if run else None,
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
         check = _loads_in_keras(chosen.path, load_check) if load_check is not None else None
@@ -225,21 +289,32 @@ def _store_and_register(
         except ChecksumMismatchError as exc:
             notes.append(f"{chosen.where}: {exc}")
             continue
-        return _register(engine, model_name, version, stored, chosen, rule, metadata, force=force, aliases=aliases)
+        return _register(
+            engine, model_name, version, stored, chosen, rule, metadata, force=force, aliases=aliases
+        )
     raise PromotionRefused(f"run {run_id}: no intact checkpoint to promote: " + "; ".join(notes))
 
 
 def _put_new_version(
-    engine: Engine, store: ModelStore, model_name: str, run_id: str, chosen: Candidate, metadata: dict[str, Any],
+    engine: Engine,
+    store: ModelStore,
+    model_name: str,
+    run_id: str,
+    chosen: Candidate,
+    metadata: dict[str, Any],
     check: Callable[[], None] | None,
 ) -> tuple[StoredVersion, int]:
     for attempt in range(VERSION_ATTEMPTS):
         version = _version_for(engine, store, model_name, run_id)
         try:
-            return store.put(model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256, check=check), version
+            return store.put(
+                model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256, check=check
+            ), version
         except VersionTakenError as exc:
             if attempt == VERSION_ATTEMPTS - 1:
-                raise PromotionRefused(f"{exc}; {VERSION_ATTEMPTS} version numbers were taken meanwhile") from None
+                raise PromotionRefused(
+                    f"{exc}; {VERSION_ATTEMPTS} version numbers were taken meanwhile"
+                ) from None
         except ChecksumMismatchError:
             raise
         except StoreError as exc:
@@ -247,7 +322,9 @@ def _put_new_version(
     raise AssertionError("unreachable")
 
 
-def _champion_verdict(champion: Any, chosen: Candidate, rule: Monitor, *, force: bool) -> tuple[bool, str | None]:
+def _champion_verdict(
+    champion: Any, chosen: Candidate, rule: Monitor, *, force: bool
+) -> tuple[bool, str | None]:
     """(whether the new version becomes champion, why not when it is not for want of being better)."""
     if champion is None or force:
         return True, None
@@ -263,22 +340,46 @@ def _champion_verdict(champion: Any, chosen: Candidate, rule: Monitor, *, force:
 
 
 def _register(
-    engine: Engine, model_name: str, version: int, stored: StoredVersion, chosen: Candidate, rule: Monitor,
-    metadata: dict[str, Any], *, force: bool, aliases: Sequence[str],
+    engine: Engine,
+    model_name: str,
+    version: int,
+    stored: StoredVersion,
+    chosen: Candidate,
+    rule: Monitor,
+    metadata: dict[str, Any],
+    *,
+    force: bool,
+    aliases: Sequence[str],
 ) -> Promotion:
     table, alias_table = SqlModelVersion.__table__, SqlModelAlias.__table__
     with transaction(engine) as conn:
         statement = upsert_insert(conn, table).on_conflict_do_nothing()
-        conn.execute(statement, {
-            "name": model_name, "version": version, "run_id": metadata["run_id"], "epoch": chosen.epoch,
-            "metric": rule.metric, "mode": rule.mode, "value": chosen.value, "path": stored.uri, "sha256": stored.sha256,
-            "size_bytes": stored.size_bytes, "source_path": chosen.path, "spec_hash": metadata["spec_hash"],
-            "data_fingerprint": metadata["data_fingerprint"], "created_at": datetime.now(timezone.utc),
-            "source": metadata["source"],
-        })
+        conn.execute(
+            statement,
+            {
+                "name": model_name,
+                "version": version,
+                "run_id": metadata["run_id"],
+                "epoch": chosen.epoch,
+                "metric": rule.metric,
+                "mode": rule.mode,
+                "value": chosen.value,
+                "path": stored.uri,
+                "sha256": stored.sha256,
+                "size_bytes": stored.size_bytes,
+                "source_path": chosen.path,
+                "spec_hash": metadata["spec_hash"],
+                "data_fingerprint": metadata["data_fingerprint"],
+                "created_at": datetime.now(timezone.utc),
+                "source": metadata["source"],
+            },
+        )
         champion_row = conn.execute(
             sa.select(table.c.version, table.c.value, table.c.metric, table.c.mode)
-            .join(alias_table, sa.and_(alias_table.c.name == table.c.name, alias_table.c.version == table.c.version))
+            .join(
+                alias_table,
+                sa.and_(alias_table.c.name == table.c.name, alias_table.c.version == table.c.version),
+            )
             .where(alias_table.c.name == model_name, alias_table.c.alias == CHAMPION)
         ).first()
         better, reason = _champion_verdict(champion_row, chosen, rule, force=force)
@@ -286,13 +387,25 @@ def _register(
         now = datetime.now(timezone.utc)
         upsert = upsert_insert(conn, alias_table)
         conn.execute(
-            upsert.on_conflict_do_update(index_elements=["name", "alias"], set_={"version": upsert.excluded.version, "updated_at": upsert.excluded.updated_at}),
+            upsert.on_conflict_do_update(
+                index_elements=["name", "alias"],
+                set_={"version": upsert.excluded.version, "updated_at": upsert.excluded.updated_at},
+            ),
             [{"name": model_name, "alias": alias, "version": version, "updated_at": now} for alias in moved],
         )
     return Promotion(
-        model_name, version, better, champion_row.version if champion_row else None,
-        champion_row.value if champion_row else None, created=True, metric=rule.metric, value=chosen.value,
-        mode=rule.mode, epoch=chosen.epoch, source=metadata["source"], champion_reason=reason,
+        model_name,
+        version,
+        better,
+        champion_row.version if champion_row else None,
+        champion_row.value if champion_row else None,
+        created=True,
+        metric=rule.metric,
+        value=chosen.value,
+        mode=rule.mode,
+        epoch=chosen.epoch,
+        source=metadata["source"],
+        champion_reason=reason,
     )
 
 
@@ -301,7 +414,9 @@ def _version_for(engine: Engine, store: ModelStore, name: str, run_id: str) -> i
     in the store without registering it, else the next one free both in SQL and in the store."""
     table = SqlModelVersion.__table__
     with transaction(engine) as conn:
-        registered = conn.execute(sa.select(sa.func.max(table.c.version)).where(table.c.name == name)).scalar() or 0
+        registered = (
+            conn.execute(sa.select(sa.func.max(table.c.version)).where(table.c.name == name)).scalar() or 0
+        )
     stored = store.versions(name)
     for version in reversed(stored):
         if version <= registered:
@@ -324,6 +439,8 @@ def _loads_in_keras(path: str, load_check: KerasLoadCheck) -> Callable[[], None]
         if problem is not None:
             raise PromotionRefused(f"{path} does not load in Keras with safe_mode=True: {problem}")
         if file_identity(path) != pending.identity:
-            raise PromotionRefused(f"{path} changed while it was being promoted; promote it again with: fitstream promote RUN")
+            raise PromotionRefused(
+                f"{path} changed while it was being promoted; promote it again with: fitstream promote RUN"
+            )
 
     return check

@@ -9,4 +9,12 @@ from pipeline.store.base import (
 )
 from pipeline.store.fs import FsspecModelStore, open_store
 
-__all__ = ["ChecksumMismatchError", "FsspecModelStore", "ModelStore", "StoreError", "StoredVersion", "VersionTakenError", "open_store"]
+__all__ = [
+    "ChecksumMismatchError",
+    "FsspecModelStore",
+    "ModelStore",
+    "StoreError",
+    "StoredVersion",
+    "VersionTakenError",
+    "open_store",
+]

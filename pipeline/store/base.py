@@ -55,8 +55,14 @@ class ModelStore(abc.ABC):
 
     @abc.abstractmethod
     def put(
-        self, name: str, version: int, source: str, metadata: dict[str, Any], *,
-        expected_sha256: str | None = None, check: Callable[[], None] | None = None,
+        self,
+        name: str,
+        version: int,
+        source: str,
+        metadata: dict[str, Any],
+        *,
+        expected_sha256: str | None = None,
+        check: Callable[[], None] | None = None,
     ) -> StoredVersion:
         """Copy the local file ``source`` in as ``name`` version ``version``, atomically.
 

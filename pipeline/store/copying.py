@@ -74,7 +74,10 @@ def copy_hashing(
             except BaseException as exc:
                 failures.append(exc)
 
-    threads = [threading.Thread(target=read_all, name="copy-read"), threading.Thread(target=write_all, name="copy-write")]
+    threads = [
+        threading.Thread(target=read_all, name="copy-read"),
+        threading.Thread(target=write_all, name="copy-write"),
+    ]
     for thread in threads:
         thread.start()
     size = 0

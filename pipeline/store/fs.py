@@ -83,8 +83,14 @@ class FsspecModelStore(ModelStore):
         return path
 
     def put(
-        self, name: str, version: int, source: str, metadata: dict[str, Any], *,
-        expected_sha256: str | None = None, check: Callable[[], None] | None = None,
+        self,
+        name: str,
+        version: int,
+        source: str,
+        metadata: dict[str, Any],
+        *,
+        expected_sha256: str | None = None,
+        check: Callable[[], None] | None = None,
     ) -> StoredVersion:
         final = self._dir(name, version)
         try:
@@ -115,7 +121,9 @@ class FsspecModelStore(ModelStore):
         os.mkdir(staging)  # the umask's permissions (mkdtemp's 0700 would hide versions from other users)
         try:
             with open(os.path.join(staging, MODEL_FILE), "wb") as writer:
-                sha256, copied = copy_hashing(incoming.reader, writer, after_write=start_writeback(writer.fileno()))
+                sha256, copied = copy_hashing(
+                    incoming.reader, writer, after_write=start_writeback(writer.fileno())
+                )
                 os.fsync(writer.fileno())
             metadata = incoming.accept(sha256, copied)
             with open(os.path.join(staging, METADATA_FILE), "w") as handle:
@@ -154,23 +162,31 @@ class FsspecModelStore(ModelStore):
     def _same_or_refuse(self, incoming: _Incoming, sha256: str) -> StoredVersion:
         existing = self._get_written(incoming)
         if existing.sha256 != sha256:
-            raise VersionTakenError(f"{existing.name} v{existing.version} already exists with other content (sha256 {existing.sha256[:12]}…)")
+            raise VersionTakenError(
+                f"{existing.name} v{existing.version} already exists with other content (sha256 {existing.sha256[:12]}…)"
+            )
         return existing
 
     def _get_written(self, incoming: _Incoming) -> StoredVersion:
         stored = self.get(incoming.name, incoming.version)
         if stored is None:
-            raise StoreError(f"{incoming.name} v{incoming.version} did not appear in {self.url} after it was written")
+            raise StoreError(
+                f"{incoming.name} v{incoming.version} did not appear in {self.url} after it was written"
+            )
         return stored
 
     def _write_error(self, exc: OSError, size: int) -> StoreError:
         reason = exc.strerror or str(exc)
         if exc.errno in _FULL:
-            return StoreError(f"the model store {self.url} is full ({reason}) while writing a {_mb(size)} model; "
-                              "free some space or point FITSTREAM_MODEL_STORE elsewhere")
+            return StoreError(
+                f"the model store {self.url} is full ({reason}) while writing a {_mb(size)} model; "
+                "free some space or point FITSTREAM_MODEL_STORE elsewhere"
+            )
         if exc.errno in _READ_ONLY or isinstance(exc, PermissionError):
-            return StoreError(f"the model store {self.url} is not writable ({reason}); check its permissions "
-                              "or point FITSTREAM_MODEL_STORE elsewhere")
+            return StoreError(
+                f"the model store {self.url} is not writable ({reason}); check its permissions "
+                "or point FITSTREAM_MODEL_STORE elsewhere"
+            )
         where = f" ({exc.filename})" if exc.filename else ""
         return StoreError(f"cannot write to the model store {self.url}: {reason}{where}")
 
@@ -182,8 +198,12 @@ class FsspecModelStore(ModelStore):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return StoredVersion(
-            name=name, version=int(version), uri=self.fs.unstrip_protocol(f"{folder}/{MODEL_FILE}"),
-            sha256=metadata["sha256"], size_bytes=int(metadata["size_bytes"]), metadata=metadata,
+            name=name,
+            version=int(version),
+            uri=self.fs.unstrip_protocol(f"{folder}/{MODEL_FILE}"),
+            sha256=metadata["sha256"],
+            size_bytes=int(metadata["size_bytes"]),
+            metadata=metadata,
         )
 
     def versions(self, name: str) -> list[int]:
@@ -234,7 +254,9 @@ class FsspecModelStore(ModelStore):
         """
         stamp = _stamp(entry)
         if stamp is None and entry.get("type") == "directory" and not self.local:
-            stamps = [_stamp(found) for found in self.fs.find(self._forget(entry["name"]), detail=True).values()]
+            stamps = [
+                _stamp(found) for found in self.fs.find(self._forget(entry["name"]), detail=True).values()
+            ]
             return bool(stamps) and all(s is not None and s < cutoff for s in stamps)
         return stamp is not None and stamp < cutoff
 
@@ -298,7 +320,14 @@ class _Incoming:
             )
         if self.check is not None:
             self.check()
-        return {**self.metadata, "name": self.name, "version": self.version, "sha256": sha256, "size_bytes": size, "file": MODEL_FILE}
+        return {
+            **self.metadata,
+            "name": self.name,
+            "version": self.version,
+            "sha256": sha256,
+            "size_bytes": size,
+            "file": MODEL_FILE,
+        }
 
 
 def _stamp(entry: dict[str, Any]) -> float | None:

@@ -52,16 +52,28 @@ class TokenGate:
         self.app, self.token = app, token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token and scope["type"] == "http" and scope["path"] != "/healthz" and not self._allowed(Request(scope)):
-            response = JSONResponse({"error": "a token is required: Authorization: Bearer <token>, or ?token=<token>"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if (
+            self.token
+            and scope["type"] == "http"
+            and scope["path"] != "/healthz"
+            and not self._allowed(Request(scope))
+        ):
+            response = JSONResponse(
+                {"error": "a token is required: Authorization: Bearer <token>, or ?token=<token>"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
     def _allowed(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else request.query_params.get("token", "")
+        given = (
+            header[7:].strip()
+            if header.lower().startswith("bearer ")
+            else request.query_params.get("token", "")
+        )
         return bool(given) and hmac.compare_digest(given.encode(), (self.token or "").encode())
 
 
@@ -78,6 +90,7 @@ def _redis(settings: Settings) -> Any:
 def create_app(settings: Settings, *, token: str | None = None) -> ASGIApp:
     """The dashboard for ``settings``' history and stream (read-only)."""
     engine = make_engine(settings.database_url, read_only=True)
+
     async def in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(function, engine, *args, **kwargs)
 
@@ -86,8 +99,13 @@ def create_app(settings: Settings, *, token: str | None = None) -> ASGIApp:
 
     async def api_runs(request: Request) -> Response:
         q = request.query_params
-        rows = await in_thread(data.runs_payload, status=q.get("status") or None, name=q.get("name") or None,
-                               sweep=q.get("sweep") or None, limit=_int(q.get("limit"), 200))
+        rows = await in_thread(
+            data.runs_payload,
+            status=q.get("status") or None,
+            name=q.get("name") or None,
+            sweep=q.get("sweep") or None,
+            limit=_int(q.get("limit"), 200),
+        )
         return JSONResponse(jsonable(rows))
 
     async def api_metrics(request: Request) -> Response:
@@ -96,7 +114,9 @@ def create_app(settings: Settings, *, token: str | None = None) -> ASGIApp:
         if level not in ("epoch", "batch"):
             raise ConfigurationError("level is epoch or batch")
         start = f"{max(0, int((time.time() - REPLAY_MARGIN_S) * 1000))}-0"
-        limit = max(4, min(_int(request.query_params.get("limit"), data.MAX_POINTS, cap=100_000_000), 100_000_000))
+        limit = max(
+            4, min(_int(request.query_params.get("limit"), data.MAX_POINTS, cap=100_000_000), 100_000_000)
+        )
         payload = await in_thread(data.metrics_payload, run_id, level=level, limit=limit)
         return JSONResponse(jsonable(payload), headers={"X-Fitstream-Stream-Id": start})
 
@@ -115,8 +135,11 @@ def create_app(settings: Settings, *, token: str | None = None) -> ASGIApp:
         start = request.headers.get("last-event-id") or request.query_params.get("after") or "0-0"
         if not _STREAM_ID.match(start):
             raise ConfigurationError(f"not a stream id: {start[:40]!r} (ids look like 1795664000000-0)")
-        return StreamingResponse(_follow(request, run_id, start), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _follow(request, run_id, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     async def _follow(request: Request, run_id: str, start: str) -> AsyncIterator[str]:
         client = request.app.state.redis

@@ -21,8 +21,19 @@ from pipeline.model_registry import list_versions
 from pipeline.ui.downsample import downsample
 
 #: The fields of ``GET /api/runs`` (the contract), in order.
-RUN_KEYS = ("run_id", "name", "status", "epochs_completed", "monitor", "mode", "best_value", "best_epoch",
-            "started_at", "finished_at", "sweep_id")
+RUN_KEYS = (
+    "run_id",
+    "name",
+    "status",
+    "epochs_completed",
+    "monitor",
+    "mode",
+    "best_value",
+    "best_epoch",
+    "started_at",
+    "finished_at",
+    "sweep_id",
+)
 #: Points per metric a chart gets at most (min/max buckets beyond it).
 MAX_POINTS = 2000
 
@@ -31,8 +42,14 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
-def runs_payload(engine: Engine, *, status: str | None = None, name: str | None = None, sweep: str | None = None,
-                 limit: int = 200) -> list[dict[str, Any]]:
+def runs_payload(
+    engine: Engine,
+    *,
+    status: str | None = None,
+    name: str | None = None,
+    sweep: str | None = None,
+    limit: int = 200,
+) -> list[dict[str, Any]]:
     """The runs list: the contract's fields, plus ``duration_s`` and ``curve`` (the monitored metric by epoch)."""
     found = list_runs(engine, status=status, name=name, limit=limit)
     if sweep:
@@ -50,7 +67,9 @@ def runs_payload(engine: Engine, *, status: str | None = None, name: str | None 
     return out
 
 
-def metrics_payload(engine: Engine, run_ref: str, *, level: str = "epoch", limit: int = MAX_POINTS) -> dict[str, list[list[Any]]]:
+def metrics_payload(
+    engine: Engine, run_ref: str, *, level: str = "epoch", limit: int = MAX_POINTS
+) -> dict[str, list[list[Any]]]:
     """Metric name → ``[[epoch, value], …]`` (``level="batch"``: ``[[step, value], …]``, raw rows and the
     downsampled buckets of compacted runs), each at most ``limit`` points."""
     run_id = resolve_run_id(engine, run_ref)
@@ -63,7 +82,9 @@ def metrics_payload(engine: Engine, run_ref: str, *, level: str = "epoch", limit
         params: dict[str, Any] = {"r": run_id}
     else:
         with transaction(engine) as conn:
-            longest = conn.execute(sa.text("SELECT max(last_epoch) FROM metric_summaries WHERE run_id = :r"), {"r": run_id}).scalar()
+            longest = conn.execute(
+                sa.text("SELECT max(last_epoch) FROM metric_summaries WHERE run_id = :r"), {"r": run_id}
+            ).scalar()
         if longest is not None and longest + 1 > limit:
             return _epoch_buckets(engine, run_id, width=-(-(longest + 1) // max(1, limit // 2)))
         query = sa.text("SELECT name, epoch, value FROM epoch_metrics WHERE run_id = :r ORDER BY name, epoch")
@@ -103,20 +124,33 @@ def run_payload(engine: Engine, run_ref: str) -> dict[str, Any]:
     run = get_run_summary(engine, run_ref)
     with transaction(engine) as conn:
         checkpoints = run_checkpoints(conn, run.run_id)
-        params = dict(conn.execute(sa.text("SELECT key, value FROM params WHERE run_id = :r ORDER BY key"),
-                                                             {"r": run.run_id}))
+        params = dict(
+            conn.execute(
+                sa.text("SELECT key, value FROM params WHERE run_id = :r ORDER BY key"), {"r": run.run_id}
+            )
+        )
         alerts = []
-        for row in conn.execute(sa.text(
-                "SELECT rule, state, severity, channel, status, created_at, message FROM alerts WHERE run_id = :r ORDER BY created_at"),
-                {"r": run.run_id}):
+        for row in conn.execute(
+            sa.text(
+                "SELECT rule, state, severity, channel, status, created_at, message FROM alerts WHERE run_id = :r ORDER BY created_at"
+            ),
+            {"r": run.run_id},
+        ):
             alert = dict(row._mapping)
             alert["epoch"] = _epoch_of(alert.pop("message"))
             alerts.append(alert)
         # Where the learning rate changed, found by the database (a run may have 100,000 epochs).
-        lr_changes = [{"epoch": epoch, "from": before, "to": after} for epoch, after, before in conn.execute(sa.text(
-            "SELECT epoch, learning_rate, prev FROM (SELECT epoch, learning_rate, "
-            "LAG(learning_rate) OVER (ORDER BY epoch) AS prev FROM epochs WHERE run_id = :r) AS steps "
-            "WHERE prev IS NOT NULL AND learning_rate IS NOT NULL AND learning_rate <> prev ORDER BY epoch"), {"r": run.run_id})]
+        lr_changes = [
+            {"epoch": epoch, "from": before, "to": after}
+            for epoch, after, before in conn.execute(
+                sa.text(
+                    "SELECT epoch, learning_rate, prev FROM (SELECT epoch, learning_rate, "
+                    "LAG(learning_rate) OVER (ORDER BY epoch) AS prev FROM epochs WHERE run_id = :r) AS steps "
+                    "WHERE prev IS NOT NULL AND learning_rate IS NOT NULL AND learning_rate <> prev ORDER BY epoch"
+                ),
+                {"r": run.run_id},
+            )
+        ]
     versions = [v for v in list_versions(engine) if v.get("run_id") == run.run_id]
     return {
         "run": {k: _iso(v) for k, v in run.as_dict().items()},
@@ -124,9 +158,17 @@ def run_payload(engine: Engine, run_ref: str) -> dict[str, Any]:
         "checkpoints": [{k: _iso(v) for k, v in c.items()} for c in checkpoints],
         "alerts": [{k: _iso(v) for k, v in a.items()} for a in alerts],
         "models": [{k: _iso(v) for k, v in m.items()} for m in versions],
-        "marks": {"best_epoch": run.best_epoch, "stopped_epoch": run.stopped_epoch, "lr_changes": lr_changes,
-                  "checkpoints": sorted({c["epoch"] for c in checkpoints if c.get("epoch") is not None}),
-                  "alerts": [{"epoch": a["epoch"], "rule": a["rule"], "state": a["state"]} for a in alerts if a["epoch"] is not None]},
+        "marks": {
+            "best_epoch": run.best_epoch,
+            "stopped_epoch": run.stopped_epoch,
+            "lr_changes": lr_changes,
+            "checkpoints": sorted({c["epoch"] for c in checkpoints if c.get("epoch") is not None}),
+            "alerts": [
+                {"epoch": a["epoch"], "rule": a["rule"], "state": a["state"]}
+                for a in alerts
+                if a["epoch"] is not None
+            ],
+        },
     }
 
 
@@ -142,13 +184,26 @@ def _epoch_of(message: str | None) -> int | None:
 def compare_payload(engine: Engine, refs: list[str]) -> dict[str, Any]:
     """Runs (or sweeps' trials) side by side: each run's outcome and params, and the params that differ."""
     compared, differing = compare_runs(engine, refs)
-    return {"runs": [{"run_id": c.run_id, "name": c.name, "status": c.status, "epochs": c.epochs, "metric": c.metric,
-                      "mode": c.mode, "best_value": c.best_value, "best_epoch": c.best_epoch, "params": c.params, "best": c.best}
-                     for c in compared],
-            "differing": differing}
+    return {
+        "runs": [
+            {
+                "run_id": c.run_id,
+                "name": c.name,
+                "status": c.status,
+                "epochs": c.epochs,
+                "metric": c.metric,
+                "mode": c.mode,
+                "best_value": c.best_value,
+                "best_epoch": c.best_epoch,
+                "params": c.params,
+                "best": c.best,
+            }
+            for c in compared
+        ],
+        "differing": differing,
+    }
 
 
 def models_payload(engine: Engine) -> list[dict[str, Any]]:
     """Every model version with its aliases and lineage (run, epoch, metric, value, data fingerprint)."""
     return [{k: _iso(v) for k, v in m.items()} for m in list_versions(engine)]
-

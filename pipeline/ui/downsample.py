@@ -23,7 +23,7 @@ def downsample(points: Sequence[Point], limit: int) -> list[Point]:
     buckets = max(1, limit // 4)
     out: list[Point] = []
     for b in range(buckets):
-        chunk = points[b * len(points) // buckets:(b + 1) * len(points) // buckets]
+        chunk = points[b * len(points) // buckets : (b + 1) * len(points) // buckets]
         if not chunk:
             continue
         finite = [p for p in chunk if p[1] is not None]

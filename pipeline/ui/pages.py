@@ -20,7 +20,11 @@ def _script_json(value: object) -> str:
 
 def render(page: str, path_params: dict[str, str], query: dict[str, str]) -> str:
     """The HTML of ``page`` (runs, run, compare, models); what it shows comes from the API."""
-    context = {"page": page, **path_params, **{k: v for k, v in query.items() if k in ("runs", "status", "name", "sweep")}}
+    context = {
+        "page": page,
+        **path_params,
+        **{k: v for k, v in query.items() if k in ("runs", "status", "name", "sweep")},
+    }
     subject = path_params.get("run_id", "")
     title = f"Fitstream — {TITLES[page]}" + (f" {subject[:12]}" if subject else "")
     return f"""<!doctype html>

@@ -52,7 +52,9 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[list[FaultRow]]:
     request.node.user_properties.extend(("fault_row", asdict(row)) for row in rows)
 
 
-def count_recorded(engine: sa.Engine, stream: EventStream, scenario: str, published_ids: Iterable[str], note: str = "") -> FaultRow:
+def count_recorded(
+    engine: sa.Engine, stream: EventStream, scenario: str, published_ids: Iterable[str], note: str = ""
+) -> FaultRow:
     """Count a stream-to-SQL scenario: each published event id against the ``events`` table.
 
     ``recorded`` counts distinct ids found, ``duplicated`` the rows beyond one per event (in
@@ -111,13 +113,33 @@ class PrivatePostgres:
         return result
 
     def init(self) -> PrivatePostgres:
-        self._run(postgres_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._run(
+            postgres_binary("initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         self.start()
         return self
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(postgres_binary("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.dir / "server.log"), "-w", "start")
+        self._run(
+            postgres_binary("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.dir / "server.log"),
+            "-w",
+            "start",
+        )
         self.running = True
 
     def stop(self, mode: str = "fast") -> None:

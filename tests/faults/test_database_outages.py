@@ -47,9 +47,17 @@ def recorded(engine: sa.Engine) -> int:
         return -1
 
 
-def test_postgres_restarted_while_the_recorder_writes_loses_nothing(private_postgres, redis_url, stream_name, tmp_path, ledger):
-    settings = Settings(redis_url=redis_url, database_url=private_postgres.url, stream=stream_name, home=tmp_path / "home",
-                        claim_idle_ms=1000, consumer_block_ms=100)
+def test_postgres_restarted_while_the_recorder_writes_loses_nothing(
+    private_postgres, redis_url, stream_name, tmp_path, ledger
+):
+    settings = Settings(
+        redis_url=redis_url,
+        database_url=private_postgres.url,
+        stream=stream_name,
+        home=tmp_path / "home",
+        claim_idle_ms=1000,
+        consumer_block_ms=100,
+    )
     migrate.upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     items = runs_of(10, 400)  # 4,020 events published over about 8 s
@@ -69,12 +77,19 @@ def test_postgres_restarted_while_the_recorder_writes_loses_nothing(private_post
     finally:
         recorder.send_signal(signal.SIGTERM)
         _out, err = recorder.communicate(timeout=60)
-    row = count_recorded(engine, stream, "2. PostgreSQL restarted while the recorder writes", (e.id for e in items),
-                         note=f"down 3 s with {during} of {len(items)} published")
+    row = count_recorded(
+        engine,
+        stream,
+        "2. PostgreSQL restarted while the recorder writes",
+        (e.id for e in items),
+        note=f"down 3 s with {during} of {len(items)} published",
+    )
     ledger.append(row)
     engine.dispose()
     assert (row.recorded, row.lost, row.duplicated, row.dead_lettered) == (len(items), 0, 0, 0), err
-    assert err.count("paused — nothing is dead-lettered") == 1 and err.count("resumed") == 1, err  # once per change
+    assert err.count("paused — nothing is dead-lettered") == 1 and err.count("resumed") == 1, (
+        err
+    )  # once per change
 
 
 class WriteRefusal:
@@ -91,7 +106,9 @@ class WriteRefusal:
         if self.is_postgres:
             with engine.begin() as conn:
                 conn.exec_driver_sql(f"CREATE ROLE {self.role} LOGIN")
-                conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {self.role}")
+                conn.exec_driver_sql(
+                    f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {self.role}"
+                )
                 conn.exec_driver_sql(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {self.role}")
 
     @property
@@ -102,14 +119,20 @@ class WriteRefusal:
     def recorder_url(self) -> str:
         if not self.is_postgres:
             return self.database_url
-        return sa.engine.make_url(self.database_url).set(username=self.role, password=None).render_as_string(hide_password=False)
+        return (
+            sa.engine.make_url(self.database_url)
+            .set(username=self.role, password=None)
+            .render_as_string(hide_password=False)
+        )
 
     def refuse(self) -> None:
         if self.is_postgres:
             with self.engine.begin() as conn:
                 conn.exec_driver_sql(f"REVOKE INSERT ON ALL TABLES IN SCHEMA public FROM {self.role}")
         else:
-            self.locker = sqlite3.connect(sa.engine.make_url(self.database_url).database, isolation_level=None)
+            self.locker = sqlite3.connect(
+                sa.engine.make_url(self.database_url).database, isolation_level=None
+            )
             self.locker.execute("BEGIN EXCLUSIVE")
 
     def allow(self) -> None:
@@ -135,7 +158,9 @@ def test_database_refusing_writes_for_20_seconds_dead_letters_nothing(settings, 
     first, rest = items[:300], items[300:]
     stream = EventStream(settings=settings)
     stream.ensure_group("recorder")
-    recorder = start_recorder(settings.model_copy(update={"database_url": refusal.recorder_url}), "rec", "--batch-size", "50")
+    recorder = start_recorder(
+        settings.model_copy(update={"database_url": refusal.recorder_url}), "rec", "--batch-size", "50"
+    )
     try:
         stream.publish(first)
         wait_recorded(engine, len(first), timeout=60)
@@ -143,7 +168,9 @@ def test_database_refusing_writes_for_20_seconds_dead_letters_nothing(settings, 
         refused_at = time.monotonic()
         stream.publish(rest)
         time.sleep(20)
-        assert stream.client.xlen(stream.dead_letter_stream) == 0, "refused writes are the database's fault, not the events'"
+        assert stream.client.xlen(stream.dead_letter_stream) == 0, (
+            "refused writes are the database's fault, not the events'"
+        )
         if refusal.is_postgres:  # SQLite's writer waits for the lock instead (busy timeout 30 s)
             states = stream.consumer_states("recorder")
             assert any(state.get("state") == "paused" for state in states.values()), states
@@ -156,7 +183,12 @@ def test_database_refusing_writes_for_20_seconds_dead_letters_nothing(settings, 
         refusal.allow()
         refused_for = time.monotonic() - refused_at
         assert recorded(engine) == len(first), "nothing was written while writes were refused"
-        recorder = start_recorder(settings.model_copy(update={"database_url": refusal.recorder_url}), "survivor", "--batch-size", "50")
+        recorder = start_recorder(
+            settings.model_copy(update={"database_url": refusal.recorder_url}),
+            "survivor",
+            "--batch-size",
+            "50",
+        )
         wait_recorded(engine, len(items), timeout=120)
     finally:
         recorder.send_signal(signal.SIGTERM)
@@ -164,7 +196,12 @@ def test_database_refusing_writes_for_20_seconds_dead_letters_nothing(settings, 
         err = locals().get("err", "") + more
         refusal.close()
     how = "INSERT revoked" if refusal.is_postgres else "file locked"
-    row = count_recorded(engine, stream, f"3. database refusing writes 20 s ({how})", (e.id for e in items),
-                         note=f"refused {refused_for:.0f} s, {len(rest)} waiting; stopped while refused, restarted")
+    row = count_recorded(
+        engine,
+        stream,
+        f"3. database refusing writes 20 s ({how})",
+        (e.id for e in items),
+        note=f"refused {refused_for:.0f} s, {len(rest)} waiting; stopped while refused, restarted",
+    )
     ledger.append(row)
     assert (row.recorded, row.lost, row.duplicated, row.dead_lettered) == (len(items), 0, 0, 0), err

@@ -28,7 +28,9 @@ from tests.test_promotion import _publish_run
 pytestmark = pytest.mark.slow
 
 
-def test_a_promoter_sigkilled_in_the_middle_of_a_real_copy_leaves_exactly_one_version(settings, engine, tmp_path, database_url, ledger):
+def test_a_promoter_sigkilled_in_the_middle_of_a_real_copy_leaves_exactly_one_version(
+    settings, engine, tmp_path, database_url, ledger
+):
     # The real store and promoter process (no stand-in): kill -9 while the staging copy grows.
     if database_url.startswith("postgresql"):
         pytest.skip("the copy does not depend on the database; run once, on SQLite")
@@ -46,37 +48,75 @@ def test_a_promoter_sigkilled_in_the_middle_of_a_real_copy_leaves_exactly_one_ve
     _publish_run(stream, "killed-copy", "resilient-real", path, sha, 0.2)
     # This file is no real Keras model: the Keras load is tested elsewhere; here only the copy matters.
     env = {
-        **os.environ, **settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url,
-        "FITSTREAM_CLAIM_IDLE_MS": "1000", "FITSTREAM_LEADER_TTL_SECONDS": "1", "FITSTREAM_PROMOTER_LOAD_CHECK": "false",
+        **os.environ,
+        **settings_env(settings),
+        "FITSTREAM_MODEL_STORE": settings.model_store_url,
+        "FITSTREAM_CLAIM_IDLE_MS": "1000",
+        "FITSTREAM_LEADER_TTL_SECONDS": "1",
+        "FITSTREAM_PROMOTER_LOAD_CHECK": "false",
     }
     store_dir = settings.model_store_url + "/resilient-real"
     doomed = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli.main", "consume", "promoter", "--name", "doomed"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     copied_at_kill = None
     deadline = time.monotonic() + 90
     while copied_at_kill is None and time.monotonic() < deadline and doomed.poll() is None:
-        for staging in (os.scandir(store_dir) if os.path.isdir(store_dir) else []):
+        for staging in os.scandir(store_dir) if os.path.isdir(store_dir) else []:
             partial = os.path.join(staging.path, "model.keras")
-            if staging.name.startswith(".staging-") and os.path.exists(partial) and 0 < os.path.getsize(partial) < size:
+            if (
+                staging.name.startswith(".staging-")
+                and os.path.exists(partial)
+                and 0 < os.path.getsize(partial) < size
+            ):
                 os.kill(doomed.pid, signal.SIGKILL)
                 copied_at_kill = os.path.getsize(partial)
                 break
         time.sleep(0.001)
     doomed.wait(timeout=30)
-    assert copied_at_kill is not None, f"the copy was not caught in the middle: {doomed.stderr.read().decode()[-2000:]}"
+    assert copied_at_kill is not None, (
+        f"the copy was not caught in the middle: {doomed.stderr.read().decode()[-2000:]}"
+    )
     assert doomed.returncode == -9
     store = open_store(settings.model_store_url)
     assert store.versions("resilient-real") == [] and list_versions(engine, "resilient-real") == []
     survivor = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.main", "consume", "promoter", "--name", "survivor", "--exit-when-idle", "3"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli.main",
+            "consume",
+            "promoter",
+            "--name",
+            "survivor",
+            "--exit-when-idle",
+            "3",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert survivor.returncode == 0, survivor.stderr
     assert store.versions("resilient-real") == [1]
-    assert [(v["version"], v["run_id"], v["sha256"], v["size_bytes"]) for v in list_versions(engine, "resilient-real")] == [(1, "killed-copy", sha, size)]
+    assert [
+        (v["version"], v["run_id"], v["sha256"], v["size_bytes"])
+        for v in list_versions(engine, "resilient-real")
+    ] == [(1, "killed-copy", sha, size)]
     assert store.discard_staging("resilient-real") == 1  # the killed copy's staging folder, never visible
-    ledger.append(FaultRow("10. promoter SIGKILLed mid-copy, then restarted", 1, len(store.versions("resilient-real")), 0,
-                           len(list_versions(engine, "resilient-real")) - 1, stream.client.xlen(stream.dead_letter_stream),
-                           note=f"versions; killed at {copied_at_kill >> 20} of {size >> 20} MiB"))
+    ledger.append(
+        FaultRow(
+            "10. promoter SIGKILLed mid-copy, then restarted",
+            1,
+            len(store.versions("resilient-real")),
+            0,
+            len(list_versions(engine, "resilient-real")) - 1,
+            stream.client.xlen(stream.dead_letter_stream),
+            note=f"versions; killed at {copied_at_kill >> 20} of {size >> 20} MiB",
+        )
+    )

@@ -26,8 +26,23 @@ RUNS, EPOCHS, KILLS = 20, 999, 5  # 20 × (run_started + 999 epochs + run_finish
 def start_recorder(settings, name: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, **settings_env(settings)}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.main", "consume", "recorder", "--name", name, "--claim-idle-ms", "300", *extra],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli.main",
+            "consume",
+            "recorder",
+            "--name",
+            name,
+            "--claim-idle-ms",
+            "300",
+            *extra,
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -44,7 +59,9 @@ def interleaved(items_by_run: list[list]) -> list:
     return out
 
 
-def test_recorder_sigkilled_five_times_during_20000_events_records_each_once(settings, engine, ledger, database_url):
+def test_recorder_sigkilled_five_times_during_20000_events_records_each_once(
+    settings, engine, ledger, database_url
+):
     every = epoch_events(RUNS, EPOCHS, 4)
     per_run = [every[r * (EPOCHS + 2) : (r + 1) * (EPOCHS + 2)] for r in range(RUNS)]
     items = interleaved(per_run)
@@ -67,7 +84,12 @@ def test_recorder_sigkilled_five_times_during_20000_events_records_each_once(set
     for kill in range(KILLS):
         recorder = start_recorder(settings, f"doomed-{kill}", "--batch-size", "200")
         target = (kill + 1) * len(items) // (KILLS + 1)  # kills spread over the whole stream
-        wait_for(lambda: recorded_count(engine) >= target, timeout=90, interval=0.02, message=f"{target} rows before kill {kill + 1}")
+        wait_for(
+            lambda: recorded_count(engine) >= target,
+            timeout=90,
+            interval=0.02,
+            message=f"{target} rows before kill {kill + 1}",
+        )
         recorder.send_signal(signal.SIGKILL)
         recorder.wait(timeout=10)
         kills_landed_at.append(recorded_count(engine))
@@ -79,12 +101,25 @@ def test_recorder_sigkilled_five_times_during_20000_events_records_each_once(set
     _out, err = survivor.communicate(timeout=240)
     assert survivor.returncode == 0, err
 
-    row = count_recorded(engine, stream, f"1. recorder SIGKILLed 5× in 20,000 events ({database_url.split(':')[0].split('+')[0]})", (e.id for e in items),
-                         note=f"kills after {kills_landed_at} rows")
+    row = count_recorded(
+        engine,
+        stream,
+        f"1. recorder SIGKILLed 5× in 20,000 events ({database_url.split(':')[0].split('+')[0]})",
+        (e.id for e in items),
+        note=f"kills after {kills_landed_at} rows",
+    )
     ledger.append(row)
-    assert (row.published, row.recorded, row.lost, row.duplicated, row.dead_lettered) == (20_020, 20_020, 0, 0, 0)
+    assert (row.published, row.recorded, row.lost, row.duplicated, row.dead_lettered) == (
+        20_020,
+        20_020,
+        0,
+        0,
+        0,
+    )
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM epoch_metrics")).scalar() == RUNS * EPOCHS * 4
-        assert conn.execute(sa.text("SELECT status, count(*) FROM runs GROUP BY status")).all() == [("completed", RUNS)]
+        assert conn.execute(sa.text("SELECT status, count(*) FROM runs GROUP BY status")).all() == [
+            ("completed", RUNS)
+        ]
         assert set(conn.execute(sa.text("SELECT epochs_completed FROM runs")).scalars()) == {EPOCHS}
     assert stream.client.xpending(settings.stream, "recorder")["pending"] == 0

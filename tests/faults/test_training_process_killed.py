@@ -45,12 +45,18 @@ def _events(settings, run_id):
 
 
 def _finished(settings, run_id):
-    return wait_for(lambda: next((e for e in _events(settings, run_id) if e.type == "run_finished"), None), timeout=240, message=f"{run_id} to finish")
+    return wait_for(
+        lambda: next((e for e in _events(settings, run_id) if e.type == "run_finished"), None),
+        timeout=240,
+        message=f"{run_id} to finish",
+    )
 
 
 def _history(engine, run_id):
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT epoch, name, value FROM epoch_metrics WHERE run_id = :r"), {"r": run_id}).all()
+        rows = conn.execute(
+            sa.text("SELECT epoch, name, value FROM epoch_metrics WHERE run_id = :r"), {"r": run_id}
+        ).all()
     return {(epoch, name): value for epoch, name, value in rows}
 
 
@@ -63,7 +69,9 @@ def _submit(path, queue, env):
     return json.loads(run_cli("submit", path, "--queue", queue, "--json", env_extra=env).stdout)["run_id"]
 
 
-def test_a_killed_training_process_resumes_into_its_uninterrupted_twin(settings, engine, job_env, queue_name, start_worker, tmp_path, database_url, ledger):
+def test_a_killed_training_process_resumes_into_its_uninterrupted_twin(
+    settings, engine, job_env, queue_name, start_worker, tmp_path, database_url, ledger
+):
     if database_url.startswith("postgresql"):
         pytest.skip("the twin's decisions do not depend on the database; checked once, on SQLite")
     never = tmp_path / "never-kill"
@@ -76,19 +84,42 @@ def test_a_killed_training_process_resumes_into_its_uninterrupted_twin(settings,
         assert stopped.stopped_epoch >= stopped.best_epoch + 2
         kill_epoch = stopped.best_epoch + 1  # after the best epoch: EarlyStopping has something to forget
         marker = tmp_path / "killed"
-        resumed = _submit(_spec(tmp_path, "twin-resumed", kill_epoch=kill_epoch, marker=marker), queue_name, job_env)
+        resumed = _submit(
+            _spec(tmp_path, "twin-resumed", kill_epoch=kill_epoch, marker=marker), queue_name, job_env
+        )
         finished = _finished(settings, resumed)
-        wait_for(lambda: describe_or_none(engine, "twin-straight") and describe_or_none(engine, "twin-resumed"), timeout=120, message="both promoted")
-        wait_for(lambda: _history(engine, resumed).keys() == _history(engine, straight).keys(), timeout=60, message="the resumed history recorded")
-        wait_for(lambda: {e.id for e in _events(settings, resumed)} <= _recorded_ids(engine), timeout=60, message="every event recorded")
+        wait_for(
+            lambda: describe_or_none(engine, "twin-straight") and describe_or_none(engine, "twin-resumed"),
+            timeout=120,
+            message="both promoted",
+        )
+        wait_for(
+            lambda: _history(engine, resumed).keys() == _history(engine, straight).keys(),
+            timeout=60,
+            message="the resumed history recorded",
+        )
+        wait_for(
+            lambda: {e.id for e in _events(settings, resumed)} <= _recorded_ids(engine),
+            timeout=60,
+            message="every event recorded",
+        )
     killed_pid = int(marker.read_text())
     events = _events(settings, resumed)
     starts = [e for e in events if e.type == "run_started"]
-    assert [s.tags["attempt"] for s in starts] == ["1", "2"] and starts[0].pid == killed_pid and starts[1].pid != killed_pid
-    assert "WorkerLostError" in worker.output() or "SIGKILL" in worker.output(), "the training process was killed, the worker lived on"
+    assert (
+        [s.tags["attempt"] for s in starts] == ["1", "2"]
+        and starts[0].pid == killed_pid
+        and starts[1].pid != killed_pid
+    )
+    assert "WorkerLostError" in worker.output() or "SIGKILL" in worker.output(), (
+        "the training process was killed, the worker lived on"
+    )
     assert finished.status == "early_stopped"
     resumed_stop = next(e for e in events if e.type == "early_stopped")
-    assert (resumed_stop.stopped_epoch, resumed_stop.best_epoch) == (stopped.stopped_epoch, stopped.best_epoch)
+    assert (resumed_stop.stopped_epoch, resumed_stop.best_epoch) == (
+        stopped.stopped_epoch,
+        stopped.best_epoch,
+    )
     assert resumed_stop.best_value == pytest.approx(stopped.best_value, rel=1e-6)
     # Epoch by epoch, the same history (each epoch recorded once).
     twin, mine = _history(engine, straight), _history(engine, resumed)
@@ -97,25 +128,40 @@ def test_a_killed_training_process_resumes_into_its_uninterrupted_twin(settings,
         assert mine[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     epochs = sorted(e.epoch for e in events if e.type == "epoch_end")
     assert epochs == sorted(set(epochs)), "no epoch published twice"
-    row = count_recorded(engine, EventStream(settings=settings), "7. training process SIGKILLed, worker alive",
-                         (e.id for e in events), note=f"resumed at epoch {kill_epoch}, 2 attempts, 1 run")
+    row = count_recorded(
+        engine,
+        EventStream(settings=settings),
+        "7. training process SIGKILLed, worker alive",
+        (e.id for e in events),
+        note=f"resumed at epoch {kill_epoch}, 2 attempts, 1 run",
+    )
     ledger.append(row)
     assert (row.recorded, row.lost, row.duplicated, row.dead_lettered) == (len(events), 0, 0, 0)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM runs WHERE name = 'twin-resumed'")).scalar() == 1
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT run_id, status, best_epoch, stopped_epoch, epochs_completed FROM runs WHERE run_id IN (:a, :b)"),
-                            {"a": straight, "b": resumed}).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT run_id, status, best_epoch, stopped_epoch, epochs_completed FROM runs WHERE run_id IN (:a, :b)"
+            ),
+            {"a": straight, "b": resumed},
+        ).all()
     assert len({r[1:] for r in rows}) == 1, rows
     # The best checkpoint file and the champion: the same weights.
     files = [settings.home / "runs" / run / "checkpoints" / "best.keras" for run in (straight, resumed)]
     for got, expected in zip(*(keras.saving.load_model(str(f)).get_weights() for f in files)):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     a, b = describe(engine, "twin-straight@champion"), describe(engine, "twin-resumed@champion")
-    assert (a["epoch"], a["metric"], a["mode"]) == (b["epoch"], b["metric"], b["mode"]) == (stopped.best_epoch, "val_loss", "min")
+    assert (
+        (a["epoch"], a["metric"], a["mode"])
+        == (b["epoch"], b["metric"], b["mode"])
+        == (stopped.best_epoch, "val_loss", "min")
+    )
     assert a["value"] == pytest.approx(b["value"], rel=1e-6)
-    for got, expected in zip(load_model("twin-resumed@champion", settings=settings).get_weights(),
-                             load_model("twin-straight@champion", settings=settings).get_weights()):
+    for got, expected in zip(
+        load_model("twin-resumed@champion", settings=settings).get_weights(),
+        load_model("twin-straight@champion", settings=settings).get_weights(),
+    ):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 

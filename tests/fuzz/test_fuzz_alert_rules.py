@@ -283,7 +283,9 @@ LIFECYCLE_SAMPLES = {
         cls=ev.EarlyStopped, stopped_epoch=3, best_epoch=1, best_value=0.5, monitor="val_loss", mode="min"
     ),
     "run_finished": dict(cls=ev.RunFinished, status="completed", epochs_completed=3),
-    "run_pruned": dict(cls=ev.RunFinished, status="pruned", epochs_completed=2, reason="pruned: behind the median"),
+    "run_pruned": dict(
+        cls=ev.RunFinished, status="pruned", epochs_completed=2, reason="pruned: behind the median"
+    ),
     "model_promoted": dict(cls=ev.ModelPromoted, name="m", version=1),
     "promotion_skipped": dict(cls=ev.PromotionSkipped, reason="r"),
 }

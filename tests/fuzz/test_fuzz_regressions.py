@@ -238,7 +238,8 @@ def test_poison_payloads_are_dead_lettered_and_the_recorder_goes_on(settings, en
         with engine.connect() as conn:
             return (
                 conn.execute(
-                    sa.text(f"SELECT count(*) FROM ({RECORDED_EVENT_IDS}) AS recorded WHERE event_id = :e"), {"e": good.id}
+                    sa.text(f"SELECT count(*) FROM ({RECORDED_EVENT_IDS}) AS recorded WHERE event_id = :e"),
+                    {"e": good.id},
                 ).scalar()
                 == 1
             )

@@ -362,12 +362,20 @@ def _expected_history(recorded: list[Message], sqlite: bool) -> dict[str, dict[A
         if not isinstance(e, ev.EpochEnd) and not (isinstance(e, ev.BatchEnd) and e.step is not None):
             events.setdefault(
                 e.id,
-                {"run_id": e.run_id, "seq": e.seq, "type": e.type, "ts": at, "payload": message.payload.decode()},
+                {
+                    "run_id": e.run_id,
+                    "seq": e.seq,
+                    "type": e.type,
+                    "ts": at,
+                    "payload": message.payload.decode(),
+                },
             )
         runs[e.run_id].see(e)
         if isinstance(e, ev.BatchEnd) and e.step is not None:
             for name, value in e.metrics.items():
-                batch_metrics.setdefault((e.run_id, name, e.step), {"epoch": e.epoch, "value": stored(value), "ts": at})
+                batch_metrics.setdefault(
+                    (e.run_id, name, e.step), {"epoch": e.epoch, "value": stored(value), "ts": at}
+                )
         if isinstance(e, ev.EpochEnd):
             for name, value in e.metrics.items():
                 metrics.setdefault((e.run_id, name, e.epoch), {"value": stored(value)})
