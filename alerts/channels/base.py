@@ -133,6 +133,9 @@ _MASKED_LOGGERS = (
     "requests",
     "alerts",
     "alerts.engine",
+    # Logger filters do not apply to records from child loggers: each module that logs is named.
+    "alerts.alerter",
+    "alerts.outbox",
 )
 for _name in _MASKED_LOGGERS:
     logging.getLogger(_name).addFilter(SECRET_MASKER)
