@@ -16,6 +16,10 @@ value that is neither null nor NaN (SQLite cannot store NaN, so a NaN would repl
 PostgreSQL and leave it on SQLite; in ``epoch_metrics``, ``epochs`` and ``checkpoints`` NaN is
 kept: NULL on SQLite).
 
+This module holds the :class:`Recorder` handler and :func:`write_batch`, the order of one batch's
+writes. The rows come from :mod:`~pipeline.consumers.recorder_rows`; the ``runs`` merge rules live in
+:mod:`~pipeline.consumers.recorder_runs`, the sweep writes in :mod:`~pipeline.consumers.recorder_sweeps`.
+
 Example:
     >>> recorder = Recorder(make_engine("sqlite:///fitstream.db"))   # doctest: +SKIP
     >>> ConsumerLoop(recorder, EventStream()).run()                  # doctest: +SKIP
@@ -23,28 +27,51 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pipeline import events as ev
 from pipeline.config import Settings, get_settings
-from pipeline.consumers.base import Received
+from pipeline.consumers.handler import Received
+from pipeline.consumers.recorder_rows import (
+    BATCH_METRIC_COLUMNS,
+    CHECKPOINT_COLUMNS,
+    EPOCH_COLUMNS,
+    EVENT_COLUMNS,
+    METRIC_COLUMNS,
+    PARAM_COLUMNS,
+    ROW_RECORDED_TYPES,
+    BatchRows,
+    rows_for,
+)
+from pipeline.consumers.recorder_runs import STATUS_RANK, upsert_runs
+from pipeline.consumers.recorder_sweeps import update_sweep_states, upsert_sweeps
 from pipeline.db import bulk, summaries
 from pipeline.db.batch_retention import compact_batch_metrics
 from pipeline.db.migrate import require_head
-from pipeline.db.models import SqlRun, SqlSweep
 from pipeline.db.session import transaction
-from pipeline.params import param_row
-from pipeline.sweeps import SWEEP_CANCELLED_REASON
+
+__all__ = [
+    "BATCH_METRIC_COLUMNS",
+    "CHECKPOINT_COLUMNS",
+    "COMPACTION_DELAY_S",
+    "COMPACTION_MAX_RUNS",
+    "EPOCH_COLUMNS",
+    "EVENT_COLUMNS",
+    "GROUP",
+    "METRIC_COLUMNS",
+    "PARAM_COLUMNS",
+    "ROW_RECORDED_TYPES",
+    "STATUS_RANK",
+    "BatchRows",
+    "Recorder",
+    "Received",
+    "rows_for",
+    "write_batch",
+]
 
 GROUP = "recorder"
 
@@ -55,337 +82,6 @@ COMPACTION_DELAY_S = 60.0
 COMPACTION_MAX_RUNS = 100
 
 log = logging.getLogger(__name__)
-
-EVENT_COLUMNS = ("event_id", "run_id", "seq", "type", "ts", "payload")
-METRIC_COLUMNS = ("run_id", "name", "epoch", "value")
-EPOCH_COLUMNS = (
-    "run_id",
-    "epoch",
-    "learning_rate",
-    "wall_time_s",
-    "steps",
-    "samples_per_second",
-    "steps_per_second",
-    "ended_at",
-    "event_id",
-)
-BATCH_METRIC_COLUMNS = ("run_id", "name", "step", "epoch", "value", "ts")
-#: Events whose rows are their record (``epochs`` + ``epoch_metrics``, ``batch_metrics``): their raw
-#: JSON is not kept in ``events`` as well (it would be most of the database's writes).
-ROW_RECORDED_TYPES = frozenset({"epoch_end", "batch_end"})
-CHECKPOINT_COLUMNS = (
-    "run_id",
-    "epoch",
-    "path",
-    "monitor",
-    "value",
-    "size_bytes",
-    "sha256",
-    "saved_at",
-    "mode",
-    "source",
-    "batch",
-)
-
-# How each runs column merges an incoming value with the stored one.
-STATUS_RANK = {"queued": 0, "running": 1}
-_FIRST_WINS = ("started_at", "queued_at")
-_MAXIMUM = ("epochs_completed", "last_event_at")
-_LATEST_NON_NULL = (
-    "name",
-    "finished_at",
-    "epochs_planned",
-    "best_epoch",
-    "stopped_epoch",
-    "monitor",
-    "mode",
-    "best_value",
-    "restored_best_weights",
-    "model_name",
-    "params_count",
-    "optimizer",
-    "batch_size",
-    "host",
-    "tags",
-    "wall_time_s",
-    "error_type",
-    "error_message",
-    "queue",
-    "data_fingerprint",
-    "sweep_id",
-    "status_reason",
-)
-PARAM_COLUMNS = ("run_id", "key", "value", "value_num")
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-@dataclass
-class BatchRows:
-    """The rows one batch of events becomes, table by table."""
-
-    events: list[tuple] = field(default_factory=list)
-    metrics: list[tuple] = field(default_factory=list)
-    batch_metrics: list[tuple] = field(default_factory=list)
-    #: (run_id, metric) -> this batch's lowest, highest and last value (``summaries.accumulate``).
-    summaries: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
-    epochs: list[tuple] = field(default_factory=list)
-    checkpoints: list[tuple] = field(default_factory=list)
-    params: list[tuple] = field(default_factory=list)
-    sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)
-    runs: dict[str, _RunUpdate] = field(default_factory=dict)
-    #: Runs whose queue/start/finish was in the batch: their sweep's state may have moved.
-    sweep_state_moves: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _RunUpdate:
-    """What one batch says about one run, merged in memory before one upsert."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-    status: str = "running"
-    _status_rank: int = -1
-    last_ts: float = 0.0
-    epochs: int = 0
-
-    def promote(self, status: str) -> None:
-        """Statuses only move forward: queued < running < any terminal status."""
-        rank = STATUS_RANK.get(status, 2)
-        if rank > self._status_rank:
-            self.status, self._status_rank = status, rank
-
-    def set(self, **values: Any) -> None:
-        """The latest value of each column that is neither None nor NaN."""
-        for key, value in values.items():
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                self.values[key] = value
-
-    def set_first(self, key: str, value: Any) -> None:
-        """A column whose first value stays (as ``coalesce(stored, new)`` keeps it across batches)."""
-        self.values.setdefault(key, value)
-
-    def bump(self, key: str, value: Any) -> None:
-        current = self.values.get(key)
-        if current is None or value > current:
-            self.values[key] = value
-
-
-def rows_for(batch: Sequence[Received]) -> BatchRows:
-    """Turn a batch of events into rows for each table, and one update per run."""
-    rows = BatchRows()
-    runs = rows.runs
-    for item in batch:
-        event = item.event
-        at = _utc(event.ts)
-        if event.type not in ROW_RECORDED_TYPES or (isinstance(event, ev.BatchEnd) and event.step is None):
-            rows.events.append((event.id, event.run_id, event.seq, event.type, at, item.payload))
-        run = runs.get(event.run_id)
-        if run is None:
-            run = runs[event.run_id] = _RunUpdate()
-        if event.ts > run.last_ts:
-            run.last_ts = event.ts
-        if not isinstance(event, (ev.RunQueued, ev.RunFinished)):
-            run.promote("running")  # an event from training (or after it) says the run left the queue
-        if isinstance(event, (ev.RunQueued, ev.RunStarted, ev.RunFinished)):
-            rows.sweep_state_moves.add(event.run_id)
-        if isinstance(event, ev.EpochEnd):
-            run_id, epoch = event.run_id, event.epoch
-            rows.metrics += [(run_id, name, epoch, value) for name, value in event.metrics.items()]
-            summaries.accumulate(rows.summaries, run_id, epoch, event.metrics)
-            rows.epochs.append(
-                (
-                    run_id,
-                    epoch,
-                    event.learning_rate,
-                    event.wall_time_s,
-                    event.steps,
-                    event.samples_per_second,
-                    event.steps_per_second,
-                    at,
-                    event.id,
-                )
-            )
-            if epoch + 1 > run.epochs:
-                run.epochs = epoch + 1
-        elif isinstance(event, ev.BatchEnd):
-            if event.step is not None:  # publishers before batch_metrics sent no step: kept in events
-                run_id, step, epoch = event.run_id, event.step, event.epoch
-                rows.batch_metrics += [
-                    (run_id, name, step, epoch, value, at) for name, value in event.metrics.items()
-                ]
-        elif isinstance(event, ev.RunQueued):
-            run.promote("queued")
-            run.set_first("queued_at", at)
-            run.set(name=event.name, queue=event.queue, tags=json.dumps(event.tags) if event.tags else None)
-            rows.params += [(event.run_id, *param_row(k, v)) for k, v in event.params.items()]
-            if event.sweep is not None:
-                run.set(sweep_id=event.sweep.id)
-                _sweep_row(rows.sweeps, event.sweep, at)
-        elif isinstance(event, ev.RunStarted):
-            run.set_first("started_at", at)
-            run.set(
-                name=event.name,
-                epochs_planned=event.epochs,
-                monitor=event.monitor,
-                mode=event.mode,
-                model_name=event.model_name,
-                params_count=event.params_count,
-                optimizer=json.dumps(event.optimizer) if event.optimizer is not None else None,
-                batch_size=event.batch_size,
-                host=event.host,
-                tags=json.dumps(event.tags) if event.tags else None,
-                data_fingerprint=event.data_fingerprint,
-            )
-            rows.params += [(event.run_id, *param_row(k, v)) for k, v in event.params.items()]
-        elif isinstance(event, ev.CheckpointSaved):
-            rows.checkpoints.append(
-                (
-                    event.run_id,
-                    event.epoch,
-                    event.path,
-                    event.monitor,
-                    event.value,
-                    event.size_bytes,
-                    event.sha256,
-                    at,
-                    event.mode,
-                    event.source,
-                    event.batch,
-                )
-            )
-        elif isinstance(event, ev.EarlyStopped):
-            run.set(
-                stopped_epoch=event.stopped_epoch,
-                best_epoch=event.best_epoch,
-                best_value=event.best_value,
-                monitor=event.monitor,
-                mode=event.mode,
-            )
-        elif isinstance(event, ev.RunFinished):
-            run.promote(event.status)
-            run.set(
-                finished_at=at,
-                wall_time_s=event.wall_time_s,
-                best_epoch=event.best_epoch,
-                best_value=event.best_value,
-                monitor=event.monitor,
-                mode=event.mode,
-                restored_best_weights=int(event.restored_best_weights),
-                status_reason=event.reason,
-            )
-            run.bump("epochs_completed", event.epochs_completed)
-        elif isinstance(event, ev.RunFailed):
-            run.set(error_type=event.error_type, error_message=event.message)
-    for run in runs.values():
-        run.bump("last_event_at", _utc(run.last_ts))
-        if run.epochs:
-            run.bump("epochs_completed", run.epochs)
-    return rows
-
-
-def _sweep_row(sweeps: dict[str, dict[str, Any]], sweep: ev.SweepTrial, at: datetime) -> None:
-    row = sweeps.setdefault(
-        sweep.id,
-        {
-            "id": sweep.id,
-            "name": sweep.name,
-            "spec": None,
-            "created_at": at,
-            "trials": sweep.trials,
-            "state": "queued",
-        },
-    )
-    row["created_at"] = min(row["created_at"], at)
-    if sweep.spec is not None:
-        row["spec"] = json.dumps(sweep.spec)
-
-
-def _upsert_sweeps(conn: Connection, sweeps: dict[str, dict[str, Any]]) -> None:
-    if not sweeps:
-        return
-    table = SqlSweep.__table__
-    insert = bulk.upsert_insert(conn, table)
-    current, excluded = table.c, insert.excluded
-    statement = insert.on_conflict_do_update(
-        index_elements=[current.id],
-        set_={
-            "spec": sa.func.coalesce(current.spec, excluded.spec),
-            "created_at": sa.func.coalesce(current.created_at, excluded.created_at),
-        },
-    )
-    conn.execute(statement, [sweeps[k] for k in sorted(sweeps)])
-
-
-#: A sweep's state from its trials' rows: cancelled once `fitstream cancel SWEEP` cancelled a trial
-#: and every trial ended, finished once every trial ended, running once one left the queue.
-_SWEEP_STATE = sa.text(f"""
-UPDATE sweeps SET state = CASE
-  WHEN (SELECT count(*) FROM runs WHERE runs.sweep_id = sweeps.id AND runs.status IN ({", ".join(f"'{s}'" for s in ev.TERMINAL_STATUSES)})) >= sweeps.trials
-    THEN CASE WHEN EXISTS (SELECT 1 FROM runs WHERE runs.sweep_id = sweeps.id AND runs.status = 'cancelled'
-                           AND runs.status_reason = :cancelled_reason) THEN 'cancelled' ELSE 'finished' END
-  WHEN EXISTS (SELECT 1 FROM runs WHERE runs.sweep_id = sweeps.id AND runs.status <> 'queued') THEN 'running'
-  ELSE 'queued' END
-WHERE sweeps.id IN :sweep_ids
-""").bindparams(sa.bindparam("sweep_ids", expanding=True))
-_SWEEPS_OF = sa.text(
-    "SELECT DISTINCT sweep_id FROM runs WHERE sweep_id IS NOT NULL AND run_id IN :run_ids"
-).bindparams(sa.bindparam("run_ids", expanding=True))
-_LOCK_SWEEPS = sa.text("SELECT id FROM sweeps WHERE id IN :sweep_ids ORDER BY id FOR UPDATE").bindparams(
-    sa.bindparam("sweep_ids", expanding=True)
-)
-
-
-def _update_sweep_states(conn: Connection, run_ids: Sequence[str]) -> None:
-    """Move the state of the sweeps whose trials were queued, started or ended in this batch (most
-    batches touch no sweep: one indexed look-up, nothing more)."""
-    if not run_ids:
-        return
-    sweep_ids = sorted(conn.execute(_SWEEPS_OF, {"run_ids": list(run_ids)}).scalars())
-    if not sweep_ids:
-        return
-    if conn.dialect.name == "postgresql":
-        # Two recorders ending two trials of one sweep at once: the second waits here for the first
-        # to commit, so that its UPDATE (a new snapshot, under READ COMMITTED) counts both trials.
-        # SQLite needs nothing: one writer at a time.
-        conn.execute(_LOCK_SWEEPS, {"sweep_ids": sweep_ids})
-    conn.execute(_SWEEP_STATE, {"sweep_ids": sweep_ids, "cancelled_reason": SWEEP_CANCELLED_REASON})
-
-
-def _upsert_runs(conn: Connection, runs: dict[str, _RunUpdate]) -> None:
-    if not runs:
-        return
-    table = SqlRun.__table__
-    insert = bulk.upsert_insert(conn, table)
-    excluded, current = insert.excluded, table.c
-
-    def rank(column: Any) -> Any:
-        return sa.case((column == "queued", 0), (column == "running", 1), else_=2)
-
-    merge: dict[str, Any] = {
-        "status": sa.case(
-            (rank(current.status) >= rank(excluded.status), current.status), else_=excluded.status
-        ),
-    }
-    for name in _FIRST_WINS:
-        merge[name] = sa.func.coalesce(current[name], excluded[name])
-    for name in _MAXIMUM:
-        merge[name] = sa.func.coalesce(
-            bulk.greatest(conn, current[name], excluded[name]), excluded[name], current[name]
-        )
-    for name in _LATEST_NON_NULL:
-        merge[name] = sa.func.coalesce(excluded[name], current[name])
-    statement = insert.on_conflict_do_update(index_elements=[current.run_id], set_=merge)
-    columns = ("status", *_FIRST_WINS, *_MAXIMUM, *_LATEST_NON_NULL)
-    params = []
-    for run_id, update in sorted(runs.items()):
-        row = {name: update.values.get(name) for name in columns}
-        row["run_id"] = run_id
-        row["status"] = update.status if update._status_rank >= 0 else "running"
-        row["epochs_completed"] = update.values.get("epochs_completed", 0)
-        params.append(row)
-    conn.execute(statement, params)
 
 
 def _first_per_key(metrics: Any) -> list[tuple]:
@@ -399,8 +95,8 @@ def _first_per_key(metrics: Any) -> list[tuple]:
 def write_batch(conn: Connection, batch: Sequence[Received], rows: BatchRows | None = None) -> None:
     """All of a batch's rows (``rows_for(batch)`` unless given), in the caller's transaction."""
     rows = rows if rows is not None else rows_for(batch)
-    _upsert_sweeps(conn, rows.sweeps)
-    _upsert_runs(conn, rows.runs)
+    upsert_sweeps(conn, rows.sweeps)
+    upsert_runs(conn, rows.runs)
     bulk.insert_ignore(conn, "events", EVENT_COLUMNS, rows.events)
     if rows.epochs:  # before this batch's own epochs rows: which of its epochs are new
         keys = [(run_id, epoch) for run_id, epoch, *_ in rows.epochs]
@@ -415,7 +111,7 @@ def write_batch(conn: Connection, batch: Sequence[Received], rows: BatchRows | N
     bulk.insert_ignore(conn, "epochs", EPOCH_COLUMNS, rows.epochs)
     bulk.insert_ignore(conn, "checkpoints", CHECKPOINT_COLUMNS, rows.checkpoints)
     bulk.insert_ignore(conn, "params", PARAM_COLUMNS, rows.params)
-    _update_sweep_states(conn, sorted(rows.sweep_state_moves))
+    update_sweep_states(conn, sorted(rows.sweep_state_moves))
 
 
 class Recorder:
