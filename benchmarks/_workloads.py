@@ -38,7 +38,7 @@ class Workload:
 
 
 def _digits() -> Workload:
-    from examples import digits
+    from pipeline.examples import digits
 
     return Workload(
         "digits",

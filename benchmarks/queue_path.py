@@ -125,8 +125,8 @@ def main() -> None:
         # Peer: the same fit in this (warm) process, with the same callbacks, no queue.
         import keras
 
-        from examples import digits
         from pipeline import EventPublisher
+        from pipeline.examples import digits
 
         peer = []
         (x, y), validation = digits.load_data()

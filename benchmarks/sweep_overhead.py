@@ -94,8 +94,8 @@ def main() -> None:
         # Peer: the same fits one after another in this warm process, same callbacks, no queue.
         import keras
 
-        from examples import digits
         from pipeline import EventPublisher
+        from pipeline.examples import digits
 
         (x, y), validation = digits.load_data()
         t0 = time.perf_counter()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.examples import sklearn_datasets
+
 
 def load_data(validation_fraction: float = 0.25, seed: int = 0):
     """((x_train, y_train), (x_val, y_val)), features standardised on the training split."""
-    from sklearn.datasets import load_breast_cancer
-
-    data = load_breast_cancer()
+    data = sklearn_datasets().load_breast_cancer()
     x = data.data.astype("float32")
     y = data.target.astype("float32")
     order = np.random.default_rng(seed).permutation(len(x))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.examples import sklearn_datasets
+
 
 def load_data(
     validation_fraction: float = 0.2, seed: int = 0
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """((x_train, y_train), (x_val, y_val)): pixels scaled to [0, 1], integer labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    digits = sklearn_datasets().load_digits()
     x = (digits.data / 16.0).astype("float32")
     y = digits.target.astype("int64")
     order = np.random.default_rng(seed).permutation(len(x))

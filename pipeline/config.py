@@ -144,7 +144,8 @@ class Settings(BaseSettings):
         leader_ttl_seconds: Groups that need their events in order (alerter, promoter) have one
             leader; a standby takes over this long after the leader died. Default 10.
         allowed_modules: Comma-separated module prefixes that job specs may name for their
-            model, data and callbacks. Default ``examples`` (the bundled examples).
+            model, data and callbacks. Default ``pipeline.examples`` (the bundled examples; their old
+            spelling ``examples`` still names them, see ``pipeline.jobs``).
         max_job_seconds: Longest a training job may run; Celery's visibility timeout is set
             above it so a running job is not delivered twice. Default 7 days.
         lease_ttl_seconds: A run's lease expires this long after its worker's last heartbeat;
@@ -201,7 +202,7 @@ class Settings(BaseSettings):
     consumer_block_ms: int = Field(default=1000, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=100)
     leader_ttl_seconds: float = Field(default=10.0, gt=0)
-    allowed_modules: str = "examples"
+    allowed_modules: str = "pipeline.examples"
     max_job_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     broker_url: str | None = Field(default=None, repr=False)

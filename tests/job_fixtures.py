@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from examples import digits
+from pipeline.examples import digits
 
 
 def slow_data(n_train: int = 400, delay_s: float = 0.0):

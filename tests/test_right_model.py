@@ -116,7 +116,7 @@ def test_standard_callback_stack_promotes_the_file_model_checkpoint_kept(setting
 
 def test_custom_metric_promotes_by_the_mode_keras_used(settings, engine, tmp_path):
     """Case 2: monitor="val_f1", mode="max" — a name that says nothing of its direction."""
-    from examples import breast_cancer
+    from pipeline.examples import breast_cancer
 
     (x, y), (x_val, y_val) = breast_cancer.load_data()
     model = f1_model()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import keras
 
-from examples import digits
+from pipeline.examples import digits
 
 
 def small_digits(n_train: int = 600):

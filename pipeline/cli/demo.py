@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from pipeline import examples
 from pipeline.bus import EventStream, connect
 from pipeline.cli.output import print_rows
 from pipeline.cli.watch import _watch_rich
@@ -32,7 +33,8 @@ from pipeline.job_store import JobStore
 from pipeline.run_events import stream_id_at
 
 RECORD_TIMEOUT_S = 60.0
-EXAMPLE_SPEC = Path(__file__).resolve().parents[2] / "examples" / "digits_mlp.yaml"
+#: The bundled examples ship inside the package (the repository's examples/ directory).
+EXAMPLE_SPEC = Path(examples.__file__).resolve().parent / "digits_mlp.yaml"
 
 
 def _wait_recorded(engine, run_id: str, timeout: float) -> RunDetail:  # type: ignore[no-untyped-def]
@@ -77,7 +79,7 @@ def _wait_promoted(engine, run_id: str, timeout: float) -> dict | None:  # type:
 def _validation_data(spec_path: str | None) -> tuple:
     """The job's validation data (as its data function returns it), to evaluate the champion on."""
     if spec_path is None:
-        from examples import digits
+        from pipeline.examples import digits
 
         return digits.load_data()[1]
     from pipeline.jobs import load_spec
@@ -276,8 +278,8 @@ def _train_in_process(console: Console, *, epochs: int) -> str:
     console.print("importing TensorFlow…")
     import keras
 
-    from examples import digits
     from pipeline.callbacks.publisher import EventPublisher
+    from pipeline.examples import digits
 
     settings = get_settings()
     (x, y), (x_val, y_val) = digits.load_data()

@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-import migrations
+import pipeline.migrations as migrations
 from pipeline.db.session import make_engine, mask_url, normalize_url
 from pipeline.errors import SchemaNotAtHeadError
 
