@@ -325,11 +325,6 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @property
-    def dead_letter_stream(self) -> str:
-        """Stream that receives payloads no consumer could decode, with the reason."""
-        return f"{self.stream}:dead"
-
-    @property
     def spool_dir(self) -> Path:
         """Where the publisher spools events while Redis is unreachable."""
         return self.home / "spool"

@@ -159,13 +159,6 @@ class JobStore:
             self._key("sweep-lock", sweep_id), timeout=timeout_s, blocking_timeout=timeout_s
         )
 
-    def set_task_id(self, run_id: str, task_id: str) -> None:
-        self.client.set(self._key("task", run_id), task_id, ex=JOB_TTL_S)
-
-    def task_id(self, run_id: str) -> str | None:
-        raw = self.client.get(self._key("task", run_id))
-        return raw.decode() if raw is not None else None
-
     def set_state(self, run_id: str, state: str) -> None:
         """The queue-side state (queued / running / finished) that `fitstream cancel` and `watch` read."""
         self.client.set(self._key("state", run_id), state, ex=JOB_TTL_S)

@@ -19,50 +19,58 @@ import time
 from collections.abc import Iterator
 
 import redis
+from redis.exceptions import LockNotOwnedError
 
 from pipeline.errors import FitstreamError
 
 log = logging.getLogger(__name__)
 
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-_ACQUIRE_REENTRANT = (
-    "local holder = redis.call('get', KEYS[1]) "
-    "if holder == false then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 "
-    "elseif holder == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-)
+# Taking a lease over from a holder known to be dead: the one operation redis-py's Lock lacks.
 _TAKE_FROM = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1 "
     "else return 0 end"
 )
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
 class RedisLease:
-    """The key ``key`` holds the owner's name while the lease is held."""
+    """The key ``key`` holds the owner's name while the lease is held.
+
+    A named wrapper around redis-py's :class:`redis.lock.Lock`, whose token is the owner's name
+    (so that ``holder()`` says who holds it): the Lock does the owner-checked renew, release and
+    ``owned``; this class adds the reentrant acquire and ``take_from`` that leases need.
+    """
 
     def __init__(self, client: redis.Redis, key: str, *, owner: str, ttl_s: float) -> None:
         self.client = client
         self.key = key
         self.owner = owner
         self.ttl_ms = int(ttl_s * 1000)
+        # Not thread-local: a LeaseKeeper renews from its own thread what another thread acquired.
+        self._lock = client.lock(key, timeout=ttl_s, blocking=False, thread_local=False)
+        self._lock.local.token = client.get_encoder().encode(owner)
+        self._take_from = client.register_script(_TAKE_FROM)
 
     def acquire(self, *, reentrant: bool = False) -> bool:
         """Take the lease if nobody holds it (or, ``reentrant``, if this owner already does)."""
-        if reentrant:
-            return bool(self.client.eval(_ACQUIRE_REENTRANT, 1, self.key, self.owner, self.ttl_ms))
-        return bool(self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms))
+        if reentrant and self.renew():
+            return True
+        return bool(self._lock.acquire(blocking=False, token=self.owner))
 
     def take_from(self, holder: str) -> bool:
         """Take the lease over from ``holder`` (known to be dead), only if it still holds it."""
-        return bool(self.client.eval(_TAKE_FROM, 1, self.key, holder, self.owner, self.ttl_ms))
+        return bool(self._take_from(keys=[self.key], args=[holder, self.owner, self.ttl_ms]))
 
     def renew(self) -> bool:
-        """Extend the lease; False when it is no longer this owner's."""
-        return bool(self.client.eval(_RENEW, 1, self.key, self.owner, self.ttl_ms))
+        """Extend the lease to a full ``ttl_s``; False when it is no longer this owner's."""
+        try:
+            return bool(self._lock.reacquire())
+        except LockNotOwnedError:
+            return False
 
     def release(self) -> None:
         """Give the lease up (only if still held by this owner)."""
-        self.client.eval(_RELEASE, 1, self.key, self.owner)
+        with contextlib.suppress(LockNotOwnedError):
+            self._lock.do_release(self._lock.local.token)
 
     def holder(self) -> str | None:
         raw = self.client.get(self.key)

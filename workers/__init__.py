@@ -1,1 +1,3 @@
-"""Celery app and thin training tasks (built in a later issue)."""
+"""The Celery side: the app and its queues (``celery_app``), thin tasks (``tasks``) over
+``pipeline.training.run_job``, the prefork pool and GPU handover, job submission and the
+``fitstream submit|cancel|worker|status`` commands."""

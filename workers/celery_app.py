@@ -32,7 +32,8 @@ def visibility_timeout(settings: Settings) -> int:
 
 
 class Queue(str, enum.Enum):
-    """Celery queues. ``gpu``: training jobs (default). ``cpu``: light work."""
+    """Celery queues. ``gpu``: training jobs (default). ``cpu``: jobs that need no GPU (a job
+    spec's ``queue: cpu``, or ``fitstream submit --queue cpu``), served by ``fitstream worker -Q cpu``."""
 
     GPU = "gpu"
     CPU = "cpu"

@@ -1,7 +1,8 @@
 """SQLAlchemy models of the history database (``Sql*`` rows; plain entities live in ``entities.py``).
 
 The schema itself is owned by Alembic (``migrations/``); these classes must match
-the head revision, which ``tests/test_migrations.py`` checks.
+the head revision, which ``tests/test_schema_and_sql.py`` checks (Alembic's autogenerate
+comparison finds no difference).
 
 Tables users query with plain SQL:
 
