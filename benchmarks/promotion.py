@@ -63,10 +63,10 @@ def measure(megabytes: float, repeats: int) -> dict[str, object]:
     from pipeline.bus import EventStream
     from pipeline.config import Settings
     from pipeline.consumers.base import ConsumerLoop
-    from pipeline.consumers.load_check import KerasLoadCheck
     from pipeline.consumers.promoter import Promoter, PromotionLocks
     from pipeline.db import migrate
     from pipeline.db.session import make_engine
+    from pipeline.promotion.load_check import KerasLoadCheck
     from pipeline.store import open_store
     from pipeline.store.copying import file_sha256
 

@@ -14,12 +14,13 @@ Retention policy (documented in the README):
   ``fitstream status`` reports.
 
 Sharding (``FITSTREAM_STREAM_SHARDS``, default 1): the events are spread over that many stream
-keys by a hash of their run id (:func:`shard_of`), so each run's events stay on one key, in the
-order they were published. An :class:`EventStream` is one shard: its consumer groups, dead
-letters, counters and consumer states. :meth:`EventStream.publish` routes every event to its
-run's shard, whichever shard it is called on. With more than one shard (or on a Redis Cluster)
-each shard's keys share a hash tag, ``{<stream>:<shard>}``, so a cluster keeps a whole shard,
-dead letters and counters included, on one node.
+keys by a hash of their run id (:func:`pipeline.stream_shards.shard_of`), so each run's events
+stay on one key, in the order they were published. An :class:`EventStream` is one shard: its
+consumer groups, dead letters, counters and consumer states. :meth:`EventStream.publish` routes
+every event to its run's shard, whichever shard it is called on. With more than one shard (or on
+a Redis Cluster) each shard's keys share a hash tag, ``{<stream>:<shard>}``, so a cluster keeps a
+whole shard, dead letters and counters included, on one node. Connecting, and the safety
+warnings about the Redis itself, are :mod:`pipeline.redis_client`'s.
 
 Example:
     >>> stream = EventStream(redis_url="redis://localhost:6379/0")   # doctest: +SKIP
@@ -32,10 +33,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,11 +45,31 @@ from pipeline import events as ev
 from pipeline.config import Settings, get_settings, is_cluster_url
 from pipeline.errors import StreamUnavailableError
 
-log = logging.getLogger(__name__)
+# EventStream.client calls connect through this module's global, so a test can replace bus.connect.
+from pipeline.redis_client import (
+    SOCKET_CONNECT_TIMEOUT_S,
+    SOCKET_TIMEOUT_S,
+    connect,
+    is_cluster_client,
+    safety_warnings,
+)
+from pipeline.redis_client import reply_str as _sid
+from pipeline.stream_shards import run_id_of, run_stream_name, shard_of, shard_stream_name
 
-#: How long a client waits to connect / for an answer before calling Redis unreachable.
-SOCKET_CONNECT_TIMEOUT_S = 2.0
-SOCKET_TIMEOUT_S = 10.0
+# Names other modules import from here (most have moved to redis_client and stream_shards).
+__all__ = [
+    "SOCKET_CONNECT_TIMEOUT_S",
+    "SOCKET_TIMEOUT_S",
+    "EventStream",
+    "StreamMessage",
+    "_sid",
+    "connect",
+    "run_stream_name",
+    "shard_of",
+    "shard_stream_name",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,98 +78,6 @@ class StreamMessage:
 
     message_id: str
     fields: dict[bytes, bytes]
-
-
-def connect(redis_url: str, **kwargs: Any) -> redis.Redis:
-    """A Redis client with Fitstream's timeouts (bytes in, bytes out); a ``RedisCluster`` for a
-    ``redis+cluster://`` URL (it finds the other nodes from the one named)."""
-    options: dict[str, Any] = {
-        "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_S,
-        "socket_timeout": SOCKET_TIMEOUT_S,
-        "health_check_interval": 30,
-    }
-    options.update(kwargs)
-    if is_cluster_url(redis_url):
-        from redis.cluster import RedisCluster
-
-        plain = redis_url.replace("+cluster://", "://", 1)
-        return RedisCluster.from_url(plain, **options)  # type: ignore[return-value]
-    return redis.Redis.from_url(redis_url, **options)
-
-
-def shard_of(run_id: str, shards: int) -> int:
-    """The shard that holds ``run_id``'s events: CRC-32 of the run id, modulo the shard count.
-
-    Example:
-        >>> shard_of("run-1", 1), shard_of("run-1", 4)
-        (0, 3)
-    """
-    return zlib.crc32(run_id.encode("utf-8", "surrogatepass")) % shards if shards > 1 else 0
-
-
-def shard_stream_name(base: str, shard: int, shards: int, *, cluster: bool = False) -> str:
-    """The stream key of ``shard``: the base name itself for one shard on a plain Redis (as before
-    sharding existed), else hash-tagged so its derived keys (``:dead``, counters) share its slot.
-
-    Example:
-        >>> shard_stream_name("fitstream:events", 0, 1), shard_stream_name("fitstream:events", 2, 4)
-        ('fitstream:events', '{fitstream:events:2}')
-    """
-    if shards == 1 and not cluster:
-        return base
-    return f"{{{base}:{shard}}}"
-
-
-_RUN_ID = re.compile(r'^\{"v":\d+,"id":"[0-9a-f]*","run_id":"([^"]*)"')
-
-
-def run_stream_name(settings: Settings, run_id: str) -> str:
-    """The stream key that holds ``run_id``'s events, without a client (the dashboard reads it async).
-
-    Example:
-        >>> run_stream_name(Settings(stream="s", stream_shards=4), "run-1")
-        '{s:3}'
-    """
-    shards = settings.stream_shards
-    return shard_stream_name(
-        settings.stream, shard_of(run_id, shards), shards, cluster=is_cluster_url(settings.redis_url)
-    )
-
-
-def _run_id_of(item: Any) -> str:
-    """The run id of an event model or of its encoded stream fields."""
-    run_id = getattr(item, "run_id", None)
-    if run_id is not None:
-        return str(run_id)
-    raw = item.get(ev.PAYLOAD_FIELD, item.get(ev.PAYLOAD_FIELD.encode()))
-    # The encoder writes "run_id" near the front: find it without parsing the whole payload (the
-    # spool and the sender hand over encoded events); anything unusual (escapes) is parsed.
-    found = _RUN_ID.search(raw) if isinstance(raw, str) else None
-    if found is not None and "\\" not in found.group(1):
-        return found.group(1)
-    try:
-        return str(json.loads(raw)["run_id"])
-    except (TypeError, ValueError, KeyError):
-        return ""  # not an event a consumer can decode: shard 0, where it is dead-lettered
-
-
-def _is_cluster_client(client: Any) -> bool:
-    from redis.cluster import RedisCluster
-
-    return isinstance(client, RedisCluster)
-
-
-def _cluster_node_kwargs(client: Any) -> dict[str, Any]:
-    """A cluster node's connection settings (every node is reached with the same password)."""
-    try:
-        node = client.get_default_node()
-        return dict(node.redis_connection.connection_pool.connection_kwargs)
-    except Exception:
-        return {}
-
-
-def _sid(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _id_tuple(stream_id: str) -> tuple[int, int]:
@@ -191,7 +118,7 @@ class EventStream:
                 f"shard {shard} does not exist: FITSTREAM_STREAM_SHARDS is {self.shard_count} (shards 0..{self.shard_count - 1})"
             )
         self.shard = shard
-        self.cluster = is_cluster_url(self.redis_url) or (client is not None and _is_cluster_client(client))
+        self.cluster = is_cluster_url(self.redis_url) or (client is not None and is_cluster_client(client))
         self.stream = shard_stream_name(self.base_stream, shard, self.shard_count, cluster=self.cluster)
         self.dead_letter_stream = f"{self.stream}:dead"
         self.forced_trims_key = f"{self.stream}:forced_trims"
@@ -249,7 +176,7 @@ class EventStream:
             if self.shard_count == 1:
                 key = self.stream
             else:
-                shard = shard_of(_run_id_of(item), self.shard_count)
+                shard = shard_of(run_id_of(item), self.shard_count)
                 key = names.get(shard) or names.setdefault(
                     shard, shard_stream_name(self.base_stream, shard, self.shard_count, cluster=self.cluster)
                 )
@@ -347,47 +274,8 @@ class EventStream:
 
     # -- how safe the Redis is (fitstream status) --------------------------------
     def safety_warnings(self) -> list[str]:
-        """What this Redis would lose or let in: no persistence, an evicting memory policy, no
-        password on a non-loopback address. Managed Redis that hides CONFIG is not second-guessed."""
-        warnings: list[str] = []
-        try:
-            config = {
-                _sid(k): _sid(v)
-                for k, v in self.client.config_get("*").items()
-                if _sid(k) in ("appendonly", "save", "maxmemory-policy")
-            }
-        except redis.RedisError:
-            config = {}
-        if config.get("appendonly") == "no" and not config.get("save", "x").strip():
-            warnings.append(
-                "Redis keeps no data across a restart (appendonly no, no save points): events not yet consumed "
-                "are lost with it; set appendonly yes"
-            )
-        elif config.get("appendonly") == "no":
-            warnings.append(
-                "Redis persists by snapshots only (appendonly no): events since the last snapshot are lost "
-                "in a crash; set appendonly yes"
-            )
-        policy = config.get("maxmemory-policy")
-        if policy and policy != "noeviction":
-            warnings.append(
-                f"Redis may evict keys under memory pressure (maxmemory-policy {policy}): the stream itself "
-                "could go; set maxmemory-policy noeviction"
-            )
-        pool = getattr(self.client, "connection_pool", None)  # a RedisCluster has one per node
-        kwargs = pool.connection_kwargs if pool is not None else _cluster_node_kwargs(self.client)
-        host = str(kwargs.get("host") or "localhost")
-        if (
-            not kwargs.get("password")
-            and not kwargs.get("path")
-            and host not in ("localhost", "::1")
-            and not host.startswith("127.")
-        ):
-            warnings.append(
-                f"Redis at {host} is reached without a password: anyone who reaches it can read the events "
-                "and queue jobs; require a password (requirepass or an ACL user) and give it to Fitstream with FITSTREAM_REDIS_PASSWORD_FILE"
-            )
-        return warnings
+        """What this Redis would lose or let in (see :func:`pipeline.redis_client.safety_warnings`)."""
+        return safety_warnings(self.client)
 
     # -- consumer states (fitstream status) ------------------------------------
     def _states_key(self, group: str) -> str:

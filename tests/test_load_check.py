@@ -7,7 +7,7 @@ import os
 import keras
 import pytest
 
-from pipeline.consumers.load_check import KerasLoadCheck
+from pipeline.promotion.load_check import KerasLoadCheck
 
 
 def _save(path, *, unsafe: bool = False) -> str:

@@ -39,12 +39,12 @@ def test_pipeline_never_imports_workers_or_alerts():
 def test_tensorflow_only_where_training_happens():
     # model_registry imports Keras only inside load_model (call time); the import-time test below checks that.
     # ARCHITECTURE.md: Keras lives in pipeline/callbacks/ and pipeline/training.py (and at call time in demo/model loading).
-    # consumers/load_check.py imports Keras only inside its helper process (the promoter's own process never does).
+    # promotion/load_check.py imports Keras only inside its helper process (the promoter's own process never does).
     allowed = {
         REPO / "pipeline" / "training.py",
         REPO / "pipeline" / "cli" / "demo.py",
         REPO / "pipeline" / "model_registry.py",
-        REPO / "pipeline" / "consumers" / "load_check.py",
+        REPO / "pipeline" / "promotion" / "load_check.py",
     }
     offenders = [
         str(path.relative_to(REPO))
@@ -67,7 +67,7 @@ def test_tensorflow_only_where_training_happens():
         "pipeline.jobs",
         "pipeline.store",
         "pipeline.consumers.promoter",
-        "pipeline.consumers.load_check",
+        "pipeline.promotion.load_check",
         "pipeline.consumers.pruner",
         "pipeline.sweeps",
         "pipeline.db.experiments",

@@ -15,10 +15,10 @@ from pipeline import EventPublisher
 from pipeline import events as ev
 from pipeline.bus import EventStream
 from pipeline.consumers.base import ConsumerLoop
-from pipeline.consumers.load_check import KerasLoadCheck
 from pipeline.consumers.promoter import Promoter, PromotionLocks
 from pipeline.fingerprint import fingerprint_data
 from pipeline.model_registry import describe, list_versions, load_model
+from pipeline.promotion.load_check import KerasLoadCheck
 from pipeline.store import open_store
 from tests.conftest import run_cli, settings_env, wait_for
 from tests.training_helpers import small_digits, small_model

@@ -72,9 +72,9 @@ def recorder(
 @shard_option
 def promoter(consumer_name: str | None, exit_when_idle: float | None, shards: tuple[int, ...]) -> None:
     """Copy best checkpoints into the model store when EarlyStopping fires; move `champion` if better."""
-    from pipeline.consumers.load_check import configured_load_check
     from pipeline.consumers.promoter import Promoter
     from pipeline.promotion import PromotionLocks
+    from pipeline.promotion.load_check import configured_load_check
     from pipeline.store import open_store
 
     settings = get_settings()

@@ -92,8 +92,8 @@ def models(args: tuple[str, ...], as_json: bool) -> None:
 def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
     """Promote RUN's best checkpoint by hand (the promoter's own code path)."""
     from pipeline.bus import EventStream
-    from pipeline.consumers.load_check import configured_load_check
     from pipeline.promotion import PromotionLocks, promote_run
+    from pipeline.promotion.load_check import configured_load_check
     from pipeline.store import open_store
 
     settings = get_settings()

@@ -19,7 +19,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
 from pipeline.consumers.base import Received
-from pipeline.consumers.load_check import KerasLoadCheck
 from pipeline.db.bulk import upsert_insert
 from pipeline.db.migrate import require_head
 from pipeline.db.models import SqlPromoterCheckpoint, SqlPromoterRun
@@ -35,6 +34,7 @@ from pipeline.promotion import (
     check_keras_file,
     promote_run,
 )
+from pipeline.promotion.load_check import KerasLoadCheck
 from pipeline.store import ModelStore, StoreError
 
 __all__ = [

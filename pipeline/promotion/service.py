@@ -11,7 +11,13 @@ run's checkpoints whose files are intact; else the model EarlyStopping restored
 (:mod:`pipeline.promotion.candidates`). It is checked three ways before its version becomes
 visible: its ``.keras`` structure, its sha256 against the ``checkpoint_saved`` event (computed while
 it is copied), and a Keras load with ``safe_mode=True`` in a helper process
-(:mod:`pipeline.consumers.load_check`), so that the promoter itself never imports TensorFlow.
+(:mod:`pipeline.promotion.load_check`), so that the promoter itself never imports TensorFlow.
+
+This module holds the sequence; its steps live beside it: the checks
+(:mod:`pipeline.promotion.checkpoint_checks`), the copy under a new version number
+(:mod:`pipeline.promotion.versions`), the SQL registration and the champion decision
+(:mod:`pipeline.promotion.registration`), the locks (:mod:`pipeline.promotion.locks`) and the
+outcome types (:mod:`pipeline.promotion.outcome`).
 
 Example:
     >>> promote_run(engine, open_store("/srv/models"), "3f2c0d…", locks=locks)  # doctest: +SKIP
@@ -22,110 +28,38 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline import events as ev
-from pipeline.consumers.base import default_consumer_name
-from pipeline.consumers.load_check import KerasLoadCheck, file_identity
-from pipeline.db.bulk import upsert_insert
-from pipeline.db.models import SqlModelAlias, SqlModelVersion, SqlPromoterCheckpoint, SqlPromoterRun
+from pipeline.db.models import SqlPromoterCheckpoint, SqlPromoterRun
 from pipeline.db.session import transaction
-from pipeline.errors import FitstreamError
-from pipeline.lease import LeaseBusyError, RedisLease, held
-from pipeline.monitor import Monitor
 from pipeline.promotion.candidates import MODEL_CHECKPOINT, Candidate, Ranking, rank_candidates
-from pipeline.store import ChecksumMismatchError, ModelStore, StoredVersion, StoreError, VersionTakenError
+from pipeline.promotion.checkpoint_checks import check_keras_file, loads_in_keras
+from pipeline.promotion.load_check import KerasLoadCheck
+from pipeline.promotion.locks import LOCK_TTL_S, LOCK_WAIT_S, PromotionLocks
+from pipeline.promotion.outcome import CHAMPION, LATEST, Promotion, PromotionRefused
+from pipeline.promotion.registration import register, registered_version
+from pipeline.promotion.versions import VERSION_ATTEMPTS, put_new_version
+from pipeline.store import ChecksumMismatchError, ModelStore
 
-CHAMPION = "champion"
-LATEST = "latest"
-#: A promotion lock lives this long without renewal (its holder renews it); others wait up to LOCK_WAIT_S.
-LOCK_TTL_S = 30.0
-LOCK_WAIT_S = 600.0
-#: Version numbers tried when other promotions take them first.
-VERSION_ATTEMPTS = 3
-
-
-class PromotionRefused(FitstreamError):
-    """A checkpoint cannot be promoted; the message says why (missing, changed, not loadable by
-    Keras, run failed or cancelled, store full or not writable)."""
-
-
-@dataclass(frozen=True)
-class Promotion:
-    name: str
-    version: int
-    champion: bool
-    previous_champion: int | None
-    previous_value: float | None
-    created: bool  # False when this run was already registered (redelivery)
-    metric: str | None = None
-    value: float | None = None
-    mode: str | None = None
-    epoch: int | None = None
-    source: str | None = None
-    champion_reason: str | None = None  # why champion did not move, when not for being worse
-
-
-class PromotionLocks:
-    """One promotion per model name at a time — across promoters and ``fitstream promote`` by hand —
-    so that two never pick the same version number (a lease in Redis, next to the stream)."""
-
-    def __init__(self, client: redis.Redis, stream_key: str, *, wait_s: float = LOCK_WAIT_S) -> None:
-        self.client = client
-        self.stream_key = stream_key
-        self.wait_s = wait_s
-        self.owner = f"{default_consumer_name()}-{uuid.uuid4().hex[:8]}"
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        lease = RedisLease(
-            self.client, f"{self.stream_key}:promoting:{name}", owner=self.owner, ttl_s=LOCK_TTL_S
-        )
-        try:
-            with held(lease, wait_s=self.wait_s):
-                yield
-        except LeaseBusyError as exc:
-            raise PromotionRefused(
-                f"another promotion of {name} is still running after {self.wait_s:g} s ({exc}); "
-                "promote again later with: fitstream promote RUN"
-            ) from None
-        except redis.ConnectionError as exc:
-            raise PromotionRefused(
-                f"cannot reach Redis to take turns with other promotions of {name} ({exc}); "
-                "start Redis or check FITSTREAM_REDIS_URL"
-            ) from None
-
-
-def check_keras_file(path: str) -> None:
-    """A ``.keras`` file is a zip holding config.json and the weights (checked without TensorFlow)."""
-    if path.endswith(".weights.h5"):
-        raise PromotionRefused(
-            f"{path} holds weights only (save_weights_only=True), not a model that can be loaded"
-        )
-    if path.endswith(".h5"):
-        return  # legacy H5: checked by its sha256 only
-    try:
-        # The central directory only: the content is verified by sha256 while it is copied,
-        # so the file is read once (testzip() would read it all a second time).
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except FileNotFoundError:
-        raise PromotionRefused(f"checkpoint missing: {path}") from None
-    except zipfile.BadZipFile:
-        raise PromotionRefused(f"{path} is not a Keras .keras file (not a zip archive)") from None
-    if "config.json" not in names or not any(n.endswith(".weights.h5") or n.endswith(".h5") for n in names):
-        raise PromotionRefused(
-            f"{path} is not a complete Keras model file (has: {', '.join(sorted(names)) or 'nothing'})"
-        )
+# Importers of this module's names before it was split keep importing them from here.
+__all__ = [
+    "CHAMPION",
+    "LATEST",
+    "LOCK_TTL_S",
+    "LOCK_WAIT_S",
+    "VERSION_ATTEMPTS",
+    "Promotion",
+    "PromotionLocks",
+    "PromotionRefused",
+    "check_keras_file",
+    "promote_run",
+]
 
 
 def promote_run(
@@ -214,35 +148,6 @@ def promote_run(
         )
 
 
-def _registered(engine: Engine, model_name: str, run_id: str) -> Promotion | None:
-    """The version this run already has (a redelivered trigger registers nothing new)."""
-    table = SqlModelVersion.__table__
-    with transaction(engine) as conn:
-        existing = conn.execute(
-            sa.select(table).where(table.c.name == model_name, table.c.run_id == run_id)
-        ).first()
-        if existing is None:
-            return None
-        champion = conn.execute(
-            sa.select(SqlModelAlias.version).where(
-                SqlModelAlias.name == model_name, SqlModelAlias.alias == CHAMPION
-            )
-        ).scalar()
-    return Promotion(
-        model_name,
-        existing.version,
-        champion == existing.version,
-        None,
-        None,
-        created=False,
-        metric=existing.metric,
-        value=existing.value,
-        mode=existing.mode,
-        epoch=existing.epoch,
-        source=existing.source,
-    )
-
-
 def _store_and_register(
     engine: Engine,
     store: ModelStore,
@@ -257,7 +162,7 @@ def _store_and_register(
 ) -> Promotion:
     """Copy the best intact candidate into the store as a new version of ``model_name``, register it,
     move the aliases."""
-    registered = _registered(engine, model_name, run_id)
+    registered = registered_version(engine, model_name, run_id)
     if registered is not None:
         return registered
     notes = list(ranking.notes)
@@ -283,164 +188,13 @@ def _store_and_register(
             "data_fingerprint": run.data_fingerprint if run else None,
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
-        check = _loads_in_keras(chosen.path, load_check) if load_check is not None else None
+        check = loads_in_keras(chosen.path, load_check) if load_check is not None else None
         try:
-            stored, version = _put_new_version(engine, store, model_name, run_id, chosen, metadata, check)
+            stored, version = put_new_version(engine, store, model_name, run_id, chosen, metadata, check)
         except ChecksumMismatchError as exc:
             notes.append(f"{chosen.where}: {exc}")
             continue
-        return _register(
+        return register(
             engine, model_name, version, stored, chosen, rule, metadata, force=force, aliases=aliases
         )
     raise PromotionRefused(f"run {run_id}: no intact checkpoint to promote: " + "; ".join(notes))
-
-
-def _put_new_version(
-    engine: Engine,
-    store: ModelStore,
-    model_name: str,
-    run_id: str,
-    chosen: Candidate,
-    metadata: dict[str, Any],
-    check: Callable[[], None] | None,
-) -> tuple[StoredVersion, int]:
-    for attempt in range(VERSION_ATTEMPTS):
-        version = _version_for(engine, store, model_name, run_id)
-        try:
-            return store.put(
-                model_name, version, chosen.path, metadata, expected_sha256=chosen.sha256, check=check
-            ), version
-        except VersionTakenError as exc:
-            if attempt == VERSION_ATTEMPTS - 1:
-                raise PromotionRefused(
-                    f"{exc}; {VERSION_ATTEMPTS} version numbers were taken meanwhile"
-                ) from None
-        except ChecksumMismatchError:
-            raise
-        except StoreError as exc:
-            raise PromotionRefused(str(exc)) from None
-    raise AssertionError("unreachable")
-
-
-def _champion_verdict(
-    champion: Any, chosen: Candidate, rule: Monitor, *, force: bool
-) -> tuple[bool, str | None]:
-    """(whether the new version becomes champion, why not when it is not for want of being better)."""
-    if champion is None or force:
-        return True, None
-    if (champion.metric, champion.mode) != (rule.metric, rule.mode):
-        return False, (
-            f"champion v{champion.version} was judged on {champion.metric} ({champion.mode}) and this version on "
-            f"{rule.metric} ({rule.mode}): they cannot be compared, so champion stays; move it with "
-            "fitstream alias NAME VERSION champion, or promote with --force"
-        )
-    if chosen.value is None:
-        return False, f"this version has no {rule.metric} value to compare with champion v{champion.version}"
-    return champion.value is None or rule.is_improvement(chosen.value, champion.value), None
-
-
-def _register(
-    engine: Engine,
-    model_name: str,
-    version: int,
-    stored: StoredVersion,
-    chosen: Candidate,
-    rule: Monitor,
-    metadata: dict[str, Any],
-    *,
-    force: bool,
-    aliases: Sequence[str],
-) -> Promotion:
-    table, alias_table = SqlModelVersion.__table__, SqlModelAlias.__table__
-    with transaction(engine) as conn:
-        statement = upsert_insert(conn, table).on_conflict_do_nothing()
-        conn.execute(
-            statement,
-            {
-                "name": model_name,
-                "version": version,
-                "run_id": metadata["run_id"],
-                "epoch": chosen.epoch,
-                "metric": rule.metric,
-                "mode": rule.mode,
-                "value": chosen.value,
-                "path": stored.uri,
-                "sha256": stored.sha256,
-                "size_bytes": stored.size_bytes,
-                "source_path": chosen.path,
-                "spec_hash": metadata["spec_hash"],
-                "data_fingerprint": metadata["data_fingerprint"],
-                "created_at": datetime.now(timezone.utc),
-                "source": metadata["source"],
-            },
-        )
-        champion_row = conn.execute(
-            sa.select(table.c.version, table.c.value, table.c.metric, table.c.mode)
-            .join(
-                alias_table,
-                sa.and_(alias_table.c.name == table.c.name, alias_table.c.version == table.c.version),
-            )
-            .where(alias_table.c.name == model_name, alias_table.c.alias == CHAMPION)
-        ).first()
-        better, reason = _champion_verdict(champion_row, chosen, rule, force=force)
-        moved = [LATEST, *aliases] + ([CHAMPION] if better else [])
-        now = datetime.now(timezone.utc)
-        upsert = upsert_insert(conn, alias_table)
-        conn.execute(
-            upsert.on_conflict_do_update(
-                index_elements=["name", "alias"],
-                set_={"version": upsert.excluded.version, "updated_at": upsert.excluded.updated_at},
-            ),
-            [{"name": model_name, "alias": alias, "version": version, "updated_at": now} for alias in moved],
-        )
-    return Promotion(
-        model_name,
-        version,
-        better,
-        champion_row.version if champion_row else None,
-        champion_row.value if champion_row else None,
-        created=True,
-        metric=rule.metric,
-        value=chosen.value,
-        mode=rule.mode,
-        epoch=chosen.epoch,
-        source=metadata["source"],
-        champion_reason=reason,
-    )
-
-
-def _version_for(engine: Engine, store: ModelStore, name: str, run_id: str) -> int:
-    """The version number for ``run_id``'s model: the one an interrupted promotion of this run left
-    in the store without registering it, else the next one free both in SQL and in the store."""
-    table = SqlModelVersion.__table__
-    with transaction(engine) as conn:
-        registered = (
-            conn.execute(sa.select(sa.func.max(table.c.version)).where(table.c.name == name)).scalar() or 0
-        )
-    stored = store.versions(name)
-    for version in reversed(stored):
-        if version <= registered:
-            break
-        left = store.get(name, version)
-        if left is not None and left.metadata.get("run_id") == run_id:
-            return version
-    return max([registered, *stored]) + 1
-
-
-def _loads_in_keras(path: str, load_check: KerasLoadCheck) -> Callable[[], None]:
-    """Start loading ``path`` now, unless it was loaded as it is (on its ``checkpoint_saved``);
-    the returned check waits for the answer and refuses a file that did not load or changed."""
-    pending = load_check.submit(path)
-    if pending.identity is None:
-        raise PromotionRefused(f"checkpoint missing: {path}")
-
-    def check() -> None:
-        problem = load_check.result(pending)
-        if problem is not None:
-            raise PromotionRefused(f"{path} does not load in Keras with safe_mode=True: {problem}")
-        if file_identity(path) != pending.identity:
-            raise PromotionRefused(
-                f"{path} changed while it was being promoted; promote it again with: fitstream promote RUN"
-            )
-
-    return check
