@@ -20,14 +20,11 @@ no text SQL cannot store (U+0000, an unpaired surrogate), and happen at a finite
 1970 and the year 9999 (:data:`MAX_TS`). NaN and infinities are values like any other
 (Keras logs them).
 
-Sequence numbers are allocated here, for every origin, so that a run's events from
-all of them sort in the order they happened (see :func:`attempt_first_seq` and
-:func:`promotion_seq`)::
-
-    run_queued               0                      (fitstream submit)
-    cancelled before start   1                      (fitstream cancel of a queued job)
-    training attempt N       N × 1,000,000 + i      (the publisher, attempt 1, 2, …)
-    promoter                 10¹³ + 4 × trigger + k (after everything the run published)
+Every producer and consumer goes through this module. It holds the wire format (:func:`build`,
+:func:`encode`, :func:`decode`) and re-exports the rest of the schema: the event types, run
+statuses and :data:`SCHEMA_VERSION` (:mod:`pipeline.event_models`), and the sequence numbers,
+allocated for every origin so that a run's events from all of them sort in the order they
+happened (:mod:`pipeline.event_sequence`: :func:`attempt_first_seq`, :func:`promotion_seq`).
 
 Direction: ``checkpoint_saved``, ``early_stopped``, ``run_finished`` and ``lr_changed`` carry
 the ``mode`` the Keras callback actually used (read from the callback), so consumers never
@@ -41,278 +38,103 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from pipeline.errors import InvalidEventError
-from pipeline.params import ParamValue
 
-SCHEMA_VERSION = 1
+# The schema's types and sequence numbers live in their own modules; everyone imports them from here.
+from pipeline.event_models import (
+    EVENT_TYPES,
+    MAX_TS,
+    RUN_STATUSES,
+    SCHEMA_VERSION,
+    STOPPED_FROM_OUTSIDE,
+    SUCCESSFUL_STATUSES,
+    TERMINAL_STATUSES,
+    BatchEnd,
+    CheckpointSaved,
+    CheckpointSource,
+    EarlyStopped,
+    EpochEnd,
+    Event,
+    LearningRateChanged,
+    Mode,
+    ModelPromoted,
+    MonitoringCallback,
+    PromotionSkipped,
+    RunFailed,
+    RunFinished,
+    RunQueued,
+    RunStarted,
+    RunStatus,
+    SweepTrial,
+    _Event,
+)
+from pipeline.event_sequence import (
+    ATTEMPT_BLOCK,
+    CANCELLED_BEFORE_START_SEQ,
+    MAX_ATTEMPTS,
+    PROMOTION_BASE,
+    PROMOTION_OUTCOMES,
+    QUEUED_SEQ,
+    attempt_first_seq,
+    promotion_seq,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MAX_TS",
+    "RUN_STATUSES",
+    "TERMINAL_STATUSES",
+    "SUCCESSFUL_STATUSES",
+    "STOPPED_FROM_OUTSIDE",
+    "EVENT_TYPES",
+    "RunStatus",
+    "Mode",
+    "CheckpointSource",
+    "Event",
+    "_Event",
+    "MonitoringCallback",
+    "SweepTrial",
+    "RunQueued",
+    "RunStarted",
+    "EpochEnd",
+    "BatchEnd",
+    "CheckpointSaved",
+    "LearningRateChanged",
+    "EarlyStopped",
+    "RunFinished",
+    "RunFailed",
+    "ModelPromoted",
+    "PromotionSkipped",
+    "QUEUED_SEQ",
+    "CANCELLED_BEFORE_START_SEQ",
+    "ATTEMPT_BLOCK",
+    "MAX_ATTEMPTS",
+    "PROMOTION_BASE",
+    "PROMOTION_OUTCOMES",
+    "attempt_first_seq",
+    "promotion_seq",
+    "PAYLOAD_FIELD",
+    "VERSION_FIELD",
+    "MAX_NESTING",
+    "build",
+    "new_event_id",
+    "stable_event_id",
+    "to_float",
+    "encode",
+    "decode",
+    "decode_dict",
+    "unstorable_text",
+]
+
 #: Name of the single field that carries the JSON payload in a stream entry.
 PAYLOAD_FIELD = "event"
 VERSION_FIELD = "v"
 #: Deepest nesting of objects and arrays a payload may have (a job spec needs a handful of levels).
 MAX_NESTING = 64
-#: 9999-12-31 23:59:59 UTC: the last second a timestamp column (and a Python datetime) can hold.
-MAX_TS = 253_402_300_799.0
-
-RunStatus = Literal["completed", "early_stopped", "failed", "cancelled", "pruned"]
-#: Every status a run can have, in the order a run moves through them, and the terminal ones.
-#: ``pruned``: a sweep trial stopped early because it fell behind its sweep (see pipeline.pruning).
-RUN_STATUSES = ("queued", "running", "completed", "early_stopped", "failed", "cancelled", "pruned")
-TERMINAL_STATUSES = ("completed", "early_stopped", "failed", "cancelled", "pruned")
-#: A run that trained to its own end: what `submit --wait` and `watch` exit 0 for.
-SUCCESSFUL_STATUSES = ("completed", "early_stopped")
-#: Terminal statuses of a run that did not train to its own end: nothing of it is promoted.
-STOPPED_FROM_OUTSIDE = ("cancelled", "pruned")
-Mode = Literal["min", "max"]
-#: Where a checkpoint file came from: a ModelCheckpoint, or the model EarlyStopping restored
-#: to its best weights, saved once at the end of training.
-CheckpointSource = Literal["model_checkpoint", "early_stopping_restore"]
-
-# -- sequence numbers: one allocation for every origin -------------------------------------
-#: The queue path's own events (``fitstream submit`` and ``cancel``) come first.
-QUEUED_SEQ = 0
-CANCELLED_BEFORE_START_SEQ = 1
-#: Training attempt N numbers its events from N × ATTEMPT_BLOCK.
-ATTEMPT_BLOCK = 1_000_000
-MAX_ATTEMPTS = 9_999
-#: The promoter's events follow everything a run's attempts can publish.
-PROMOTION_BASE = 10**13
-PROMOTION_OUTCOMES = ("promotion_skipped", "model_promoted", "champion_kept")
-
-
-def attempt_first_seq(attempt: int) -> int:
-    """The first sequence number of training attempt ``attempt`` (1 for the first try).
-
-    Example:
-        >>> attempt_first_seq(2)
-        2000000
-    """
-    if not isinstance(attempt, int) or not 1 <= attempt <= MAX_ATTEMPTS:
-        raise ValueError(f"attempt must be an integer from 1 to {MAX_ATTEMPTS}; got {attempt!r}")
-    return attempt * ATTEMPT_BLOCK
-
-
-def promotion_seq(trigger_seq: int, outcome: str) -> int:
-    """The sequence number of the promoter's ``outcome`` event for the event ``trigger_seq``
-    (``early_stopped`` or ``run_finished``): after every event of the run, in trigger order,
-    and the same on every redelivery of the trigger.
-
-    Example:
-        >>> promotion_seq(1_000_042, "model_promoted") > attempt_first_seq(MAX_ATTEMPTS) + ATTEMPT_BLOCK
-        True
-    """
-    return PROMOTION_BASE + trigger_seq * len(PROMOTION_OUTCOMES) + PROMOTION_OUTCOMES.index(outcome)
-
-
-class _Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: The integer 1: not 1.0, not true (``Literal[1]`` would take both, as equal to 1).
-    v: int = Field(default=SCHEMA_VERSION, ge=SCHEMA_VERSION, le=SCHEMA_VERSION, strict=True)
-    id: str = Field(min_length=1, max_length=64)
-    run_id: str = Field(min_length=1, max_length=64)
-    seq: int = Field(ge=0)
-    ts: float = Field(
-        ge=0,
-        le=MAX_TS,
-        allow_inf_nan=False,
-        description="Unix time (seconds) at which the event happened: 1970 to 9999.",
-    )
-
-
-class MonitoringCallback(BaseModel):
-    """Settings of one of Keras' monitoring callbacks, as reported in ``run_started``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["early_stopping", "model_checkpoint", "reduce_lr_on_plateau"]
-    monitor: str
-    mode: str
-    settings: dict[str, Any] = Field(default_factory=dict)
-
-
-class SweepTrial(BaseModel):
-    """Which sweep a queued run is a trial of (see pipeline.sweeps). The first trial's event
-    carries the sweep's own section too, so that the recorder can write the ``sweeps`` row."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str = Field(min_length=1, max_length=64)
-    name: str
-    trial: int = Field(ge=0)
-    trials: int = Field(ge=1)
-    spec: dict[str, Any] | None = None
-
-
-class RunQueued(_Event):
-    """A job was accepted and queued (published by ``fitstream submit``)."""
-
-    type: Literal["run_queued"] = "run_queued"
-    name: str
-    queue: str
-    spec: dict[str, Any] = Field(default_factory=dict)
-    tags: dict[str, str] = Field(default_factory=dict)
-    params: dict[str, ParamValue] = Field(default_factory=dict, description="See pipeline.params.")
-    sweep: SweepTrial | None = None
-
-
-class RunStarted(_Event):
-    type: Literal["run_started"] = "run_started"
-    name: str
-    model_name: str | None = None
-    params_count: int | None = None
-    optimizer: dict[str, Any] | None = None
-    epochs: int | None = None
-    steps_per_epoch: int | None = None
-    batch_size: int | None = None
-    monitor: str | None = None
-    mode: Mode | None = None
-    callbacks: list[MonitoringCallback] = Field(default_factory=list)
-    tags: dict[str, str] = Field(default_factory=dict)
-    host: str | None = None
-    pid: int | None = None
-    data_fingerprint: str | None = Field(default=None, max_length=80, description="See pipeline.fingerprint.")
-    params: dict[str, ParamValue] = Field(default_factory=dict, description="See pipeline.params.")
-
-
-class EpochEnd(_Event):
-    type: Literal["epoch_end"] = "epoch_end"
-    epoch: int = Field(ge=0, description="Counted from 0, as Keras counts.")
-    metrics: dict[str, float | None]
-    learning_rate: float | None = None
-    wall_time_s: float | None = None
-    steps: int | None = None
-    samples_per_second: float | None = None
-    steps_per_second: float | None = None
-
-
-class BatchEnd(_Event):
-    type: Literal["batch_end"] = "batch_end"
-    epoch: int = Field(ge=0)
-    batch: int = Field(ge=0, description="Counted from 0 within the epoch.")
-    step: int | None = Field(
-        default=None, ge=0, description="Counted from 0 across epochs (batch_metrics' step)."
-    )
-    metrics: dict[str, float | None]
-
-
-class CheckpointSaved(_Event):
-    type: Literal["checkpoint_saved"] = "checkpoint_saved"
-    path: str
-    epoch: int = Field(ge=0)
-    monitor: str | None = None
-    value: float | None = None
-    size_bytes: int | None = None
-    sha256: str | None = None
-    mode: Mode | None = Field(
-        default=None, description="The direction the saving callback used for `monitor`."
-    )
-    source: CheckpointSource = "model_checkpoint"
-    batch: int | None = Field(
-        default=None, ge=0, description="Set for a batch-level checkpoint (save_freq=N)."
-    )
-
-
-class LearningRateChanged(_Event):
-    type: Literal["lr_changed"] = "lr_changed"
-    epoch: int = Field(ge=0)
-    old: float
-    new: float
-    reason: str | None = None
-    monitor: str | None = None
-    mode: Mode | None = None
-
-
-class EarlyStopped(_Event):
-    type: Literal["early_stopped"] = "early_stopped"
-    stopped_epoch: int = Field(ge=0)
-    best_epoch: int = Field(ge=0)
-    best_value: float | None
-    monitor: str
-    mode: Mode
-    patience: int | None = None
-    min_delta: float | None = None
-    restore_best_weights: bool = False
-
-
-class RunFinished(_Event):
-    type: Literal["run_finished"] = "run_finished"
-    status: RunStatus
-    epochs_completed: int = Field(ge=0)
-    wall_time_s: float | None = None
-    best_epoch: int | None = None
-    best_value: float | None = None
-    monitor: str | None = None
-    mode: Mode | None = None
-    restored_best_weights: bool = False
-    reason: str | None = Field(
-        default=None, max_length=2000, description="Why a run was cancelled or pruned."
-    )
-
-
-class RunFailed(_Event):
-    type: Literal["run_failed"] = "run_failed"
-    error_type: str
-    message: str
-    traceback: str | None = None
-
-
-class ModelPromoted(_Event):
-    """A run's best checkpoint became a model version (published by the promoter)."""
-
-    type: Literal["model_promoted"] = "model_promoted"
-    name: str
-    version: int = Field(ge=1)
-    epoch: int | None = None
-    metric: str | None = None
-    mode: Mode | None = None
-    value: float | None = None
-    aliases: list[str] = Field(default_factory=list)
-    champion: bool = False
-    previous_champion_version: int | None = None
-    previous_champion_value: float | None = None
-    source: CheckpointSource | None = None
-    champion_reason: str | None = Field(
-        default=None, description="Why `champion` did not move, when it did not."
-    )
-
-
-class PromotionSkipped(_Event):
-    type: Literal["promotion_skipped"] = "promotion_skipped"
-    name: str | None = None
-    reason: str
-
-
-Event = Annotated[
-    RunQueued
-    | RunStarted
-    | EpochEnd
-    | BatchEnd
-    | CheckpointSaved
-    | LearningRateChanged
-    | EarlyStopped
-    | RunFinished
-    | RunFailed
-    | ModelPromoted
-    | PromotionSkipped,
-    Field(discriminator="type"),
-]
-EVENT_TYPES: tuple[str, ...] = (
-    "run_queued",
-    "run_started",
-    "epoch_end",
-    "batch_end",
-    "checkpoint_saved",
-    "lr_changed",
-    "early_stopped",
-    "run_finished",
-    "run_failed",
-    "model_promoted",
-    "promotion_skipped",
-)
 
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 E = TypeVar("E", bound=_Event)
