@@ -1,29 +1,39 @@
 """``module:function`` references in a job spec: their shape, and whether this deployment allows
 and can find them, checked without importing anything (so without importing TensorFlow).
 
-A reference names a module and an attribute of it (``examples.digits:build_model``). A deployment
-allows modules by prefix (``FITSTREAM_ALLOWED_MODULES``, default :data:`DEFAULT_ALLOWED_MODULES`).
+A reference names a module and an attribute of it (``pipeline.examples.digits:build_model``). A
+deployment allows modules by prefix (``FITSTREAM_ALLOWED_MODULES``, default
+:data:`DEFAULT_ALLOWED_MODULES`). The bundled examples' earlier name, ``examples``, still names them
+(in references and in allowed prefixes alike): see :func:`canonical_module`.
 
 Example:
-    >>> module_allowed("examples.digits", ("examples",)), module_allowed("os", ("examples",))
+    >>> module_allowed("pipeline.examples.digits", ("pipeline.examples",)), module_allowed("os", ("pipeline.examples",))
     (True, False)
+    >>> canonical_module("examples.digits"), module_allowed("examples.digits", DEFAULT_ALLOWED_MODULES)
+    ('pipeline.examples.digits', True)
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import importlib.util
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import ConfigurationError
 from pipeline.job_errors import JobSpecError, shown
 
 if TYPE_CHECKING:
     from pipeline.job_schema import JobSpec
 
-DEFAULT_ALLOWED_MODULES = ("examples",)
+#: The bundled examples (the repository's examples/), shipped inside the package.
+BUNDLED_EXAMPLES = "pipeline.examples"
+#: Their earlier name, a top-level package that collided with other projects' ``examples``.
+EARLIER_EXAMPLES = "examples"
+DEFAULT_ALLOWED_MODULES = (BUNDLED_EXAMPLES,)
 REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -34,8 +44,34 @@ def check_reference_shape(value: str, what: str) -> str:
     return value
 
 
+def canonical_module(module: str) -> str:
+    """``module`` with the bundled examples' earlier name (``examples``) read as ``pipeline.examples``;
+    any other module name unchanged. Job specs and FITSTREAM_ALLOWED_MODULES written before the
+    examples moved keep working."""
+    if module == EARLIER_EXAMPLES or module.startswith(EARLIER_EXAMPLES + "."):
+        return BUNDLED_EXAMPLES + module[len(EARLIER_EXAMPLES) :]
+    return module
+
+
 def module_allowed(module: str, allowed: tuple[str, ...]) -> bool:
-    return any(module == prefix or module.startswith(prefix + ".") for prefix in allowed)
+    module = canonical_module(module)
+    prefixes = [canonical_module(prefix) for prefix in allowed]
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+
+def import_reference(ref: str) -> Any:
+    """Import ``module:attribute`` and return the attribute. The one place that imports what a job
+    spec names (after :func:`check_importable` has checked it against the allowed prefixes).
+
+    Raises:
+        ConfigurationError: the module has no such attribute.
+    """
+    module_name, attribute = ref.split(":", 1)
+    module = importlib.import_module(canonical_module(module_name))
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(f"{module_name!r} has no {attribute!r}") from None
 
 
 def check_importable(spec: JobSpec, allowed: tuple[str, ...] = DEFAULT_ALLOWED_MODULES) -> None:
@@ -59,7 +95,7 @@ def check_importable(spec: JobSpec, allowed: tuple[str, ...] = DEFAULT_ALLOWED_M
             )
             continue
         try:
-            found = importlib.util.find_spec(module)
+            found = importlib.util.find_spec(canonical_module(module))
         except (ImportError, ValueError):
             found = None
         if found is None or found.origin is None:

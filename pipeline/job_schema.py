@@ -3,7 +3,7 @@ arguments, promotion) and :class:`JobSpec`, the whole spec. Reading a spec from 
 errors a user can act on, is :mod:`pipeline.jobs`' part; both modules export these models.
 
 Example:
-    >>> JobSpec(name="x", model="examples.digits:build_model", data="examples.digits:load_data").fit.epochs
+    >>> JobSpec(name="x", model="pipeline.examples.digits:build_model", data="pipeline.examples.digits:load_data").fit.epochs
     10
 """
 

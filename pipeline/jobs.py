@@ -3,8 +3,8 @@
 A job is a YAML or JSON file::
 
     name: digits-mlp
-    model: examples.digits:build_model            # or {fn: "module:function", kwargs: {...}}
-    data: {fn: examples.digits:load_data, kwargs: {validation_fraction: 0.2}}
+    model: pipeline.examples.digits:build_model            # or {fn: "module:function", kwargs: {...}}
+    data: {fn: pipeline.examples.digits:load_data, kwargs: {validation_fraction: 0.2}}
     fit: {epochs: 30, batch_size: 32}
     early_stopping: {monitor: val_loss, patience: 3}   # restore_best_weights defaults to true
     checkpoint: {monitor: val_loss}                    # save_best_only defaults to true
@@ -17,7 +17,7 @@ references in :mod:`pipeline.job_references`, the reading of YAML/JSON text with
 and exports all of it.
 
 Example:
-    >>> spec = load_spec_text("name: x\\nmodel: examples.digits:build_model\\ndata: examples.digits:load_data\\n")
+    >>> spec = load_spec_text("name: x\\nmodel: pipeline.examples.digits:build_model\\ndata: pipeline.examples.digits:load_data\\n")
     >>> spec.early_stopping.monitor, spec.early_stopping.restore_best_weights, spec.queue
     ('val_loss', True, 'gpu')
 """

@@ -3,8 +3,8 @@
 A job file with a ``sweep:`` section is a sweep::
 
     name: digits-mlp
-    model: {fn: examples.digits:build_model, kwargs: {hidden: 32}}
-    data: examples.digits:load_data
+    model: {fn: pipeline.examples.digits:build_model, kwargs: {hidden: 32}}
+    data: pipeline.examples.digits:load_data
     sweep:
       grid:                                   # every combination, in the order written
         model.kwargs.hidden: [32, 64]
@@ -25,8 +25,8 @@ trial and its key.
 Example:
     >>> sweep = parse_sweep_text('''
     ... name: s
-    ... model: examples.digits:build_model
-    ... data: examples.digits:load_data
+    ... model: pipeline.examples.digits:build_model
+    ... data: pipeline.examples.digits:load_data
     ... sweep: {grid: {fit.batch_size: [16, 32]}, max_parallel: 1}
     ... ''')
     >>> [t.assignment for t in sweep.trials], sweep.settings.max_parallel

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import threading
@@ -30,10 +29,11 @@ from pipeline.callbacks.publisher import EventPublisher
 from pipeline.callbacks.resume import ResumableBackup
 from pipeline.config import Settings, get_settings
 from pipeline.consumers.base import default_consumer_name
-from pipeline.errors import ConfigurationError, FitstreamError
+from pipeline.errors import FitstreamError
 from pipeline.fingerprint import fingerprint_data
+from pipeline.job_references import check_importable, import_reference
 from pipeline.job_store import JobStore, RunLease
-from pipeline.jobs import CallableRef, JobSpec, LRSchedule, check_importable
+from pipeline.jobs import CallableRef, JobSpec, LRSchedule
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +73,13 @@ class RunPaths:
         return self.root / "checkpoints" / filename
 
 
-def _resolve(ref: str, allowed: tuple[str, ...]) -> Any:
-    module_name, attribute = ref.split(":", 1)
-    module = importlib.import_module(module_name)
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ConfigurationError(f"{module_name!r} has no {attribute!r}") from None
+def _call(ref: CallableRef) -> Any:
+    return import_reference(ref.fn)(**ref.kwargs)
 
 
-def _call(ref: CallableRef, allowed: tuple[str, ...]) -> Any:
-    return _resolve(ref.fn, allowed)(**ref.kwargs)
-
-
-def _schedule(schedule: LRSchedule, allowed: tuple[str, ...]) -> keras.callbacks.Callback:
+def _schedule(schedule: LRSchedule) -> keras.callbacks.Callback:
     if schedule.kind == "function":
-        return keras.callbacks.LearningRateScheduler(_resolve(schedule.fn or "", allowed))
+        return keras.callbacks.LearningRateScheduler(import_reference(schedule.fn or ""))
     initial: dict[str, float] = {}
 
     def step(epoch: int, lr: float) -> float:
@@ -123,7 +114,7 @@ def _split_data(data: Any) -> tuple[Any, Any, Any]:
 
 
 def build_callbacks(
-    spec: JobSpec, paths: RunPaths, allowed: tuple[str, ...]
+    spec: JobSpec, paths: RunPaths
 ) -> tuple[list[keras.callbacks.Callback], list[keras.callbacks.Callback]]:
     """(all callbacks, the monitoring ones the publisher watches) for ``spec``."""
     callbacks: list[keras.callbacks.Callback] = []
@@ -143,7 +134,7 @@ def build_callbacks(
         watched.append(keras.callbacks.ReduceLROnPlateau(**spec.reduce_lr.model_dump()))
     callbacks += watched
     if spec.lr_schedule is not None:
-        callbacks.append(_schedule(spec.lr_schedule, allowed))
+        callbacks.append(_schedule(spec.lr_schedule))
     if spec.csv_log:
         callbacks.append(keras.callbacks.CSVLogger(str(paths.csv_log), append=True))
     if spec.tensorboard is not None:
@@ -151,7 +142,7 @@ def build_callbacks(
             keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), **spec.tensorboard.model_dump())
         )
     for extra in spec.callbacks:
-        callbacks.append(_resolve(extra.cls, allowed)(**extra.kwargs))
+        callbacks.append(import_reference(extra.cls)(**extra.kwargs))
     return callbacks, watched
 
 
@@ -248,10 +239,10 @@ def _train(
             check_importable(spec, allowed)  # the deployment's rule, enforced where code is imported
             if spec.seed is not None:
                 _seed_everything(spec.seed)
-            model = _call(spec.model, allowed)
-            x, y, validation = _split_data(_call(spec.data, allowed))
+            model = _call(spec.model)
+            x, y, validation = _split_data(_call(spec.data))
             publisher.data_fingerprint = fingerprint_data(x, y, validation)
-            callbacks, watched = build_callbacks(spec, paths, allowed)
+            callbacks, watched = build_callbacks(spec, paths)
             publisher.watch = tuple(watched)
             # Resume support: weights, optimizer, epoch and what the callbacks knew, after a lost worker.
             callbacks.append(ResumableBackup(paths.backup, keep=[*watched, publisher]))

@@ -86,7 +86,7 @@ def _validation_data(spec_path: str | None) -> tuple:
     from pipeline.training import _call, _split_data
 
     spec = load_spec(spec_path)
-    x, y, validation = _split_data(_call(spec.data, ()))
+    x, y, validation = _split_data(_call(spec.data))
     if validation is not None:
         return validation if isinstance(validation, tuple) else (validation,)
     if spec.fit.validation_split:  # Keras takes the last fraction, before shuffling
