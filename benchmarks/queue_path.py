@@ -80,7 +80,7 @@ def main() -> None:
         return queued(args)
 
     from pipeline.bus import EventStream
-    from pipeline.run_events import follow_run
+    from pipeline.run_watch import follow_run
     from workers.submit import submit_job
 
     stream_name = unique_stream()
@@ -174,7 +174,7 @@ def main() -> None:
 def queued(args: argparse.Namespace) -> None:
     """Every job submitted at once: from each job's run_finished to the next one's run_started."""
     from pipeline.bus import EventStream
-    from pipeline.run_events import follow_run
+    from pipeline.run_watch import follow_run
     from workers.submit import submit_job
 
     stream_name = unique_stream()

@@ -48,7 +48,7 @@ def main() -> None:
     from pipeline.bus import EventStream
     from pipeline.config import Settings
     from pipeline.jobs import load_spec
-    from pipeline.run_events import follow_run
+    from pipeline.run_watch import follow_run
     from pipeline.sweeps import parse_sweep
     from workers.submit import submit_sweep
 

@@ -28,11 +28,11 @@ from pipeline.callbacks.keras_state import is_chief
 from pipeline.callbacks.publisher import EventPublisher
 from pipeline.callbacks.resume import ResumableBackup
 from pipeline.config import Settings, get_settings
-from pipeline.consumers.base import default_consumer_name
 from pipeline.errors import FitstreamError
 from pipeline.fingerprint import fingerprint_data
+from pipeline.identity import process_identity
+from pipeline.job_records import JobRecords, RunLease
 from pipeline.job_references import check_importable, import_reference
-from pipeline.job_store import JobStore, RunLease
 from pipeline.jobs import CallableRef, JobSpec, LRSchedule
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class _Heartbeat(threading.Thread):
     """Renews the run's lease and passes a cancel request to the publisher."""
 
     def __init__(
-        self, lease: RunLease, store: JobStore, run_id: str, publisher: EventPublisher, interval: float
+        self, lease: RunLease, store: JobRecords, run_id: str, publisher: EventPublisher, interval: float
     ) -> None:
         super().__init__(name="fitstream-heartbeat", daemon=True)
         self.lease, self.store, self.run_id, self.publisher, self.interval = (
@@ -185,12 +185,12 @@ def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str |
     """
     settings = settings or get_settings()
     client = connect(settings.redis_url)
-    store = JobStore(client)
+    store = JobRecords(client)
     record = store.load(run_id)
     if record is None:
         raise JobNotFoundError(f"no queued job with run id {run_id!r} (expired or never submitted)")
     spec = record.spec
-    owner = worker_name or default_consumer_name()
+    owner = worker_name or process_identity()
     lease = RunLease(client, run_id, owner=owner, ttl_s=settings.lease_ttl_seconds)
     if not lease.acquire_from_dead():
         log.warning("run %s is being trained by %s; this delivery does not train it", run_id, lease.holder())
@@ -216,7 +216,7 @@ def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str |
 
 
 def _train(
-    spec: JobSpec, run_id: str, *, settings: Settings, store: JobStore, lease: RunLease, attempt: int
+    spec: JobSpec, run_id: str, *, settings: Settings, store: JobRecords, lease: RunLease, attempt: int
 ) -> str:
     allowed = settings.allowed_module_prefixes
     paths = RunPaths(settings.runs_dir / run_id)

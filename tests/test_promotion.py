@@ -313,7 +313,7 @@ def test_promoter_killed_mid_copy_then_restarted_leaves_exactly_one_version(sett
 
 
 def test_failed_runs_are_not_promoted_unless_forced(settings, engine, tmp_path):
-    from pipeline.promotion import PromotionRefused, promote_run
+    from pipeline.promotion import PromotionRefusedError, promote_run
 
     stream = EventStream(settings=settings)
     stream.ensure_group("promoter")
@@ -341,7 +341,7 @@ def test_failed_runs_are_not_promoted_unless_forced(settings, engine, tmp_path):
             message="events consumed",
         )
     store = open_store(settings.model_store_url)
-    with pytest.raises(PromotionRefused, match="ended failed; promote it anyway with --force"):
+    with pytest.raises(PromotionRefusedError, match="ended failed; promote it anyway with --force"):
         promote_run(engine, store, "f1")
     # By hand, through the CLI (which loads the checkpoint with Keras in its helper process too).
     env = {**settings_env(settings), "FITSTREAM_MODEL_STORE": settings.model_store_url}

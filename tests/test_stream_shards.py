@@ -24,7 +24,7 @@ from pipeline.consumers.recorder import Recorder
 from pipeline.consumers.shards import ShardedConsumers
 from pipeline.dead_letters import get_dead_letter, list_dead_letters, replay
 from pipeline.errors import ConfigurationError
-from pipeline.run_events import follow_run
+from pipeline.run_watch import follow_run
 from tests.conftest import REPO, run_cli, settings_env, wait_for
 from tests.stream_helpers import RECORDED_EVENT_COUNT, epoch_events
 

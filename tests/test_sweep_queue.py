@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from pipeline import events as ev
-from pipeline.job_store import JobStore
+from pipeline.job_records import JobRecords
 from pipeline.sweeps import parse_sweep_text
 from workers.submit import cancel_job, release_open_sweeps, release_trials, submit_sweep
 
@@ -32,7 +32,7 @@ def _sweep(settings, queue_name):
 
 def test_the_release_marks_queued_only_a_trial_that_still_waits(settings, queue_name, database_url):
     _once(database_url)
-    store = JobStore(redis.Redis.from_url(settings.redis_url))
+    store = JobRecords(redis.Redis.from_url(settings.redis_url))
     cas_run = uuid.uuid4().hex
     store.set_state(cas_run, "waiting")
     assert store.move_state(cas_run, "waiting", "queued") and store.state(cas_run) == "queued"
@@ -43,7 +43,7 @@ def test_the_release_marks_queued_only_a_trial_that_still_waits(settings, queue_
 def test_an_interrupted_release_is_finished_by_the_next_worker_to_start(settings, queue_name, database_url):
     _once(database_url)
     submitted = _sweep(settings, queue_name)
-    store = JobStore(redis.Redis.from_url(settings.redis_url))
+    store = JobRecords(redis.Redis.from_url(settings.redis_url))
     broker = redis.Redis.from_url(settings.celery_broker_url)
     first, second, third = submitted.run_ids
     assert [store.state(r) for r in submitted.run_ids] == ["queued", "waiting", "waiting"] and broker.llen(
@@ -68,9 +68,9 @@ def test_cancelling_a_sweep_skips_a_trial_that_ended_meanwhile(
 ):
     _once(database_url)
     submitted = _sweep(settings, queue_name)
-    store = JobStore(redis.Redis.from_url(settings.redis_url))
+    store = JobRecords(redis.Redis.from_url(settings.redis_url))
     first = submitted.run_ids[0]
-    real_state = JobStore.state
+    real_state = JobRecords.state
 
     def state(self, run_id):  # the first trial ends between the sweep's look at it and its cancel
         value = real_state(self, run_id)
@@ -78,7 +78,7 @@ def test_cancelling_a_sweep_skips_a_trial_that_ended_meanwhile(
             self.set_state(first, "finished")
         return value
 
-    monkeypatch.setattr(JobStore, "state", state)
+    monkeypatch.setattr(JobRecords, "state", state)
     assert cancel_job(submitted.sweep_id, settings=settings) == "2 revoked"
     monkeypatch.undo()
     assert [store.state(r) for r in submitted.run_ids] == ["finished"] * 3
@@ -92,7 +92,7 @@ def test_a_run_stopped_while_it_trained_and_then_killed_still_ends_with_its_stat
     from pipeline.jobs import load_spec_text
     from pipeline.training import run_job
 
-    store = JobStore(redis.Redis.from_url(settings.redis_url))
+    store = JobRecords(redis.Redis.from_url(settings.redis_url))
     stopped, never = (
         uuid.uuid4().hex,
         uuid.uuid4().hex,

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from pipeline import events as ev
 from pipeline.consumers.pruner import Pruner
-from pipeline.job_store import JobStore
+from pipeline.job_records import JobRecords
 from tests.conftest import ConsumerThread, RecorderThread, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def query(engine, sql: str, **params) -> list:
 
 
 def states(settings, run_ids) -> list[str | None]:
-    store = JobStore(redis.Redis.from_url(settings.redis_url))
+    store = JobRecords(redis.Redis.from_url(settings.redis_url))
     return [store.state(r) for r in run_ids]
 
 
@@ -56,7 +56,7 @@ def terminal(engine, run_ids) -> bool:
 def pruner(settings, engine) -> ConsumerThread:
     """The real pruner consuming in a thread."""
     return ConsumerThread(
-        Pruner(engine, JobStore(redis.Redis.from_url(settings.redis_url))), settings, "pruner-test"
+        Pruner(engine, JobRecords(redis.Redis.from_url(settings.redis_url))), settings, "pruner-test"
     )
 
 

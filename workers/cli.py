@@ -15,7 +15,7 @@ from pipeline import events as ev
 from pipeline.bus import EventStream, connect
 from pipeline.cli.output import print_json, print_rows
 from pipeline.config import get_settings
-from pipeline.run_events import follow_run
+from pipeline.run_watch import follow_run
 
 
 @click.command()

@@ -15,7 +15,7 @@ from pipeline import events as ev
 from pipeline.bus import EventStream, connect
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigurationError, RunNotFoundError
-from pipeline.job_store import JobStore, SweepRecord
+from pipeline.job_records import JobRecords, SweepRecord
 from pipeline.jobs import JobSpec, JobSpecError, check_importable
 from pipeline.params import ParamsError, spec_params
 from pipeline.sweeps import SWEEP_CANCELLED_REASON, Sweep
@@ -72,7 +72,7 @@ def submit_job(spec: JobSpec, *, queue: str | None = None, settings: Settings | 
     run_id = uuid.uuid4().hex
     event = _run_queued(spec, run_id, queue)  # made (and its parameters checked) before anything is written
     client = connect(settings.redis_url)
-    store = JobStore(client)
+    store = JobRecords(client)
     store.save(run_id, spec, queue=queue)
     store.set_state(run_id, "queued")
     stream_id = EventStream(client=client, settings=settings).publish([event])[0]
@@ -120,7 +120,7 @@ def submit_sweep(
         for run_id, trial in zip(run_ids, sweep.trials)
     ]
     client = connect(settings.redis_url)
-    store = JobStore(client)
+    store = JobRecords(client)
     for run_id, trial in zip(run_ids, sweep.trials):
         store.save(run_id, trial.spec, queue=queue, sweep_id=sweep_id)
         store.set_state(run_id, "waiting")
@@ -141,7 +141,7 @@ def release_trials(sweep_id: str, *, settings: Settings | None = None) -> int:
     worker's task, and by ``fitstream cancel``); safe to call at any time, from any process: it works
     under the sweep's lock in Redis, from the trials' states there. Returns how many it queued."""
     settings = settings or get_settings()
-    store = JobStore(connect(settings.redis_url))
+    store = JobRecords(connect(settings.redis_url))
     record = store.load_sweep(sweep_id)
     if record is None:
         return 0
@@ -170,7 +170,7 @@ def release_open_sweeps(*, settings: Settings | None = None) -> int:
     starts, so that a sweep whose release was interrupted (a submit or a job killed at the wrong
     moment, Redis away when a trial ended) goes on."""
     settings = settings or get_settings()
-    store = JobStore(connect(settings.redis_url))
+    store = JobRecords(connect(settings.redis_url))
     released = 0
     for sweep_id in store.open_sweeps():
         if store.load_sweep(sweep_id) is None:
@@ -186,7 +186,7 @@ def release_waiting_trials(run_id: str, *, settings: Settings | None = None) -> 
     next trial to end, or the next worker to start, queues them."""
     settings = settings or get_settings()
     try:
-        sweep_id = JobStore(connect(settings.redis_url)).sweep_of(run_id)
+        sweep_id = JobRecords(connect(settings.redis_url)).sweep_of(run_id)
         return release_trials(sweep_id, settings=settings) if sweep_id is not None else 0
     except Exception as exc:
         log.error("run %s: could not queue the next trials of its sweep: %s", run_id, exc)
@@ -200,7 +200,7 @@ def cancel_job(run_id: str, *, settings: Settings | None = None) -> str:
     """
     settings = settings or get_settings()
     client = connect(settings.redis_url)
-    store = JobStore(client)
+    store = JobRecords(client)
     sweep = store.load_sweep(run_id)
     if sweep is not None:
         return _cancel_sweep(run_id, sweep, store, settings)
@@ -211,7 +211,7 @@ def cancel_job(run_id: str, *, settings: Settings | None = None) -> str:
     return outcome
 
 
-def _cancel_run(run_id: str, store: JobStore, settings: Settings, *, reason: str | None = None) -> str:
+def _cancel_run(run_id: str, store: JobRecords, settings: Settings, *, reason: str | None = None) -> str:
     state = store.state(run_id)
     if state is None:
         raise RunNotFoundError(
@@ -240,7 +240,7 @@ def _cancel_run(run_id: str, store: JobStore, settings: Settings, *, reason: str
     return "stopping"
 
 
-def _cancel_sweep(sweep_id: str, sweep: SweepRecord, store: JobStore, settings: Settings) -> str:
+def _cancel_sweep(sweep_id: str, sweep: SweepRecord, store: JobRecords, settings: Settings) -> str:
     outcomes: dict[str, int] = {}
     with store.sweep_lock(sweep_id):  # no trial is released while its sweep is being cancelled
         for run_id in sweep.run_ids:

@@ -54,7 +54,7 @@ class FlushReport:
         return self.left_in_spool == 0
 
 
-def _resolve(item: Item) -> Fields:
+def _materialize(item: Item) -> Fields:
     return item() if callable(item) else item
 
 
@@ -112,7 +112,7 @@ class EventSender:
                         self._move_queue_to_spool([])
                         self._spooling = True
                         log.warning("fitstream: event buffer full; spooling events to %s", self._spool.path)
-                self._spool.append([_resolve(item)])
+                self._spool.append([_materialize(item)])
         except Exception:  # the event path must never break training
             self.errors += 1
             log.exception("fitstream: could not queue an event")
@@ -180,7 +180,7 @@ class EventSender:
                     if self._closing.is_set() and not self._spooling and self._queue.empty():
                         return
                     continue
-                fields = [_resolve(item) for item in batch]
+                fields = [_materialize(item) for item in batch]
                 try:
                     self._publish(fields)
                     self.sent += len(fields)
@@ -225,7 +225,7 @@ class EventSender:
             except queue.Empty:
                 break
             if item is not _WAKE:
-                rest.append(_resolve(item))
+                rest.append(_materialize(item))
         if head or rest:
             self._spool.append(head + rest)
             self._spooling = True

@@ -109,11 +109,11 @@ def promoter(consumer_name: str | None, exit_when_idle: float | None, shards: tu
 def pruner(consumer_name: str | None, exit_when_idle: float | None, shards: tuple[int, ...]) -> None:
     """Stop sweep trials that fall behind their sweep (sweeps with `prune:`); they end `pruned`."""
     from pipeline.consumers.pruner import Pruner
-    from pipeline.job_store import JobStore
+    from pipeline.job_records import JobRecords
 
     settings = get_settings()
     stream = EventStream(settings=settings)
-    engine, jobs = make_engine(settings.database_url), JobStore(stream.client)
+    engine, jobs = make_engine(settings.database_url), JobRecords(stream.client)
     loop = ShardedConsumers(lambda: Pruner(engine, jobs), stream, shards=shards, consumer_name=consumer_name)
     loop.install_signal_handlers()
     click.echo(f"pruner {loop.consumer_name} consuming {loop.describe()} (group {loop.group})", err=True)

@@ -29,8 +29,8 @@ from pipeline.db.entities import RunDetail
 from pipeline.db.queries import get_run
 from pipeline.db.session import make_engine, mask_url
 from pipeline.errors import FitstreamError, RunNotFoundError
-from pipeline.job_store import JobStore
-from pipeline.run_events import stream_id_at
+from pipeline.job_records import JobRecords
+from pipeline.run_watch import stream_id_at
 
 RECORD_TIMEOUT_S = 60.0
 #: The bundled examples ship inside the package (the repository's examples/ directory).
@@ -205,7 +205,7 @@ def demo(spec: str, in_process: bool, epochs: int, curves: Path, serve_ui: bool 
                 raise FitstreamError(submitted.stderr.strip())
             run_id = json.loads(submitted.stdout)["run_id"]
             console.print(f"queued run {run_id}; watching it live:")
-            record = JobStore(connect(settings.redis_url)).load(run_id)
+            record = JobRecords(connect(settings.redis_url)).load(run_id)
             start = stream_id_at(record.submitted_at) if record is not None else "0-0"
             _watch_rich(EventStream(settings=settings), run_id, start, timeout=600)
         engine = make_engine(settings.database_url, read_only=True)

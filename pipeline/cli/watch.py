@@ -20,8 +20,8 @@ from pipeline import events as ev
 from pipeline.bus import EventStream, connect
 from pipeline.cli.output import jsonable, make_console
 from pipeline.config import get_settings
-from pipeline.job_store import JobStore
-from pipeline.run_events import follow_run, stream_id_at
+from pipeline.job_records import JobRecords
+from pipeline.run_watch import follow_run, stream_id_at
 
 
 def _format_metrics(metrics: dict[str, float | None]) -> str:
@@ -39,7 +39,7 @@ def watch(run: str, timeout: float | None, as_json: bool) -> None:
     """
     settings = get_settings()
     stream = EventStream(settings=settings)
-    record = JobStore(connect(settings.redis_url)).load(run)
+    record = JobRecords(connect(settings.redis_url)).load(run)
     start = stream_id_at(record.submitted_at) if record is not None else "0"
     final = None
     if as_json:

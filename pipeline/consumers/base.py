@@ -26,9 +26,7 @@ signals, idle exit, Redis outages) and its :class:`ConsumerStats`. Its parts liv
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -43,6 +41,7 @@ from pipeline.consumers.batch_commit import RETRY_INITIAL_S, RETRY_MAX_S, BatchC
 from pipeline.consumers.handler import Handler, ReadBatch, Received, decode_batch
 from pipeline.consumers.leadership import GroupLeadership, leader_key
 from pipeline.consumers.read_ahead import ReadAhead
+from pipeline.identity import process_identity
 from pipeline.lease import LeaseKeeper, RedisLease
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "ConsumerStats",
     "Handler",
     "Received",
-    "default_consumer_name",
     "leader_key",
 ]
 
@@ -72,10 +70,6 @@ class ConsumerStats:
     pauses: int = 0  # times the database made this consumer pause
     groups_recreated: int = 0  # NOGROUP: Redis lost the stream or the group
     started_at: float = field(default_factory=time.time)
-
-
-def default_consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class ConsumerLoop(GroupLeadership, ReadAhead, BatchCommitter):
@@ -106,7 +100,7 @@ class ConsumerLoop(GroupLeadership, ReadAhead, BatchCommitter):
         self.handler = handler
         self.stream = stream
         self.group = handler.group
-        self.consumer_name = consumer_name or default_consumer_name()
+        self.consumer_name = consumer_name or process_identity()
         self.batch_size = batch_size or settings.consumer_batch_size
         self.block_ms = block_ms or settings.consumer_block_ms
         self.claim_idle_ms = claim_idle_ms or settings.claim_idle_ms

@@ -30,7 +30,7 @@ from pipeline.promotion import (
     LATEST,
     Promotion,
     PromotionLocks,
-    PromotionRefused,
+    PromotionRefusedError,
     check_keras_file,
     promote_run,
 )
@@ -42,7 +42,7 @@ __all__ = [
     "Promoter",
     "Promotion",
     "PromotionLocks",
-    "PromotionRefused",
+    "PromotionRefusedError",
     "check_keras_file",
     "promote_run",
 ]
@@ -266,7 +266,7 @@ class Promoter:
                 locks=self.locks,
                 metric=trigger.monitor,
             )
-        except PromotionRefused as exc:
+        except PromotionRefusedError as exc:
             log.warning("run %s not promoted: %s", run_id, exc)
             announce(ev.PromotionSkipped, "promotion_skipped", name=settings.get("name"), reason=str(exc))
             return

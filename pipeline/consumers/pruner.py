@@ -4,7 +4,7 @@ It follows the trials of sweeps that ask for pruning (``sweep: {prune: {kind: me
 monitored value at each epoch (its own copy, in ``pruner_values``: it does not wait for the
 recorder) and how each ended (``pruner_trials``). At each ``epoch_end`` of a running trial it applies
 :func:`pipeline.pruning.prune_reason` against the sweep's finished trials and, when the trial is
-behind, asks it to stop through the cancel path (:meth:`pipeline.job_store.JobStore.request_cancel`
+behind, asks it to stop through the cancel path (:meth:`pipeline.job_records.JobRecords.request_cancel`
 with status ``pruned`` and the reason): the worker stops it at its next batch and it ends
 ``pruned``, the reason in ``runs.status_reason``.
 
@@ -13,7 +13,7 @@ between asks again on redelivery (asking twice changes nothing). Decisions need 
 order, so one pruner of the group leads and the others stand by (``ordered``).
 
 Example:
-    >>> loop = ConsumerLoop(Pruner(make_engine(url), JobStore(redis_client)), EventStream())  # doctest: +SKIP
+    >>> loop = ConsumerLoop(Pruner(make_engine(url), JobRecords(redis_client)), EventStream())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pipeline.db.migrate import require_head
 from pipeline.db.models import SqlPrunerTrial
 from pipeline.db.session import transaction
 from pipeline.errors import ConfigurationError
-from pipeline.job_store import JobStore
+from pipeline.job_records import JobRecords
 from pipeline.monitor import infer_mode
 from pipeline.pruning import prune_reason
 
@@ -51,7 +51,7 @@ class Pruner:
     group = GROUP
     ordered = True
 
-    def __init__(self, engine: Engine, jobs: JobStore) -> None:
+    def __init__(self, engine: Engine, jobs: JobRecords) -> None:
         require_head(engine)
         self.engine = engine
         self.jobs = jobs

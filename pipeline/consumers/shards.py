@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.bus import EventStream
-from pipeline.consumers.base import ConsumerLoop, ConsumerStats, Handler, default_consumer_name
+from pipeline.consumers.base import ConsumerLoop, ConsumerStats, Handler
 from pipeline.errors import ConfigurationError
+from pipeline.identity import process_identity
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class ShardedConsumers:
                 f"shard {missing[0]} does not exist: there are {stream.shard_count} shards (0..{stream.shard_count - 1}); "
                 "FITSTREAM_STREAM_SHARDS sets how many"
             )
-        self.consumer_name = consumer_name or default_consumer_name()
+        self.consumer_name = consumer_name or process_identity()
         self.loops = [
             ConsumerLoop(
                 make_handler(), stream.for_shard(shard), consumer_name=self.consumer_name, **loop_options

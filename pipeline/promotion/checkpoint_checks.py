@@ -7,7 +7,7 @@ Example:
     >>> check_keras_file("/runs/r1/best.weights.h5")
     Traceback (most recent call last):
         ...
-    pipeline.promotion.outcome.PromotionRefused: /runs/r1/best.weights.h5 holds weights only ...
+    pipeline.promotion.outcome.PromotionRefusedError: /runs/r1/best.weights.h5 holds weights only ...
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import zipfile
 from collections.abc import Callable
 
 from pipeline.promotion.load_check import KerasLoadCheck, file_identity
-from pipeline.promotion.outcome import PromotionRefused
+from pipeline.promotion.outcome import PromotionRefusedError
 
 
 def check_keras_file(path: str) -> None:
     """A ``.keras`` file is a zip holding config.json and the weights (checked without TensorFlow)."""
     if path.endswith(".weights.h5"):
-        raise PromotionRefused(
+        raise PromotionRefusedError(
             f"{path} holds weights only (save_weights_only=True), not a model that can be loaded"
         )
     if path.endswith(".h5"):
@@ -33,11 +33,11 @@ def check_keras_file(path: str) -> None:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
     except FileNotFoundError:
-        raise PromotionRefused(f"checkpoint missing: {path}") from None
+        raise PromotionRefusedError(f"checkpoint missing: {path}") from None
     except zipfile.BadZipFile:
-        raise PromotionRefused(f"{path} is not a Keras .keras file (not a zip archive)") from None
+        raise PromotionRefusedError(f"{path} is not a Keras .keras file (not a zip archive)") from None
     if "config.json" not in names or not any(n.endswith(".weights.h5") or n.endswith(".h5") for n in names):
-        raise PromotionRefused(
+        raise PromotionRefusedError(
             f"{path} is not a complete Keras model file (has: {', '.join(sorted(names)) or 'nothing'})"
         )
 
@@ -47,14 +47,14 @@ def loads_in_keras(path: str, load_check: KerasLoadCheck) -> Callable[[], None]:
     the returned check waits for the answer and refuses a file that did not load or changed."""
     pending = load_check.submit(path)
     if pending.identity is None:
-        raise PromotionRefused(f"checkpoint missing: {path}")
+        raise PromotionRefusedError(f"checkpoint missing: {path}")
 
     def check() -> None:
         problem = load_check.result(pending)
         if problem is not None:
-            raise PromotionRefused(f"{path} does not load in Keras with safe_mode=True: {problem}")
+            raise PromotionRefusedError(f"{path} does not load in Keras with safe_mode=True: {problem}")
         if file_identity(path) != pending.identity:
-            raise PromotionRefused(
+            raise PromotionRefusedError(
                 f"{path} changed while it was being promoted; promote it again with: fitstream promote RUN"
             )
 

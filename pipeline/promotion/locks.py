@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import redis
 
-from pipeline.consumers.base import default_consumer_name
+from pipeline.identity import process_identity
 from pipeline.lease import LeaseBusyError, RedisLease, held
-from pipeline.promotion.outcome import PromotionRefused
+from pipeline.promotion.outcome import PromotionRefusedError
 
 #: A promotion lock lives this long without renewal (its holder renews it); others wait up to LOCK_WAIT_S.
 LOCK_TTL_S = 30.0
@@ -34,7 +34,7 @@ class PromotionLocks:
         self.client = client
         self.stream_key = stream_key
         self.wait_s = wait_s
-        self.owner = f"{default_consumer_name()}-{uuid.uuid4().hex[:8]}"
+        self.owner = f"{process_identity()}-{uuid.uuid4().hex[:8]}"
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -45,12 +45,12 @@ class PromotionLocks:
             with held(lease, wait_s=self.wait_s):
                 yield
         except LeaseBusyError as exc:
-            raise PromotionRefused(
+            raise PromotionRefusedError(
                 f"another promotion of {name} is still running after {self.wait_s:g} s ({exc}); "
                 "promote again later with: fitstream promote RUN"
             ) from None
         except redis.ConnectionError as exc:
-            raise PromotionRefused(
+            raise PromotionRefusedError(
                 f"cannot reach Redis to take turns with other promotions of {name} ({exc}); "
                 "start Redis or check FITSTREAM_REDIS_URL"
             ) from None

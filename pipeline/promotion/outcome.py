@@ -1,8 +1,8 @@
-"""What a promotion ends in: the :class:`Promotion` it registered, or :class:`PromotionRefused`
+"""What a promotion ends in: the :class:`Promotion` it registered, or :class:`PromotionRefusedError`
 saying why not; and the aliases every promotion may move (``latest``, ``champion``).
 
 Example:
-    >>> str(PromotionRefused("checkpoint missing: /runs/r1/best.keras"))
+    >>> str(PromotionRefusedError("checkpoint missing: /runs/r1/best.keras"))
     'checkpoint missing: /runs/r1/best.keras'
 """
 
@@ -16,9 +16,13 @@ CHAMPION = "champion"
 LATEST = "latest"
 
 
-class PromotionRefused(FitstreamError):
+class PromotionRefusedError(FitstreamError):
     """A checkpoint cannot be promoted; the message says why (missing, changed, not loadable by
     Keras, run failed or cancelled, store full or not writable)."""
+
+
+#: The name before the error tree's ``…Error`` convention; scripts that catch it keep working.
+PromotionRefused = PromotionRefusedError
 
 
 @dataclass(frozen=True)

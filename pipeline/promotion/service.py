@@ -42,7 +42,7 @@ from pipeline.promotion.candidates import MODEL_CHECKPOINT, Candidate, Ranking, 
 from pipeline.promotion.checkpoint_checks import check_keras_file, loads_in_keras
 from pipeline.promotion.load_check import KerasLoadCheck
 from pipeline.promotion.locks import LOCK_TTL_S, LOCK_WAIT_S, PromotionLocks
-from pipeline.promotion.outcome import CHAMPION, LATEST, Promotion, PromotionRefused
+from pipeline.promotion.outcome import CHAMPION, LATEST, Promotion, PromotionRefusedError
 from pipeline.promotion.registration import register, registered_version
 from pipeline.promotion.versions import VERSION_ATTEMPTS, put_new_version
 from pipeline.store import ChecksumMismatchError, ModelStore
@@ -56,7 +56,7 @@ __all__ = [
     "VERSION_ATTEMPTS",
     "Promotion",
     "PromotionLocks",
-    "PromotionRefused",
+    "PromotionRefusedError",
     "check_keras_file",
     "promote_run",
 ]
@@ -88,7 +88,7 @@ def promote_run(
     one model name take turns (always pass them where several processes may promote).
 
     Raises:
-        PromotionRefused: no intact checkpoint, not loadable by Keras, the run failed or was
+        PromotionRefusedError: no intact checkpoint, not loadable by Keras, the run failed or was
             cancelled or pruned (without ``force``), or the store refused (full, not writable).
     """
     with transaction(engine) as conn:
@@ -102,11 +102,13 @@ def promote_run(
         name or (json.loads(run.settings or "{}").get("name") if run else None) or (run.name if run else None)
     )
     if not model_name:
-        raise PromotionRefused(f"run {run_id}: no model name known (no run_started/run_queued event seen)")
+        raise PromotionRefusedError(
+            f"run {run_id}: no model name known (no run_started/run_queued event seen)"
+        )
     if run is not None and run.status in ("failed", *ev.STOPPED_FROM_OUTSIDE) and not force:
-        raise PromotionRefused(f"run {run_id} ended {run.status}; promote it anyway with --force")
+        raise PromotionRefusedError(f"run {run_id} ended {run.status}; promote it anyway with --force")
     if not rows:
-        raise PromotionRefused(
+        raise PromotionRefusedError(
             f"run {run_id}: no checkpoint was recorded (add a ModelCheckpoint, or keep EarlyStopping's "
             "restore_best_weights so that the restored model is saved at the end of training)"
         )
@@ -130,7 +132,7 @@ def promote_run(
         prefer_monitor=metric,
     )
     if not ranking.ranked:
-        raise PromotionRefused(f"run {run_id}: no checkpoint can be ranked: " + "; ".join(ranking.notes))
+        raise PromotionRefusedError(f"run {run_id}: no checkpoint can be ranked: " + "; ".join(ranking.notes))
 
     with (
         locks(model_name) if locks is not None else contextlib.nullcontext()
@@ -169,7 +171,7 @@ def _store_and_register(
     for chosen, rule in ranking.ranked:
         try:
             check_keras_file(chosen.path)
-        except PromotionRefused as exc:
+        except PromotionRefusedError as exc:
             notes.append(f"{chosen.where}: {exc}")
             continue
         if chosen.sha256 is None:
@@ -197,4 +199,4 @@ def _store_and_register(
         return register(
             engine, model_name, version, stored, chosen, rule, metadata, force=force, aliases=aliases
         )
-    raise PromotionRefused(f"run {run_id}: no intact checkpoint to promote: " + "; ".join(notes))
+    raise PromotionRefusedError(f"run {run_id}: no intact checkpoint to promote: " + "; ".join(notes))

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from pipeline.db.models import SqlModelVersion
 from pipeline.db.session import transaction
 from pipeline.promotion.candidates import Candidate
-from pipeline.promotion.outcome import PromotionRefused
+from pipeline.promotion.outcome import PromotionRefusedError
 from pipeline.store import ChecksumMismatchError, ModelStore, StoredVersion, StoreError, VersionTakenError
 
 #: Version numbers tried when other promotions take them first.
@@ -45,13 +45,13 @@ def put_new_version(
             ), version
         except VersionTakenError as exc:
             if attempt == VERSION_ATTEMPTS - 1:
-                raise PromotionRefused(
+                raise PromotionRefusedError(
                     f"{exc}; {VERSION_ATTEMPTS} version numbers were taken meanwhile"
                 ) from None
         except ChecksumMismatchError:
             raise
         except StoreError as exc:
-            raise PromotionRefused(str(exc)) from None
+            raise PromotionRefusedError(str(exc)) from None
     raise AssertionError("unreachable")
 
 

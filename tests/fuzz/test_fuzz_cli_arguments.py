@@ -32,7 +32,7 @@ from pipeline.db.models import Base
 from pipeline.db.queries import get_run
 from pipeline.dead_letters import get_dead_letter, parse_duration
 from pipeline.errors import FitstreamError
-from pipeline.job_store import KEY_PREFIX
+from pipeline.job_records import KEY_PREFIX
 from pipeline.jobs import load_spec
 from tests.conftest import run_cli, settings_env
 from tests.fuzz.fuzzing import examples, fuzz_settings

@@ -7,7 +7,7 @@ transport re-delivers an unacknowledged task after ``visibility_timeout``, and
 that second delivery must not train while the first worker is alive.
 
 Example:
-    >>> store = JobStore(redis.Redis())                         # doctest: +SKIP
+    >>> store = JobRecords(redis.Redis())                         # doctest: +SKIP
     >>> store.save("r1", spec)                                  # doctest: +SKIP
     >>> lease = RunLease(store.client, "r1", owner="w1", ttl_s=30)  # doctest: +SKIP
     >>> lease.acquire()                                         # doctest: +SKIP
@@ -67,7 +67,7 @@ class SweepRecord:
     submitted_at: float
 
 
-class JobStore:
+class JobRecords:
     """Job records and per-run flags in Redis."""
 
     def __init__(self, client: redis.Redis, *, prefix: str = KEY_PREFIX) -> None:
