@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
 
@@ -143,9 +143,10 @@ class Settings(BaseSettings):
             that consumer and is reclaimed by another one. Default 60,000.
         leader_ttl_seconds: Groups that need their events in order (alerter, promoter) have one
             leader; a standby takes over this long after the leader died. Default 10.
-        allowed_modules: Comma-separated module prefixes that job specs may name for their
-            model, data and callbacks. Default ``pipeline.examples`` (the bundled examples; their old
-            spelling ``examples`` still names them, see ``pipeline.jobs``).
+        allowed_modules: Module prefixes that job specs may name for their model, data and
+            callbacks (comma-separated in FITSTREAM_ALLOWED_MODULES). Default ``pipeline.examples``
+            (the bundled examples; their earlier name ``examples`` still names them, see
+            ``pipeline.job_references``).
         max_job_seconds: Longest a training job may run; Celery's visibility timeout is set
             above it so a running job is not delivered twice. Default 7 days.
         lease_ttl_seconds: A run's lease expires this long after its worker's last heartbeat;
@@ -202,7 +203,7 @@ class Settings(BaseSettings):
     consumer_block_ms: int = Field(default=1000, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=100)
     leader_ttl_seconds: float = Field(default=10.0, gt=0)
-    allowed_modules: str = "pipeline.examples"
+    allowed_modules: Annotated[tuple[str, ...], NoDecode] = ("pipeline.examples",)
     max_job_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     broker_url: str | None = Field(default=None, repr=False)
@@ -282,10 +283,13 @@ class Settings(BaseSettings):
                 f"{password_variable} is set, but FITSTREAM_DATABASE_URL is a SQLite file, which takes no password"
             )
 
-    @property
-    def allowed_module_prefixes(self) -> tuple[str, ...]:
-        """``FITSTREAM_ALLOWED_MODULES``: comma-separated module prefixes workers may import job code from."""
-        return tuple(p.strip() for p in self.allowed_modules.split(",") if p.strip())
+    @field_validator("allowed_modules", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # FITSTREAM_ALLOWED_MODULES=a,b (NoDecode: the variable is this text, not JSON).
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @property
     def celery_broker_url(self) -> str:

@@ -218,7 +218,7 @@ def run_job(run_id: str, *, settings: Settings | None = None, worker_name: str |
 def _train(
     spec: JobSpec, run_id: str, *, settings: Settings, store: JobRecords, lease: RunLease, attempt: int
 ) -> str:
-    allowed = settings.allowed_module_prefixes
+    allowed = settings.allowed_modules
     paths = RunPaths(settings.runs_dir / run_id)
     paths.root.mkdir(parents=True, exist_ok=True)
     publisher = EventPublisher(

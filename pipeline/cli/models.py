@@ -43,12 +43,18 @@ def _checked_ref(ref: str) -> str:
     return ref
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
-@click.argument("args", nargs=-1)
-@click.option(
-    "--json", "as_json", is_flag=True, help="JSON: an array of objects (list) or one object (show)."
-)
-def models(args: tuple[str, ...], as_json: bool) -> None:
+class _ListUnlessSubcommand(click.Group):
+    """A group whose first word is a subcommand (``show``) or else the arguments of ``list``:
+    ``fitstream models [NAME]`` lists, ``fitstream models show REF`` shows."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in self.get_help_option_names(ctx)):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_ListUnlessSubcommand)
+def models() -> None:
     """List model versions: `fitstream models [NAME]`; show one: `fitstream models show NAME[@VERSION|@ALIAS]`.
 
     \b
@@ -56,21 +62,16 @@ def models(args: tuple[str, ...], as_json: bool) -> None:
       fitstream models digits-mlp
       fitstream models show digits-mlp@champion --json
     """
+
+
+@models.command("list")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="JSON: an array of objects.")
+def list_models(name: str | None, as_json: bool) -> None:
+    """List the versions of every model, or of model NAME (the default subcommand)."""
     engine = make_engine(get_settings().database_url, read_only=True)
     try:
-        if args and args[0] == "show":
-            if len(args) != 2:
-                raise click.UsageError("usage: fitstream models show NAME[@VERSION|@ALIAS]")
-            info = describe(engine, _checked_ref(args[1]))
-            if as_json:
-                print_json(info)
-            else:
-                for key, value in info.items():
-                    click.echo(f"{key:>12}: {', '.join(value) if isinstance(value, list) else value}")
-            return
-        if len(args) > 1:
-            raise click.UsageError("usage: fitstream models [NAME]")
-        rows = list_versions(engine, args[0] if args else None)
+        rows = list_versions(engine, name)
     finally:
         engine.dispose()
     if as_json:  # aliases stay a list, as `models show --json` gives them
@@ -81,6 +82,23 @@ def models(args: tuple[str, ...], as_json: bool) -> None:
         [tuple(", ".join(r[c]) if c == "aliases" else r[c] for c in LIST_COLUMNS) for r in rows],
         title="models",
     )
+
+
+@models.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="JSON: one object.")
+def show_model(ref: str, as_json: bool) -> None:
+    """Show one model version: REF is NAME, NAME@VERSION or NAME@ALIAS (NAME alone: the latest)."""
+    engine = make_engine(get_settings().database_url, read_only=True)
+    try:
+        info = describe(engine, _checked_ref(ref))
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json(info)
+        return
+    for key, value in info.items():
+        click.echo(f"{key:>12}: {', '.join(value) if isinstance(value, list) else value}")
 
 
 @click.command()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from cachetools import LRUCache
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
@@ -98,9 +99,8 @@ class Promoter:
         self.publish = publish
         self.load_check = load_check
         self.locks = locks
-        self._best_seen: dict[
-            str, float
-        ] = {}  # run, source, monitor → best value seen (prefetch only improvements)
+        # run, source, monitor → best value seen (prefetch only improvements), the most recent runs
+        self._best_seen: LRUCache[str, float] = LRUCache(maxsize=BEST_SEEN_RUNS)
         if load_check is not None:
             load_check.warm()
         self._discard_stale_copies()
@@ -198,8 +198,6 @@ class Promoter:
             if rule is not None and not rule.is_improvement(event.value, best):
                 return
             self._best_seen[key] = event.value
-            if len(self._best_seen) > BEST_SEEN_RUNS:
-                self._best_seen.pop(next(iter(self._best_seen)))
         self.load_check.prefetch(event.path)
 
     @staticmethod

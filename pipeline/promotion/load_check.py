@@ -25,11 +25,12 @@ import os
 import signal
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+
+from cachetools import LRUCache
 
 from pipeline.config import Settings
 
@@ -129,7 +130,7 @@ class KerasLoadCheck:
         self.timeout_s = timeout_s
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._answers: OrderedDict[str, PendingLoad] = OrderedDict()
+        self._answers: LRUCache[str, PendingLoad] = LRUCache(maxsize=REMEMBERED)
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -170,9 +171,6 @@ class KerasLoadCheck:
         pending = PendingLoad(path, identity, future)
         with self._lock:
             self._answers[path] = pending
-            self._answers.move_to_end(path)
-            while len(self._answers) > REMEMBERED:
-                self._answers.popitem(last=False)
         return pending
 
     def result(self, pending: PendingLoad) -> str | None:
