@@ -42,6 +42,7 @@ from typing import Any
 import redis
 
 from pipeline import events as ev
+from pipeline import redis_keys
 from pipeline.config import Settings, get_settings, is_cluster_url
 from pipeline.errors import StreamUnavailableError
 
@@ -120,10 +121,10 @@ class EventStream:
         self.shard = shard
         self.cluster = is_cluster_url(self.redis_url) or (client is not None and is_cluster_client(client))
         self.stream = shard_stream_name(self.base_stream, shard, self.shard_count, cluster=self.cluster)
-        self.dead_letter_stream = f"{self.stream}:dead"
-        self.forced_trims_key = f"{self.stream}:forced_trims"
-        self.dead_letter_counts_key = f"{self.stream}:dead:counts"
-        self.dead_letter_kinds_key = f"{self.stream}:dead:kinds"
+        self.dead_letter_stream = redis_keys.dead_letters(self.stream)
+        self.forced_trims_key = redis_keys.forced_trims(self.stream)
+        self.dead_letter_counts_key = redis_keys.dead_letter_counts(self.stream)
+        self.dead_letter_kinds_key = redis_keys.dead_letter_kinds(self.stream)
 
     @property
     def client(self) -> redis.Redis:
@@ -279,7 +280,7 @@ class EventStream:
 
     # -- consumer states (fitstream status) ------------------------------------
     def _states_key(self, group: str) -> str:
-        return f"{self.stream}:{group}:states"
+        return redis_keys.consumer_states(self.stream, group)
 
     def set_consumer_state(self, group: str, consumer: str, state: dict[str, Any] | None) -> None:
         """Record that ``consumer`` is paused (and why), or clear it (``state=None``)."""

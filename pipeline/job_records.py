@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import redis
 
+from pipeline import redis_keys
 from pipeline.jobs import JobSpec, parse_spec, spec_to_json
 from pipeline.lease import RedisLease
 
-KEY_PREFIX = "fitstream"
+KEY_PREFIX = redis_keys.JOB_KEY_PREFIX
 #: Job records outlive their run for a week (resume, watch, audits).
 JOB_TTL_S = 7 * 24 * 3600
 
@@ -76,7 +77,7 @@ class JobRecords:
         self._compare_and_set = client.register_script(_COMPARE_AND_SET)
 
     def _key(self, kind: str, run_id: str) -> str:
-        return f"{self.prefix}:{kind}:{run_id}"
+        return redis_keys.job_key(self.prefix, kind, run_id)
 
     def save(
         self, run_id: str, spec: JobSpec, *, queue: str | None = None, sweep_id: str | None = None
@@ -199,7 +200,7 @@ class RunLease(RedisLease):
     def __init__(
         self, client: redis.Redis, run_id: str, *, owner: str, ttl_s: float, prefix: str = KEY_PREFIX
     ) -> None:
-        super().__init__(client, f"{prefix}:lease:{run_id}", owner=owner, ttl_s=ttl_s)
+        super().__init__(client, redis_keys.run_lease(prefix, run_id), owner=owner, ttl_s=ttl_s)
 
     def acquire_from_dead(self) -> bool:
         """Take the lease if nobody holds it, or if its holder is a dead process on this host."""

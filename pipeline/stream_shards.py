@@ -20,6 +20,7 @@ import zlib
 from typing import Any
 
 from pipeline import events as ev
+from pipeline import redis_keys
 from pipeline.config import Settings, is_cluster_url
 
 
@@ -34,16 +35,13 @@ def shard_of(run_id: str, shards: int) -> int:
 
 
 def shard_stream_name(base: str, shard: int, shards: int, *, cluster: bool = False) -> str:
-    """The stream key of ``shard``: the base name itself for one shard on a plain Redis (as before
-    sharding existed), else hash-tagged so its derived keys (``:dead``, counters) share its slot.
+    """The stream key of ``shard`` (named in :mod:`pipeline.redis_keys`).
 
     Example:
         >>> shard_stream_name("fitstream:events", 0, 1), shard_stream_name("fitstream:events", 2, 4)
         ('fitstream:events', '{fitstream:events:2}')
     """
-    if shards == 1 and not cluster:
-        return base
-    return f"{{{base}:{shard}}}"
+    return redis_keys.shard_stream(base, shard, shards, cluster=cluster)
 
 
 _RUN_ID = re.compile(r'^\{"v":\d+,"id":"[0-9a-f]*","run_id":"([^"]*)"')

@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from pipeline import redis_keys
 from pipeline.bus import EventStream
 from pipeline.lease import LeaseKeeper, RedisLease
 
@@ -29,7 +30,7 @@ def leader_key(stream: str, group: str) -> str:
         >>> leader_key("fitstream:events", "alerter")
         'fitstream:events:alerter:leader'
     """
-    return f"{stream}:{group}:leader"
+    return redis_keys.group_leader(stream, group)
 
 
 class GroupLeadership:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import redis
 
+from pipeline import redis_keys
 from pipeline.identity import process_identity
 from pipeline.lease import LeaseBusyError, RedisLease, held
 from pipeline.promotion.outcome import PromotionRefusedError
@@ -39,7 +40,7 @@ class PromotionLocks:
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         lease = RedisLease(
-            self.client, f"{self.stream_key}:promoting:{name}", owner=self.owner, ttl_s=LOCK_TTL_S
+            self.client, redis_keys.promotion_lock(self.stream_key, name), owner=self.owner, ttl_s=LOCK_TTL_S
         )
         try:
             with held(lease, wait_s=self.wait_s):
