@@ -6,14 +6,14 @@ import threading
 import uuid
 
 import click
-import sqlalchemy as sa
 
 from pipeline.bus import EventStream
 from pipeline.cli.options import shard_option
 from pipeline.cli.output import print_rows
 from pipeline.config import get_settings
 from pipeline.consumers.shards import ShardedConsumers
-from pipeline.db.models import SqlAlert
+from pipeline.db.alert_history import ALERT_COLUMNS
+from pipeline.db.alert_history import list_alerts as list_alerts_rows
 from pipeline.db.session import make_engine
 from pipeline.errors import ConfigurationError
 
@@ -84,32 +84,12 @@ def alerts() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
 def list_alerts(state: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """Alerts, newest first (rule, run, state, channel, attempts, delivered_at, last_error)."""
-    table = SqlAlert.__table__
-    columns = [
-        "id",
-        "rule",
-        "run_id",
-        "state",
-        "channel",
-        "severity",
-        "status",
-        "attempts",
-        "created_at",
-        "delivered_at",
-        "last_error",
-    ]
-    query = sa.select(*(table.c[c] for c in columns)).order_by(table.c.id.desc()).limit(limit)
-    if state:
-        query = query.where(table.c.state == state)
-    if status:
-        query = query.where(table.c.status == status)
     engine = make_engine(get_settings().database_url, read_only=True)
     try:
-        with engine.connect() as conn:
-            rows = [tuple(r) for r in conn.execute(query)]
+        rows = list_alerts_rows(engine, state=state, status=status, limit=limit)
     finally:
         engine.dispose()
-    print_rows(columns, rows, fmt="json" if as_json else "table", title="alerts")
+    print_rows(ALERT_COLUMNS, rows, fmt="json" if as_json else "table", title="alerts")
 
 
 @alerts.command("test")

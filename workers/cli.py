@@ -266,15 +266,12 @@ def _text(raw: bytes | None) -> str | None:
 
 def _alert_counts(database_url: str) -> dict[str, int]:
     """Alerts by delivery status ({} when the database or its alerts table is not there)."""
-    import sqlalchemy as sa
-
+    from pipeline.db.alert_history import alert_counts_by_status
     from pipeline.db.session import make_engine
 
     engine = make_engine(database_url, read_only=True)
     try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT status, count(*) FROM alerts GROUP BY status")).all()
-        return {status: int(count) for status, count in rows}
+        return alert_counts_by_status(engine)
     except Exception:
         return {}
     finally:

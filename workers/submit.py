@@ -82,7 +82,7 @@ def submit_job(spec: JobSpec, *, queue: str | None = None, settings: Settings | 
 
 
 def _check(spec: JobSpec, settings: Settings) -> None:
-    check_importable(spec, settings.allowed_module_prefixes)
+    check_importable(spec, settings.allowed_modules)
     if spec.alerts:
         check_job_alerts(spec, settings)
 

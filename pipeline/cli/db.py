@@ -49,9 +49,7 @@ def grant_reader() -> None:
     not; give the role a password (ALTER ROLE fitstream_reader PASSWORD '…') where the server asks
     for one, and set FITSTREAM_READER_DATABASE_URL accordingly.
     """
-    import sqlalchemy as sa
-
-    from pipeline.db.readonly import READER_ROLE, grant_reader_statements
+    from pipeline.db.readonly import READER_ROLE, grant_reader
 
     url = get_settings().database_url
     engine = make_engine(url)
@@ -59,12 +57,7 @@ def grant_reader() -> None:
         if engine.dialect.name != "postgresql":
             click.echo("SQLite needs no reader role: read paths open the file read-only", err=True)
             return
-        with engine.begin() as conn:
-            for statement in grant_reader_statements():
-                conn.exec_driver_sql(statement)
-            exists = conn.execute(
-                sa.text("SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = :r"), {"r": READER_ROLE}
-            ).scalar()
+        exists = grant_reader(engine)
     finally:
         engine.dispose()
     if not exists:

@@ -54,20 +54,13 @@ def _wait_recorded(engine, run_id: str, timeout: float) -> RunDetail:  # type: i
 
 def _wait_promoted(engine, run_id: str, timeout: float) -> dict | None:  # type: ignore[no-untyped-def]
     """The model version the promoter registered for ``run_id`` (None if it did not)."""
-    import sqlalchemy as sa
-
-    from pipeline.db.models import SqlModelVersion
+    from pipeline.db.registry import version_of_run
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            row = conn.execute(
-                sa.select(SqlModelVersion.name, SqlModelVersion.version).where(
-                    SqlModelVersion.run_id == run_id
-                )
-            ).first()
-        if row is not None:
-            return {"name": row.name, "version": row.version}
+        found = version_of_run(engine, run_id)
+        if found is not None:
+            return found
         time.sleep(0.2)
     click.echo(
         f"the promoter registered no model for run {run_id} (see {get_settings().home / 'demo-logs' / 'promoter.log'})",

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import click
-import sqlalchemy as sa
 
 from pipeline.cli.output import print_json, print_rows
 from pipeline.config import get_settings
-from pipeline.db.session import make_engine, transaction
+from pipeline.db.registry import describe, list_versions, set_alias
+from pipeline.db.session import make_engine
 from pipeline.errors import ConfigurationError
-from pipeline.model_registry import describe, list_versions
 
 LIST_COLUMNS = (
     "name",
@@ -145,28 +142,9 @@ def promote(run: str, aliases: tuple[str, ...], force: bool) -> None:
 @click.argument("alias")
 def alias(name: str, version: int, alias: str) -> None:
     """Point ALIAS of model NAME at VERSION."""
-    from pipeline.db.models import SqlModelAlias, SqlModelVersion
-    from pipeline.errors import RunNotFoundError
-
     engine = make_engine(get_settings().database_url)
     try:
-        with transaction(engine) as conn:
-            exists = conn.execute(
-                sa.select(SqlModelVersion.version).where(
-                    SqlModelVersion.name == name, SqlModelVersion.version == version
-                )
-            ).first()
-            if exists is None:
-                raise RunNotFoundError(
-                    f"model {name!r} has no version {version}; list them with: fitstream models {name}"
-                )
-            table = SqlModelAlias.__table__
-            conn.execute(table.delete().where(table.c.name == name, table.c.alias == alias))
-            conn.execute(
-                table.insert().values(
-                    name=name, alias=alias, version=version, updated_at=datetime.now(timezone.utc)
-                )
-            )
+        set_alias(engine, name, version, alias)
     finally:
         engine.dispose()
     click.echo(f"{name}@{alias} → v{version}", err=True)

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import URL, make_url
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
 
 from pipeline.errors import ConfigurationError, DatabaseError, QueryTimeoutError, ReadOnlyViolationError
 
@@ -299,3 +300,14 @@ def engine_creator(
         return conn
 
     return connect
+
+
+def grant_reader(engine: Engine) -> bool:
+    """Run :func:`grant_reader_statements` on PostgreSQL; True when the reader role exists after."""
+    with engine.begin() as conn:
+        for statement in grant_reader_statements():
+            conn.exec_driver_sql(statement)
+        exists = conn.execute(
+            sa.text("SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = :r"), {"r": READER_ROLE}
+        ).scalar()
+    return bool(exists)

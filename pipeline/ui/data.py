@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 
 from pipeline.db.experiments import compare_runs
 from pipeline.db.queries import get_run_summary, list_runs, monitored_curves, resolve_run_id, run_checkpoints
+from pipeline.db.registry import list_versions
 from pipeline.db.session import transaction
-from pipeline.model_registry import list_versions
 from pipeline.ui.downsample import downsample
 
 #: The fields of ``GET /api/runs`` (the contract), in order.
