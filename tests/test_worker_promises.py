@@ -61,11 +61,13 @@ def test_the_running_worker_says_how_it_is_configured_and_keeps_tensorflow_out_o
 ):
     if database_url.startswith("postgresql"):
         pytest.skip("the worker's configuration does not depend on the database; checked once, on SQLite")
-    worker = start_worker("w1")
-    destination = "w1@test"
+    # A name no other test file gives its worker: `celery inspect -d` reaches every worker so named
+    # on the shared broker, and test_workers.py's "w1" may run at the same time (pytest-xdist).
+    worker = start_worker("promises-w1")
+    destination = "promises-w1@test"
     wait_for(
         lambda: (
-            "w1@test"
+            destination
             in (
                 subprocess.run(
                     [
