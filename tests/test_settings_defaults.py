@@ -63,6 +63,8 @@ def test_the_defaults_the_table_shows_are_the_defaults(no_fitstream_env):
                 assert settings.model_store_url == expected, variable
             elif isinstance(value, bool):
                 assert str(value).lower() == expected, variable
+            elif isinstance(value, tuple):  # a list setting: comma-separated in its variable
+                assert ",".join(value) == expected, variable
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 assert value == float(expected), variable
             else:

@@ -8,6 +8,7 @@ import json
 import pytest
 import requests
 
+from pipeline import events as ev
 from pipeline.bus import EventStream
 from tests.conftest import run_cli, settings_env, wait_for
 from tests.ui_helpers import UiServer, epoch, finish, start_run
@@ -159,3 +160,43 @@ def test_a_token_is_needed_on_every_route_but_healthz_and_for_any_address_but_lo
             assert live.status_code == 200
     finally:
         server.stop()
+
+
+@sqlite_only
+def test_the_run_api_carries_the_runs_params_and_marks(settings, ui):
+    """`/api/runs/{id}` (the run page's data): params as recorded, the best epoch marked."""
+    stream = EventStream(settings=settings)
+    run_id = "e2" * 16
+    stream.publish(
+        [
+            ev.build(
+                ev.RunStarted,
+                run_id=run_id,
+                seq=0,
+                name="digits-mlp",
+                monitor="val_loss",
+                mode="min",
+                epochs=50,
+                params={"model.kwargs.hidden": 64, "fit.batch_size": 32},
+            )
+        ]
+    )
+    for n, loss in enumerate([0.9, 0.4, 0.5]):
+        epoch(stream, run_id, n, loss)
+    finish(stream, run_id, 4, 3, (1, 0.4))
+    wait_for(
+        lambda: requests.get(ui.url + f"/api/runs/{run_id}", timeout=5).status_code == 200,
+        message="run recorded",
+    )
+    wait_for(
+        lambda: (
+            requests.get(ui.url + f"/api/runs/{run_id}", timeout=5).json()["run"]["status"] == "completed"
+        ),
+        message="run finished",
+    )
+    payload = requests.get(ui.url + f"/api/runs/{run_id}", timeout=5).json()
+    assert {k: str(v) for k, v in payload["params"].items()} == {
+        "model.kwargs.hidden": "64",
+        "fit.batch_size": "32",
+    }
+    assert payload["run"]["best_epoch"] == 1

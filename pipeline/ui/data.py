@@ -124,10 +124,11 @@ def run_payload(engine: Engine, run_ref: str) -> dict[str, Any]:
     run = get_run_summary(engine, run_ref)
     with transaction(engine) as conn:
         checkpoints = run_checkpoints(conn, run.run_id)
+        # .all(): a CursorResult has keys(), so dict() would read it as a mapping, not as pairs.
         params = dict(
             conn.execute(
                 sa.text("SELECT key, value FROM params WHERE run_id = :r ORDER BY key"), {"r": run.run_id}
-            )
+            ).all()
         )
         alerts = []
         for row in conn.execute(
