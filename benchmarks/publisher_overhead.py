@@ -84,7 +84,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common
+import _common  # sets TF_CPP_MIN_LOG_LEVEL and the import path
 import _workloads
 
 MODES = ("baseline", "per-epoch", "every-batch")

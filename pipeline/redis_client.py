@@ -55,7 +55,7 @@ def cluster_node_kwargs(client: Any) -> dict[str, Any]:
     try:
         node = client.get_default_node()
         return dict(node.redis_connection.connection_pool.connection_kwargs)
-    except Exception:
+    except Exception:  # status never fails on a client it cannot look into
         return {}
 
 

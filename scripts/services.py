@@ -145,7 +145,7 @@ def pg_connect_ok(url: str) -> tuple[bool, str]:
         with psycopg.connect(url, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
         return True, ""
-    except Exception as exc:
+    except Exception as exc:  # any failure means "not usable yet"
         return False, str(exc).strip()
 
 

@@ -96,7 +96,7 @@ class ShardedConsumers:
         def _run(loop: ConsumerLoop) -> None:
             try:
                 loop.run(idle_exit_after=idle_exit_after)
-            except BaseException as exc:
+            except BaseException as exc:  # re-raised in the caller's thread
                 log.exception(
                     "%s: the consumer of %s failed; stopping the others",
                     self.consumer_name,

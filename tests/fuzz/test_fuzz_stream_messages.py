@@ -125,7 +125,7 @@ class Consumers:
     def _run(self, loop: ConsumerLoop) -> None:
         try:
             loop.run()
-        except BaseException as exc:
+        except BaseException as exc:  # the test reports it
             self.errors[loop.group] = exc
             raise
 
