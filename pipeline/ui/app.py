@@ -33,9 +33,10 @@ from pipeline import events as ev
 from pipeline.bus import run_stream_name
 from pipeline.cli.output import jsonable
 from pipeline.config import Settings, is_cluster_url
+from pipeline.db import dashboard
 from pipeline.db.session import make_engine
 from pipeline.errors import ConfigurationError, FitstreamError, RunNotFoundError
-from pipeline.ui import data, pages
+from pipeline.ui import pages
 
 STATIC = Path(__file__).parent / "static"
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -100,7 +101,7 @@ def create_app(settings: Settings, *, token: str | None = None) -> ASGIApp:
     async def api_runs(request: Request) -> Response:
         q = request.query_params
         rows = await in_thread(
-            data.runs_payload,
+            dashboard.runs_payload,
             status=q.get("status") or None,
             name=q.get("name") or None,
             sweep=q.get("sweep") or None,
@@ -115,20 +116,21 @@ def create_app(settings: Settings, *, token: str | None = None) -> ASGIApp:
             raise ConfigurationError("level is epoch or batch")
         start = f"{max(0, int((time.time() - REPLAY_MARGIN_S) * 1000))}-0"
         limit = max(
-            4, min(_int(request.query_params.get("limit"), data.MAX_POINTS, cap=100_000_000), 100_000_000)
+            4,
+            min(_int(request.query_params.get("limit"), dashboard.MAX_POINTS, cap=100_000_000), 100_000_000),
         )
-        payload = await in_thread(data.metrics_payload, run_id, level=level, limit=limit)
+        payload = await in_thread(dashboard.metrics_payload, run_id, level=level, limit=limit)
         return JSONResponse(jsonable(payload), headers={"X-Fitstream-Stream-Id": start})
 
     async def api_run(request: Request) -> Response:
-        return JSONResponse(jsonable(await in_thread(data.run_payload, request.path_params["run_id"])))
+        return JSONResponse(jsonable(await in_thread(dashboard.run_payload, request.path_params["run_id"])))
 
     async def api_compare(request: Request) -> Response:
         refs = [r for r in request.query_params.get("runs", "").split(",") if r.strip()]
-        return JSONResponse(jsonable(await in_thread(data.compare_payload, refs)))
+        return JSONResponse(jsonable(await in_thread(dashboard.compare_payload, refs)))
 
     async def api_models(_request: Request) -> Response:
-        return JSONResponse(jsonable(await in_thread(data.models_payload)))
+        return JSONResponse(jsonable(await in_thread(dashboard.models_payload)))
 
     async def api_events(request: Request) -> Response:
         run_id = await in_thread(_full_run_id, request.path_params["run_id"])

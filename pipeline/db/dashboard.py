@@ -1,4 +1,5 @@
-"""What the dashboard shows, read through the read-only engine (the same path as ``fitstream runs``).
+"""What the dashboard (``fitstream ui``) shows: its queries, read through the read-only engine (the
+same path as ``fitstream runs``), shaped as the JSON API answers them.
 
 Example:
     >>> engine = make_engine(settings.database_url, read_only=True)   # doctest: +SKIP
@@ -14,11 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from pipeline.db.downsample import downsample
 from pipeline.db.experiments import compare_runs
 from pipeline.db.queries import get_run_summary, list_runs, monitored_curves, resolve_run_id, run_checkpoints
 from pipeline.db.registry import list_versions
 from pipeline.db.session import transaction
-from pipeline.ui.downsample import downsample
 
 #: The fields of ``GET /api/runs`` (the contract), in order.
 RUN_KEYS = (
