@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline import events as ev
 from pipeline.consumers.base import Received
-from pipeline.db import bulk
+from pipeline.db import pruner_state
 from pipeline.db.migrate import require_head
-from pipeline.db.models import SqlPrunerTrial
+from pipeline.db.pruner_state import PrunerTrial
 from pipeline.db.session import transaction
 from pipeline.errors import ConfigurationError
 from pipeline.job_records import JobRecords
@@ -65,72 +63,41 @@ class Pruner:
         if isinstance(event, ev.RunQueued):
             prune = (event.sweep.spec or {}).get("prune") if event.sweep is not None else None
             if prune:
-                _upsert_trial(
+                pruner_state.add_trial(
                     conn,
-                    {
-                        "run_id": event.run_id,
-                        "sweep_id": event.sweep.id,
-                        "status": "queued",  # type: ignore[union-attr]
-                        "warmup_epochs": int(prune.get("warmup_epochs") or 0),
-                        "min_trials": int(prune.get("min_trials") or 1),
-                        "monitor": prune.get("monitor"),
-                        "mode": prune.get("mode"),
-                    },
+                    PrunerTrial(
+                        run_id=event.run_id,
+                        sweep_id=event.sweep.id,  # type: ignore[union-attr]
+                        status="queued",
+                        warmup_epochs=int(prune.get("warmup_epochs") or 0),
+                        min_trials=int(prune.get("min_trials") or 1),
+                        monitor=prune.get("monitor"),
+                        mode=prune.get("mode"),
+                    ),
                 )
             return
         if not isinstance(event, (ev.RunStarted, ev.EpochEnd, ev.RunFinished)):
             return
-        trial = conn.execute(
-            sa.select(SqlPrunerTrial.__table__).where(SqlPrunerTrial.run_id == event.run_id)
-        ).first()
+        trial = pruner_state.get_trial(conn, event.run_id)
         if trial is None:
             return
         if isinstance(event, ev.RunStarted):
             monitor = trial.monitor or event.monitor or DEFAULT_MONITOR
             mode = trial.mode or (event.mode if monitor == event.monitor else None) or _mode(monitor)
-            conn.execute(
-                sa.update(SqlPrunerTrial.__table__)
-                .where(SqlPrunerTrial.run_id == event.run_id)
-                .values(
-                    monitor=monitor,
-                    mode=mode,
-                    status=sa.case(
-                        (SqlPrunerTrial.status == "queued", "running"), else_=SqlPrunerTrial.status
-                    ),
-                )
-            )
+            pruner_state.start_trial(conn, event.run_id, monitor=monitor, mode=mode)
         elif isinstance(event, ev.RunFinished):
-            conn.execute(
-                sa.update(SqlPrunerTrial.__table__)
-                .where(SqlPrunerTrial.run_id == event.run_id)
-                .values(status=event.status)
-            )
+            pruner_state.set_trial_status(conn, event.run_id, event.status)
         else:
             self._epoch(conn, trial, event)
 
-    def _epoch(self, conn: Connection, trial: Any, event: ev.EpochEnd) -> None:
+    def _epoch(self, conn: Connection, trial: PrunerTrial, event: ev.EpochEnd) -> None:
         if not trial.monitor or trial.monitor not in event.metrics:
             return
         value = event.metrics[trial.monitor]
-        bulk.insert_ignore(
-            conn,
-            "pruner_values",
-            ("run_id", "epoch", "sweep_id", "value"),
-            [(trial.run_id, event.epoch, trial.sweep_id, value)],
-        )
+        pruner_state.record_value(conn, trial, event.epoch, value)
         if trial.status != "running" or not trial.mode:
             return
-        finished = (
-            conn.execute(
-                sa.text(
-                    "SELECT v.value FROM pruner_values v JOIN pruner_trials t ON t.run_id = v.run_id "
-                    "WHERE t.sweep_id = :sweep AND v.epoch = :epoch AND t.status IN :counted"
-                ).bindparams(sa.bindparam("counted", expanding=True)),
-                {"sweep": trial.sweep_id, "epoch": event.epoch, "counted": list(COUNTED)},
-            )
-            .scalars()
-            .all()
-        )
+        finished = pruner_state.finished_values(conn, trial.sweep_id, event.epoch, counted=COUNTED)
         reason = prune_reason(
             trial.monitor,
             trial.mode,
@@ -146,11 +113,7 @@ class Pruner:
         self.jobs.request_cancel(
             trial.run_id, status="pruned", reason=f"pruned: {reason}"
         )  # before the commit
-        conn.execute(
-            sa.update(SqlPrunerTrial.__table__)
-            .where(SqlPrunerTrial.run_id == trial.run_id)
-            .values(status="pruning")
-        )
+        pruner_state.set_trial_status(conn, trial.run_id, "pruning")
 
 
 def _mode(monitor: str | None) -> str | None:
@@ -162,11 +125,6 @@ def _mode(monitor: str | None) -> str | None:
             monitor,
         )
         return None
-
-
-def _upsert_trial(conn: Connection, row: dict[str, Any]) -> None:
-    insert = bulk.upsert_insert(conn, SqlPrunerTrial.__table__)
-    conn.execute(insert.on_conflict_do_nothing(index_elements=["run_id"]), [row])
 
 
 __all__ = ["GROUP", "Pruner"]
