@@ -13,7 +13,6 @@ WRITE_PATHS = {
     "pipeline/consumers/recorder.py",
     "pipeline/consumers/recorder_runs.py",
     "pipeline/consumers/recorder_sweeps.py",
-    "pipeline/consumers/promoter.py",
     "pipeline/promotion/service.py",
     "pipeline/promotion/registration.py",
     "pipeline/promotion/versions.py",

@@ -14,15 +14,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import sqlalchemy as sa
 from cachetools import LRUCache
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from pipeline import events as ev
 from pipeline.consumers.base import Received
-from pipeline.db.bulk import upsert_insert
+from pipeline.db import promoter_state
 from pipeline.db.migrate import require_head
-from pipeline.db.models import SqlPromoterCheckpoint, SqlPromoterRun
 from pipeline.db.session import transaction
 from pipeline.errors import FitstreamError
 from pipeline.monitor import Monitor
@@ -111,11 +109,11 @@ class Promoter:
             for event in events:
                 if isinstance(event, ev.RunQueued):
                     promote = _promote_settings(event)
-                    self._run(
+                    promoter_state.remember_run(
                         conn, event.run_id, event.name, json.dumps(promote), spec_hash=_spec_hash(event.spec)
                     )
                 elif isinstance(event, ev.RunStarted):
-                    self._run(
+                    promoter_state.remember_run(
                         conn,
                         event.run_id,
                         event.name,
@@ -124,15 +122,21 @@ class Promoter:
                         monitor_modes=_monitor_modes(event),
                     )
                 elif isinstance(event, ev.RunFinished):
-                    finished = upsert_insert(conn, SqlPromoterRun.__table__)
-                    conn.execute(
-                        finished.on_conflict_do_update(
-                            index_elements=["run_id"], set_={"status": finished.excluded.status}
-                        ),
-                        {"run_id": event.run_id, "status": event.status},
-                    )
+                    promoter_state.set_run_status(conn, event.run_id, event.status)
                 elif isinstance(event, ev.CheckpointSaved):
-                    self._checkpoint(conn, event)
+                    promoter_state.remember_checkpoint(
+                        conn,
+                        run_id=event.run_id,
+                        epoch=event.epoch,
+                        path=event.path,
+                        monitor=event.monitor,
+                        value=event.value,
+                        sha256=event.sha256,
+                        mode=event.mode,
+                        source=event.source,
+                        batch=event.batch,
+                        seq=event.seq,
+                    )
                     self._prefetch(event)
         # Promotions after the facts are committed: a crash in between redoes them on redelivery.
         for event in events:
@@ -144,32 +148,6 @@ class Promoter:
                 settings = self._settings(event.run_id)
                 if settings.get("on_complete"):
                     self._promote(event, settings)
-
-    @staticmethod
-    def _checkpoint(conn: Connection, event: ev.CheckpointSaved) -> None:
-        """Remember a checkpoint; a later save of the same file in the same epoch (batch-level) replaces it."""
-        table = SqlPromoterCheckpoint.__table__
-        insert = upsert_insert(conn, table)
-        replaced = ("monitor", "value", "sha256", "mode", "source", "batch", "seq")
-        conn.execute(
-            insert.on_conflict_do_update(
-                index_elements=["run_id", "epoch", "path"],
-                set_={c: insert.excluded[c] for c in replaced},
-                where=sa.or_(table.c.seq.is_(None), table.c.seq < insert.excluded.seq),
-            ),
-            {
-                "run_id": event.run_id,
-                "epoch": event.epoch,
-                "path": event.path,
-                "monitor": event.monitor,
-                "value": event.value,
-                "sha256": event.sha256,
-                "mode": event.mode,
-                "source": event.source,
-                "batch": event.batch,
-                "seq": event.seq,
-            },
-        )
 
     def _discard_stale_copies(self) -> None:
         """Remove what promoters killed mid-copy left behind (they are never visible, but take space)."""
@@ -200,46 +178,8 @@ class Promoter:
             self._best_seen[key] = event.value
         self.load_check.prefetch(event.path)
 
-    @staticmethod
-    def _run(
-        conn: Connection,
-        run_id: str,
-        name: str,
-        settings: str | None,
-        spec_hash: str | None = None,
-        data_fingerprint: str | None = None,
-        monitor_modes: str | None = None,
-    ) -> None:
-        table = SqlPromoterRun.__table__
-        insert = upsert_insert(conn, table)
-        conn.execute(
-            insert.on_conflict_do_update(
-                index_elements=["run_id"],
-                set_={
-                    "name": sa.func.coalesce(table.c.name, insert.excluded.name),
-                    "settings": sa.func.coalesce(insert.excluded.settings, table.c.settings),
-                    "spec_hash": sa.func.coalesce(insert.excluded.spec_hash, table.c.spec_hash),
-                    "data_fingerprint": sa.func.coalesce(
-                        insert.excluded.data_fingerprint, table.c.data_fingerprint
-                    ),
-                    "monitor_modes": sa.func.coalesce(insert.excluded.monitor_modes, table.c.monitor_modes),
-                },
-            ),
-            {
-                "run_id": run_id,
-                "name": name,
-                "settings": settings,
-                "spec_hash": spec_hash,
-                "data_fingerprint": data_fingerprint,
-                "monitor_modes": monitor_modes,
-            },
-        )
-
     def _settings(self, run_id: str) -> dict[str, Any]:
-        with transaction(self.engine) as conn:
-            raw = conn.execute(
-                sa.select(SqlPromoterRun.settings).where(SqlPromoterRun.run_id == run_id)
-            ).scalar()
+        raw = promoter_state.promotion_settings(self.engine, run_id)
         return json.loads(raw) if raw else {}
 
     def _promote(self, trigger: ev.EarlyStopped | ev.RunFinished, settings: dict[str, Any]) -> None:
