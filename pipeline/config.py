@@ -28,6 +28,10 @@ from pipeline.errors import ConfigurationError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_STREAM = "fitstream:events"
+#: The bundled examples (the repository's examples/, shipped inside the package).
+BUNDLED_EXAMPLES = "pipeline.examples"
+#: What job specs may import from when FITSTREAM_ALLOWED_MODULES is unset.
+DEFAULT_ALLOWED_MODULES = (BUNDLED_EXAMPLES,)
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 DEFAULT_STREAM_MAX_EVENTS = 10_000_000
 #: The settings that name password files (each message about one names it).
@@ -203,7 +207,7 @@ class Settings(BaseSettings):
     consumer_block_ms: int = Field(default=1000, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=100)
     leader_ttl_seconds: float = Field(default=10.0, gt=0)
-    allowed_modules: Annotated[tuple[str, ...], NoDecode] = ("pipeline.examples",)
+    allowed_modules: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_MODULES
     max_job_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     lease_ttl_seconds: float = Field(default=60.0, gt=0)
     broker_url: str | None = Field(default=None, repr=False)

@@ -23,17 +23,15 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config import BUNDLED_EXAMPLES, DEFAULT_ALLOWED_MODULES
 from pipeline.errors import ConfigurationError
 from pipeline.job_errors import JobSpecError, shown
 
 if TYPE_CHECKING:
     from pipeline.job_schema import JobSpec
 
-#: The bundled examples (the repository's examples/), shipped inside the package.
-BUNDLED_EXAMPLES = "pipeline.examples"
-#: Their earlier name, a top-level package that collided with other projects' ``examples``.
+#: The bundled examples' earlier name, a top-level package that collided with other projects' ``examples``.
 EARLIER_EXAMPLES = "examples"
-DEFAULT_ALLOWED_MODULES = (BUNDLED_EXAMPLES,)
 REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
